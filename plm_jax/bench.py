@@ -1,0 +1,71 @@
+"""`plm-jax bench`: time the real train step on synthetic batches.
+
+Reports step time, tokens/s and sequences/s, MFU (model FLOPs as in `plm_jax.flops` over the
+device's datasheet peak), compile time and peak device memory. Nothing is written to disk.
+"""
+
+import json
+import time
+
+import jax
+import numpy as np
+
+from plm_jax import flops
+from plm_jax.data import loader
+from plm_jax.metrics_writer import console
+from plm_jax.train import Trainer, padded_vocab, setup_mesh
+
+
+def peak_memory_bytes() -> int | None:
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  peaks = [s.get("peak_bytes_in_use") for s in stats if s]
+  return max(peaks) if peaks and all(p is not None for p in peaks) else None
+
+
+def bench(config) -> dict:
+  mesh = setup_mesh(config)
+  vocab = padded_vocab(config, config.data.vocab_size)
+  trainer = Trainer.create(config, mesh, vocab)
+  state = trainer.init_state(config.train.seed)
+  t0 = time.perf_counter()
+  train_step = trainer.compile_train_step()
+  compile_s = time.perf_counter() - t0
+
+  batch = loader.to_global(loader.local_rows(loader.synthetic_batch(config, config.data.vocab_size)),
+                           trainer.batch_shardings)
+  for _ in range(config.bench.warmup_steps):
+    state, metrics = train_step(state, batch)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(config.bench.steps):
+    state, metrics = train_step(state, batch)
+  loss = float(metrics["loss"])          # waits for the last step
+  step_s = (time.perf_counter() - t0) / max(config.bench.steps, 1)
+
+  b, t = config.train.batch_size, config.data.max_seq_length
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state["params"]))
+  per_token = flops.flops_per_token(
+      config.model.family, n_params, vocab=vocab, hidden=config.model.hidden_size,
+      layers=config.model.num_layers, seq_len=t, max_position=config.model.max_position)
+  tokens_per_s = b * t / step_s
+  kind = jax.devices()[0].device_kind
+  peak = flops.peak_flops(kind)
+  mem = peak_memory_bytes()
+  result = {
+      "figure": "plm_jax_bench", "family": config.model.family, "size": config.model.size,
+      "device": kind, "devices": jax.device_count(), "mesh": dict(mesh.shape),
+      "dtype": config.model.dtype, "attention": config.model.attention_impl,
+      "params_m": round(n_params / 1e6, 1), "B": b, "T": t, "step_ms": round(step_s * 1e3, 2),
+      "tokens_per_s": round(tokens_per_s), "seq_per_s": round(b / step_s, 1),
+      "mfu": None if peak is None else round(tokens_per_s * per_token / (peak * jax.device_count()), 4),
+      "compile_s": round(compile_s, 1),
+      "peak_mem_gib": None if mem is None else round(mem / 2**30, 2), "loss": loss,
+  }
+  mfu_text = "n/a (unknown peak)" if peak is None else f"{result['mfu']:.1%}"
+  mem_text = "n/a" if mem is None else f"{result['peak_mem_gib']} GiB"
+  console(f"bench {config.model.family} {config.model.size} on {jax.device_count()} x {kind}, "
+          f"B={b} T={t} {config.model.dtype}: {result['step_ms']} ms/step, "
+          f"{result['tokens_per_s']:,} tokens/s, {result['seq_per_s']:,} seq/s, MFU {mfu_text}, "
+          f"compile {result['compile_s']}s, peak memory {mem_text}")
+  console(json.dumps(result))
+  return result

@@ -1,0 +1,119 @@
+"""Checkpoints: the only module that talks to Orbax.
+
+Layout of a workdir:
+  config.json            the full config of the run (what `evaluate` rebuilds the model from)
+  tokenizer.json         the tokenizer (a restored run needs nothing else)
+  checkpoints/<step>/    Orbax items "params" and "opt_state", saved asynchronously
+Parameters and optimizer state are separate items so that evaluation reads the parameters only.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from plm_jax.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+# Config sections that define what a checkpoint *is*; a workdir whose saved values differ holds
+# a different model, and resuming from it must be refused.
+IDENTITY_FIELDS = {
+    "model": ("family", "vocab_size", "vocab_pad_multiple", "hidden_size", "num_layers",
+              "num_heads", "mlp_dim", "max_position", "type_vocab_size", "param_dtype"),
+    "objective": ("name",),
+    "data": ("vocab_size", "lowercase"),
+}
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else keep, create=not read_only,
+      save_interval_steps=0 if read_only else 1,
+      enable_async_checkpointing=async_save and not read_only, read_only=read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=("params", "opt_state", "meta"))
+
+
+def latest_step(workdir: str) -> int | None:
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  with make_manager(workdir, read_only=True) as manager:
+    return manager.latest_step()
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict) -> None:
+  """Starts an (asynchronous) save; `meta` is small JSON (e.g. tokens seen)."""
+  manager.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state["params"]),
+      opt_state=ocp.args.StandardSave(state["opt_state"]),
+      meta=ocp.args.JsonSave(meta)))
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, shardings: dict,
+            *, params_only: bool = False) -> dict:
+  """Restores onto the given shardings (any mesh: Orbax reshards on load)."""
+  items = {"params": ocp.args.StandardRestore(
+      _abstract(abstract_state["params"], shardings["params"]))}
+  if not params_only:
+    items["opt_state"] = ocp.args.StandardRestore(
+        _abstract(abstract_state["opt_state"], shardings["opt_state"]))
+    items["meta"] = ocp.args.JsonRestore()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except FileNotFoundError as e:
+    raise CheckpointError(f"checkpoint step {step} in {manager.directory} is incomplete or "
+                          f"missing ({e}); delete that step folder to fall back to an earlier "
+                          "one") from None
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(
+        f"checkpoint step {step} in {manager.directory} does not match this model's parameters "
+        f"({str(e)[:300]}); it was written by a different model: use a fresh --workdir") from None
+  return {k: restored[k] for k in items}
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path} does not exist: --workdir {workdir!r} holds no plm-jax run "
+                          "(train one with `plm-jax train --config ... --workdir DIR`)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e}); restore it from the run's logs") from None
+  raw["mesh"]["rules"] = tuple((k, tuple(v) if isinstance(v, list) else v)
+                               for k, v in raw["mesh"]["rules"])
+  return ml_collections.ConfigDict(raw)
+
+
+def identity_mismatches(saved: ml_collections.ConfigDict,
+                        current: ml_collections.ConfigDict) -> list[str]:
+  """Fields that make `current` a different model from the one saved in a workdir."""
+  diffs = []
+  for section, fields in IDENTITY_FIELDS.items():
+    for field in fields:
+      a, b = saved[section].get(field), current[section].get(field)
+      if a != b:
+        diffs.append(f"{section}.{field}: saved {a!r}, now {b!r}")
+  return diffs

@@ -1,0 +1,112 @@
+"""The `plm-jax` command: parse flags, call one library function per subcommand.
+
+  plm-jax train     --config configs/bert.py:tiny --workdir runs/bert [--config.x.y=v ...]
+  plm-jax evaluate  --workdir runs/bert [--step N] [--eval_steps N]
+  plm-jax bench     --config configs/gpt.py:124m [--config.x.y=v ...]
+"""
+
+import os
+import sys
+
+from absl import flags
+
+USAGE = __doc__
+
+
+def _config_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  from ml_collections import config_flags
+  # sys_argv: the overrides are read from these arguments (not sys.argv), so main() can be
+  # called with any argv, as the tests do.
+  config_flags.DEFINE_config_file("config", None, "config file[:arg], e.g. configs/bert.py:tiny",
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
+
+
+def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
+  if command in ("train", "bench"):
+    _config_flags(fv, argv)
+  if command in ("train", "evaluate"):
+    flags.DEFINE_string("workdir", None, "run directory: checkpoints, logs, tokenizer",
+                        flag_values=fv)
+  if command == "evaluate":
+    flags.DEFINE_integer("step", None, "checkpoint step to evaluate (default: the latest)",
+                         flag_values=fv)
+    flags.DEFINE_integer("eval_steps", None, "eval batches (default: the run's train.eval_steps;"
+                         " 0 = the whole eval split)", flag_values=fv)
+
+
+def _load_config(fv: flags.FlagValues):
+  try:
+    config = fv.config
+    if config is None:
+      raise _UsageError("--config is required, e.g. --config configs/bert.py:tiny")
+    config.keys()
+  except OSError as e:   # ml_collections defers a failed load until first access
+    detail = " ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+    raise _UsageError(f"cannot load --config: {detail or e}; give a config file such as "
+                      "configs/bert.py:tiny or configs/gpt.py:tiny") from None
+  return config
+
+
+def _run(command: str, fv: flags.FlagValues):
+  config = _load_config(fv) if command in ("train", "bench") else None
+  if command in ("train", "evaluate") and not fv.workdir:
+    raise _UsageError("--workdir is required, e.g. --workdir runs/bert-tiny")
+  if command == "train":
+    from plm_jax.train import train
+    return train(config, fv.workdir)
+  if command == "evaluate":
+    from plm_jax.evaluate import evaluate
+    return evaluate(fv.workdir, step=fv.step, eval_steps=fv.eval_steps)
+  if command == "bench":
+    from plm_jax.bench import bench
+    return bench(config)
+
+
+class _UsageError(Exception):
+  pass
+
+
+COMMANDS = ("train", "evaluate", "bench")
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0 if len(argv) >= 2 else 2
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"plm-jax: unknown command {command!r}; one of {', '.join(COMMANDS)}\n{USAGE}",
+          file=sys.stderr)
+    return 2
+  # The CLI shows the user's errors, not jax's C++ log noise.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from plm_jax.errors import PlmJaxError
+
+  fv = flags.FlagValues()
+  flag_argv = [f"plm-jax {command}", *argv[2:]]
+  _define(command, fv, flag_argv)
+  try:
+    try:
+      rest = fv(flag_argv)
+    except (AttributeError, KeyError) as e:
+      # ml_collections raises these for an override of a field the locked config lacks.
+      message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace(
+          "\n", " ").replace("\\'", "").replace("\'", "")
+      raise _UsageError(f"unknown config field in a --config.<field> override: {message}; "
+                        "the fields are listed in the config file and plm_jax/configlib.py"
+                        ) from None
+    if len(rest) > 1:
+      raise _UsageError(f"unexpected arguments {rest[1:]}")
+    _run(command, fv)
+  except flags.Error as e:
+    print(f"plm-jax {command}: error: {e}", file=sys.stderr)
+    return 2
+  except (_UsageError, PlmJaxError) as e:
+    print(f"plm-jax {command}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

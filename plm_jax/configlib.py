@@ -1,0 +1,142 @@
+"""The config system: defaults shared by every family, mesh presets, and `size=...,mesh=...` args.
+
+`configs/<family>.py` files hold only what differs per family (sizes, objective, data defaults)
+and call `make_config`. Every field is commented here, grouped as model / objective / data /
+optim / train / checkpoint / mesh / bench. Configs are locked by the CLI, so an override of a
+misspelt field is an error.
+"""
+
+import ml_collections
+
+from plm_jax.errors import ConfigError
+
+# Logical axis -> mesh axes. Parameters: "embed" is sharded over fsdp (ZeRO-3 style), the
+# "heads"/"mlp"/"vocab" axes over tensor (Megatron style). Activations: the batch over data and
+# fsdp; "act_embed" (the hidden size of activations) stays replicated.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("act_embed", None),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("segment", None),
+    ("classes", None),
+)
+
+# Named device layouts. -1 means "all the devices the other axes leave". Pick one with
+# `mesh=NAME` in the config arg, then override single axes with --config.mesh.<axis>=N.
+MESH_PRESETS = {
+    "auto": dict(data=1, fsdp=-1, tensor=1),       # FSDP over whatever is present (1 CPU/GPU too)
+    "single": dict(data=1, fsdp=1, tensor=1),      # exactly one device
+    "dp": dict(data=-1, fsdp=1, tensor=1),         # pure data parallelism, replicated weights
+    "gpu8": dict(data=1, fsdp=8, tensor=1),        # one 8-GPU host, FSDP over NVLink
+    "gpu8-tp2": dict(data=1, fsdp=4, tensor=2),    # one 8-GPU host, 2-way tensor parallel
+    "tpu-v4-8": dict(data=1, fsdp=4, tensor=1),    # v4-8: 4 chips
+    "tpu-v4-32": dict(data=1, fsdp=16, tensor=1),  # v4-32: 16 chips
+    "tpu-v5e-16": dict(data=1, fsdp=16, tensor=1),
+    "tpu-v5e-256": dict(data=16, fsdp=16, tensor=1),
+    "tpu-v5p-128": dict(data=1, fsdp=64, tensor=1),
+}
+
+
+def parse_arg(arg: str | None, sizes: dict, default_size: str) -> dict:
+  """'base,mesh=gpu8' -> {'size': 'base', 'mesh': 'gpu8'}; a bare word is the size."""
+  out = {"size": default_size, "mesh": "auto"}
+  for part in filter(None, (arg or "").split(",")):
+    key, _, value = part.partition("=")
+    if not value:
+      key, value = "size", key
+    if key not in out:
+      raise ConfigError(f"config arg {part!r}: unknown key {key!r}; use size=... and mesh=...")
+    out[key] = value
+  if out["size"] not in sizes:
+    raise ConfigError(f"config size {out['size']!r} is not one of {sorted(sizes)}")
+  if out["mesh"] not in MESH_PRESETS:
+    raise ConfigError(f"mesh preset {out['mesh']!r} is not one of {sorted(MESH_PRESETS)}")
+  return out
+
+
+def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh: str,
+                data: dict, train: dict, optim: dict) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.family = family                  # "bert" (encoder) or "gpt" (decoder)
+  m.size = size_name                 # the named size this config started from (informational)
+  m.vocab_size = 0                   # embedding rows; 0 = the tokenizer's vocabulary size
+  m.vocab_pad_multiple = 128         # pad the embedding table to a multiple (MXU/tensor cores)
+  m.hidden_size = size["hidden_size"]
+  m.num_layers = size["num_layers"]
+  m.num_heads = size["num_heads"]
+  m.mlp_dim = size["mlp_dim"]
+  m.max_position = size["max_position"]
+  m.type_vocab_size = 2              # BERT segment ids (A/B); unused by GPT
+  m.dropout_rate = 0.1               # hidden-state dropout (embeddings, residual branches)
+  m.attention_dropout_rate = 0.0     # >0 disables the fused attention kernel (see layers.py)
+  m.layer_norm_eps = size["layer_norm_eps"]
+  m.initializer_range = 0.02         # stddev of the normal initialiser
+  m.attention_impl = "xla"           # "xla", or "cudnn" for the GPU flash kernel
+  m.dtype = "float32"                # compute dtype: "float32" or "bfloat16"
+  m.param_dtype = "float32"          # storage dtype of parameters and optimizer state
+  m.remat = False                    # rematerialise each block in the backward pass
+
+  c.objective = o = ml_collections.ConfigDict()
+  o.name = objective                 # "mlm_nsp" (BERT) or "causal_lm" (GPT)
+  o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
+
+  c.data = d = ml_collections.ConfigDict()
+  d.source = "builtin"               # "builtin" (ships with plm-jax) or "text" (data.path)
+  d.path = ""                        # glob of plain-text files for source="text"
+  d.max_seq_length = 128             # tokens per example
+  d.tokenizer = ""                   # a tokenizer.json (or a dir holding one) to use; "" = train
+                                     # one on the corpus (HF tokenizers breaks ties between
+                                     # equally frequent merges in hash order, so two trainings
+                                     # may differ in a few rare tokens: reuse one to compare runs)
+  d.vocab_size = 4096                # size of the tokenizer trained on the corpus
+  d.lowercase = True                 # WordPiece: lowercase and strip accents
+  d.short_seq_prob = 0.1             # BERT: share of examples with a shorter random target
+  d.dupe_factor = 5                  # BERT: passes over the corpus with different pairings
+  d.eval_fraction = 0.05             # documents held out for evaluation
+  d.update(data)
+
+  c.optim = op = ml_collections.ConfigDict()
+  op.learning_rate = 1e-4            # peak learning rate
+  op.warmup_steps = 100              # linear warmup from 0
+  op.schedule = "linear"             # decay after warmup: "linear" (to 0), "cosine", "constant"
+  op.end_lr_fraction = 0.0           # final lr as a fraction of the peak (linear/cosine)
+  op.weight_decay = 0.01             # AdamW decoupled decay (not on biases or LayerNorm)
+  op.b1 = 0.9
+  op.b2 = 0.999
+  op.eps = 1e-6
+  op.clip_norm = 1.0                 # global-norm gradient clipping; 0 = off
+  op.grad_accum_steps = 1            # micro-batches per step (batch_size is the global total)
+  op.update(optim)
+
+  c.train = t = ml_collections.ConfigDict()
+  t.steps = 1000                     # optimizer steps
+  t.batch_size = 32                  # global batch, all devices and micro-batches together
+  t.seed = 0                         # init, data order, masking and dropout all derive from it
+  t.prng_impl = "threefry2x32"       # dropout rng: "threefry2x32" (identical on any mesh) or
+                                     # "rbg" (much cheaper on GPU/TPU, mesh-dependent bits)
+  t.log_every = 50                   # steps between console / TensorBoard / metrics.jsonl lines
+  t.eval_every = 0                   # steps between evaluations during training; 0 = at the end
+  t.eval_steps = 20                  # eval batches per evaluation (0 = the whole eval split)
+  t.update(train)
+
+  c.checkpoint = ck = ml_collections.ConfigDict()
+  ck.every = 500                     # steps between saves (and always at the end)
+  ck.keep = 3                        # checkpoints kept (oldest deleted first)
+  ck.async_save = True               # save in the background while training continues
+
+  c.mesh = ms = ml_collections.ConfigDict()
+  ms.preset = mesh                   # the preset the axes below came from (informational)
+  ms.update(MESH_PRESETS[mesh])      # data, fsdp, tensor: sizes of the three mesh axes
+  ms.rules = DEFAULT_RULES           # logical axis -> mesh axes
+
+  c.bench = b = ml_collections.ConfigDict()
+  b.steps = 10                       # timed steps of `plm-jax bench`
+  b.warmup_steps = 2                 # untimed steps after compilation
+  return c

@@ -1,0 +1,1 @@
+"""Data: text sources, tokenizers, example builders and the deterministic batch loader."""

@@ -1,0 +1,135 @@
+"""Example builders: BERT sentence pairs (with NSP labels) and GPT fixed-length blocks.
+
+Inputs are tokenised documents: a list of documents, each a list of sentences, each a list of ids.
+Outputs are fixed-shape numpy arrays, ready to be batched.
+"""
+
+import numpy as np
+
+TokenDoc = list[list[int]]
+
+
+def truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: np.random.Generator) -> None:
+  """Trims the longer segment, from the front or the back at random, until both fit (in place)."""
+  while len(a) + len(b) > max_tokens:
+    longer = a if len(a) > len(b) else b
+    if rng.random() < 0.5:
+      del longer[0]
+    else:
+      longer.pop()
+
+
+def _random_segment(docs: list[TokenDoc], avoid: int, target: int, rng) -> list[int]:
+  """Tokens from a random point of a document other than `avoid`, up to `target` tokens."""
+  for _ in range(10):
+    other = int(rng.integers(len(docs)))
+    if other != avoid:
+      break
+  doc = docs[other]
+  tokens: list[int] = []
+  for sentence in doc[int(rng.integers(len(doc))):]:
+    tokens.extend(sentence)
+    if len(tokens) >= target:
+      break
+  return tokens
+
+
+def bert_pairs_from_document(docs: list[TokenDoc], index: int, max_seq_length: int,
+                             short_seq_prob: float, rng: np.random.Generator):
+  """Yields (tokens_a, tokens_b, is_random_next) from one document, as BERT's data creation did.
+
+  Consecutive sentences fill a chunk up to a target length: max_seq_length - 3, or with
+  probability `short_seq_prob` a shorter random one. A is the chunk's first k sentences, B the
+  rest (true next) or text from a random other document. Two deliberate changes from the
+  original: the short target is drawn per example rather than per document, so that 10% of
+  *examples* are short; and the NSP label is drawn first, exactly 50/50, with a one-sentence
+  chunk that must be continued taking the document's next sentence (or, at a document's end,
+  being split inside the sentence). The original forced a random B on one-sentence chunks, which
+  skews NSP labels towards "not next" on corpora of short documents.
+  """
+  document = docs[index]
+  max_tokens = max_seq_length - 3
+
+  def draw_target() -> int:
+    if rng.random() < short_seq_prob:
+      return int(rng.integers(2, max_tokens + 1))
+    return max_tokens
+
+  target = draw_target()
+  chunk: list[list[int]] = []
+  length = 0
+  i = 0
+  while i < len(document):
+    chunk.append(document[i])
+    length += len(document[i])
+    if i == len(document) - 1 or length >= target:
+      is_random = len(docs) > 1 and rng.random() < 0.5
+      if not is_random and len(chunk) == 1 and i + 1 < len(document):
+        i += 1
+        chunk.append(document[i])
+      a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
+      tokens_a = [t for s in chunk[:a_end] for t in s]
+      if is_random:
+        tokens_b = _random_segment(docs, index, max(1, target - len(tokens_a)), rng)
+        i -= len(chunk) - a_end          # unused sentences go back into the stream
+      elif a_end < len(chunk):
+        tokens_b = [t for s in chunk[a_end:] for t in s]
+      else:
+        # A one-sentence document: the continuation is the rest of the sentence.
+        if len(tokens_a) < 2:
+          tokens_a, tokens_b = [], []
+        else:
+          cut = int(rng.integers(1, len(tokens_a)))
+          tokens_a, tokens_b = tokens_a[:cut], tokens_a[cut:]
+      if tokens_a and tokens_b:
+        truncate_pair(tokens_a, tokens_b, max_tokens, rng)
+        yield tokens_a, tokens_b, is_random
+      chunk, length = [], 0
+      target = draw_target()
+    i += 1
+
+
+def bert_examples(docs: list[TokenDoc], *, max_seq_length: int, short_seq_prob: float,
+                  dupe_factor: int, cls_id: int, sep_id: int, pad_id: int,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """All `[CLS] A [SEP] B [SEP]` pairs of `dupe_factor` passes over the documents.
+
+  Returns input_ids, segment_ids, attention_mask (int32, [N, T]) and nsp_labels ([N], 1 = B is
+  a random segment, 0 = B is the true continuation, as in BERT and transformers).
+  """
+  docs = [d for d in docs if d and any(d)]
+  rows_ids, rows_seg, labels = [], [], []
+  for _ in range(dupe_factor):
+    for index in range(len(docs)):
+      for a, b, is_random in bert_pairs_from_document(docs, index, max_seq_length,
+                                                       short_seq_prob, rng):
+        ids = [cls_id, *a, sep_id, *b, sep_id]
+        rows_ids.append(ids)
+        rows_seg.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
+        labels.append(int(is_random))
+  n = len(rows_ids)
+  input_ids = np.full((n, max_seq_length), pad_id, np.int32)
+  segment_ids = np.zeros((n, max_seq_length), np.int32)
+  attention_mask = np.zeros((n, max_seq_length), np.int32)
+  for r, (ids, seg) in enumerate(zip(rows_ids, rows_seg)):
+    input_ids[r, :len(ids)] = ids
+    segment_ids[r, :len(seg)] = seg
+    attention_mask[r, :len(ids)] = 1
+  return {"input_ids": input_ids, "segment_ids": segment_ids, "attention_mask": attention_mask,
+          "nsp_labels": np.asarray(labels, np.int32)}
+
+
+def gpt_examples(docs: list[list[int]], *, max_seq_length: int, eos_id: int,
+                 ) -> dict[str, np.ndarray]:
+  """Documents joined by end-of-text and cut into blocks; labels are the inputs shifted by one.
+
+  Block k holds stream[kT : kT+T] as inputs and stream[kT+1 : kT+T+1] as labels, so every
+  target is a real token and no two blocks share a prediction.
+  """
+  stream = np.fromiter((t for d in docs for t in (*d, eos_id)), np.int32)
+  t = max_seq_length
+  n = (len(stream) - 1) // t
+  inputs = stream[: n * t].reshape(n, t)
+  labels = stream[1: n * t + 1].reshape(n, t)
+  return {"input_ids": inputs, "labels": labels,
+          "attention_mask": np.ones_like(inputs), "label_weights": np.ones(inputs.shape, np.float32)}

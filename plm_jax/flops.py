@@ -1,0 +1,34 @@
+"""Model FLOPs per token and accelerator peaks, for MFU.
+
+Conventions match `shared/bench/reference_h200.py`, so plm-jax and the PyTorch references are
+compared on the same scale:
+  GPT:  6 N + 12 L d T, N = parameters without the token and position embeddings.
+  BERT: 6 N + 12 L d T + 6 V d, N = parameters without the word embeddings (transformers counts
+        the MLM decoder over every position; plm-jax computes it only at the ~15% chosen
+        positions, so its *hardware* FLOPs are lower than this model-FLOPs figure).
+"""
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' datasheets.
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak for a jax `device_kind` string (e.g. 'NVIDIA H200'), or None if unknown (CPU)."""
+  for name in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if name.lower() in device_kind.lower():
+      return PEAK_FLOPS[name]
+  return None
+
+
+def flops_per_token(family: str, n_params: int, *, vocab: int, hidden: int, layers: int,
+                    seq_len: int, max_position: int) -> float:
+  attention = 12 * layers * hidden * seq_len
+  if family == "gpt":
+    non_embedding = n_params - vocab * hidden - max_position * hidden
+    return 6 * non_embedding + attention
+  non_embedding = n_params - vocab * hidden
+  return 6 * non_embedding + attention + 6 * vocab * hidden

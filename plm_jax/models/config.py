@@ -1,0 +1,47 @@
+"""The small frozen config the models take (never the global ml_collections config)."""
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from plm_jax.models.layers import BlockConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  family: str                 # "bert" or "gpt"
+  vocab_size: int             # rows of the embedding table (padded; see plm_jax.models.build)
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  max_position: int
+  type_vocab_size: int = 2    # BERT segment ids; unused by GPT
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  attention_impl: str | None = None   # None/"xla" or "cudnn" (jax.nn.dot_product_attention)
+  dtype: str = "float32"              # compute dtype
+  param_dtype: str = "float32"        # storage dtype of the parameters
+  remat: bool = False                 # recompute each block's activations in the backward pass
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def storage_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  def block(self) -> BlockConfig:
+    impl = None if self.attention_impl in (None, "", "xla", "auto") else self.attention_impl
+    if self.attention_impl == "xla":
+      impl = "xla"
+    return BlockConfig(
+        hidden_size=self.hidden_size, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        layer_norm_eps=self.layer_norm_eps, initializer_range=self.initializer_range,
+        attention_impl=impl, dtype=self.compute_dtype, param_dtype=self.storage_dtype)

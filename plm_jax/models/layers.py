@@ -1,0 +1,237 @@
+"""Building blocks shared by every family: embeddings, attention, MLP, LayerNorm, dropout.
+
+Parameters are stored in `param_dtype` and cast to the compute `dtype` when used; reductions
+that need the range (LayerNorm statistics, softmax, losses) run in float32.
+"""
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from plm_jax.models.partitioning import constrain
+
+Initializer = Callable[..., jax.Array]
+
+
+def normal_init(stddev: float) -> Initializer:
+  return jax.nn.initializers.normal(stddev)
+
+
+class KeyStream:
+  """Hands out distinct dropout keys, deterministically in call order.
+
+  Dropout keys are passed in explicitly (from `fold_in(seed, step)` in the train step) instead of
+  living in the model state, so the parameters are the model's only state and the step is pure.
+  """
+
+  def __init__(self, key: jax.Array | None):
+    self._key = key
+    self._count = 0
+
+  def next(self) -> jax.Array | None:
+    if self._key is None:
+      return None
+    self._count += 1
+    return jax.random.fold_in(self._key, self._count)
+
+
+def dropout(x: jax.Array, rate: float, keys: KeyStream | None) -> jax.Array:
+  """Inverted dropout; the identity when `rate` is 0 or no keys are given (evaluation)."""
+  key = keys.next() if keys is not None else None
+  if rate <= 0.0 or key is None:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Dense(nnx.Module):
+  """y = x W + b over the last axis of x; W may have several output axes (e.g. heads x kv)."""
+
+  def __init__(self, in_features: int, out_shape: tuple[int, ...], axes: tuple[str, ...], *,
+               init: Initializer, use_bias: bool = True, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.kernel = nnx.Param(init(rngs.params(), (in_features, *out_shape), param_dtype), axes=axes)
+    self.bias = (nnx.Param(jnp.zeros(out_shape, param_dtype), axes=axes[1:])
+                 if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(self.dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel, axes=((x.ndim - 1,), (0,)))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class DenseIn(nnx.Module):
+  """Output projection that contracts several trailing axes of x (e.g. heads x kv -> embed)."""
+
+  def __init__(self, in_shape: tuple[int, ...], out_features: int, axes: tuple[str, ...], *,
+               init: Initializer, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.kernel = nnx.Param(init(rngs.params(), (*in_shape, out_features), param_dtype), axes=axes)
+    self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype), axes=axes[-1:])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n = self.kernel.ndim - 1
+    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=contract)
+    return y + self.bias[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with float32 statistics; output in the compute dtype."""
+
+  def __init__(self, features: int, *, eps: float, dtype=jnp.float32, param_dtype=jnp.float32):
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = nnx.Param(jnp.ones((features,), param_dtype), axes=("embed",))
+    self.bias = nnx.Param(jnp.zeros((features,), param_dtype), axes=("embed",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+  """A lookup table; `attend` reuses it as a tied output projection."""
+
+  def __init__(self, num: int, features: int, axes: tuple[str, str], *, init: Initializer,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embedding = nnx.Param(init(rngs.params(), (num, features), param_dtype), axes=axes)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+
+
+@struct.dataclass
+class AttentionMask:
+  """What may attend to what; combined into one boolean mask only when the kernel needs it.
+
+  padding: [B, T] bool, True for real tokens. segment_ids: [B, T] int, packed sequences attend
+  only within their segment. causal: each position sees only itself and earlier positions.
+  """
+  padding: jax.Array | None = None
+  segment_ids: jax.Array | None = None
+  causal: bool = struct.field(pytree_node=False, default=False)
+
+  def dense(self) -> jax.Array | None:
+    """[B, 1, T, T] boolean mask (True = may attend), or None if nothing is masked."""
+    mask = None
+    if self.padding is not None:
+      mask = self.padding[:, None, None, :]
+    if self.segment_ids is not None:
+      same = self.segment_ids[:, None, :, None] == self.segment_ids[:, None, None, :]
+      mask = same if mask is None else mask & same
+    if self.causal and mask is not None:
+      t = mask.shape[-1]
+      mask = mask & jnp.tril(jnp.ones((t, t), bool))[None, None]
+    return mask
+
+
+def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
+              dropout_rate: float, keys: KeyStream | None) -> jax.Array:
+  """Scaled dot-product attention over [B, T, N, H] tensors.
+
+  Goes through `jax.nn.dot_product_attention` so that `implementation="cudnn"` selects the fused
+  flash kernel on GPU. Attention-probability dropout is not supported by that kernel; when it is
+  active (training with attention_dropout > 0) an explicit softmax path is used instead.
+  """
+  key = keys.next() if (keys is not None and dropout_rate > 0) else None
+  if key is not None:
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
+    dense = mask.dense()
+    if dense is None and mask.causal:
+      t = q.shape[1]
+      dense = jnp.tril(jnp.ones((t, t), bool))[None, None]
+    if dense is not None:
+      logits = jnp.where(dense, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    probs = dropout(probs, dropout_rate, KeyStream(key))
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+  if implementation == "cudnn" and mask.segment_ids is None:
+    # The fused kernel takes padding as sequence lengths (our batches are right-padded).
+    lengths = None
+    if mask.padding is not None:
+      lengths = mask.padding.sum(-1).astype(jnp.int32)
+    return jax.nn.dot_product_attention(
+        q, k, v, is_causal=mask.causal, query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths, implementation="cudnn")
+  dense = mask.dense()
+  is_causal = mask.causal and dense is None
+  return jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=is_causal,
+                                      implementation=implementation)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """What one transformer block needs to know (a slice of the family's model config)."""
+  hidden_size: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float
+  attention_dropout_rate: float
+  layer_norm_eps: float
+  initializer_range: float
+  attention_impl: str | None
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention: q/k/v projections, attention, output projection."""
+
+  def __init__(self, cfg: BlockConfig, *, out_init: Initializer | None = None, rngs: nnx.Rngs):
+    if cfg.hidden_size % cfg.num_heads:
+      raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+    self.cfg = cfg
+    head_dim = cfg.hidden_size // cfg.num_heads
+    init = normal_init(cfg.initializer_range)
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    shape = (cfg.num_heads, head_dim)
+    self.query = Dense(cfg.hidden_size, shape, ("embed", "heads", "kv"), init=init, **kw)
+    self.key = Dense(cfg.hidden_size, shape, ("embed", "heads", "kv"), init=init, **kw)
+    self.value = Dense(cfg.hidden_size, shape, ("embed", "heads", "kv"), init=init, **kw)
+    self.out = DenseIn(shape, cfg.hidden_size, ("heads", "kv", "embed"),
+                       init=out_init or init, **kw)
+
+  def __call__(self, x: jax.Array, mask: AttentionMask, keys: KeyStream | None) -> jax.Array:
+    names = ("batch", "length", "heads", "kv")
+    q = constrain(self.query(x), names)
+    k = constrain(self.key(x), names)
+    v = constrain(self.value(x), names)
+    y = attention(q, k, v, mask, implementation=self.cfg.attention_impl,
+                  dropout_rate=self.cfg.attention_dropout_rate, keys=keys)
+    y = constrain(y, names)
+    return constrain(self.out(y), ("batch", "length", "act_embed"))
+
+
+class MLP(nnx.Module):
+  """Position-wise feed-forward: Dense -> GELU -> Dense."""
+
+  def __init__(self, cfg: BlockConfig, *, approximate_gelu: bool,
+               out_init: Initializer | None = None, rngs: nnx.Rngs):
+    init = normal_init(cfg.initializer_range)
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.approximate_gelu = approximate_gelu
+    self.wi = Dense(cfg.hidden_size, (cfg.mlp_dim,), ("embed", "mlp"), init=init, **kw)
+    self.wo = DenseIn((cfg.mlp_dim,), cfg.hidden_size, ("mlp", "embed"),
+                      init=out_init or init, **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jax.nn.gelu(self.wi(x), approximate=self.approximate_gelu)
+    h = constrain(h, ("batch", "length", "mlp"))
+    return constrain(self.wo(h), ("batch", "length", "act_embed"))

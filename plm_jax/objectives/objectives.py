@@ -1,0 +1,84 @@
+"""Pretraining objectives: how a batch becomes loss statistics, a loss and metrics.
+
+An objective is stateless. `stats(model, batch, rng)` runs the model and returns sums/counts;
+`loss(stats, totals)` divides by whole-batch counts (`totals`, computed from the batch alone, so
+gradient accumulation is exact); `metrics(stats)` turns summed statistics into readable metrics.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from plm_jax.objectives.losses import classification_stats, safe_div
+
+
+def _prefixed(prefix: str, stats: dict) -> dict:
+  return {f"{prefix}_{k}": v for k, v in stats.items()}
+
+
+class MaskedLMWithNSP:
+  """BERT: masked-LM cross-entropy over the chosen positions + next-sentence prediction."""
+
+  name = "mlm_nsp"
+  batch_fields = ("input_ids", "segment_ids", "attention_mask", "masked_positions",
+                  "masked_labels", "masked_weights", "nsp_labels")
+
+  def stats(self, model, batch: dict, dropout_rng=None) -> dict:
+    out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                batch["masked_positions"], dropout_rng=dropout_rng)
+    mlm = classification_stats(out["mlm_logits"], batch["masked_labels"], batch["masked_weights"])
+    nsp = classification_stats(out["nsp_logits"], batch["nsp_labels"],
+                               jnp.ones(batch["nsp_labels"].shape, jnp.float32))
+    return {**_prefixed("mlm", mlm), **_prefixed("nsp", nsp)}
+
+  def totals(self, batch: dict) -> dict:
+    return {"mlm_count": jnp.sum(batch["masked_weights"]),
+            "nsp_count": jnp.asarray(batch["nsp_labels"].size, jnp.float32)}
+
+  def loss(self, stats: dict, totals: dict) -> jax.Array:
+    return (safe_div(stats["mlm_loss_sum"], totals["mlm_count"])
+            + safe_div(stats["nsp_loss_sum"], totals["nsp_count"]))
+
+  def metrics(self, stats: dict) -> dict:
+    mlm_loss = safe_div(stats["mlm_loss_sum"], stats["mlm_count"])
+    nsp_loss = safe_div(stats["nsp_loss_sum"], stats["nsp_count"])
+    return {
+        "loss": mlm_loss + nsp_loss,
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": safe_div(stats["mlm_correct"], stats["mlm_count"]),
+        "nsp_loss": nsp_loss,
+        "nsp_accuracy": safe_div(stats["nsp_correct"], stats["nsp_count"]),
+    }
+
+
+class CausalLM:
+  """GPT: mean next-token cross-entropy over real (non-padding) targets."""
+
+  name = "causal_lm"
+  batch_fields = ("input_ids", "attention_mask", "labels", "label_weights")
+
+  def stats(self, model, batch: dict, dropout_rng=None) -> dict:
+    out = model(batch["input_ids"], batch["attention_mask"], dropout_rng=dropout_rng)
+    return _prefixed("lm", classification_stats(out["logits"], batch["labels"],
+                                                batch["label_weights"]))
+
+  def totals(self, batch: dict) -> dict:
+    return {"lm_count": jnp.sum(batch["label_weights"])}
+
+  def loss(self, stats: dict, totals: dict) -> jax.Array:
+    return safe_div(stats["lm_loss_sum"], totals["lm_count"])
+
+  def metrics(self, stats: dict) -> dict:
+    loss = safe_div(stats["lm_loss_sum"], stats["lm_count"])
+    return {
+        "loss": loss,
+        "lm_loss": loss,
+        "perplexity": jnp.exp(loss),
+        "lm_accuracy": safe_div(stats["lm_correct"], stats["lm_count"]),
+    }
+
+
+OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "causal_lm": CausalLM()}
+
+
+def get(name: str):
+  return OBJECTIVES[name]

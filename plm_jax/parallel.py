@@ -1,0 +1,130 @@
+"""Device mesh from the config, validation against the devices present, and shardings.
+
+The mesh has three axes: `data` (replicated weights, split batch), `fsdp` (weights and batch
+split, ZeRO-3 style) and `tensor` (weights split within a layer, Megatron style). Everything is
+checked before anything is compiled, with errors that name the field and a value that works.
+"""
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from plm_jax.errors import ConfigError
+from plm_jax.models.partitioning import logical_to_spec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+  """Sizes of (data, fsdp, tensor), with at most one -1 filled in from the device count."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  given = ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes))
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"config.mesh: {given}: sizes must be positive or -1 (the rest)")
+  if sizes.count(-1) > 1:
+    raise ConfigError(f"config.mesh: {given}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(
+          f"config.mesh: {given}: the fixed axes use {known} devices, which does not divide the "
+          f"{num_devices} present; e.g. --config.mesh.data=1 --config.mesh.fsdp=-1 "
+          "--config.mesh.tensor=1")
+    sizes[sizes.index(-1)] = num_devices // known
+  elif known != num_devices:
+    raise ConfigError(
+        f"config.mesh: {given} needs {known} devices but {num_devices} are present; "
+        f"e.g. --config.mesh.fsdp=-1 (fills the rest) or --config.mesh.fsdp={num_devices} "
+        "--config.mesh.data=1 --config.mesh.tensor=1")
+  return tuple(sizes)
+
+
+def validate(config, num_devices: int) -> tuple[int, int, int]:
+  """Checks the config against the devices and itself; returns the mesh shape."""
+  shape = resolve_mesh_shape(config.mesh, num_devices)
+  data, fsdp, tensor = shape
+  m, t = config.model, config.train
+  if m.family not in ("bert", "gpt"):
+    raise ConfigError(f"model.family={m.family!r} is not one of 'bert', 'gpt'")
+  expected = {"bert": "mlm_nsp", "gpt": "causal_lm"}[m.family]
+  if config.objective.name != expected:
+    raise ConfigError(f"objective.name={config.objective.name!r} does not fit model.family="
+                      f"{m.family!r}; use --config.objective.name={expected}")
+  if m.hidden_size % m.num_heads:
+    raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads="
+                      f"{m.num_heads}")
+  if m.num_heads % tensor:
+    ok = [d for d in range(1, tensor + 1) if m.num_heads % d == 0 and num_devices % d == 0]
+    raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by mesh.tensor={tensor}; "
+                      f"use --config.mesh.tensor={max(ok)}")
+  if m.mlp_dim % tensor:
+    raise ConfigError(f"model.mlp_dim={m.mlp_dim} is not divisible by mesh.tensor={tensor}")
+  accum = config.optim.grad_accum_steps
+  if accum < 1:
+    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1")
+  unit = data * fsdp * accum * jax.process_count()
+  if t.batch_size <= 0 or t.batch_size % unit:
+    good = max(unit, -(-t.batch_size // unit) * unit)   # the next multiple up
+    raise ConfigError(
+        f"train.batch_size={t.batch_size} is not divisible by mesh.data x mesh.fsdp x "
+        f"optim.grad_accum_steps = {data}x{fsdp}x{accum} = {unit}; "
+        f"use --config.train.batch_size={good}")
+  if config.data.max_seq_length > m.max_position:
+    raise ConfigError(f"data.max_seq_length={config.data.max_seq_length} exceeds "
+                      f"model.max_position={m.max_position}; lower it or raise max_position")
+  for field in ("dtype", "param_dtype"):
+    if m[field] not in ("float32", "bfloat16", "float16"):
+      raise ConfigError(f"model.{field}={m[field]!r} is not one of float32, bfloat16, float16")
+  if m.attention_impl not in ("xla", "cudnn"):
+    raise ConfigError(f"model.attention_impl={m.attention_impl!r} is not 'xla' or 'cudnn'")
+  if t.steps < 0 or config.checkpoint.every <= 0 or config.checkpoint.keep <= 0:
+    raise ConfigError("train.steps must be >= 0, checkpoint.every and checkpoint.keep > 0")
+  if t.prng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
+    raise ConfigError(f"train.prng_impl={t.prng_impl!r} is not threefry2x32, rbg, unsafe_rbg")
+  if config.optim.schedule not in ("linear", "cosine", "constant"):
+    raise ConfigError(f"optim.schedule={config.optim.schedule!r} is not linear/cosine/constant")
+  return shape
+
+
+def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  try:
+    arr = mesh_utils.create_device_mesh(shape, devices)
+  except (AssertionError, ValueError, NotImplementedError):
+    arr = np.asarray(devices).reshape(shape)     # CPU / unusual topologies: plain order
+  return Mesh(arr, MESH_AXES)
+
+
+def rules_dict(config) -> dict:
+  return {name: (tuple(t) if isinstance(t, (list, tuple)) else t)
+          for name, t in config.mesh.rules}
+
+
+def param_specs(abstract_state, rules: dict):
+  """PartitionSpec for every nnx.Param of an (abstract) nnx.State, from its `axes` metadata."""
+  def spec(v):
+    axes = v.get_metadata().get("axes")
+    if axes is None:
+      return PartitionSpec()
+    if len(axes) != v.ndim:
+      raise ValueError(f"parameter of shape {v.shape} has axes {axes}")
+    return logical_to_spec(axes, rules)
+  return jax.tree.map(spec, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def named(mesh: Mesh, spec_tree):
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), spec_tree,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())

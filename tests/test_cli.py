@@ -1,0 +1,143 @@
+"""The command line: train / evaluate / bench, and bad input that must fail cleanly."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from conftest import ROOT
+from plm_jax import cli
+
+BERT = os.path.join(ROOT, "configs", "bert.py")
+GPT = os.path.join(ROOT, "configs", "gpt.py")
+
+
+def snapshot(directory):
+  """path -> content hash of every file under `directory` (to prove nothing changed)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def run_cli(*args):
+  return cli.main(["plm-jax", *args])
+
+
+def small_train_args(tokenizer_dir, steps=4):
+  return [f"--config.train.steps={steps}", "--config.train.log_every=2",
+          "--config.train.eval_steps=1", f"--config.data.tokenizer={tokenizer_dir}",
+          "--config.data.dupe_factor=1"]
+
+
+@pytest.fixture(scope="module")
+def bert_workdir(tmp_path_factory, tokenizers_dir):
+  workdir = str(tmp_path_factory.mktemp("cli") / "bert")
+  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", workdir,
+                 *small_train_args(tokenizers_dir["bert"])) == 0
+  return workdir
+
+
+def test_train_writes_checkpoint_logs_and_tokenizer(bert_workdir):
+  files = os.listdir(bert_workdir)
+  for name in ("config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "tensorboard"):
+    assert name in files
+  assert any(f.startswith("events.out.tfevents") for f in
+             os.listdir(os.path.join(bert_workdir, "tensorboard")))
+  lines = [json.loads(l) for l in open(os.path.join(bert_workdir, "metrics.jsonl"))]
+  train_lines = [l for l in lines if l["split"] == "train"]
+  assert [l["step"] for l in train_lines] == [2, 4]
+  for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "tokens_seen",
+              "tokens_per_s", "learning_rate", "grad_norm"):
+    assert key in train_lines[-1], key
+  assert train_lines[-1]["tokens_seen"] > train_lines[0]["tokens_seen"] > 0
+
+
+def test_evaluate_restores_and_reports(bert_workdir, capsys):
+  assert run_cli("evaluate", "--workdir", bert_workdir, "--eval_steps", "2") == 0
+  out = capsys.readouterr().out
+  assert "mlm_accuracy" in out and "nsp_accuracy" in out
+  result = json.load(open(os.path.join(bert_workdir, "eval_step_4.json")))
+  assert result["step"] == 4 and result["mlm_loss"] > 0
+
+
+def test_evaluate_unknown_step(bert_workdir, capsys):
+  assert run_cli("evaluate", "--workdir", bert_workdir, "--step", "99") == 2
+  assert "--step 99 is not in" in capsys.readouterr().err
+
+
+def test_unknown_config_field_is_an_error(tmp_path, capsys):
+  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", str(tmp_path / "w"),
+                 "--config.train.stepz=3") == 2
+  err = capsys.readouterr().err
+  assert "stepz" in err and 'Did you mean "steps"' in err and "Traceback" not in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_mesh_that_does_not_match_the_devices(tmp_path, capsys):
+  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", str(tmp_path / "w"),
+                 "--config.mesh.fsdp=3") == 2
+  err = capsys.readouterr().err
+  assert "config.mesh" in err and "8 are present" in err and "--config.mesh.fsdp=-1" in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_batch_not_divisible(tmp_path, capsys):
+  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", str(tmp_path / "w"),
+                 "--config.train.batch_size=20") == 2
+  assert "use --config.train.batch_size=24" in capsys.readouterr().err
+
+
+def test_empty_corpus(tmp_path, capsys):
+  (tmp_path / "empty.txt").write_text("\n\n")
+  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "w"),
+                 "--config.data.source=text",
+                 f"--config.data.path={tmp_path / 'empty.txt'}") == 2
+  assert "hold no text" in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+  assert run_cli("train", "--config", str(tmp_path / "nope.py"), "--workdir",
+                 str(tmp_path / "w")) == 2
+  assert "cannot load --config" in capsys.readouterr().err
+
+
+def test_workdir_of_a_different_model_is_refused_untouched(bert_workdir, tokenizers_dir,
+                                                           capsys):
+  before = snapshot(bert_workdir)
+  # Another family...
+  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", bert_workdir,
+                 *small_train_args(tokenizers_dir["gpt"])) == 2
+  assert "holds a checkpoint of a different model" in capsys.readouterr().err
+  # ...and the same family with another shape.
+  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", bert_workdir,
+                 "--config.model.hidden_size=64", *small_train_args(tokenizers_dir["bert"])) == 2
+  err = capsys.readouterr().err
+  assert "model.hidden_size: saved 128, now 64" in err and "Traceback" not in err
+  assert snapshot(bert_workdir) == before
+
+
+def test_evaluate_without_a_run(tmp_path, capsys):
+  assert run_cli("evaluate", "--workdir", str(tmp_path)) == 2
+  assert "holds no plm-jax run" in capsys.readouterr().err
+
+
+def test_bench_prints_figures(capsys):
+  assert run_cli("bench", "--config", f"{GPT}:tiny", "--config.bench.steps=2",
+                 "--config.bench.warmup_steps=1") == 0
+  out = capsys.readouterr().out
+  figures = json.loads(out.strip().splitlines()[-1])
+  for key in ("step_ms", "tokens_per_s", "seq_per_s", "mfu", "compile_s", "peak_mem_gib"):
+    assert key in figures
+  assert figures["tokens_per_s"] > 0 and figures["B"] == 32 and figures["T"] == 64
+
+
+def test_help_and_unknown_command(capsys):
+  assert run_cli("--help") == 0
+  assert "plm-jax train" in capsys.readouterr().out
+  assert run_cli("fly") == 2

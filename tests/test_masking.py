@@ -1,0 +1,90 @@
+"""BERT masking: 15% of non-special tokens, 80/10/10, specials never chosen, reproducible."""
+
+import numpy as np
+import pytest
+
+from plm_jax.objectives.masking import MaskingConfig, mask_tokens, max_predictions_for
+
+VOCAB = 1000
+SPECIALS = np.array([0, 1, 2, 3, 4])     # [PAD] [UNK] [CLS] [SEP] [MASK]
+MASK_ID = 4
+
+
+def make_batch(rng, b=4000, t=128):
+  """[CLS] tokens [SEP] tokens [SEP] [PAD]... with random lengths."""
+  ids = rng.integers(5, VOCAB, (b, t))
+  lengths = rng.integers(20, t + 1, b)
+  ids[:, 0] = 2
+  mid = lengths // 2
+  ids[np.arange(b), mid] = 3
+  ids[np.arange(b), lengths - 1] = 3
+  ids[np.arange(t)[None, :] >= lengths[:, None]] = 0
+  special = np.isin(ids, SPECIALS)
+  return ids, special
+
+
+@pytest.fixture(scope="module")
+def masked():
+  rng = np.random.default_rng(0)
+  ids, special = make_batch(rng)
+  cfg = MaskingConfig(mask_id=MASK_ID, random_token_ids=np.arange(5, VOCAB),
+                      max_predictions=max_predictions_for(128, 0.15))
+  return ids, special, mask_tokens(ids, special, np.random.default_rng(1), cfg)
+
+
+def test_fifteen_percent_of_non_special_tokens_are_chosen(masked):
+  ids, special, out = masked
+  candidates = (~special).sum(1)
+  chosen = out["masked_weights"].sum(1)
+  np.testing.assert_array_equal(chosen, np.maximum(1, np.rint(candidates * 0.15)))
+  assert abs(chosen.sum() / candidates.sum() - 0.15) < 0.005
+
+
+def test_special_tokens_and_padding_are_never_chosen(masked):
+  ids, special, out = masked
+  valid = out["masked_weights"] > 0
+  rows = np.nonzero(valid)[0]
+  positions = out["masked_positions"][valid]
+  assert not special[rows, positions].any()
+  # Unchosen positions are untouched; the labels are the original ids.
+  np.testing.assert_array_equal(out["masked_labels"][valid], ids[rows, positions])
+  untouched = np.ones_like(special)
+  untouched[rows, positions] = False
+  np.testing.assert_array_equal(out["input_ids"][untouched], ids[untouched])
+
+
+def test_eighty_ten_ten_split_within_sampling_error(masked):
+  ids, special, out = masked
+  valid = out["masked_weights"] > 0
+  rows = np.nonzero(valid)[0]
+  new = out["input_ids"][rows, out["masked_positions"][valid]]
+  original = out["masked_labels"][valid]
+  n = valid.sum()
+  is_mask = new == MASK_ID
+  is_same = (new == original) & ~is_mask
+  is_random = ~is_mask & ~is_same
+  # A random draw equal to the original counts as "same"; expected share 0.1 * 1/995.
+  for share, expected in ((is_mask.mean(), 0.8), (is_random.mean(), 0.1 * (1 - 1 / 995)),
+                          (is_same.mean(), 0.1 + 0.1 / 995)):
+    sigma = np.sqrt(expected * (1 - expected) / n)
+    assert abs(share - expected) < 4 * sigma, (share, expected, n)
+  # Random replacements come from the regular vocabulary, never a special token.
+  assert not np.isin(new[is_random], SPECIALS).any()
+  assert len(np.unique(new[is_random])) > 900
+
+
+def test_masking_is_reproducible_and_dynamic():
+  rng = np.random.default_rng(0)
+  ids, special = make_batch(rng, b=16)
+  cfg = MaskingConfig(mask_id=MASK_ID, random_token_ids=np.arange(5, VOCAB), max_predictions=20)
+  a = mask_tokens(ids, special, np.random.default_rng([3, 7]), cfg)
+  b = mask_tokens(ids, special, np.random.default_rng([3, 7]), cfg)
+  c = mask_tokens(ids, special, np.random.default_rng([3, 8]), cfg)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["masked_positions"], c["masked_positions"])
+
+
+def test_max_predictions_cap():
+  assert max_predictions_for(128, 0.15) == 20
+  assert max_predictions_for(512, 0.15) == 77
