@@ -63,7 +63,7 @@ class Trainer:
     rules = parallel.rules_dict(config)
     abstract_model = nnx.eval_shape(lambda: models.build(mcfg, nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    param_specs = parallel.param_specs(abstract_params, rules).to_pure_dict()
+    param_specs = nnx.to_pure_dict(parallel.param_specs(abstract_params, rules))
     optimizer, schedule = make_optimizer(config.optim, config.train.steps)
 
     def init(key):
@@ -128,7 +128,7 @@ class Trainer:
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = objective.metrics(stats)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state["step"])
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         return new_state, metrics
@@ -162,7 +162,7 @@ class Trainer:
 
 def _init_state(mcfg, optimizer, key) -> dict:
   model = models.build(mcfg, nnx.Rngs(params=key))
-  params = nnx.state(model, nnx.Param).to_pure_dict()
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return {"step": jnp.zeros((), jnp.int32), "params": params,
           "opt_state": optimizer.init(params)}
 
