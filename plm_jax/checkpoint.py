@@ -71,16 +71,19 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, sha
     items["opt_state"] = ocp.args.StandardRestore(
         _abstract(abstract_state["opt_state"], shardings["opt_state"]))
     items["meta"] = ocp.args.JsonRestore()
+  where = os.path.join(manager.directory, str(step))
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except FileNotFoundError as e:
-    raise CheckpointError(f"checkpoint step {step} in {manager.directory} is incomplete or "
-                          f"missing ({e}); delete that step folder to fall back to an earlier "
-                          "one") from None
-  except (ValueError, KeyError, TypeError) as e:
+  except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; all are reported
+    detail = " ".join(str(e).split())[:300]
+    if isinstance(e, (ValueError, KeyError, TypeError)) and any(
+        w in detail.lower() for w in ("shape", "structure", "tree", "mismatch", "key")):
+      raise CheckpointError(
+          f"checkpoint {where} does not fit this model's parameters ({detail}); it was written "
+          "by a different model: use a fresh --workdir") from None
     raise CheckpointError(
-        f"checkpoint step {step} in {manager.directory} does not match this model's parameters "
-        f"({str(e)[:300]}); it was written by a different model: use a fresh --workdir") from None
+        f"checkpoint {where} is corrupt or incomplete ({detail}); delete that folder to resume "
+        "from the previous checkpoint") from None
   return {k: restored[k] for k in items}
 
 
@@ -104,7 +107,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise CheckpointError(f"{path} is unreadable ({e}); restore it from the run's logs") from None
   raw["mesh"]["rules"] = tuple((k, tuple(v) if isinstance(v, list) else v)
                                for k, v in raw["mesh"]["rules"])
-  return ml_collections.ConfigDict(raw)
+  return _with_current_defaults(raw)
+
+
+def _with_current_defaults(raw: dict) -> ml_collections.ConfigDict:
+  """The saved values over today's defaults: a workdir written before a field existed still
+  loads, with that field at its default."""
+  from plm_jax.configlib import make_config  # local: configlib is not needed by Orbax users
+  m = raw["model"]
+  config = make_config(
+      family=m["family"], objective=raw["objective"]["name"], size_name=m.get("size", "?"),
+      size={k: m[k] for k in ("hidden_size", "num_layers", "num_heads", "mlp_dim",
+                              "max_position", "layer_norm_eps")},
+      mesh="auto", data={}, train={}, optim={})
+  for section, values in raw.items():
+    if isinstance(values, dict) and section in config:
+      config[section].update(values)
+    else:
+      config[section] = values
+  return config
 
 
 def identity_mismatches(saved: ml_collections.ConfigDict,

@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plm-jax: unknown command {command!r}; one of {', '.join(COMMANDS)}\n{USAGE}",
           file=sys.stderr)
     return 2
-  # The CLI shows the user's errors, not jax's C++ log noise.
+  # The CLI shows the user's errors, not jax's C++ log noise nor Orbax's info/warnings.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)
   from plm_jax.errors import PlmJaxError
 
   fv = flags.FlagValues()
@@ -108,5 +110,17 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
+def entry() -> None:
+  """Console-script entry point."""
+  code = main()
+  if code:
+    # After a failed restore TensorStore may still deliver reads to Orbax's closed event loop
+    # and print tracebacks at interpreter exit; the user's one-line error is already out.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

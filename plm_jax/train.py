@@ -243,15 +243,15 @@ def train(config, workdir: str, devices=None) -> dict:
           f"(model {vocab:,}), {time.time() - t0:.1f}s")
   trainer = Trainer.create(config, mesh, vocab)
 
-  # From here on the workdir is written to.
-  checkpoint.save_config(workdir, config)
-  if jax.process_index() == 0 and saved_tokenizer is None:
-    tokenizer.save(workdir)
   manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
   if resume_step is not None:
-    restored = checkpoint.restore(manager, resume_step, trainer.abstract_state,
-                                  trainer.state_shardings)
+    try:
+      restored = checkpoint.restore(manager, resume_step, trainer.abstract_state,
+                                    trainer.state_shardings)
+    except CheckpointError:
+      manager.close()
+      raise
     meta = restored.pop("meta", {})
     state = {"step": jax.device_put(jnp.asarray(resume_step, jnp.int32),
                                     trainer.state_shardings["step"]), **restored}
@@ -260,6 +260,10 @@ def train(config, workdir: str, devices=None) -> dict:
   else:
     state = trainer.init_state(config.train.seed)
     tokens_seen = 0
+  # Only now, with the checkpoint (if any) read back, is the workdir written to.
+  checkpoint.save_config(workdir, config)
+  if jax.process_index() == 0 and saved_tokenizer is None:
+    tokenizer.save(workdir)
 
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state["params"]))
   console(f"model: {config.model.family} {config.model.size}, {n_params / 1e6:.2f}M parameters; "

@@ -141,3 +141,20 @@ def test_help_and_unknown_command(capsys):
   assert run_cli("--help") == 0
   assert "plm-jax train" in capsys.readouterr().out
   assert run_cli("fly") == 2
+
+
+def test_corrupt_checkpoint_is_a_clear_error(bert_workdir, tokenizers_dir, tmp_path, capsys):
+  import shutil
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(bert_workdir, workdir)
+  data_dir = os.path.join(workdir, "checkpoints", "4", "params", "d")
+  for name in os.listdir(data_dir):
+    os.remove(os.path.join(data_dir, name))
+  assert run_cli("evaluate", "--workdir", workdir) == 2
+  err = capsys.readouterr().err
+  assert "checkpoints/4 is corrupt or incomplete" in err and "delete that folder" in err
+  before = snapshot(workdir)
+  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", workdir,
+                 *small_train_args(tokenizers_dir["bert"], steps=6)) == 2
+  assert "corrupt or incomplete" in capsys.readouterr().err
+  assert snapshot(workdir) == before
