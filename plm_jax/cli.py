@@ -3,6 +3,9 @@
   plm-jax train     --config configs/bert.py:tiny --workdir runs/bert [--config.x.y=v ...]
   plm-jax evaluate  --workdir runs/bert [--step N] [--eval_steps N]
   plm-jax bench     --config configs/gpt.py:124m [--config.x.y=v ...]
+  plm-jax tokenizer train --input 'corpus/*.txt' --kind wordpiece --vocab-size 30522 --out DIR
+  plm-jax data prepare --config configs/bert.py:base --out DIR [--config.data.x=v ...]
+  plm-jax data bench   --config configs/bert.py:tiny [--batches N] [--config.data.x=v ...]
 """
 
 import os
@@ -21,9 +24,27 @@ def _config_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                                   flag_values=fv, lock_config=True, sys_argv=argv)
 
 
+CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench")
+
+
 def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
-  if command in ("train", "bench"):
+  if command in CONFIG_COMMANDS:
     _config_flags(fv, argv)
+  if command == "tokenizer train":
+    flags.DEFINE_string("input", None, "glob of text (.txt/.gz) or JSON-lines (.jsonl) files",
+                        flag_values=fv)
+    flags.DEFINE_enum("kind", None, ["wordpiece", "bpe"], "wordpiece (BERT) or bpe (GPT-2)",
+                      flag_values=fv)
+    flags.DEFINE_integer("vocab-size", None, "entries in the vocabulary", flag_values=fv)
+    flags.DEFINE_string("out", None, "directory for tokenizer.json", flag_values=fv)
+    flags.DEFINE_bool("lowercase", True, "WordPiece: lowercase and strip accents",
+                      flag_values=fv)
+    flags.DEFINE_string("text-field", "text", "JSON lines: the field holding the text",
+                        flag_values=fv)
+  if command == "data prepare":
+    flags.DEFINE_string("out", None, "directory for the prepared shards", flag_values=fv)
+  if command == "data bench":
+    flags.DEFINE_integer("batches", 50, "batches to time", flag_values=fv)
   if command in ("train", "evaluate"):
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, logs, tokenizer",
                         flag_values=fv)
@@ -47,8 +68,14 @@ def _load_config(fv: flags.FlagValues):
   return config
 
 
+def _require(fv: flags.FlagValues, *names: str) -> None:
+  for name in names:
+    if fv[name].value in (None, ""):
+      raise _UsageError(f"--{name} is required (see --help)")
+
+
 def _run(command: str, fv: flags.FlagValues):
-  config = _load_config(fv) if command in ("train", "bench") else None
+  config = _load_config(fv) if command in CONFIG_COMMANDS else None
   if command in ("train", "evaluate") and not fv.workdir:
     raise _UsageError("--workdir is required, e.g. --workdir runs/bert-tiny")
   if command == "train":
@@ -60,13 +87,25 @@ def _run(command: str, fv: flags.FlagValues):
   if command == "bench":
     from plm_jax.bench import bench
     return bench(config)
+  if command == "tokenizer train":
+    _require(fv, "input", "kind", "vocab-size", "out")
+    from plm_jax.data.commands import tokenizer_train
+    return tokenizer_train(fv.input, fv.kind, fv["vocab-size"].value, fv.out,
+                           lowercase=fv.lowercase, text_field=fv["text-field"].value)
+  if command == "data prepare":
+    _require(fv, "out")
+    from plm_jax.data.commands import data_prepare
+    return data_prepare(config, fv.out)
+  if command == "data bench":
+    from plm_jax.data.commands import data_bench
+    return data_bench(config, fv.batches)
 
 
 class _UsageError(Exception):
   pass
 
 
-COMMANDS = ("train", "evaluate", "bench")
+COMMANDS = ("train", "evaluate", "bench", "tokenizer train", "data prepare", "data bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(USAGE)
     return 0 if len(argv) >= 2 else 2
-  command = argv[1]
+  command, rest_at = argv[1], 2
+  if command in ("tokenizer", "data"):    # two-word commands
+    command = f"{argv[1]} {argv[2] if len(argv) > 2 else ''}".strip()
+    rest_at = 3
   if command not in COMMANDS:
     print(f"plm-jax: unknown command {command!r}; one of {', '.join(COMMANDS)}\n{USAGE}",
           file=sys.stderr)
@@ -86,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
   from plm_jax.errors import PlmJaxError
 
   fv = flags.FlagValues()
-  flag_argv = [f"plm-jax {command}", *argv[2:]]
+  flag_argv = [f"plm-jax {command}", *argv[rest_at:]]
   _define(command, fv, flag_argv)
   try:
     try:

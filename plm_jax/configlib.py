@@ -59,8 +59,12 @@ def parse_arg(arg: str | None, sizes: dict, default_size: str) -> dict:
   return out
 
 
+DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm": "full_sentences", "causal_lm": "blocks"}
+
+
 def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh: str,
                 data: dict, train: dict, optim: dict) -> ml_collections.ConfigDict:
+  builder = DEFAULT_BUILDERS[objective]
   c = ml_collections.ConfigDict()
 
   c.model = m = ml_collections.ConfigDict()
@@ -84,22 +88,36 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   m.remat = False                    # rematerialise each block in the backward pass
 
   c.objective = o = ml_collections.ConfigDict()
-  o.name = objective                 # "mlm_nsp" (BERT) or "causal_lm" (GPT)
+  o.name = objective                 # "mlm_nsp" (BERT), "mlm" (RoBERTa-style, no NSP) or
+                                     # "causal_lm" (GPT); data.builder must match
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
 
   c.data = d = ml_collections.ConfigDict()
-  d.source = "builtin"               # "builtin" (ships with plm-jax) or "text" (data.path)
-  d.path = ""                        # glob of plain-text files for source="text"
+  d.source = "builtin"               # builtin | text | jsonl | tfds | mixture (data/sources.py)
+  d.path = ""                        # text / jsonl: a glob (.gz files are read transparently)
+  d.doc_per_file = False             # text: one document per file (else blank lines separate)
+  d.text_field = "text"              # jsonl / tfds: the field that holds the text
+  d.tfds_name = ""                   # tfds: e.g. "wikipedia/20230601.en", "imdb_reviews"
+  d.tfds_split = "train"             # tfds: split, with slicing, e.g. "train[:10%]"
+  d.tfds_data_dir = ""               # tfds: data_dir ("" = TFDS's default)
+  d.mixture = ""                     # mixture: "text:a/*.txt=0.7;tfds:c4/en@train=0.3"
+  d.prepared = ""                    # a directory written by `plm-jax data prepare` (read
+                                     # instead of the source)
+  d.builder = builder                # nsp | full_sentences (BERT); blocks | packed (GPT)
   d.max_seq_length = 128             # tokens per example
-  d.tokenizer = ""                   # a tokenizer.json (or a dir holding one) to use; "" = train
-                                     # one on the corpus (HF tokenizers breaks ties between
-                                     # equally frequent merges in hash order, so two trainings
-                                     # may differ in a few rare tokens: reuse one to compare runs)
+  d.tokenizer = ""                   # tokenizer.json / vocab.txt / vocab.json(+merges.txt) or a
+                                     # dir holding one; "" = train one on the corpus (HF
+                                     # tokenizers breaks ties between equally frequent merges in
+                                     # hash order, so two trainings may differ in a few rare
+                                     # tokens: reuse one to compare runs)
   d.vocab_size = 4096                # size of the tokenizer trained on the corpus
   d.lowercase = True                 # WordPiece: lowercase and strip accents
+  d.tokenizer_sample_documents = 200_000   # documents a new tokenizer is trained on
   d.short_seq_prob = 0.1             # BERT: share of examples with a shorter random target
   d.dupe_factor = 5                  # BERT: passes over the corpus with different pairings
   d.eval_fraction = 0.05             # documents held out for evaluation
+  d.chunk_documents = 100_000        # documents tokenised (and, prepared, stored) per chunk
+  d.prefetch = 4                     # batches prepared ahead of the train step
   d.update(data)
 
   c.optim = op = ml_collections.ConfigDict()

@@ -10,7 +10,7 @@ from plm_jax.data import loader
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError
 from plm_jax.metrics_writer import console, format_metrics
-from plm_jax.train import EVAL_KEYS, Trainer, evaluate_params, padded_vocab
+from plm_jax.train import EVAL_KEYS, Trainer, evaluate_params, load_data, padded_vocab
 
 
 def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = None) -> dict:
@@ -30,7 +30,8 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
     raise CheckpointError(f"--workdir {workdir!r} holds no checkpoint yet")
   step = available if step is None else step
   tokenizer = TextTokenizer.load(workdir)
-  _, _, eval_data = loader.build_datasets(config, tokenizer=tokenizer, eval_only=True)
+  data = load_data(config, tokenizer)
+  eval_data = loader.Batches(config, data, loader.EVAL)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size))
   with checkpoint.make_manager(workdir, read_only=True) as manager:
     if step not in manager.all_steps():
@@ -38,7 +39,7 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
                             f"{sorted(manager.all_steps())}")
     params = checkpoint.restore(manager, step, trainer.abstract_state, trainer.state_shardings,
                                 params_only=True)["params"]
-  steps = loader.eval_steps_for(eval_data, config.train.eval_steps)
+  steps = eval_data.eval_steps(config.train.eval_steps)
   metrics = evaluate_params(trainer, params, eval_data, steps)
   console(f"eval of {workdir} @ step {step} ({steps} batches of {config.train.batch_size}): "
           f"{format_metrics(metrics, EVAL_KEYS)}")

@@ -51,10 +51,15 @@ def validate(config, num_devices: int) -> tuple[int, int, int]:
   m, t = config.model, config.train
   if m.family not in ("bert", "gpt"):
     raise ConfigError(f"model.family={m.family!r} is not one of 'bert', 'gpt'")
-  expected = {"bert": "mlm_nsp", "gpt": "causal_lm"}[m.family]
-  if config.objective.name != expected:
+  allowed = {"bert": ("mlm_nsp", "mlm"), "gpt": ("causal_lm",)}[m.family]
+  if config.objective.name not in allowed:
     raise ConfigError(f"objective.name={config.objective.name!r} does not fit model.family="
-                      f"{m.family!r}; use --config.objective.name={expected}")
+                      f"{m.family!r}; use --config.objective.name={allowed[0]}")
+  from plm_jax.data.pipeline import check_builder   # data.builder must build that objective
+  try:
+    check_builder(config)
+  except Exception as e:  # noqa: BLE001 - re-raised as a config error naming the field
+    raise ConfigError(str(e)) from None
   if m.hidden_size % m.num_heads:
     raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads="
                       f"{m.num_heads}")

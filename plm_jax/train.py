@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from plm_jax import checkpoint, models, objectives, parallel
-from plm_jax.data import loader
+from plm_jax.data import loader, pipeline
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.metrics_writer import MetricsWriter, console, format_duration, format_metrics
@@ -39,7 +39,8 @@ def model_config(config, vocab_size: int) -> models.ModelConfig:
       max_position=m.max_position, type_vocab_size=m.type_vocab_size,
       dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
       layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
-      attention_impl=m.attention_impl, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+      attention_impl=m.attention_impl, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+      nsp_head=config.objective.name == "mlm_nsp")
 
 
 @dataclasses.dataclass
@@ -130,6 +131,7 @@ class Trainer:
         metrics = objective.metrics(stats)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state["step"])
+        metrics["tokens"] = jnp.sum(batch["attention_mask"])       # real tokens, all hosts
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         return new_state, metrics
 
@@ -178,13 +180,12 @@ def _split_micro(x, accum: int, sharding):
   return jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(sharding.mesh, spec))
 
 
-def evaluate_params(trainer: Trainer, params, data: loader.PretrainingData, steps: int) -> dict:
+def evaluate_params(trainer: Trainer, params, data: loader.Batches, steps: int) -> dict:
   """Sums loss statistics over `steps` eval batches and turns them into metrics."""
   step_fn = trainer.eval_step()
   total = None
   for i in range(steps):
-    batch = loader.to_global(data.local_batch(i), trainer.batch_shardings)
-    stats = step_fn(params, batch)
+    stats = step_fn(params, loader.to_global(data.batch(i), trainer.batch_shardings))
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   return {k: float(v) for k, v in trainer.objective.metrics(total).items()}
 
@@ -227,6 +228,25 @@ def setup_mesh(config, devices=None):
   return parallel.make_mesh(shape, devices)
 
 
+def load_data(config, tokenizer: TextTokenizer | None = None) -> pipeline.PreparedData:
+  """Prepared data (data.prepared) or the sources tokenised now; prints the summary."""
+  t0 = time.time()
+  if config.data.prepared:
+    data = pipeline.load_prepared(config, config.data.prepared)
+    if tokenizer is not None and tokenizer.tokenizer.get_vocab() != data.tokenizer.tokenizer.get_vocab():
+      raise CheckpointError(f"data.prepared={config.data.prepared!r} was tokenised with another "
+                            "vocabulary than the workdir's tokenizer.json; use the same one")
+  else:
+    data = pipeline.prepare_in_memory(config, tokenizer)
+  s = data.stats
+  console(f"data: {', '.join(data.descriptions)}: {s.documents:,} documents, {s.tokens:,} tokens "
+          f"-> {s.examples:,} train / {s.eval_examples:,} eval {data.builder} examples of "
+          f"{config.data.max_seq_length} tokens; vocab {data.tokenizer.vocab_size:,}; skipped: "
+          f"{s.empty_documents} empty, {s.bad_records} bad records, {s.undecodable_documents} "
+          f"with undecodable bytes; {time.time() - t0:.1f}s")
+  return data
+
+
 def train(config, workdir: str, devices=None) -> dict:
   """Pretrains (or resumes) the model of `config` in `workdir`; returns the final eval metrics.
 
@@ -234,17 +254,16 @@ def train(config, workdir: str, devices=None) -> dict:
   """
   mesh = setup_mesh(config, devices)
   resume_step, saved_tokenizer = prepare_workdir(config, workdir)
-
-  t0 = time.time()
-  tokenizer, train_data, eval_data = loader.build_datasets(config, tokenizer=saved_tokenizer)
+  data = load_data(config, saved_tokenizer)
+  tokenizer = data.tokenizer
   vocab = padded_vocab(config, tokenizer.vocab_size)
-  console(f"data: {train_data.num_examples:,} train / {eval_data.num_examples:,} eval examples "
-          f"of {config.data.max_seq_length} tokens, vocab {tokenizer.vocab_size:,} "
-          f"(model {vocab:,}), {time.time() - t0:.1f}s")
   trainer = Trainer.create(config, mesh, vocab)
+  train_batches = loader.Batches(config, data, loader.TRAIN)
+  eval_batches = loader.Batches(config, data, loader.EVAL)
 
   manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
+  meta: dict = {}
   if resume_step is not None:
     try:
       restored = checkpoint.restore(manager, resume_step, trainer.abstract_state,
@@ -255,11 +274,9 @@ def train(config, workdir: str, devices=None) -> dict:
     meta = restored.pop("meta", {})
     state = {"step": jax.device_put(jnp.asarray(resume_step, jnp.int32),
                                     trainer.state_shardings["step"]), **restored}
-    tokens_seen = int(meta.get("tokens_seen", 0))
     console(f"resumed from step {resume_step} in {checkpoint.checkpoint_dir(workdir)}")
   else:
     state = trainer.init_state(config.train.seed)
-    tokens_seen = 0
   # Only now, with the checkpoint (if any) read back, is the workdir written to.
   checkpoint.save_config(workdir, config)
   if jax.process_index() == 0 and saved_tokenizer is None:
@@ -274,34 +291,37 @@ def train(config, workdir: str, devices=None) -> dict:
   console(f"compiled the train step in {time.time() - t0:.1f}s")
 
   writer = MetricsWriter(workdir)
+  # The loader's position is saved with every checkpoint: a resumed run continues with the very
+  # batch an uninterrupted run would have seen next.
+  data_state = meta.get("data_iterator") or {"next_index": int(state["step"])}
+  batches = train_batches.iterator(data_state)
   try:
-    state = _loop(config, trainer, train_step, state, tokens_seen, train_data, eval_data,
-                  manager, writer)
-    eval_steps = loader.eval_steps_for(eval_data, config.train.eval_steps)
-    final = evaluate_params(trainer, state["params"], eval_data, eval_steps)
+    state = _loop(config, trainer, train_step, state, int(meta.get("tokens_seen", 0)), batches,
+                  eval_batches, manager, writer)
+    eval_steps = eval_batches.eval_steps(config.train.eval_steps)
+    final = evaluate_params(trainer, state["params"], eval_batches, eval_steps)
     end_step = int(state["step"])
     writer.write(end_step, "eval", final)
     console(f"eval @ step {end_step}: {format_metrics(final, EVAL_KEYS)}")
   finally:
+    batches.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
   return final
 
 
-def _loop(config, trainer, train_step, state, tokens_seen, train_data, eval_data, manager,
+def _loop(config, trainer, train_step, state, tokens_seen, batches, eval_batches, manager,
           writer) -> dict:
   total = config.train.steps
   start = int(state["step"])
   log_every, ckpt_every = max(1, config.train.log_every), config.checkpoint.every
   eval_every = config.train.eval_every
-  pending, tokens, t_last, s_last = [], 0, time.time(), start
+  pending, waited, t_last, s_last = [], 0.0, time.time(), start
   for step in range(start, total):
-    global_batch = train_data.batch(step)
-    step_tokens = loader.tokens_in(global_batch)
-    tokens += step_tokens
-    tokens_seen += step_tokens
-    local = loader.local_rows(global_batch)
+    t_wait = time.perf_counter()
+    local = next(batches)        # prepared by background threads while the last step ran
+    waited += time.perf_counter() - t_wait
     state, metrics = train_step(state, loader.to_global(local, trainer.batch_shardings))
     pending.append(metrics)
     done = step + 1
@@ -309,20 +329,28 @@ def _loop(config, trainer, train_step, state, tokens_seen, train_data, eval_data
       # The only place the host waits for the device: fetching the metrics of the interval.
       fetched = jax.device_get(pending)
       now = time.time()
-      mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-      mean["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
-      mean["step_time_s"] = (now - t_last) / max(done - s_last, 1)
+      steps = max(done - s_last, 1)
+      interval_tokens = float(np.sum([m["tokens"] for m in fetched]))
+      tokens_seen += int(interval_tokens)
+      mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1] if k != "tokens"}
+      mean["tokens_per_s"] = interval_tokens / max(now - t_last, 1e-9)
+      mean["step_time_s"] = (now - t_last) / steps
+      mean["data_wait_s"] = waited / steps
       mean["tokens_seen"] = tokens_seen
       writer.write(done, "train", mean)
       eta = (total - done) * mean["step_time_s"]
       console(f"step {done}/{total} | {format_metrics(mean, TRAIN_KEYS)} | "
-              f"{mean['tokens_per_s']:,.0f} tok/s | ETA {format_duration(eta)}")
-      pending, tokens, t_last, s_last = [], 0, time.time(), done
+              f"{mean['tokens_per_s']:,.0f} tok/s | data wait {mean['data_wait_s'] * 1e3:.1f} "
+              f"ms/step | ETA {format_duration(eta)}")
+      pending, waited, t_last, s_last = [], 0.0, time.time(), done
     if done % ckpt_every == 0 or done == total:
-      checkpoint.save(manager, done, state, {"tokens_seen": tokens_seen})
+      # Steps since the last log are not yet in tokens_seen: count them for the checkpoint.
+      unlogged = int(np.sum(jax.device_get([m["tokens"] for m in pending]))) if pending else 0
+      checkpoint.save(manager, done, state, {"tokens_seen": tokens_seen + unlogged,
+                                             "data_iterator": batches.get_state()})
     if eval_every and done % eval_every == 0 and done != total:
-      steps = loader.eval_steps_for(eval_data, config.train.eval_steps)
-      metrics = evaluate_params(trainer, state["params"], eval_data, steps)
+      metrics = evaluate_params(trainer, state["params"], eval_batches,
+                                eval_batches.eval_steps(config.train.eval_steps))
       writer.write(done, "eval", metrics)
       console(f"eval @ step {done}: {format_metrics(metrics, EVAL_KEYS)}")
   if start >= total:

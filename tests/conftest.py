@@ -35,13 +35,13 @@ def family_config(family: str, **overrides):
 def tokenizers_dir(tmp_path_factory):
   """One WordPiece and one BPE tokenizer trained on the built-in corpus, shared by all tests
   (HF tokenizers' training is not bit-reproducible, so runs compared to each other share one)."""
-  from plm_jax.data import corpus, loader
+  from plm_jax.data import pipeline, sources
   base = tmp_path_factory.mktemp("tokenizers")
   out = {}
   for family in ("bert", "gpt"):
     config = family_config(family)
-    train_docs, _ = corpus.split_train_eval(corpus.load_documents(config.data), 0.05)
+    docs = sources.load_documents(sources.specs_from_config(config.data)[0], config.data)
     directory = base / family
-    loader.build_tokenizer(config, train_docs).save(str(directory))
+    pipeline.tokenizer_for(config, docs).save(str(directory))
     out[family] = str(directory)
   return out

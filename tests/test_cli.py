@@ -52,7 +52,7 @@ def test_train_writes_checkpoint_logs_and_tokenizer(bert_workdir):
   train_lines = [l for l in lines if l["split"] == "train"]
   assert [l["step"] for l in train_lines] == [2, 4]
   for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "tokens_seen",
-              "tokens_per_s", "learning_rate", "grad_norm"):
+              "tokens_per_s", "learning_rate", "grad_norm", "data_wait_s"):
     assert key in train_lines[-1], key
   assert train_lines[-1]["tokens_seen"] > train_lines[0]["tokens_seen"] > 0
 
@@ -97,7 +97,7 @@ def test_empty_corpus(tmp_path, capsys):
   assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "w"),
                  "--config.data.source=text",
                  f"--config.data.path={tmp_path / 'empty.txt'}") == 2
-  assert "hold no text" in capsys.readouterr().err
+  assert "holds no text" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()
 
 
@@ -158,3 +158,52 @@ def test_corrupt_checkpoint_is_a_clear_error(bert_workdir, tokenizers_dir, tmp_p
                  *small_train_args(tokenizers_dir["bert"], steps=6)) == 2
   assert "corrupt or incomplete" in capsys.readouterr().err
   assert snapshot(workdir) == before
+
+
+def test_tokenizer_train_command(tmp_path, capsys):
+  (tmp_path / "a.txt").write_text("Some words to learn from. More words here.\n\nA document.\n" * 40)
+  out = tmp_path / "tok"
+  assert run_cli("tokenizer", "train", "--input", str(tmp_path / "*.txt"), "--kind", "bpe",
+                 "--vocab-size", "400", "--out", str(out)) == 0
+  assert (out / "tokenizer.json").exists()
+  assert "wrote" in capsys.readouterr().out
+  assert run_cli("tokenizer", "train", "--input", str(tmp_path / "none*"), "--kind", "bpe",
+                 "--vocab-size", "400", "--out", str(out)) == 2
+  assert "matches no files" in capsys.readouterr().err
+  assert run_cli("tokenizer", "train", "--kind", "bpe") == 2
+  assert "--input is required" in capsys.readouterr().err
+
+
+def test_data_prepare_then_train_on_it(tmp_path, tokenizers_dir, capsys):
+  prepared = str(tmp_path / "prepared")
+  assert run_cli("data", "prepare", "--config", f"{GPT}:tiny", "--out", prepared,
+                 f"--config.data.tokenizer={tokenizers_dir['gpt']}",
+                 "--config.data.builder=packed", "--config.data.chunk_documents=1000") == 0
+  out = capsys.readouterr().out
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary["documents"] > 2000 and summary["tokenize_mb_per_s"] > 0
+  assert len([f for f in os.listdir(prepared) if f.startswith("train-")]) >= 3 * 3
+  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "run"),
+                 f"--config.data.prepared={prepared}", "--config.data.builder=packed",
+                 *small_train_args(tokenizers_dir["gpt"], steps=3)) == 0
+  assert "packed examples" in capsys.readouterr().out
+  # Prepared for another builder: refused with the reason.
+  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "run2"),
+                 f"--config.data.prepared={prepared}",
+                 *small_train_args(tokenizers_dir["gpt"], steps=3)) == 2
+  assert "holds packed examples" in capsys.readouterr().err
+
+
+def test_data_bench_reports_throughput(capsys, tokenizers_dir):
+  assert run_cli("data", "bench", "--config", f"{BERT}:tiny", "--batches", "20",
+                 f"--config.data.tokenizer={tokenizers_dir['bert']}") == 0
+  figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert figures["loader_examples_per_s"] > 0 and figures["tokenize_mb_per_s"] > 0
+
+
+def test_roberta_style_full_sentences_without_nsp(tmp_path, tokenizers_dir, capsys):
+  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", str(tmp_path / "r"),
+                 "--config.objective.name=mlm", "--config.data.builder=full_sentences",
+                 *small_train_args(tokenizers_dir["bert"], steps=3)) == 0
+  out = capsys.readouterr().out
+  assert "full_sentences examples" in out and "nsp" not in out.split("eval @")[-1]

@@ -1,42 +1,106 @@
-"""Corpus parsing, tokenizers, BERT pairs (NSP), GPT blocks, the deterministic loader."""
+"""Sources, tokenizers, example builders, the Grain loader: sharding, resume, prepare."""
+
+import gzip
+import json
+import os
 
 import numpy as np
 import pytest
 
 from conftest import family_config
-from plm_jax.data import corpus, examples, loader
-from plm_jax.data.tokenizer import TextTokenizer, train_tokenizer
+from plm_jax.data import examples, loader, pipeline, sources
+from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from plm_jax.errors import DataError
 
 
+# --- sources --------------------------------------------------------------------------------------
+
 def test_parse_documents_blank_lines_and_sentences():
-  docs = corpus.parse_documents("First one. Second one!\nThird line\n\n  \nOther doc.\n")
+  docs = sources.parse_documents("First one. Second one!\nThird line\n\n  \nOther doc.\n")
   assert docs == [["First one.", "Second one!", "Third line"], ["Other doc."]]
 
 
 def test_builtin_corpus_is_real_text():
-  docs = corpus.load_documents(family_config("bert").data)
+  cfg = family_config("bert")
+  docs = sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data)
   assert len(docs) > 2000
   assert sum(len(s) for d in docs for s in d) > 400_000
 
 
-def test_text_source_glob_and_errors(tmp_path):
+def test_text_files_gzip_bad_bytes_and_empty_files(tmp_path):
   (tmp_path / "a.txt").write_text("One sentence here. Two sentences here.\n\nAnother doc.\n")
   (tmp_path / "b.txt").write_bytes(b"Bad byte \xff here.\n")
-  cfg = family_config("bert", **{"data.source": "text", "data.path": str(tmp_path / "*.txt")})
-  docs = corpus.load_documents(cfg.data)
-  assert len(docs) == 3 and "\ufffd" in docs[2][0]
-  cfg.data.path = str(tmp_path / "none*.txt")
+  (tmp_path / "c.txt").write_text("")
+  with gzip.open(tmp_path / "d.txt.gz", "wt") as f:
+    f.write("Zipped text.\n")
+  cfg = family_config("bert", **{"data.source": "text", "data.path": str(tmp_path / "*")})
+  stats = sources.SourceStats()
+  docs = sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data, stats)
+  assert docs == [["One sentence here.", "Two sentences here."], ["Another doc."],
+                  ["Bad byte \ufffd here."], ["Zipped text."]]
+  assert (stats.files, stats.documents, stats.empty_documents, stats.undecodable_documents) == (
+      4, 4, 1, 1)
+  cfg.data.doc_per_file = True
+  docs = sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data)
+  assert docs[0] == ["One sentence here.", "Two sentences here.", "Another doc."]
+
+
+def test_glob_without_files_and_files_without_text(tmp_path):
+  cfg = family_config("bert", **{"data.source": "text", "data.path": str(tmp_path / "x*.txt")})
   with pytest.raises(DataError, match="matches no files"):
-    corpus.load_documents(cfg.data)
-  (tmp_path / "empty").mkdir()
-  (tmp_path / "empty" / "e.txt").write_text("\n\n  \n")
-  cfg.data.path = str(tmp_path / "empty" / "*.txt")
-  with pytest.raises(DataError, match="hold no text"):
-    corpus.load_documents(cfg.data)
+    sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data)
+  (tmp_path / "x.txt").write_text("\n\n  \n")
+  with pytest.raises(DataError, match="holds no text"):
+    sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data)
 
 
-def test_tokenizers_special_tokens_and_round_trip(tmp_path):
+def test_jsonl_field_and_bad_records(tmp_path):
+  lines = [json.dumps({"text": "A first document. It has two sentences."}), "{not json",
+           json.dumps({"body": "wrong field"}), json.dumps({"text": 7}),
+           json.dumps({"text": "Second document."})]
+  with gzip.open(tmp_path / "web.jsonl.gz", "wt") as f:
+    f.write("\n".join(lines) + "\n")
+  cfg = family_config("bert", **{"data.source": "jsonl", "data.path": str(tmp_path / "*.gz")})
+  stats = sources.SourceStats()
+  docs = sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data, stats)
+  assert docs == [["A first document.", "It has two sentences."], ["Second document."]]
+  assert stats.bad_records == 3 and stats.bad_record_examples[0].endswith("web.jsonl.gz:2")
+
+
+def test_mixture_spec():
+  cfg = family_config("bert", **{"data.source": "mixture", "data.mixture":
+                                 "text:a/*.txt=0.7; tfds:wikipedia/20230601.en@train[:1%]=0.3"})
+  specs = sources.specs_from_config(cfg.data)
+  assert [(s.kind, s.target, s.split, s.weight) for s in specs] == [
+      ("text", "a/*.txt", "train", 0.7), ("tfds", "wikipedia/20230601.en", "train[:1%]", 0.3)]
+  cfg.data.mixture = "text:a/*.txt"
+  with pytest.raises(DataError, match="KIND:TARGET=WEIGHT"):
+    sources.specs_from_config(cfg.data)
+
+
+def test_tfds_source_with_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg = family_config("bert", **{"data.source": "tfds", "data.tfds_name": "imdb_reviews",
+                                 "data.tfds_split": "train[:50%]"})
+  with tfds.testing.mock_data(num_examples=20):
+    stats = sources.SourceStats()
+    docs = sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data, stats)
+  # (mock_data serves num_examples whatever the slice; real data honours "train[:50%]")
+  assert len(docs) == 20 and stats.documents == 20 and all(isinstance(s, str) for s in docs[0])
+
+
+def test_tfds_not_prepared_says_how(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  cfg = family_config("bert", **{"data.source": "tfds", "data.tfds_name": "imdb_reviews",
+                                 "data.tfds_data_dir": str(tmp_path)})
+  with pytest.raises(DataError, match="tfds build imdb_reviews --data_dir=.* "
+                                      "--file_format=array_record"):
+    sources.load_documents(sources.specs_from_config(cfg.data)[0], cfg.data)
+
+
+# --- tokenizers -----------------------------------------------------------------------------------
+
+def test_trained_tokenizers_special_tokens_and_round_trip(tmp_path):
   texts = ["The quick brown fox jumps over the lazy dog."] * 50
   wp = train_tokenizer(texts, "wordpiece", 200)
   assert wp.mask_id == wp.id_of("[MASK]") and wp.cls_id != wp.sep_id
@@ -52,23 +116,64 @@ def test_tokenizers_special_tokens_and_round_trip(tmp_path):
 
 
 def test_wordpiece_training_is_reproducible():
-  texts = [s for d in corpus.parse_documents(
+  texts = [s for d in sources.parse_documents(
       "A tiny corpus. With some words.\n\nAnd more words here, words again.") for s in d] * 20
   a = train_tokenizer(texts, "wordpiece", 120).tokenizer.get_vocab()
   b = train_tokenizer(texts, "wordpiece", 120).tokenizer.get_vocab()
   assert a == b
 
 
+def test_bert_vocab_txt_matches_transformers(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s",
+           "a", ".", ",", "dog", "##gy", "un", "##believ", "##able", "!"]
+  (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+  ours = load_tokenizer(str(tmp_path / "vocab.txt"))
+  theirs = transformers.BertTokenizerFast(str(tmp_path / "vocab.txt"), do_lower_case=True)
+  text = "The cats sat on the doggy mat, unbelievable! [MASK] ü"
+  assert ours.encode_batch([text])[0] == theirs(text, add_special_tokens=False)["input_ids"]
+  # Special tokens found by name, wherever they sit in the file.
+  assert (ours.pad_id, ours.cls_id, ours.sep_id, ours.mask_id) == (0, 2, 3, 4)
+  shuffled = [words[5], *words[:5], *words[6:]]
+  (tmp_path / "v2").mkdir()
+  (tmp_path / "v2" / "vocab.txt").write_text("\n".join(shuffled) + "\n")
+  assert load_tokenizer(str(tmp_path / "v2")).mask_id == 5
+
+
+def test_gpt2_vocab_json_and_merges(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  bpe = train_tokenizer(["Hello world, hello tokens. <|endoftext|> again"] * 30, "bpe", 300)
+  bpe.tokenizer.model.save(str(tmp_path))        # writes vocab.json + merges.txt
+  ours = load_tokenizer(str(tmp_path))
+  theirs = transformers.GPT2TokenizerFast(str(tmp_path / "vocab.json"),
+                                          str(tmp_path / "merges.txt"))
+  text = "Hello tokens, hello world!"
+  assert ours.encode_batch([text])[0] == theirs(text)["input_ids"]
+  assert ours.eos_id == bpe.eos_id
+  os.remove(tmp_path / "merges.txt")
+  with pytest.raises(DataError, match="merges.txt is missing"):
+    load_tokenizer(str(tmp_path / "vocab.json"))
+
+
+def test_vocab_without_a_required_special_token_names_the_file(tmp_path):
+  (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"]))
+  tok = load_tokenizer(str(tmp_path / "vocab.txt"))
+  with pytest.raises(DataError, match=r"vocab.txt lacks the special token\(s\) mask"):
+    tok.require(("cls", "sep", "mask", "pad"))
+
+
+# --- builders -------------------------------------------------------------------------------------
+
 @pytest.fixture(scope="module")
 def bert_data(tokenizers_dir):
   config = family_config("bert", **{"data.tokenizer": tokenizers_dir["bert"],
                                     "data.dupe_factor": 2})
-  return config, *loader.build_datasets(config)
+  return config, pipeline.prepare_in_memory(config)
 
 
 def test_bert_pairs_structure_and_nsp_balance(bert_data):
-  config, tok, train, _ = bert_data
-  ex = train.examples
+  config, data = bert_data
+  tok, ex = data.tokenizer, data.train[0]
   n, t = ex["input_ids"].shape
   assert n > 5000 and t == config.data.max_seq_length
   lengths = ex["attention_mask"].sum(1)
@@ -83,6 +188,7 @@ def test_bert_pairs_structure_and_nsp_balance(bert_data):
   assert (ex["input_ids"][pos >= lengths[:, None]] == tok.pad_id).all()
   share = ex["nsp_labels"].mean()
   assert abs(share - 0.5) < 4 * np.sqrt(0.25 / n), share
+  assert data.stats.one_sentence_documents > 0          # handled, and counted
 
 
 def test_bert_true_next_segments_continue_the_document():
@@ -112,24 +218,166 @@ def test_short_sequence_rate():
   assert 0.07 < short < 0.15, short
 
 
+def test_long_sentences_never_overflow_a_sequence():
+  docs = [[list(range(5, 500))], [list(range(5, 20)), list(range(30, 40))]]
+  ex = examples.bert_examples(docs, max_seq_length=32, short_seq_prob=0.0, dupe_factor=3,
+                              cls_id=2, sep_id=3, pad_id=0, rng=np.random.default_rng(0))
+  assert ex["input_ids"].shape[1] == 32 and (ex["attention_mask"].sum(1) <= 32).all()
+  full = examples.full_sentence_examples(docs, max_seq_length=32, cls_id=2, sep_id=3, pad_id=0)
+  assert (full["attention_mask"].sum(1) <= 32).all()
+
+
+def test_full_sentences_pack_across_documents_with_a_separator():
+  docs = [[[5, 6], [7]], [[8, 9, 10]], [[11] * 3]]
+  ex = examples.full_sentence_examples(docs, max_seq_length=10, cls_id=2, sep_id=3, pad_id=0)
+  np.testing.assert_array_equal(ex["input_ids"][0], [2, 5, 6, 7, 3, 8, 9, 10, 3, 0])
+  np.testing.assert_array_equal(ex["input_ids"][1], [2, 11, 11, 11, 3, 0, 0, 0, 0, 0])
+  assert (ex["segment_ids"] == 0).all()
+
+
 def test_gpt_blocks_shift_by_one():
   docs = [[1, 2, 3], [4, 5, 6, 7], [8, 9]]
   ex = examples.gpt_examples(docs, max_seq_length=4, eos_id=0)
-  np.testing.assert_array_equal(ex["input_ids"], [[1, 2, 3, 0], [4, 5, 6, 7]])
-  np.testing.assert_array_equal(ex["labels"], [[2, 3, 0, 4], [5, 6, 7, 0]])
+  np.testing.assert_array_equal(ex["tokens"], [[1, 2, 3, 0, 4], [4, 5, 6, 7, 0]])
 
+
+def test_gpt_packed_rows_never_cross_documents():
+  docs = [[1, 2, 3], [4, 5, 6, 7], [8, 9], list(range(10, 22))]
+  ex = examples.gpt_packed_examples(docs, max_seq_length=7, eos_id=0)
+  # Documents stay whole and in order (next fit); one longer than a row is cut into rows.
+  np.testing.assert_array_equal(ex["tokens"][0], [1, 2, 3, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(ex["segment_ids"][0], [1, 1, 1, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(ex["tokens"][1], [4, 5, 6, 7, 0, 8, 9, 0])
+  np.testing.assert_array_equal(ex["segment_ids"][1], [1, 1, 1, 1, 1, 2, 2, 2])
+  np.testing.assert_array_equal(ex["positions"][1], [0, 1, 2, 3, 4, 0, 1, 2])
+  assert sorted(np.concatenate([r[s > 0] for r, s in zip(ex["tokens"], ex["segment_ids"])])
+                ) == sorted(t for d in docs for t in (*d, 0))
+  # Served: labels inside a document only; no prediction of a document from the previous one.
+  config = family_config("gpt", **{"data.builder": "packed"})
+
+  class Tok:
+    def special_ids(self):
+      return np.array([0])
+
+  data = pipeline.PreparedData(Tok(), "packed", [ex], [1.0], ex, pipeline.BuildStats(), ["x"])
+  served = loader.Server(config, data, loader.TRAIN)({**{k: v[1:2] for k, v in ex.items()},
+                                                      "index": np.array([1])})
+  np.testing.assert_array_equal(served["input_ids"][0], [4, 5, 6, 7, 0, 8, 9])
+  np.testing.assert_array_equal(served["labels"][0], [5, 6, 7, 0, 8, 9, 0])
+  np.testing.assert_array_equal(served["label_weights"][0], [1, 1, 1, 1, 0, 1, 1])
+  np.testing.assert_array_equal(served["segment_ids"][0], [1, 1, 1, 1, 1, 2, 2])
+  np.testing.assert_array_equal(served["positions"][0], [0, 1, 2, 3, 4, 0, 1])
+
+
+# --- the loader -----------------------------------------------------------------------------------
 
 def test_batches_are_deterministic_and_masks_dynamic(bert_data):
-  config, _, train, _ = bert_data
+  config, data = bert_data
+  train = loader.Batches(config, data, loader.TRAIN)
   a, b = train.batch(3), train.batch(3)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   assert not np.array_equal(train.batch(4)["input_ids"], a["input_ids"])
-  # The same example served in two epochs gets different masks (dynamic masking).
-  spe = train.steps_per_epoch
-  rows0, rows1 = train._rows(0), train._rows(spe)
-  common = np.intersect1d(rows0, rows1)
-  assert len(common) > 0 or spe > 0
-  shapes = loader.batch_shapes(config)
-  for k, (shape, dtype) in shapes.items():
+  for k, (shape, dtype) in loader.batch_shapes(config).items():
     assert a[k].shape == shape and a[k].dtype == dtype, k
+
+
+def test_two_hosts_see_disjoint_halves_of_each_global_batch(bert_data):
+  config, data = bert_data
+  whole = loader.Batches(config, data, loader.TRAIN, process_index=0, process_count=1)
+  hosts = [loader.Batches(config, data, loader.TRAIN, process_index=p, process_count=2)
+           for p in range(2)]
+  for step in (0, 1, 57):
+    full = whole.batch(step)
+    halves = [h.batch(step) for h in hosts]
+    assert all(len(h["input_ids"]) == config.train.batch_size // 2 for h in halves)
+    # Row k of host p is stream element 2k + p: together exactly the global batch, masks too.
+    for k in full:
+      merged = np.empty_like(full[k])
+      merged[0::2], merged[1::2] = halves[0][k], halves[1][k]
+      np.testing.assert_array_equal(merged, full[k], err_msg=k)
+
+
+def test_one_epoch_is_every_example_once_split_between_hosts():
+  config = family_config("gpt", **{"train.batch_size": 8, "data.max_seq_length": 3})
+  n = 64
+  rows = {"tokens": np.arange(n * 4, dtype=np.int32).reshape(n, 4)}     # row r starts at 4r
+
+  class Tok:
+    def special_ids(self):
+      return np.array([0])
+
+  data = pipeline.PreparedData(Tok(), "blocks", [rows], [1.0], rows, pipeline.BuildStats(), ["x"])
+  hosts = [loader.Batches(config, data, loader.TRAIN, process_index=p, process_count=2)
+           for p in range(2)]
+  for epoch in range(2):
+    steps = range(epoch * n // 8, (epoch + 1) * n // 8)
+    seen = [np.concatenate([h.batch(s)["input_ids"][:, 0] // 4 for s in steps]) for h in hosts]
+    assert not set(seen[0]) & set(seen[1])                 # disjoint shares
+    assert sorted(np.concatenate(seen)) == list(range(n))  # whose union is the whole epoch
+    if epoch == 0:
+      first_order = np.concatenate(seen)
+  assert not np.array_equal(np.concatenate(seen), first_order)   # reshuffled every epoch
+
+
+def test_iterator_resumes_where_it_stopped(bert_data):
+  config, data = bert_data
+  train = loader.Batches(config, data, loader.TRAIN)
+  straight = train.iterator()
+  expected = [next(straight) for _ in range(6)]
+  straight.close()
+  first = train.iterator()
+  for _ in range(4):
+    next(first)
+  state = first.get_state()
+  first.close()
+  assert state == {"next_index": 4}
+  resumed = train.iterator(json.loads(json.dumps(state)))   # as stored in a checkpoint
+  for want in expected[4:]:
+    got = next(resumed)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+  resumed.close()
+
+
+def test_mixture_weights(tmp_path, tokenizers_dir):
+  (tmp_path / "a.txt").write_text("\n\n".join(f"Alpha document number {i}. It is about alpha."
+                                              for i in range(200)))
+  (tmp_path / "b.txt").write_text("\n\n".join(f"Beta document number {i}. It is about beta."
+                                              for i in range(200)))
+  config = family_config("gpt", **{
+      "data.tokenizer": tokenizers_dir["gpt"], "data.source": "mixture",
+      "data.mixture": f"text:{tmp_path}/a.txt=0.75;text:{tmp_path}/b.txt=0.25",
+      "data.max_seq_length": 16, "data.builder": "packed"})
+  data = pipeline.prepare_in_memory(config)
+  train = loader.Batches(config, data, loader.TRAIN)
+  rows = [data.tokenizer.decode(r) for s in range(40) for r in train.batch(s)["input_ids"]]
+  alpha = sum("Alpha" in r for r in rows)
+  beta = sum("Beta" in r for r in rows)
+  assert 0.65 < alpha / (alpha + beta) < 0.85, (alpha, beta)
+
+
+def test_prepared_on_disk_serves_the_same_batches(tmp_path, tokenizers_dir, bert_data):
+  config, memory = bert_data
+  meta = pipeline.prepare_to_disk(config, str(tmp_path / "prep"), log=lambda *_: None)
+  assert meta["summary"]["examples"] == len(memory.train[0]["input_ids"])
+  assert meta["summary"]["tokenize_mb_per_s"] > 0
+  with config.unlocked():
+    config.data.prepared = str(tmp_path / "prep")
+  disk = pipeline.load_prepared(config, config.data.prepared)
+  a = loader.Batches(config, memory, loader.TRAIN).batch(5)
+  b = loader.Batches(config, disk, loader.TRAIN).batch(5)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  with pytest.raises(DataError, match="already holds prepared data"):
+    pipeline.prepare_to_disk(config, str(tmp_path / "prep"), log=lambda *_: None)
+  other = family_config("bert", **{"data.max_seq_length": 32})
+  with pytest.raises(DataError, match="of length 64, but the config asks for nsp examples of "
+                                      "length 32"):
+    pipeline.load_prepared(other, str(tmp_path / "prep"))
+
+
+def test_builder_must_fit_the_objective():
+  config = family_config("gpt", **{"data.builder": "nsp"})
+  with pytest.raises(DataError, match="use --config.data.builder=blocks"):
+    pipeline.check_builder(config)

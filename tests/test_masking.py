@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from plm_jax.objectives.masking import MaskingConfig, mask_tokens, max_predictions_for
+from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, hashed_uniforms,
+                                        mask_tokens, max_predictions_for, rng_uniforms)
 
 VOCAB = 1000
 SPECIALS = np.array([0, 1, 2, 3, 4])     # [PAD] [UNK] [CLS] [SEP] [MASK]
@@ -29,7 +30,9 @@ def masked():
   ids, special = make_batch(rng)
   cfg = MaskingConfig(mask_id=MASK_ID, random_token_ids=np.arange(5, VOCAB),
                       max_predictions=max_predictions_for(128, 0.15))
-  return ids, special, mask_tokens(ids, special, np.random.default_rng(1), cfg)
+  # The hashed draws the loader uses, for example indices 0..B-1 of a stream.
+  uniforms = example_uniforms(1, 0, np.arange(len(ids)), 128, cfg.max_predictions)
+  return ids, special, mask_tokens(ids, special, uniforms, cfg)
 
 
 def test_fifteen_percent_of_non_special_tokens_are_chosen(masked):
@@ -77,12 +80,31 @@ def test_masking_is_reproducible_and_dynamic():
   rng = np.random.default_rng(0)
   ids, special = make_batch(rng, b=16)
   cfg = MaskingConfig(mask_id=MASK_ID, random_token_ids=np.arange(5, VOCAB), max_predictions=20)
-  a = mask_tokens(ids, special, np.random.default_rng([3, 7]), cfg)
-  b = mask_tokens(ids, special, np.random.default_rng([3, 7]), cfg)
-  c = mask_tokens(ids, special, np.random.default_rng([3, 8]), cfg)
+  index = np.arange(16)
+  a = mask_tokens(ids, special, example_uniforms(3, 0, index, 128, 20), cfg)
+  b = mask_tokens(ids, special, example_uniforms(3, 0, index, 128, 20), cfg)
+  # The same sequences served again later in the stream (next epoch) get new masks.
+  c = mask_tokens(ids, special, example_uniforms(3, 0, index + 16, 128, 20), cfg)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   assert not np.array_equal(a["masked_positions"], c["masked_positions"])
+  # A row's mask depends on its own index only, not on the rest of the batch.
+  single = mask_tokens(ids[5:6], special[5:6], example_uniforms(3, 0, index[5:6], 128, 20), cfg)
+  for k in a:
+    np.testing.assert_array_equal(single[k][0], a[k][5])
+  # Any uniform source works, e.g. a numpy Generator.
+  d = mask_tokens(ids, special, rng_uniforms(np.random.default_rng(1), 16, 128, 20), cfg)
+  assert d["masked_weights"].sum() == a["masked_weights"].sum()
+
+
+def test_hashed_uniforms_are_uniform_and_independent():
+  u = hashed_uniforms(0, 0, np.arange(2000), 256)
+  assert 0 <= u.min() and u.max() < 1
+  assert abs(u.mean() - 0.5) < 0.002 and abs(u.var() - 1 / 12) < 0.001
+  # Neighbouring rows and columns are uncorrelated.
+  assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.01
+  assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01
+  assert not np.array_equal(hashed_uniforms(1, 0, np.arange(4), 8), hashed_uniforms(0, 0, np.arange(4), 8))
 
 
 def test_max_predictions_cap():

@@ -59,7 +59,8 @@ class FakeGPT:
   def __init__(self, logits):
     self.logits = logits
 
-  def __call__(self, input_ids, attention_mask=None, dropout_rng=None):
+  def __call__(self, input_ids, attention_mask=None, segment_ids=None, positions=None,
+               dropout_rng=None):
     return {"logits": jnp.asarray(self.logits)}
 
 

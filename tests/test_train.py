@@ -9,7 +9,7 @@ import pytest
 import jax
 from conftest import family_config
 from plm_jax import train
-from plm_jax.data import loader
+from plm_jax.data import loader, pipeline
 
 
 def run(tmp_path, name, config, devices=None):
@@ -52,17 +52,17 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tokenizers_dir, monkeypatc
                                     "data.tokenizer": tokenizers_dir["bert"]})
   straight, straight_final, _ = run(tmp_path, "straight", config)
 
-  original = loader.PretrainingData.batch
+  original = loader.Batches.batch
 
   def crash_at_step_3(self, step):
-    if self.split == 0 and step == 3:
-      raise KeyboardInterrupt("simulated preemption")
+    if self.split == loader.TRAIN and step == 3:
+      raise RuntimeError("simulated preemption")
     return original(self, step)
 
-  monkeypatch.setattr(loader.PretrainingData, "batch", crash_at_step_3)
-  with pytest.raises(KeyboardInterrupt):
+  monkeypatch.setattr(loader.Batches, "batch", crash_at_step_3)
+  with pytest.raises(RuntimeError, match="simulated preemption"):
     run(tmp_path, "resumed", config)
-  monkeypatch.setattr(loader.PretrainingData, "batch", original)
+  monkeypatch.setattr(loader.Batches, "batch", original)
   resumed, resumed_final, workdir = run(tmp_path, "resumed", config)
   assert len(resumed) == 6            # 3 lines before the crash, 3 after the resume
   np.testing.assert_allclose(resumed, straight, rtol=1e-6, atol=1e-6)
@@ -84,8 +84,10 @@ def test_train_step_compiles_once(tmp_path, tokenizers_dir):
   """The AOT-compiled step is reused for every step: its cache holds one entry."""
   config = family_config("gpt", **{"train.steps": 4, "data.tokenizer": tokenizers_dir["gpt"]})
   mesh = train.setup_mesh(config)
-  tok, data, _ = loader.build_datasets(config)
-  trainer = train.Trainer.create(config, mesh, train.padded_vocab(config, tok.vocab_size))
+  prepared = pipeline.prepare_in_memory(config)
+  data = loader.Batches(config, prepared, loader.TRAIN)
+  trainer = train.Trainer.create(config, mesh,
+                                 train.padded_vocab(config, prepared.tokenizer.vocab_size))
   step = trainer.compile_train_step()
   state = trainer.init_state(0)
   for i in range(3):

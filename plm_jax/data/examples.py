@@ -121,15 +121,76 @@ def bert_examples(docs: list[TokenDoc], *, max_seq_length: int, short_seq_prob: 
 
 def gpt_examples(docs: list[list[int]], *, max_seq_length: int, eos_id: int,
                  ) -> dict[str, np.ndarray]:
-  """Documents joined by end-of-text and cut into blocks; labels are the inputs shifted by one.
-
-  Block k holds stream[kT : kT+T] as inputs and stream[kT+1 : kT+T+1] as labels, so every
-  target is a real token and no two blocks share a prediction.
-  """
+  """Documents joined by end-of-text and cut into blocks of T+1 tokens that overlap by one:
+  block k is stream[kT : kT+T+1], its inputs row[:-1] and labels row[1:] (see the loader), so
+  every target is a real token and no two blocks share a prediction."""
   stream = np.fromiter((t for d in docs for t in (*d, eos_id)), np.int32)
   t = max_seq_length
-  n = (len(stream) - 1) // t
-  inputs = stream[: n * t].reshape(n, t)
-  labels = stream[1: n * t + 1].reshape(n, t)
-  return {"input_ids": inputs, "labels": labels,
-          "attention_mask": np.ones_like(inputs), "label_weights": np.ones(inputs.shape, np.float32)}
+  n = max(0, (len(stream) - 1) // t)
+  index = np.arange(n)[:, None] * t + np.arange(t + 1)[None, :]
+  return {"tokens": stream[index] if n else np.zeros((0, t + 1), np.int32)}
+
+
+def full_sentence_examples(docs: list[TokenDoc], *, max_seq_length: int, cls_id: int,
+                           sep_id: int, pad_id: int) -> dict[str, np.ndarray]:
+  """RoBERTa's FULL-SENTENCES: `[CLS] s1 s2 ... [SEP]`, consecutive sentences packed up to the
+  length, crossing document boundaries with an extra [SEP] between documents; no NSP.
+  A sentence longer than a whole sequence is cut into pieces."""
+  budget = max_seq_length - 2
+  rows: list[list[int]] = []
+  current: list[int] = []
+  for doc in docs:
+    new_document = True
+    for sentence in doc:
+      for piece in (sentence[i:i + budget] for i in range(0, len(sentence), budget)):
+        boundary = [sep_id] if (new_document and current) else []
+        if current and len(current) + len(boundary) + len(piece) > budget:
+          rows.append(current)
+          current, boundary = [], []
+        current.extend(boundary + piece)
+        new_document = False
+  if current:
+    rows.append(current)
+  n = len(rows)
+  input_ids = np.full((n, max_seq_length), pad_id, np.int32)
+  attention_mask = np.zeros((n, max_seq_length), np.int32)
+  for r, body in enumerate(rows):
+    ids = [cls_id, *body[:budget], sep_id]
+    input_ids[r, :len(ids)] = ids
+    attention_mask[r, :len(ids)] = 1
+  return {"input_ids": input_ids, "segment_ids": np.zeros_like(input_ids),
+          "attention_mask": attention_mask}
+
+
+def gpt_packed_examples(docs: list[list[int]], *, max_seq_length: int, eos_id: int,
+                        ) -> dict[str, np.ndarray]:
+  """Documents (each + end-of-text) packed whole into rows of T+1 tokens, never split across
+  rows unless longer than a row; segment ids number the documents of a row (0 = padding) and
+  positions restart at every document, so attention never crosses documents.
+
+  Rows are T+1 long: inputs are row[:-1], labels row[1:] (see `serve_causal`).
+  """
+  width = max_seq_length + 1
+  rows: list[list[list[int]]] = [[]]
+  used = 0
+  for doc in docs:
+    tokens = [*doc, eos_id]
+    for piece in (tokens[i:i + width] for i in range(0, len(tokens), width)):
+      if used + len(piece) > width:
+        rows.append([])
+        used = 0
+      rows[-1].append(piece)
+      used += len(piece)
+  rows = [r for r in rows if r]
+  n = len(rows)
+  tokens = np.full((n, width), eos_id, np.int32)
+  segments = np.zeros((n, width), np.int32)
+  positions = np.zeros((n, width), np.int32)
+  for r, pieces in enumerate(rows):
+    at = 0
+    for k, piece in enumerate(pieces, 1):
+      tokens[r, at:at + len(piece)] = piece
+      segments[r, at:at + len(piece)] = k
+      positions[r, at:at + len(piece)] = np.arange(len(piece))
+      at += len(piece)
+  return {"tokens": tokens, "segment_ids": segments, "positions": positions}

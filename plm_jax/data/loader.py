@@ -1,83 +1,225 @@
-"""Pretraining data: corpus -> tokenizer -> examples -> deterministic, resumable global batches.
+"""Example arrays -> deterministic, resumable, per-host global batches, with Grain.
 
-`PretrainingData.batch(step)` is a pure function of (seed, step): the examples of an epoch are a
-seeded permutation, and BERT's masks are drawn when the batch is served from an rng seeded by
-(seed, step). A resumed run therefore sees exactly the batches an uninterrupted run would, and the
-loader's "position" is just the step stored in the checkpoint. Each process builds the rows of
-the global batch it owns and `to_global` assembles them into sharded `jax.Array`s.
+The train stream is a Grain `MapDataset`: each source's examples are shuffled with the seed
+(reshuffled every epoch) and repeated, sources are mixed by weight, and element i of the stream
+is a pure function of (seed, i). Each process reads only its share (elements p, p+P, p+2P, ...
+for process p of P) and batches its rows; the global batch of step s is the union over
+processes, and `to_global` assembles it into sharded `jax.Array`s. BERT's masks are drawn when
+an example is served, from an rng seeded by (seed, split, element index): dynamic (a new mask
+each epoch) and independent of the number of processes.
+
+`iterator()` prepares the next batches in a background thread while the device computes (a
+batch is masked in a few vectorised numpy calls; Grain's per-element threads cost more than they
+saved here). Its state is `{"next_index": step}`, saved in every checkpoint, so a resumed run
+sees exactly the batches an uninterrupted run would have seen.
 """
 
-import dataclasses
 import math
-import os
+import queue
+import threading
 
 import jax
 import numpy as np
 
-from plm_jax.data.corpus import load_documents, split_train_eval
-from plm_jax.data.examples import bert_examples, gpt_examples
-from plm_jax.data.tokenizer import TextTokenizer, train_tokenizer
-from plm_jax.errors import DataError
-from plm_jax.objectives.masking import MaskingConfig, mask_tokens, max_predictions_for
+from plm_jax.data.pipeline import PreparedData
+from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, mask_tokens,
+                                        max_predictions_for)
 
-_TRAIN, _EVAL = 0, 1
+TRAIN, EVAL = 0, 1
 
 
-def tokenize_documents(tokenizer: TextTokenizer, documents, by_sentence: bool):
-  """[[sentence]] -> [[ids per sentence]] (BERT) or [ids per document] (GPT)."""
-  if by_sentence:
-    flat = [s for d in documents for s in d]
-    ids = tokenizer.encode_batch(flat)
-    out, k = [], 0
-    for d in documents:
-      out.append([s for s in ids[k:k + len(d)] if s])
-      k += len(d)
-    return out
-  return tokenizer.encode_batch([" ".join(d) for d in documents])
+class Rows:
+  """Grain source: row i of a dict of equally long arrays (in memory or memory-mapped)."""
+
+  def __init__(self, arrays: dict):
+    self.arrays = arrays
+    self.length = len(next(iter(arrays.values())))
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, i: int) -> dict:
+    return {k: np.asarray(v[i]) for k, v in self.arrays.items()}
 
 
-@dataclasses.dataclass
-class PretrainingData:
-  """Examples of one split and the recipe to serve them as batches."""
+def masking_config(config, tokenizer) -> MaskingConfig:
+  return MaskingConfig(
+      mask_id=tokenizer.mask_id, random_token_ids=tokenizer.regular_ids(),
+      max_predictions=max_predictions_for(config.data.max_seq_length,
+                                          config.objective.mlm_probability),
+      mlm_probability=config.objective.mlm_probability)
 
-  examples: dict[str, np.ndarray]
-  objective: str
-  batch_size: int                        # global batch (rows per step, all processes)
-  seed: int
-  split: int
-  masking: MaskingConfig | None = None
-  special_ids: np.ndarray | None = None
 
-  @property
-  def num_examples(self) -> int:
-    return len(self.examples["input_ids"])
+class Server:
+  """Turns a batch of stored examples into what the model is fed (the per-serving step).
 
-  @property
-  def steps_per_epoch(self) -> int:
-    return max(1, self.num_examples // self.batch_size)
+  `index` holds each row's position in the whole data stream: BERT's masks are a function of it.
+  """
 
-  def _rows(self, step: int) -> np.ndarray:
-    """Indices of the examples of global batch `step` (epochs reshuffled, remainder dropped)."""
-    if self.num_examples >= self.batch_size:
-      epoch, within = divmod(step, self.steps_per_epoch)
-      order = np.random.default_rng([self.seed, self.split, epoch]).permutation(self.num_examples)
-      return order[within * self.batch_size:(within + 1) * self.batch_size]
-    # Fewer examples than one batch (a tiny eval split): cycle through them in order.
-    return np.arange(step * self.batch_size, (step + 1) * self.batch_size) % self.num_examples
+  def __init__(self, config, prepared: PreparedData, split: int):
+    self.seed, self.split = config.train.seed, split
+    self.builder = prepared.builder
+    tok = prepared.tokenizer
+    self.masking = masking_config(config, tok) if self.builder in ("nsp", "full_sentences") \
+        else None
+    self.special = tok.special_ids()
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """The whole global batch of `step` as numpy arrays."""
-    rows = self._rows(step)
-    batch = {k: v[rows] for k, v in self.examples.items()}
+  def __call__(self, batch: dict) -> dict:
+    index = batch.pop("index")
     if self.masking is not None:
-      special = np.isin(batch["input_ids"], self.special_ids) | (batch["attention_mask"] == 0)
-      rng = np.random.default_rng([self.seed, self.split, 1_000_003, step])
-      batch.update(mask_tokens(batch["input_ids"], special, rng, self.masking))
+      ids = batch["input_ids"]
+      special = np.isin(ids, self.special) | (batch["attention_mask"] == 0)
+      uniforms = example_uniforms(self.seed, self.split, index, ids.shape[1],
+                                  self.masking.max_predictions)
+      return {**batch, **mask_tokens(ids, special, uniforms, self.masking)}
+    tokens = batch["tokens"]
+    out = {"input_ids": tokens[:, :-1].astype(np.int32),
+           "labels": tokens[:, 1:].astype(np.int32)}
+    if self.builder == "packed":
+      seg = batch["segment_ids"]
+      out["segment_ids"] = seg[:, :-1].astype(np.int32)
+      out["positions"] = batch["positions"][:, :-1].astype(np.int32)
+      out["attention_mask"] = (seg[:, :-1] > 0).astype(np.int32)
+      out["label_weights"] = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(np.float32)
+    else:
+      out["attention_mask"] = np.ones_like(out["input_ids"])
+      out["label_weights"] = np.ones(out["input_ids"].shape, np.float32)
+    return out
+
+
+class Prefetcher:
+  """Prepares the batches of the next steps in a background thread while the device computes.
+
+  Its state is the next step, `{"next_index": step}`, the same as a Grain iterator's.
+  """
+
+  def __init__(self, batch_fn, next_index: int, depth: int):
+    self._batch_fn, self._next = batch_fn, next_index
+    self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(next_index,), daemon=True)
+    self._thread.start()
+
+  def _run(self, step: int) -> None:
+    while not self._stop.is_set():
+      try:
+        item = (step, self._batch_fn(step), None)
+      except Exception as e:  # noqa: BLE001 - handed to the consumer, raised there
+        item = (step, None, e)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item[2] is not None:
+        return
+      step += 1
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    step, batch, error = self._queue.get()
+    if error is not None:
+      raise error
+    self._next = step + 1
     return batch
 
-  def local_batch(self, step: int) -> dict[str, np.ndarray]:
+  def get_state(self) -> dict:
+    return {"next_index": self._next}
+
+  def close(self) -> None:
+    self._stop.set()
+
+
+class Batches:
+  """The batches of one split for this process: random access by step, or a prefetching
+  iterator with a checkpointable position."""
+
+  def __init__(self, config, prepared: PreparedData, split: int, *,
+               process_index: int | None = None, process_count: int | None = None):
+    self.config, self.split = config, split
+    p = jax.process_index() if process_index is None else process_index
+    n = jax.process_count() if process_count is None else process_count
+    self.global_batch = config.train.batch_size
+    self.local_batch = self.global_batch // n
+    seed = config.train.seed
+    import grain  # lazy: `plm-jax bench` and model-only users do not need it
+    if split == TRAIN:
+      parts = [grain.MapDataset.source(Rows(a)).shuffle(seed=seed + 7919 * i).repeat(None)
+               for i, a in enumerate(prepared.train)]
+      stream = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, prepared.weights)
+      self.num_examples = sum(len(Rows(a)) for a in prepared.train)
+    else:
+      stream = grain.MapDataset.source(Rows(prepared.eval)).repeat(None)
+      self.num_examples = len(Rows(prepared.eval))
+    server = Server(config, prepared, split)
+    # Element j of this process's slice is element j * n + p of the whole stream.
+    mine = stream[p::n].map_with_index(lambda j, example: {**example, "index": j * n + p})
+    self.dataset = mine.batch(self.local_batch).map(server)
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of the global batch of `step`."""
-    return local_rows(self.batch(step))
+    return self.dataset[step]
+
+  def iterator(self, state: dict | None = None) -> Prefetcher:
+    """Batches from `state["next_index"]` on, prepared `data.prefetch` steps ahead in a
+    background thread; `get_state()` gives the position to save in a checkpoint."""
+    start = int((state or {}).get("next_index", 0))
+    return Prefetcher(self.batch, start, self.config.data.prefetch)
+
+  def eval_steps(self, requested: int) -> int:
+    """Batches that cover the split once, capped at `requested` (0 = no cap)."""
+    full = math.ceil(self.num_examples / self.global_batch)
+    return full if requested <= 0 else min(full, requested)
+
+
+def to_global(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
+  """Process-local rows -> global sharded arrays."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+
+
+def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Shape and dtype of every field of a global batch (for synthetic batches and shardings)."""
+  b, t = config.train.batch_size, config.data.max_seq_length
+  if config.objective.name in ("mlm_nsp", "mlm"):
+    p = max_predictions_for(t, config.objective.mlm_probability)
+    shapes = {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
+              "attention_mask": ((b, t), np.int32), "masked_positions": ((b, p), np.int32),
+              "masked_labels": ((b, p), np.int32), "masked_weights": ((b, p), np.float32)}
+    if config.objective.name == "mlm_nsp":
+      shapes["nsp_labels"] = ((b,), np.int32)
+    return shapes
+  shapes = {"input_ids": ((b, t), np.int32), "attention_mask": ((b, t), np.int32),
+            "labels": ((b, t), np.int32), "label_weights": ((b, t), np.float32)}
+  if config.data.builder == "packed":
+    shapes["segment_ids"] = ((b, t), np.int32)
+    shapes["positions"] = ((b, t), np.int32)
+  return shapes
+
+
+def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random ids of the right shapes (bench): full-length sequences, 15% positions predicted."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  t = config.data.max_seq_length
+  for name, (shape, dtype) in batch_shapes(config).items():
+    if name in ("input_ids", "labels", "masked_labels"):
+      out[name] = rng.integers(5, vocab_size, shape).astype(dtype)
+    elif name in ("attention_mask", "masked_weights", "label_weights"):
+      out[name] = np.ones(shape, dtype)
+    elif name == "segment_ids":
+      half = (np.arange(t)[None, :] >= t // 2).astype(dtype)
+      out[name] = np.repeat(half + (config.model.family == "gpt"), shape[0], 0)
+    elif name == "positions":
+      out[name] = np.repeat(np.arange(t, dtype=dtype)[None, :], shape[0], 0)
+    elif name == "masked_positions":
+      order = rng.permuted(np.tile(np.arange(1, t), (shape[0], 1)), axis=1)
+      out[name] = np.sort(order[:, :shape[1]], axis=1).astype(dtype)
+    elif name == "nsp_labels":
+      out[name] = rng.integers(0, 2, shape).astype(dtype)
+  return out
 
 
 def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,107 +227,3 @@ def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   n, i = jax.process_count(), jax.process_index()
   per = len(batch["input_ids"]) // n
   return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
-
-
-def to_global(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
-  """Process-local rows -> global sharded arrays (no host ever holds the whole batch on device)."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
-
-
-def build_tokenizer(config, documents) -> TextTokenizer:
-  """The tokenizer named by data.tokenizer, or a new one trained on `documents`."""
-  if config.data.tokenizer:
-    path = config.data.tokenizer
-    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
-    if not os.path.isdir(path) and os.path.basename(path) != "tokenizer.json":
-      raise DataError(f"data.tokenizer={path!r} must be a tokenizer.json file or a directory "
-                      "holding one")
-    return TextTokenizer.load(directory)
-  kind = "wordpiece" if config.model.family == "bert" else "bpe"
-  texts = (s for d in documents for s in d)
-  return train_tokenizer(texts, kind, config.data.vocab_size, lowercase=config.data.lowercase)
-
-
-def build_datasets(config, tokenizer: TextTokenizer | None = None, documents=None,
-                   eval_only: bool = False,
-                   ) -> tuple[TextTokenizer, PretrainingData | None, PretrainingData]:
-  """(tokenizer, train data, eval data) for `config`; trains the tokenizer if none is given.
-
-  With `eval_only` the train split is not built (evaluation of a restored checkpoint).
-  """
-  if documents is None:
-    documents = load_documents(config.data)
-  train_docs, eval_docs = split_train_eval(documents, config.data.eval_fraction)
-  if tokenizer is None:
-    tokenizer = build_tokenizer(config, train_docs)
-  seq = config.data.max_seq_length
-  out = [None] if eval_only else []
-  for split, docs in ((_TRAIN, train_docs), (_EVAL, eval_docs)):
-    if eval_only and split == _TRAIN:
-      continue
-    rng = np.random.default_rng([config.train.seed, split, 7])
-    if config.objective.name == "mlm_nsp":
-      examples = bert_examples(
-          tokenize_documents(tokenizer, docs, by_sentence=True), max_seq_length=seq,
-          short_seq_prob=config.data.short_seq_prob, dupe_factor=config.data.dupe_factor,
-          cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id, rng=rng)
-      masking = MaskingConfig(
-          mask_id=tokenizer.mask_id, random_token_ids=tokenizer.regular_ids(),
-          max_predictions=max_predictions_for(seq, config.objective.mlm_probability),
-          mlm_probability=config.objective.mlm_probability)
-    else:
-      examples = gpt_examples(tokenize_documents(tokenizer, docs, by_sentence=False),
-                              max_seq_length=seq, eos_id=tokenizer.eos_id)
-      masking = None
-    if len(examples["input_ids"]) == 0:
-      raise DataError(
-          f"the {'train' if split == _TRAIN else 'eval'} split of data.source="
-          f"{config.data.source!r} yields no examples of max_seq_length={seq}; use a larger "
-          "corpus or a smaller --config.data.max_seq_length")
-    out.append(PretrainingData(examples, config.objective.name, config.train.batch_size,
-                               config.train.seed, split, masking, tokenizer.special_ids()))
-  return tokenizer, out[0], out[1]
-
-
-def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """Shape and dtype of every field of a global batch (for synthetic batches and shardings)."""
-  b, t = config.train.batch_size, config.data.max_seq_length
-  if config.objective.name == "mlm_nsp":
-    p = max_predictions_for(t, config.objective.mlm_probability)
-    return {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
-            "attention_mask": ((b, t), np.int32), "masked_positions": ((b, p), np.int32),
-            "masked_labels": ((b, p), np.int32), "masked_weights": ((b, p), np.float32),
-            "nsp_labels": ((b,), np.int32)}
-  return {"input_ids": ((b, t), np.int32), "attention_mask": ((b, t), np.int32),
-          "labels": ((b, t), np.int32), "label_weights": ((b, t), np.float32)}
-
-
-def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random ids of the right shapes (bench): full-length sequences, 15% positions predicted."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for name, (shape, dtype) in batch_shapes(config).items():
-    if name in ("input_ids", "labels", "masked_labels"):
-      out[name] = rng.integers(5, vocab_size, shape).astype(dtype)
-    elif name in ("attention_mask", "masked_weights", "label_weights"):
-      out[name] = np.ones(shape, dtype)
-    elif name == "segment_ids":
-      out[name] = (np.arange(shape[1])[None, :] >= shape[1] // 2).astype(dtype).repeat(shape[0], 0)
-    elif name == "masked_positions":
-      out[name] = np.sort(rng.permuted(np.tile(np.arange(1, config.data.max_seq_length),
-                                               (shape[0], 1)), axis=1)[:, :shape[1]], axis=1)
-      out[name] = out[name].astype(dtype)
-    elif name == "nsp_labels":
-      out[name] = rng.integers(0, 2, shape).astype(dtype)
-  return out
-
-
-def tokens_in(batch: dict[str, np.ndarray]) -> int:
-  """Real (non-padding) tokens in a batch: what "tokens seen" counts."""
-  return int(np.sum(batch["attention_mask"]))
-
-
-def eval_steps_for(data: PretrainingData, requested: int) -> int:
-  """Eval batches that cover the eval split once, capped at `requested` (0 = no cap)."""
-  full = math.ceil(data.num_examples / data.batch_size)
-  return full if requested <= 0 else min(full, requested)

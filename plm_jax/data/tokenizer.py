@@ -1,70 +1,100 @@
-"""Tokenizers (Hugging Face `tokenizers`): WordPiece for BERT, byte-level BPE for GPT.
+"""Tokenizers (Hugging Face `tokenizers`): WordPiece for BERT, byte-level BPE for GPT-2.
 
-Special tokens are looked up by name in the vocabulary, never assumed to sit at fixed ids. The
+Reads the files people already have -- BERT's `vocab.txt`, GPT-2's `vocab.json` + `merges.txt`,
+any `tokenizer.json` -- or trains a new vocabulary. Special tokens are found by name in the
+vocabulary ([CLS] or <s>, [MASK] or <mask>, ...), never assumed to sit at fixed ids. The
 tokenizer is saved as `tokenizer.json` in the workdir beside the checkpoints, so a restored run
 needs nothing else.
 """
 
 import dataclasses
+import json
 import os
 from typing import Iterable
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                        trainers)
 
 from plm_jax.errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 GPT_SPECIALS = ("<|endoftext|>",)
+# Role -> the names that role's token has in the vocabularies in use (BERT, RoBERTa, GPT-2).
+ROLE_TOKENS = {
+    "pad": ("[PAD]", "<pad>"),
+    "unk": ("[UNK]", "<unk>"),
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
+    "eos": ("<|endoftext|>", "</s>"),
+}
+MLM_ROLES = ("cls", "sep", "mask", "pad")
+LM_ROLES = ("eos",)
 
 
 @dataclasses.dataclass
 class TextTokenizer:
-  """A `tokenizers.Tokenizer` plus the ids of the special tokens its family needs."""
+  """A `tokenizers.Tokenizer` plus the ids of its special tokens, found by name."""
 
   tokenizer: Tokenizer
   kind: str                              # "wordpiece" or "bpe"
+  source: str = "<memory>"               # where it was read from (for error messages)
 
-  def __post_init__(self):
-    required = BERT_SPECIALS if self.kind == "wordpiece" else GPT_SPECIALS
-    missing = [t for t in required if self.tokenizer.token_to_id(t) is None]
-    if missing:
-      raise DataError(f"the {self.kind} vocabulary lacks the special token(s) {missing}; "
-                      "retrain it or add them")
-
-  # --- special ids -------------------------------------------------------------------------
-  def id_of(self, token: str) -> int:
+  # --- special tokens ------------------------------------------------------------------------
+  def id_of(self, token: str) -> int | None:
     return self.tokenizer.token_to_id(token)
+
+  def role_token(self, role: str) -> str | None:
+    for name in ROLE_TOKENS[role]:
+      if self.id_of(name) is not None:
+        return name
+    return None
+
+  def role_id(self, role: str) -> int:
+    name = self.role_token(role)
+    if name is None:
+      raise DataError(f"the tokenizer {self.source} has no {role} token (one of "
+                      f"{list(ROLE_TOKENS[role])}); add it to the vocabulary or retrain it")
+    return self.id_of(name)
+
+  def require(self, roles: Iterable[str]) -> None:
+    """Raises a DataError naming the file if any role's token is missing."""
+    missing = [f"{r} ({'/'.join(ROLE_TOKENS[r])})" for r in roles if self.role_token(r) is None]
+    if missing:
+      raise DataError(f"the tokenizer {self.source} lacks the special token(s) "
+                      f"{', '.join(missing)}; add them to the vocabulary or retrain it")
 
   @property
   def pad_id(self) -> int:
-    return self.id_of("[PAD]") if self.kind == "wordpiece" else self.id_of("<|endoftext|>")
+    return self.role_id("pad") if self.role_token("pad") else self.role_id("eos")
 
   @property
   def cls_id(self) -> int:
-    return self.id_of("[CLS]")
+    return self.role_id("cls")
 
   @property
   def sep_id(self) -> int:
-    return self.id_of("[SEP]")
+    return self.role_id("sep")
 
   @property
   def mask_id(self) -> int:
-    return self.id_of("[MASK]")
+    return self.role_id("mask")
 
   @property
   def eos_id(self) -> int:
-    return self.id_of("<|endoftext|>")
+    return self.role_id("eos")
 
   @property
   def vocab_size(self) -> int:
     return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
   def special_ids(self) -> np.ndarray:
-    names = BERT_SPECIALS if self.kind == "wordpiece" else GPT_SPECIALS
-    added = [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
-    return np.array(sorted({self.id_of(t) for t in (*names, *added)}), np.int32)
+    """Ids of every role token present and of every added special token."""
+    names = {self.role_token(r) for r in ROLE_TOKENS} - {None}
+    added = {t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special}
+    return np.array(sorted({self.id_of(t) for t in names | added}), np.int32)
 
   def regular_ids(self) -> np.ndarray:
     """Every id that is not a special token (what MLM's "random token" is drawn from)."""
@@ -72,7 +102,7 @@ class TextTokenizer:
 
   # --- text ---------------------------------------------------------------------------------
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    """Ids without any special tokens (the example builders add them)."""
+    """Ids without any special tokens (the example builders add them). Runs on all cores."""
     return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
   def decode(self, ids) -> str:
@@ -86,20 +116,82 @@ class TextTokenizer:
     return path
 
   @classmethod
-  def load(cls, directory: str) -> "TextTokenizer":
-    path = os.path.join(directory, TOKENIZER_FILE)
-    if not os.path.exists(path):
-      raise DataError(f"{path} does not exist; train a tokenizer or point at its directory")
-    try:
+  def load(cls, path: str) -> "TextTokenizer":
+    """Reads a tokenizer.json, a BERT vocab.txt, a GPT-2 vocab.json (+ merges.txt beside it),
+    or a directory holding any of them (tokenizer.json preferred)."""
+    return load_tokenizer(path)
+
+
+def _kind_of(tok: Tokenizer) -> str:
+  return "wordpiece" if isinstance(tok.model, models.WordPiece) else "bpe"
+
+
+def _mark_special(tok: Tokenizer) -> Tokenizer:
+  """Registers the role tokens present as special, so text never splits them."""
+  present = [n for names in ROLE_TOKENS.values() for n in names if tok.token_to_id(n) is not None]
+  if present:
+    tok.add_special_tokens(sorted(set(present)))
+  return tok
+
+
+def _lowercase_hint(directory: str) -> bool:
+  """`do_lower_case` from a Hugging Face tokenizer_config.json beside a vocab.txt (default True:
+  the uncased BERT vocabularies are the common ones)."""
+  path = os.path.join(directory, "tokenizer_config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return bool(json.load(f).get("do_lower_case", True))
+  except (OSError, ValueError):
+    return True
+
+
+def wordpiece_from_vocab(vocab_file: str, lowercase: bool) -> Tokenizer:
+  tok = Tokenizer(models.WordPiece.from_file(vocab_file, unk_token="[UNK]"))
+  tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.decoder = decoders.WordPiece()
+  return _mark_special(tok)
+
+
+def bpe_from_files(vocab_json: str, merges_txt: str) -> Tokenizer:
+  tok = Tokenizer(models.BPE.from_file(vocab_json, merges_txt))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.post_processor = processors.ByteLevel(trim_offsets=False)
+  return _mark_special(tok)
+
+
+def load_tokenizer(path: str) -> TextTokenizer:
+  path = os.path.expanduser(path)
+  if os.path.isdir(path):
+    for name in (TOKENIZER_FILE, "vocab.json", "vocab.txt"):
+      if os.path.exists(os.path.join(path, name)):
+        return load_tokenizer(os.path.join(path, name))
+    raise DataError(f"{path} holds no tokenizer.json, vocab.json (+ merges.txt) or vocab.txt")
+  if not os.path.exists(path):
+    raise DataError(f"tokenizer file {path} does not exist")
+  name = os.path.basename(path)
+  try:
+    if name.endswith(".json") and name != "vocab.json":
       tok = Tokenizer.from_file(path)
-    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
-      raise DataError(f"cannot read the tokenizer {path}: {e}") from None
-    kind = "wordpiece" if isinstance(tok.model, models.WordPiece) else "bpe"
-    return cls(tok, kind)
+    elif name == "vocab.json":
+      merges = os.path.join(os.path.dirname(path), "merges.txt")
+      if not os.path.exists(merges):
+        raise DataError(f"{path} is a GPT-2 vocabulary but {merges} is missing")
+      tok = bpe_from_files(path, merges)
+    elif name.endswith(".txt"):
+      tok = wordpiece_from_vocab(path, _lowercase_hint(os.path.dirname(path)))
+    else:
+      raise DataError(f"{path}: not a tokenizer.json, vocab.json or vocab.txt")
+  except DataError:
+    raise
+  except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exceptions on bad files
+    raise DataError(f"cannot read the tokenizer {path}: {e}") from None
+  return TextTokenizer(tok, _kind_of(tok), source=path)
 
 
 def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, *,
-                    lowercase: bool = True) -> TextTokenizer:
+                    lowercase: bool = True, show_progress: bool = False) -> TextTokenizer:
   """Trains a WordPiece (BERT) or byte-level BPE (GPT-2) vocabulary on `texts`."""
   if kind == "wordpiece":
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -107,7 +199,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, *,
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS),
-                                        show_progress=False)
+                                        show_progress=show_progress)
   elif kind == "bpe":
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -115,7 +207,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, *,
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(GPT_SPECIALS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+                                  show_progress=show_progress)
   else:
     raise DataError(f"tokenizer kind {kind!r} is not one of 'wordpiece', 'bpe'")
   tok.train_from_iterator(texts, trainer=trainer)
@@ -126,7 +218,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, *,
 
 def _canonical_wordpiece(vocab: dict[str, int]) -> models.WordPiece:
   """The trainer assigns ids in hash-map order, different on every run; WordPiece matching does
-  not depend on ids, so renumbering (specials first, then sorted) makes training reproducible."""
+  not depend on ids, so renumbering (specials first, then sorted) makes ids reproducible."""
   rest = sorted(t for t in vocab if t not in BERT_SPECIALS)
   ordered = {t: i for i, t in enumerate([*BERT_SPECIALS, *rest])}
   return models.WordPiece(ordered, unk_token="[UNK]", continuing_subword_prefix="##")

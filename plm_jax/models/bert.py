@@ -114,15 +114,16 @@ class BertForPreTraining(nnx.Module):
     self.mlm = MaskedLMHead(cfg, rngs=rngs)
     self.nsp = Dense(cfg.hidden_size, (2,), ("embed", "classes"),
                      init=normal_init(cfg.initializer_range), dtype=cfg.compute_dtype,
-                     param_dtype=cfg.storage_dtype, rngs=rngs)
+                     param_dtype=cfg.storage_dtype, rngs=rngs) if cfg.nsp_head else None
 
   def __call__(self, input_ids, segment_ids, attention_mask, masked_positions,
                dropout_rng=None):
-    """Returns {"mlm_logits": [B, P, V], "nsp_logits": [B, 2]} (float32)."""
+    """Returns {"mlm_logits": [B, P, V], "nsp_logits": [B, 2]} (float32; no NSP logits when
+    the model has no NSP head)."""
     sequence, pooled = self.encoder(input_ids, segment_ids, attention_mask,
                                     dropout_rng=dropout_rng)
     picked = gather_positions(sequence, masked_positions)
-    return {
-        "mlm_logits": self.mlm(picked, self.encoder.embeddings.word),
-        "nsp_logits": self.nsp(pooled).astype(jnp.float32),
-    }
+    out = {"mlm_logits": self.mlm(picked, self.encoder.embeddings.word)}
+    if self.nsp is not None:
+      out["nsp_logits"] = self.nsp(pooled).astype(jnp.float32)
+    return out

@@ -27,6 +27,7 @@ class ModelConfig:
   dtype: str = "float32"              # compute dtype
   param_dtype: str = "float32"        # storage dtype of the parameters
   remat: bool = False                 # recompute each block's activations in the backward pass
+  nsp_head: bool = True               # BERT: the next-sentence head (off for MLM-only objectives)
 
   @property
   def compute_dtype(self):

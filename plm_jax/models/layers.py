@@ -172,6 +172,8 @@ def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
         key_value_seq_lengths=lengths, implementation="cudnn")
   dense = mask.dense()
   is_causal = mask.causal and dense is None
+  if dense is not None and implementation == "cudnn":
+    implementation = None   # packed-sequence masks: let jax pick a kernel that takes a mask
   return jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=is_causal,
                                       implementation=implementation)
 

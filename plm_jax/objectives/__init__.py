@@ -1,5 +1,5 @@
-"""Objectives (MLM + NSP, causal LM), BERT masking, and loss statistics."""
+"""Objectives (MLM + NSP, MLM, causal LM), BERT masking, and loss statistics."""
 
-from plm_jax.objectives.objectives import OBJECTIVES, CausalLM, MaskedLMWithNSP, get
+from plm_jax.objectives.objectives import OBJECTIVES, CausalLM, MaskedLM, MaskedLMWithNSP, get
 
-__all__ = ["OBJECTIVES", "CausalLM", "MaskedLMWithNSP", "get"]
+__all__ = ["OBJECTIVES", "CausalLM", "MaskedLM", "MaskedLMWithNSP", "get"]

@@ -3,8 +3,12 @@
 For each sequence, exactly round(15% x #non-special tokens) positions are chosen (at least one,
 at most `max_predictions`), as in the original BERT data creation. Of the chosen positions 80%
 become [MASK], 10% a random token drawn from the non-special vocabulary, 10% stay unchanged.
-Special tokens ([CLS], [SEP], [PAD], ...) are never chosen. The rng is a numpy Generator seeded
-from (seed, step), so a run -- and a resumed run -- sees the same masks.
+Special tokens ([CLS], [SEP], [PAD], ...) are never chosen.
+
+The random numbers are a counter-based hash of (seed, stream, example index, position)
+(`example_uniforms`): a batch is masked in a few vectorised numpy calls, the mask of an example
+depends only on its index in the data stream -- not on the batch it lands in nor on the number
+of hosts -- and a resumed run sees the same masks as an uninterrupted one.
 """
 
 import dataclasses
@@ -27,14 +31,49 @@ def max_predictions_for(seq_len: int, mlm_probability: float) -> int:
   return max(1, int(np.ceil(seq_len * mlm_probability)))
 
 
-def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Generator,
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser: a bijective, well-mixed hash of uint64 values."""
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def hashed_uniforms(seed: int, stream: int, index: np.ndarray, width: int) -> np.ndarray:
+  """[len(index), width] uniforms in [0, 1), a pure function of (seed, stream, index, column)."""
+  with np.errstate(over="ignore"):
+    key = _mix64(np.uint64(seed) * _GOLDEN + np.uint64(stream) * np.uint64(0xD1B54A32D192ED03))
+    row = _mix64(key ^ (np.asarray(index, np.uint64) * np.uint64(0x8CB92BA72F3D8DD7)))
+    cells = _mix64(row[:, None] + np.arange(1, width + 1, dtype=np.uint64)[None, :] * _GOLDEN)
+  return (cells >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+
+
+def example_uniforms(seed: int, split: int, index: np.ndarray, seq_len: int,
+                     max_predictions: int) -> dict[str, np.ndarray]:
+  """The three draws `mask_tokens` needs for examples `index` of a data stream."""
+  return {"select": hashed_uniforms(seed, 3 * split, index, seq_len),
+          "action": hashed_uniforms(seed, 3 * split + 1, index, max_predictions),
+          "replace": hashed_uniforms(seed, 3 * split + 2, index, max_predictions)}
+
+
+def rng_uniforms(rng: np.random.Generator, batch: int, seq_len: int,
+                 max_predictions: int) -> dict[str, np.ndarray]:
+  """The same draws from a numpy Generator (for tests and one-off use)."""
+  return {"select": rng.random((batch, seq_len)), "action": rng.random((batch, max_predictions)),
+          "replace": rng.random((batch, max_predictions))}
+
+
+def mask_tokens(input_ids: np.ndarray, special: np.ndarray, uniforms: dict[str, np.ndarray],
                 cfg: MaskingConfig) -> dict[str, np.ndarray]:
   """Corrupts a [B, T] batch of ids.
 
   Args:
     input_ids: [B, T] token ids.
     special: [B, T] bool, True where a token may never be chosen (special tokens and padding).
-    rng: the generator the choices are drawn from.
+    uniforms: "select" [B, T], "action" [B, P], "replace" [B, P] uniforms in [0, 1)
+      (`example_uniforms` or `rng_uniforms`).
     cfg: mask id, random-token vocabulary and rates.
   Returns:
     input_ids (corrupted copy), masked_positions [B, P] int32, masked_labels [B, P] int32
@@ -47,19 +86,20 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Gener
   num = np.minimum(num, candidates)      # a sequence without candidates predicts nothing
 
   # A uniformly random subset of size num per row: sort random keys, specials pushed to the end.
-  keys = rng.random((b, t))
-  keys[special] = 2.0
+  keys = np.where(special, 2.0, uniforms["select"])
   order = np.argsort(keys, axis=1, kind="stable")[:, :p] if p <= t else np.pad(
       np.argsort(keys, axis=1, kind="stable"), ((0, 0), (0, p - t)))
   valid = np.arange(p)[None, :] < num[:, None]
   positions = np.where(valid, order, 0)
 
   labels = np.take_along_axis(input_ids, positions, axis=1)
-  action = rng.random((b, p))
+  action = uniforms["action"]
   to_mask = valid & (action < cfg.mask_token_fraction)
   to_random = valid & (action >= cfg.mask_token_fraction) & (
       action < cfg.mask_token_fraction + cfg.random_token_fraction)
-  random_ids = rng.choice(cfg.random_token_ids, size=(b, p))
+  pick = np.minimum((uniforms["replace"] * len(cfg.random_token_ids)).astype(np.int64),
+                     len(cfg.random_token_ids) - 1)
+  random_ids = cfg.random_token_ids[pick]
 
   corrupted = input_ids.copy()
   rows = np.broadcast_to(np.arange(b)[:, None], (b, p))

@@ -50,6 +50,31 @@ class MaskedLMWithNSP:
     }
 
 
+class MaskedLM(MaskedLMWithNSP):
+  """RoBERTa-style: masked-LM cross-entropy over the chosen positions only, no NSP."""
+
+  name = "mlm"
+  batch_fields = ("input_ids", "segment_ids", "attention_mask", "masked_positions",
+                  "masked_labels", "masked_weights")
+
+  def stats(self, model, batch: dict, dropout_rng=None) -> dict:
+    out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                batch["masked_positions"], dropout_rng=dropout_rng)
+    return _prefixed("mlm", classification_stats(out["mlm_logits"], batch["masked_labels"],
+                                                 batch["masked_weights"]))
+
+  def totals(self, batch: dict) -> dict:
+    return {"mlm_count": jnp.sum(batch["masked_weights"])}
+
+  def loss(self, stats: dict, totals: dict) -> jax.Array:
+    return safe_div(stats["mlm_loss_sum"], totals["mlm_count"])
+
+  def metrics(self, stats: dict) -> dict:
+    loss = safe_div(stats["mlm_loss_sum"], stats["mlm_count"])
+    return {"loss": loss, "mlm_loss": loss,
+            "mlm_accuracy": safe_div(stats["mlm_correct"], stats["mlm_count"])}
+
+
 class CausalLM:
   """GPT: mean next-token cross-entropy over real (non-padding) targets."""
 
@@ -57,7 +82,9 @@ class CausalLM:
   batch_fields = ("input_ids", "attention_mask", "labels", "label_weights")
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
-    out = model(batch["input_ids"], batch["attention_mask"], dropout_rng=dropout_rng)
+    # Packed sequences (data.builder="packed") carry segment ids and restarting positions.
+    out = model(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
+                positions=batch.get("positions"), dropout_rng=dropout_rng)
     return _prefixed("lm", classification_stats(out["logits"], batch["labels"],
                                                 batch["label_weights"]))
 
@@ -77,7 +104,7 @@ class CausalLM:
     }
 
 
-OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "causal_lm": CausalLM()}
+OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm": MaskedLM(), "causal_lm": CausalLM()}
 
 
 def get(name: str):
