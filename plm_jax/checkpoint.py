@@ -22,7 +22,8 @@ CHECKPOINT_DIR = "checkpoints"
 # a different model, and resuming from it must be refused.
 IDENTITY_FIELDS = {
     "model": ("family", "vocab_size", "vocab_pad_multiple", "hidden_size", "num_layers",
-              "num_heads", "mlp_dim", "max_position", "type_vocab_size", "param_dtype"),
+              "num_heads", "mlp_dim", "max_position", "type_vocab_size", "param_dtype",
+              "embedding_size", "shared_layers"),
     "objective": ("name",),
     "data": ("vocab_size", "lowercase"),
 }
@@ -118,7 +119,7 @@ def _with_current_defaults(raw: dict) -> ml_collections.ConfigDict:
   config = make_config(
       family=m["family"], objective=raw["objective"]["name"], size_name=m.get("size", "?"),
       size={k: m[k] for k in ("hidden_size", "num_layers", "num_heads", "mlp_dim",
-                              "max_position", "layer_norm_eps")},
+                              "max_position", "layer_norm_eps") if k in m},
       mesh="auto", data={}, train={}, optim={})
   for section, values in raw.items():
     if isinstance(values, dict) and section in config:

@@ -6,6 +6,11 @@
   plm-jax tokenizer train --input 'corpus/*.txt' --kind wordpiece --vocab-size 30522 --out DIR
   plm-jax data prepare --config configs/bert.py:base --out DIR [--config.data.x=v ...]
   plm-jax data bench   --config configs/bert.py:tiny [--batches N] [--config.data.x=v ...]
+  plm-jax import-hf --hf-dir path/to/hf-model --workdir runs/imported
+  plm-jax export-hf --workdir runs/bert --out path/to/hf-model [--step N]
+
+`train` without --config continues the run in --workdir with the config saved there (which
+--config.<field>=<value> may override), e.g. after import-hf.
 """
 
 import os
@@ -16,8 +21,25 @@ from absl import flags
 USAGE = __doc__
 
 
-def _config_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+def _argv_value(argv: list[str], name: str) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+  return None
+
+
+def _config_flags(fv: flags.FlagValues, argv: list[str], command: str) -> None:
   from ml_collections import config_flags
+  workdir = _argv_value(argv, "workdir")
+  if (command == "train" and _argv_value(argv, "config") is None and workdir
+      and os.path.exists(os.path.join(workdir, "config.json"))):
+    # Continue a run (or an imported model) with the config saved in its workdir.
+    from plm_jax.checkpoint import load_config
+    config_flags.DEFINE_config_dict("config", load_config(workdir), "the workdir's config",
+                                    flag_values=fv, lock_config=True, sys_argv=argv)
+    return
   # sys_argv: the overrides are read from these arguments (not sys.argv), so main() can be
   # called with any argv, as the tests do.
   config_flags.DEFINE_config_file("config", None, "config file[:arg], e.g. configs/bert.py:tiny",
@@ -29,7 +51,15 @@ CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench")
 
 def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
   if command in CONFIG_COMMANDS:
-    _config_flags(fv, argv)
+    _config_flags(fv, argv, command)
+  if command == "import-hf":
+    flags.DEFINE_string("hf-dir", None, "a Hugging Face model directory", flag_values=fv)
+  if command in ("import-hf", "export-hf"):
+    flags.DEFINE_string("workdir", None, "the plm-jax run directory", flag_values=fv)
+  if command == "export-hf":
+    flags.DEFINE_string("out", None, "directory to write the transformers model to",
+                        flag_values=fv)
+    flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=fv)
   if command == "tokenizer train":
     flags.DEFINE_string("input", None, "glob of text (.txt/.gz) or JSON-lines (.jsonl) files",
                         flag_values=fv)
@@ -99,13 +129,22 @@ def _run(command: str, fv: flags.FlagValues):
   if command == "data bench":
     from plm_jax.data.commands import data_bench
     return data_bench(config, fv.batches)
+  if command == "import-hf":
+    _require(fv, "hf-dir", "workdir")
+    from plm_jax.hf_workdir import import_hf
+    return import_hf(fv["hf-dir"].value, fv.workdir)
+  if command == "export-hf":
+    _require(fv, "workdir", "out")
+    from plm_jax.hf_workdir import export_hf
+    return export_hf(fv.workdir, fv.out, fv.step)
 
 
 class _UsageError(Exception):
   pass
 
 
-COMMANDS = ("train", "evaluate", "bench", "tokenizer train", "data prepare", "data bench")
+COMMANDS = ("train", "evaluate", "bench", "tokenizer train", "data prepare", "data bench",
+            "import-hf", "export-hf")
 
 
 def main(argv: list[str] | None = None) -> int:

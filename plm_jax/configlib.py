@@ -59,7 +59,8 @@ def parse_arg(arg: str | None, sizes: dict, default_size: str) -> dict:
   return out
 
 
-DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm": "full_sentences", "causal_lm": "blocks"}
+DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences",
+                    "causal_lm": "blocks"}
 
 
 def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh: str,
@@ -68,7 +69,7 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   c = ml_collections.ConfigDict()
 
   c.model = m = ml_collections.ConfigDict()
-  m.family = family                  # "bert" (encoder) or "gpt" (decoder)
+  m.family = family                  # "bert", "roberta", "albert" (encoders) or "gpt" (decoder)
   m.size = size_name                 # the named size this config started from (informational)
   m.vocab_size = 0                   # embedding rows; 0 = the tokenizer's vocabulary size
   m.vocab_pad_multiple = 128         # pad the embedding table to a multiple (MXU/tensor cores)
@@ -77,7 +78,7 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   m.num_heads = size["num_heads"]
   m.mlp_dim = size["mlp_dim"]
   m.max_position = size["max_position"]
-  m.type_vocab_size = 2              # BERT segment ids (A/B); unused by GPT
+  m.type_vocab_size = size.get("type_vocab_size", 2)  # segment ids (A/B); RoBERTa 1, GPT unused
   m.dropout_rate = 0.1               # hidden-state dropout (embeddings, residual branches)
   m.attention_dropout_rate = 0.0     # >0 disables the fused attention kernel (see layers.py)
   m.layer_norm_eps = size["layer_norm_eps"]
@@ -86,10 +87,15 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   m.dtype = "float32"                # compute dtype: "float32" or "bfloat16"
   m.param_dtype = "float32"          # storage dtype of parameters and optimizer state
   m.remat = False                    # rematerialise each block in the backward pass
+  m.embedding_size = size.get("embedding_size", 0)    # ALBERT: factorised embedding size E
+  m.shared_layers = size.get("shared_layers", False)  # ALBERT: one layer's weights for all
+  m.hidden_act = size.get("hidden_act", "gelu")       # encoders: "gelu" or "gelu_new" (tanh)
+  m.position_offset = size.get("position_offset", False)  # RoBERTa: positions past padding id
 
   c.objective = o = ml_collections.ConfigDict()
-  o.name = objective                 # "mlm_nsp" (BERT), "mlm" (RoBERTa-style, no NSP) or
-                                     # "causal_lm" (GPT); data.builder must match
+  o.name = objective                 # "mlm_nsp" (BERT), "mlm_sop" (ALBERT), "mlm" (RoBERTa,
+                                     # no sentence-pair task) or "causal_lm" (GPT); the
+                                     # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
 
   c.data = d = ml_collections.ConfigDict()

@@ -32,7 +32,8 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   tokenizer = TextTokenizer.load(workdir)
   data = load_data(config, tokenizer)
   eval_data = loader.Batches(config, data, loader.EVAL)
-  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size))
+  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
+                           tokenizer.pad_id)
   with checkpoint.make_manager(workdir, read_only=True) as manager:
     if step not in manager.all_steps():
       raise CheckpointError(f"--step {step} is not in {manager.directory}; saved steps: "

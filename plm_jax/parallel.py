@@ -49,9 +49,10 @@ def validate(config, num_devices: int) -> tuple[int, int, int]:
   shape = resolve_mesh_shape(config.mesh, num_devices)
   data, fsdp, tensor = shape
   m, t = config.model, config.train
-  if m.family not in ("bert", "gpt"):
-    raise ConfigError(f"model.family={m.family!r} is not one of 'bert', 'gpt'")
-  allowed = {"bert": ("mlm_nsp", "mlm"), "gpt": ("causal_lm",)}[m.family]
+  if m.family not in ("bert", "roberta", "albert", "gpt"):
+    raise ConfigError(f"model.family={m.family!r} is not one of bert, roberta, albert, gpt")
+  allowed = {"bert": ("mlm_nsp", "mlm", "mlm_sop"), "roberta": ("mlm",),
+             "albert": ("mlm_sop", "mlm", "mlm_nsp"), "gpt": ("causal_lm",)}[m.family]
   if config.objective.name not in allowed:
     raise ConfigError(f"objective.name={config.objective.name!r} does not fit model.family="
                       f"{m.family!r}; use --config.objective.name={allowed[0]}")

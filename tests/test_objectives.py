@@ -30,7 +30,7 @@ class FakeBert:
     self.mlm, self.nsp = mlm, nsp
 
   def __call__(self, input_ids, segment_ids, attention_mask, masked_positions, dropout_rng=None):
-    return {"mlm_logits": jnp.asarray(self.mlm), "nsp_logits": jnp.asarray(self.nsp)}
+    return {"mlm_logits": jnp.asarray(self.mlm), "pair_logits": jnp.asarray(self.nsp)}
 
 
 def test_bert_loss_is_mean_mlm_over_chosen_plus_nsp():

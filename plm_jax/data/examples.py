@@ -35,7 +35,8 @@ def _random_segment(docs: list[TokenDoc], avoid: int, target: int, rng) -> list[
 
 
 def bert_pairs_from_document(docs: list[TokenDoc], index: int, max_seq_length: int,
-                             short_seq_prob: float, rng: np.random.Generator):
+                             short_seq_prob: float, rng: np.random.Generator,
+                             random_next: bool = True):
   """Yields (tokens_a, tokens_b, is_random_next) from one document, as BERT's data creation did.
 
   Consecutive sentences fill a chunk up to a target length: max_seq_length - 3, or with
@@ -63,7 +64,7 @@ def bert_pairs_from_document(docs: list[TokenDoc], index: int, max_seq_length: i
     chunk.append(document[i])
     length += len(document[i])
     if i == len(document) - 1 or length >= target:
-      is_random = len(docs) > 1 and rng.random() < 0.5
+      is_random = random_next and len(docs) > 1 and rng.random() < 0.5
       if not is_random and len(chunk) == 1 and i + 1 < len(document):
         i += 1
         chunk.append(document[i])
@@ -91,18 +92,26 @@ def bert_pairs_from_document(docs: list[TokenDoc], index: int, max_seq_length: i
 
 def bert_examples(docs: list[TokenDoc], *, max_seq_length: int, short_seq_prob: float,
                   dupe_factor: int, cls_id: int, sep_id: int, pad_id: int,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+                  rng: np.random.Generator, sentence_order: bool = False
+                  ) -> dict[str, np.ndarray]:
   """All `[CLS] A [SEP] B [SEP]` pairs of `dupe_factor` passes over the documents.
 
   Returns input_ids, segment_ids, attention_mask (int32, [N, T]) and nsp_labels ([N], 1 = B is
-  a random segment, 0 = B is the true continuation, as in BERT and transformers).
+  a random segment, 0 = B is the true continuation, as in BERT and transformers). With
+  `sentence_order` (ALBERT's SOP) B is always the true continuation, the two segments are
+  swapped in 50% of the examples, and the labels are sop_labels (1 = swapped).
   """
   docs = [d for d in docs if d and any(d)]
   rows_ids, rows_seg, labels = [], [], []
   for _ in range(dupe_factor):
     for index in range(len(docs)):
       for a, b, is_random in bert_pairs_from_document(docs, index, max_seq_length,
-                                                       short_seq_prob, rng):
+                                                       short_seq_prob, rng,
+                                                       random_next=not sentence_order):
+        if sentence_order:
+          is_random = rng.random() < 0.5          # "is_random" now means "swapped"
+          if is_random:
+            a, b = b, a
         ids = [cls_id, *a, sep_id, *b, sep_id]
         rows_ids.append(ids)
         rows_seg.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
@@ -116,7 +125,7 @@ def bert_examples(docs: list[TokenDoc], *, max_seq_length: int, short_seq_prob: 
     segment_ids[r, :len(seg)] = seg
     attention_mask[r, :len(ids)] = 1
   return {"input_ids": input_ids, "segment_ids": segment_ids, "attention_mask": attention_mask,
-          "nsp_labels": np.asarray(labels, np.int32)}
+          "sop_labels" if sentence_order else "nsp_labels": np.asarray(labels, np.int32)}
 
 
 def gpt_examples(docs: list[list[int]], *, max_seq_length: int, eos_id: int,

@@ -60,8 +60,8 @@ class Server:
     self.seed, self.split = config.train.seed, split
     self.builder = prepared.builder
     tok = prepared.tokenizer
-    self.masking = masking_config(config, tok) if self.builder in ("nsp", "full_sentences") \
-        else None
+    self.masking = masking_config(config, tok) if self.builder in ("nsp", "sop",
+                                                                    "full_sentences") else None
     self.special = tok.special_ids()
 
   def __call__(self, batch: dict) -> dict:
@@ -183,13 +183,13 @@ def to_global(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Ar
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every field of a global batch (for synthetic batches and shardings)."""
   b, t = config.train.batch_size, config.data.max_seq_length
-  if config.objective.name in ("mlm_nsp", "mlm"):
+  if config.objective.name in ("mlm_nsp", "mlm_sop", "mlm"):
     p = max_predictions_for(t, config.objective.mlm_probability)
     shapes = {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
               "attention_mask": ((b, t), np.int32), "masked_positions": ((b, p), np.int32),
               "masked_labels": ((b, p), np.int32), "masked_weights": ((b, p), np.float32)}
-    if config.objective.name == "mlm_nsp":
-      shapes["nsp_labels"] = ((b,), np.int32)
+    if config.objective.name in ("mlm_nsp", "mlm_sop"):
+      shapes[f"{config.objective.name[-3:]}_labels"] = ((b,), np.int32)
     return shapes
   shapes = {"input_ids": ((b, t), np.int32), "attention_mask": ((b, t), np.int32),
             "labels": ((b, t), np.int32), "label_weights": ((b, t), np.float32)}
@@ -217,7 +217,7 @@ def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndar
     elif name == "masked_positions":
       order = rng.permuted(np.tile(np.arange(1, t), (shape[0], 1)), axis=1)
       out[name] = np.sort(order[:, :shape[1]], axis=1).astype(dtype)
-    elif name == "nsp_labels":
+    elif name in ("nsp_labels", "sop_labels"):
       out[name] = rng.integers(0, 2, shape).astype(dtype)
   return out
 

@@ -7,8 +7,8 @@ arrays by the configured builder. `plm-jax data prepare` writes each chunk as a 
 files (memory-mapped on load: random access, each host reads only the rows it serves); small
 corpora are simply kept in memory by `plm-jax train`.
 
-Builders (`data.builder`): "nsp" (BERT pairs + NSP labels), "full_sentences" (RoBERTa-style
-MLM-only packing), "blocks" (GPT: fixed blocks of the joined stream), "packed" (GPT: whole
+Builders (`data.builder`): "nsp" (BERT pairs + NSP labels), "sop" (ALBERT pairs, swapped in
+half the examples, + SOP labels), "full_sentences" (RoBERTa-style MLM-only packing), "blocks" (GPT: fixed blocks of the joined stream), "packed" (GPT: whole
 documents packed with segment ids and position resets).
 """
 
@@ -27,11 +27,12 @@ from plm_jax.data.tokenizer import LM_ROLES, MLM_ROLES, TextTokenizer, load_toke
 from plm_jax.errors import DataError
 
 BUILDERS = {
-    # builder: (family, objective, tokenisation by sentence?)
-    "nsp": ("bert", "mlm_nsp", True),
-    "full_sentences": ("bert", "mlm", True),
-    "blocks": ("gpt", "causal_lm", False),
-    "packed": ("gpt", "causal_lm", False),
+    # builder: (families, objective, tokenisation by sentence?)
+    "nsp": (("bert", "albert"), "mlm_nsp", True),
+    "sop": (("albert", "bert"), "mlm_sop", True),
+    "full_sentences": (("roberta", "bert", "albert"), "mlm", True),
+    "blocks": (("gpt",), "causal_lm", False),
+    "packed": (("gpt",), "causal_lm", False),
 }
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -63,13 +64,13 @@ def check_builder(config) -> str:
   builder = config.data.builder
   if builder not in BUILDERS:
     raise DataError(f"data.builder={builder!r} is not one of {sorted(BUILDERS)}")
-  family, objective, _ = BUILDERS[builder]
-  if config.model.family != family or config.objective.name != objective:
+  families, objective, _ = BUILDERS[builder]
+  if config.model.family not in families or config.objective.name != objective:
     fits = [b for b, (f, o, _) in BUILDERS.items()
-            if f == config.model.family and o == config.objective.name]
-    raise DataError(f"data.builder={builder!r} builds {objective} examples for {family}, not "
-                    f"{config.objective.name} for {config.model.family}; use "
-                    f"--config.data.builder={fits[0] if fits else '...'}")
+            if config.model.family in f and o == config.objective.name]
+    raise DataError(f"data.builder={builder!r} builds {objective} examples for "
+                    f"{'/'.join(families)}, not {config.objective.name} for "
+                    f"{config.model.family}; use --config.data.builder={fits[0] if fits else '...'}")
   return builder
 
 
@@ -83,7 +84,8 @@ def tokenizer_for(config, sample_documents) -> TextTokenizer:
   if config.data.tokenizer:
     tok = load_tokenizer(config.data.tokenizer)
   else:
-    kind = "wordpiece" if config.model.family == "bert" else "bpe"
+    kind = {"bert": "wordpiece", "albert": "wordpiece", "roberta": "roberta-bpe",
+            "gpt": "bpe"}[config.model.family]
     tok = train_tokenizer((s for d in sample_documents for s in d), kind,
                           config.data.vocab_size, lowercase=config.data.lowercase)
   tok.require(required_roles(builder))
@@ -115,10 +117,11 @@ def build_examples(documents, tokenizer: TextTokenizer, config, builder: str,
     docs = tokenizer.encode_batch([" ".join(d) for d in documents])
     stats.tokenize_seconds += time.perf_counter() - t0
     stats.tokens += sum(len(d) for d in docs)
-  if builder == "nsp":
+  if builder in ("nsp", "sop"):
     return ex.bert_examples(docs, max_seq_length=seq, short_seq_prob=config.data.short_seq_prob,
                             dupe_factor=config.data.dupe_factor, cls_id=tokenizer.cls_id,
-                            sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id, rng=rng)
+                            sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id, rng=rng,
+                            sentence_order=builder == "sop")
   if builder == "full_sentences":
     return ex.full_sentence_examples(docs, max_seq_length=seq, cls_id=tokenizer.cls_id,
                                      sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)

@@ -21,6 +21,7 @@ from plm_jax.errors import DataError
 TOKENIZER_FILE = "tokenizer.json"
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 GPT_SPECIALS = ("<|endoftext|>",)
+ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")   # fairseq's order: pad is 1
 # Role -> the names that role's token has in the vocabularies in use (BERT, RoBERTa, GPT-2).
 ROLE_TOKENS = {
     "pad": ("[PAD]", "<pad>"),
@@ -187,12 +188,17 @@ def load_tokenizer(path: str) -> TextTokenizer:
     raise
   except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exceptions on bad files
     raise DataError(f"cannot read the tokenizer {path}: {e}") from None
+  # Published tokenizer.json files often pad / truncate to a fixed length; the example builders
+  # lay out sequences themselves.
+  tok.no_padding()
+  tok.no_truncation()
   return TextTokenizer(tok, _kind_of(tok), source=path)
 
 
 def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, *,
                     lowercase: bool = True, show_progress: bool = False) -> TextTokenizer:
-  """Trains a WordPiece (BERT) or byte-level BPE (GPT-2) vocabulary on `texts`."""
+  """Trains a WordPiece (BERT, ALBERT) or byte-level BPE vocabulary on `texts`: "bpe" with
+  GPT-2's <|endoftext|>, "roberta-bpe" with RoBERTa's <s> <pad> </s> <unk> <mask>."""
   if kind == "wordpiece":
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
@@ -200,20 +206,21 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, *,
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS),
                                         show_progress=show_progress)
-  elif kind == "bpe":
+  elif kind in ("bpe", "roberta-bpe"):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(GPT_SPECIALS),
+    specials = GPT_SPECIALS if kind == "bpe" else ROBERTA_SPECIALS
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=show_progress)
   else:
-    raise DataError(f"tokenizer kind {kind!r} is not one of 'wordpiece', 'bpe'")
+    raise DataError(f"tokenizer kind {kind!r} is not one of 'wordpiece', 'bpe', 'roberta-bpe'")
   tok.train_from_iterator(texts, trainer=trainer)
   if kind == "wordpiece":
     tok.model = _canonical_wordpiece(tok.get_vocab(with_added_tokens=False))
-  return TextTokenizer(tok, kind)
+  return TextTokenizer(tok, "wordpiece" if kind == "wordpiece" else "bpe")
 
 
 def _canonical_wordpiece(vocab: dict[str, int]) -> models.WordPiece:

@@ -1,4 +1,10 @@
-"""BERT (Devlin et al., 2018): post-LN encoder, pooler, MLM head tied to the embeddings, NSP head."""
+"""BERT-style encoders: BERT, RoBERTa and ALBERT.
+
+BERT (Devlin et al., 2018): post-LN encoder, pooler, MLM head tied to the embeddings, NSP head.
+RoBERTa (Liu et al., 2019): the same network; positions counted past the padding id, one segment
+type, no NSP. ALBERT (Lan et al., 2019): factorised embeddings (E projected to H), one set of
+layer weights shared by all layers, sentence-order prediction head, tanh-approximate GELU.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -11,16 +17,17 @@ from plm_jax.models.partitioning import constrain
 
 
 class BertEmbeddings(nnx.Module):
-  """word + position + segment embeddings, then LayerNorm and dropout."""
+  """word + position + segment embeddings (size E), then LayerNorm and dropout."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     init = normal_init(cfg.initializer_range)
     kw = dict(init=init, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
     self.cfg = cfg
-    self.word = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
-    self.position = Embed(cfg.max_position, cfg.hidden_size, ("length", "embed"), **kw)
-    self.segment = Embed(cfg.type_vocab_size, cfg.hidden_size, ("segment", "embed"), **kw)
-    self.norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+    e = cfg.embed_dim
+    self.word = Embed(cfg.vocab_size, e, ("vocab", "embed"), **kw)
+    self.position = Embed(cfg.max_position, e, ("length", "embed"), **kw)
+    self.segment = Embed(cfg.type_vocab_size, e, ("segment", "embed"), **kw)
+    self.norm = LayerNorm(e, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                           param_dtype=cfg.storage_dtype)
 
   def __call__(self, input_ids, segment_ids, positions, keys: KeyStream | None):
@@ -29,15 +36,24 @@ class BertEmbeddings(nnx.Module):
     return dropout(x, self.cfg.dropout_rate, keys)
 
 
+def default_positions(cfg: ModelConfig, input_ids):
+  """0, 1, 2, ... or, for RoBERTa, padding_id + 1 + index among the real tokens (padding keeps
+  padding_id), as fairseq and transformers number them."""
+  if cfg.position_offset:
+    real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
+  return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+
 class PostLNBlock(nnx.Module):
   """x = LN(x + Attn(x)); x = LN(x + MLP(x)) -- the original Transformer/BERT ordering."""
 
-  def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: BlockConfig, *, approximate_gelu: bool = False, rngs: nnx.Rngs):
     self.cfg = cfg
     self.attention = SelfAttention(cfg, rngs=rngs)
     self.attention_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=cfg.dtype,
                                     param_dtype=cfg.param_dtype)
-    self.mlp = MLP(cfg, approximate_gelu=False, rngs=rngs)
+    self.mlp = MLP(cfg, approximate_gelu=approximate_gelu, rngs=rngs)
     self.mlp_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=cfg.dtype,
                               param_dtype=cfg.param_dtype)
 
@@ -57,13 +73,21 @@ def run_blocks(blocks, x, mask: AttentionMask, keys: KeyStream | None, remat: bo
 
 
 class BertEncoder(nnx.Module):
-  """Embeddings + the stack of post-LN blocks + the [CLS] pooler (BertModel)."""
+  """Embeddings + the stack of post-LN blocks + the [CLS] pooler (BertModel / AlbertModel)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     block = cfg.block()
+    approximate = cfg.hidden_act == "gelu_new"
     self.embeddings = BertEmbeddings(cfg, rngs=rngs)
-    self.layers = nnx.List([PostLNBlock(block, rngs=rngs) for _ in range(cfg.num_layers)])
+    # ALBERT: embeddings of size E are projected to the hidden size H.
+    self.projection = Dense(cfg.embed_dim, (cfg.hidden_size,), ("embed", "mlp"),
+                            init=normal_init(cfg.initializer_range), dtype=cfg.compute_dtype,
+                            param_dtype=cfg.storage_dtype, rngs=rngs) \
+        if cfg.embed_dim != cfg.hidden_size else None
+    count = 1 if cfg.shared_layers else cfg.num_layers
+    self.layers = nnx.List([PostLNBlock(block, approximate_gelu=approximate, rngs=rngs)
+                            for _ in range(count)])
     self.pooler = Dense(cfg.hidden_size, (cfg.hidden_size,), ("embed", "mlp"),
                         init=normal_init(cfg.initializer_range), dtype=cfg.compute_dtype,
                         param_dtype=cfg.storage_dtype, rngs=rngs)
@@ -74,28 +98,33 @@ class BertEncoder(nnx.Module):
     if segment_ids is None:
       segment_ids = jnp.zeros_like(input_ids)
     if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+      positions = default_positions(self.cfg, input_ids)
     keys = KeyStream(dropout_rng) if dropout_rng is not None else None
     mask = AttentionMask(padding=None if attention_mask is None else attention_mask.astype(bool))
     x = self.embeddings(input_ids, segment_ids, positions, keys)
-    x = run_blocks(self.layers, x, mask, keys, self.cfg.remat)
+    if self.projection is not None:
+      x = constrain(self.projection(x), ("batch", "length", "act_embed"))
+    # ALBERT applies its one shared layer num_layers times.
+    blocks = [self.layers[0]] * self.cfg.num_layers if self.cfg.shared_layers else self.layers
+    x = run_blocks(blocks, x, mask, keys, self.cfg.remat)
     pooled = jnp.tanh(self.pooler(x[:, 0]))
     return x, pooled
 
 
 class MaskedLMHead(nnx.Module):
-  """dense + GELU + LayerNorm, then the decoder tied to the word embeddings, plus a bias."""
+  """dense (H -> E) + GELU + LayerNorm, then the decoder tied to the word embeddings + bias."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.transform = Dense(cfg.hidden_size, (cfg.hidden_size,), ("embed", "mlp"),
+    self.approximate = cfg.hidden_act == "gelu_new"
+    self.transform = Dense(cfg.hidden_size, (cfg.embed_dim,), ("mlp", "embed"),
                            init=normal_init(cfg.initializer_range), dtype=cfg.compute_dtype,
                            param_dtype=cfg.storage_dtype, rngs=rngs)
-    self.norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+    self.norm = LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                           param_dtype=cfg.storage_dtype)
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), cfg.storage_dtype), axes=("vocab",))
 
   def __call__(self, hidden, word_embeddings: Embed):
-    h = self.norm(jax.nn.gelu(self.transform(hidden), approximate=False))
+    h = self.norm(jax.nn.gelu(self.transform(hidden), approximate=self.approximate))
     logits = word_embeddings.attend(h) + self.bias[...].astype(h.dtype)
     return logits.astype(jnp.float32)
 
@@ -106,7 +135,8 @@ def gather_positions(sequence: jax.Array, positions: jax.Array) -> jax.Array:
 
 
 class BertForPreTraining(nnx.Module):
-  """BERT with the MLM and NSP heads. The MLM logits are computed at the chosen positions only."""
+  """An encoder with the MLM head and (unless cfg.nsp_head is off) the sentence-pair head: NSP
+  for BERT, SOP for ALBERT. The MLM logits are computed at the chosen positions only."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -118,12 +148,12 @@ class BertForPreTraining(nnx.Module):
 
   def __call__(self, input_ids, segment_ids, attention_mask, masked_positions,
                dropout_rng=None):
-    """Returns {"mlm_logits": [B, P, V], "nsp_logits": [B, 2]} (float32; no NSP logits when
-    the model has no NSP head)."""
+    """Returns {"mlm_logits": [B, P, V], "pair_logits": [B, 2]} (float32): the sentence-pair
+    head is NSP for BERT and SOP for ALBERT; absent when the model has none."""
     sequence, pooled = self.encoder(input_ids, segment_ids, attention_mask,
                                     dropout_rng=dropout_rng)
     picked = gather_positions(sequence, masked_positions)
     out = {"mlm_logits": self.mlm(picked, self.encoder.embeddings.word)}
     if self.nsp is not None:
-      out["nsp_logits"] = self.nsp(pooled).astype(jnp.float32)
+      out["pair_logits"] = self.nsp(pooled).astype(jnp.float32)
     return out

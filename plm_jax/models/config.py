@@ -11,7 +11,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  family: str                 # "bert" or "gpt"
+  family: str                 # "bert", "roberta", "albert" (encoders) or "gpt" (decoder)
   vocab_size: int             # rows of the embedding table (padded; see plm_jax.models.build)
   hidden_size: int
   num_layers: int
@@ -27,7 +27,17 @@ class ModelConfig:
   dtype: str = "float32"              # compute dtype
   param_dtype: str = "float32"        # storage dtype of the parameters
   remat: bool = False                 # recompute each block's activations in the backward pass
-  nsp_head: bool = True               # BERT: the next-sentence head (off for MLM-only objectives)
+  nsp_head: bool = True               # encoders: the sentence-pair head (NSP for BERT, SOP for
+                                      # ALBERT); off for MLM-only objectives
+  embedding_size: int = 0             # ALBERT: factorised embedding size E (0 = hidden_size)
+  shared_layers: bool = False         # ALBERT: one set of layer weights applied num_layers times
+  hidden_act: str = "gelu"            # encoders: "gelu" (exact erf) or "gelu_new" (tanh approx.)
+  pad_token_id: int = 0               # RoBERTa: positions are counted past the padding id
+  position_offset: bool = False       # RoBERTa: position = padding_id + 1 + index of real token
+
+  @property
+  def embed_dim(self) -> int:
+    return self.embedding_size or self.hidden_size
 
   @property
   def compute_dtype(self):

@@ -19,35 +19,48 @@ class MaskedLMWithNSP:
   """BERT: masked-LM cross-entropy over the chosen positions + next-sentence prediction."""
 
   name = "mlm_nsp"
-  batch_fields = ("input_ids", "segment_ids", "attention_mask", "masked_positions",
-                  "masked_labels", "masked_weights", "nsp_labels")
+  pair = "nsp"          # the sentence-pair task: its labels are batch[f"{pair}_labels"]
+
+  @property
+  def batch_fields(self):
+    return ("input_ids", "segment_ids", "attention_mask", "masked_positions", "masked_labels",
+            "masked_weights", f"{self.pair}_labels")
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
                 batch["masked_positions"], dropout_rng=dropout_rng)
     mlm = classification_stats(out["mlm_logits"], batch["masked_labels"], batch["masked_weights"])
-    nsp = classification_stats(out["nsp_logits"], batch["nsp_labels"],
-                               jnp.ones(batch["nsp_labels"].shape, jnp.float32))
-    return {**_prefixed("mlm", mlm), **_prefixed("nsp", nsp)}
+    labels = batch[f"{self.pair}_labels"]
+    pair = classification_stats(out["pair_logits"], labels, jnp.ones(labels.shape, jnp.float32))
+    return {**_prefixed("mlm", mlm), **_prefixed(self.pair, pair)}
 
   def totals(self, batch: dict) -> dict:
     return {"mlm_count": jnp.sum(batch["masked_weights"]),
-            "nsp_count": jnp.asarray(batch["nsp_labels"].size, jnp.float32)}
+            f"{self.pair}_count": jnp.asarray(batch[f"{self.pair}_labels"].size, jnp.float32)}
 
   def loss(self, stats: dict, totals: dict) -> jax.Array:
+    p = self.pair
     return (safe_div(stats["mlm_loss_sum"], totals["mlm_count"])
-            + safe_div(stats["nsp_loss_sum"], totals["nsp_count"]))
+            + safe_div(stats[f"{p}_loss_sum"], totals[f"{p}_count"]))
 
   def metrics(self, stats: dict) -> dict:
+    p = self.pair
     mlm_loss = safe_div(stats["mlm_loss_sum"], stats["mlm_count"])
-    nsp_loss = safe_div(stats["nsp_loss_sum"], stats["nsp_count"])
+    pair_loss = safe_div(stats[f"{p}_loss_sum"], stats[f"{p}_count"])
     return {
-        "loss": mlm_loss + nsp_loss,
+        "loss": mlm_loss + pair_loss,
         "mlm_loss": mlm_loss,
         "mlm_accuracy": safe_div(stats["mlm_correct"], stats["mlm_count"]),
-        "nsp_loss": nsp_loss,
-        "nsp_accuracy": safe_div(stats["nsp_correct"], stats["nsp_count"]),
+        f"{p}_loss": pair_loss,
+        f"{p}_accuracy": safe_div(stats[f"{p}_correct"], stats[f"{p}_count"]),
     }
+
+
+class MaskedLMWithSOP(MaskedLMWithNSP):
+  """ALBERT: masked LM + sentence-order prediction (were the two segments swapped?)."""
+
+  name = "mlm_sop"
+  pair = "sop"
 
 
 class MaskedLM(MaskedLMWithNSP):
@@ -55,7 +68,7 @@ class MaskedLM(MaskedLMWithNSP):
 
   name = "mlm"
   batch_fields = ("input_ids", "segment_ids", "attention_mask", "masked_positions",
-                  "masked_labels", "masked_weights")
+                  "masked_labels", "masked_weights")   # type: ignore[assignment]
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
@@ -104,7 +117,8 @@ class CausalLM:
     }
 
 
-OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm": MaskedLM(), "causal_lm": CausalLM()}
+OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
+              "causal_lm": CausalLM()}
 
 
 def get(name: str):
