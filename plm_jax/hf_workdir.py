@@ -11,6 +11,15 @@ from plm_jax.errors import CheckpointError
 from plm_jax.metrics_writer import console
 
 
+def _on_present_devices(config):
+  """FSDP over the devices present, with a batch they divide (import/export run anywhere)."""
+  with config.unlocked():
+    config.mesh.update(data=1, fsdp=-1, tensor=1)
+    n = jax.device_count()
+    config.train.batch_size = max(config.train.batch_size, n) // n * n
+  return config
+
+
 def import_hf(hf_dir: str, workdir: str) -> dict:
   """Writes a workdir (config, tokenizer, checkpoint at step 0 with a fresh optimizer state) that
   `plm-jax train` (continued pretraining), `evaluate` and the downstream commands start from."""
@@ -21,12 +30,8 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   if pretrained.tokenizer is None:
     raise CheckpointError(f"{hf_dir} has no tokenizer files (tokenizer.json, vocab.txt or "
                           "vocab.json + merges.txt); plm-jax needs one to train or evaluate")
-  config = pretrained.config
+  config = _on_present_devices(pretrained.config)
   from plm_jax.train import Trainer, setup_mesh   # local: keeps `import plm_jax.hf` light
-  with config.unlocked():
-    config.mesh.update(data=1, fsdp=-1, tensor=1)
-    n = jax.device_count()
-    config.train.batch_size = max(config.train.batch_size, n) // n * n
   mesh = setup_mesh(config)
   vocab = config.model.vocab_size
   trainer = Trainer.create(config, mesh, vocab, pretrained.tokenizer.pad_id)
@@ -53,11 +58,7 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
 def export_hf(workdir: str, out: str, step: int | None = None) -> dict:
   """Writes the parameters of `step` (default: the latest) as a transformers directory."""
   from plm_jax.train import Trainer, padded_vocab
-  config = checkpoint.load_config(workdir)
-  with config.unlocked():
-    config.mesh.update(data=1, fsdp=-1, tensor=1)
-    n = jax.device_count()
-    config.train.batch_size = max(config.train.batch_size, n) // n * n
+  config = _on_present_devices(checkpoint.load_config(workdir))
   mesh = parallel.make_mesh(parallel.validate(config, jax.device_count()))
   tokenizer = TextTokenizer.load(workdir)
   vocab = padded_vocab(config, tokenizer.vocab_size)

