@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from plm_jax import flops
+from plm_jax.errors import ConfigError
 from plm_jax.data import loader
 from plm_jax.metrics_writer import console
 from plm_jax.train import Trainer, padded_vocab, setup_mesh
@@ -69,3 +70,46 @@ def bench(config) -> dict:
           f"compile {result['compile_s']}s, peak memory {mem_text}")
   console(json.dumps(result))
   return result
+
+
+def bench_decode(config, batch_sizes: list[int], prompt_lengths: list[int],
+                 new_tokens: int) -> list[dict]:
+  """Decode tokens/s of a (randomly initialised) GPT of `config`, with and without the key/value
+  cache, for each batch size and prompt length; compilation is excluded (one warm-up run)."""
+  from flax import nnx
+
+  from plm_jax import models
+  from plm_jax.generate import SamplingConfig, generate
+  from plm_jax.train import model_config, padded_vocab
+  if config.model.family != "gpt":
+    raise ConfigError("bench-decode needs a GPT config, e.g. configs/gpt.py:tiny")
+  vocab = padded_vocab(config, config.data.vocab_size)
+  model = models.build(model_config(config, vocab), nnx.Rngs(config.train.seed))
+  rng = np.random.default_rng(0)
+  cfg = SamplingConfig(max_new_tokens=new_tokens)
+  rows = []
+  for b in batch_sizes:
+    for length in prompt_lengths:
+      prompts = [list(rng.integers(1, vocab, length)) for _ in range(b)]
+      for use_cache in (True, False):
+        generate(model, prompts, cfg, use_cache=use_cache)            # compile
+        t0 = time.perf_counter()
+        generate(model, prompts, cfg, use_cache=use_cache)
+        seconds = time.perf_counter() - t0
+        steps: list = []
+        generate(model, prompts, cfg, use_cache=use_cache, step_times=steps)
+        quarter = max(1, len(steps) // 4)
+        rows.append({"figure": "decode", "batch": b, "prompt_length": length,
+                     "cache": use_cache, "new_tokens": new_tokens,
+                     "ms_per_token": round(seconds / new_tokens * 1e3, 3),
+                     "tokens_per_s": round(b * new_tokens / seconds, 1),
+                     # per-step cost early vs late in the same generation (flat with the cache)
+                     "first_quarter_ms": round(float(np.median(steps[1:quarter + 1])) * 1e3, 3),
+                     "last_quarter_ms": round(float(np.median(steps[-quarter:])) * 1e3, 3)})
+        r = rows[-1]
+        console(f"decode B={b} prompt={length} {'with' if use_cache else 'without'} cache: "
+                f"{r['ms_per_token']} ms per step ({r['first_quarter_ms']} ms early, "
+                f"{r['last_quarter_ms']} ms late), {r['tokens_per_s']:,} tokens/s")
+  for r in rows:
+    console(json.dumps(r))
+  return rows

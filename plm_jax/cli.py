@@ -8,11 +8,16 @@
   plm-jax data bench   --config configs/bert.py:tiny [--batches N] [--config.data.x=v ...]
   plm-jax import-hf --hf-dir path/to/hf-model --workdir runs/imported
   plm-jax export-hf --workdir runs/bert --out path/to/hf-model [--step N]
+  plm-jax generate  --workdir runs/gpt --prompt "Once upon a time" [--max-new-tokens 32
+                    --temperature 0.8 --top-k 40 --top-p 0.95 --seed 0 --num-samples 2]
+  plm-jax fill-mask --workdir runs/bert --text "Paris is the [MASK] of France." [--top-k 5]
+  plm-jax bench-decode --config configs/gpt.py:tiny [--batch-sizes 1,32 --prompt-lengths 16,96]
 
 `train` without --config continues the run in --workdir with the config saved there (which
 --config.<field>=<value> may override), e.g. after import-hf.
 """
 
+import json
 import os
 import sys
 
@@ -46,7 +51,7 @@ def _config_flags(fv: flags.FlagValues, argv: list[str], command: str) -> None:
                                   flag_values=fv, lock_config=True, sys_argv=argv)
 
 
-CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench")
+CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench", "bench-decode")
 
 
 def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
@@ -56,6 +61,27 @@ def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("hf-dir", None, "a Hugging Face model directory", flag_values=fv)
   if command in ("import-hf", "export-hf"):
     flags.DEFINE_string("workdir", None, "the plm-jax run directory", flag_values=fv)
+  if command in ("generate", "fill-mask"):
+    flags.DEFINE_string("workdir", None, "the run to restore", flag_values=fv)
+    flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=fv)
+    flags.DEFINE_integer("top-k", 0 if command == "generate" else 5,
+                         "sample from (generate) / print (fill-mask) the k best tokens",
+                         flag_values=fv)
+  if command == "generate":
+    flags.DEFINE_string("prompt", None, "text to continue", flag_values=fv)
+    flags.DEFINE_string("prompts-file", None, "a file of prompts, one per line (batched)",
+                        flag_values=fv)
+    flags.DEFINE_integer("max-new-tokens", 32, "tokens to generate", flag_values=fv)
+    flags.DEFINE_float("temperature", 0.0, "0 = greedy", flag_values=fv)
+    flags.DEFINE_float("top-p", 1.0, "nucleus sampling mass", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=fv)
+    flags.DEFINE_integer("num-samples", 1, "continuations per prompt", flag_values=fv)
+  if command == "fill-mask":
+    flags.DEFINE_string("text", None, "text with one or more mask tokens", flag_values=fv)
+  if command == "bench-decode":
+    flags.DEFINE_string("batch-sizes", "1,32", "comma-separated", flag_values=fv)
+    flags.DEFINE_string("prompt-lengths", "16,96", "comma-separated", flag_values=fv)
+    flags.DEFINE_integer("new-tokens", 32, "tokens generated per run", flag_values=fv)
   if command == "export-hf":
     flags.DEFINE_string("out", None, "directory to write the transformers model to",
                         flag_values=fv)
@@ -133,10 +159,50 @@ def _run(command: str, fv: flags.FlagValues):
     _require(fv, "hf-dir", "workdir")
     from plm_jax.hf_workdir import import_hf
     return import_hf(fv["hf-dir"].value, fv.workdir)
+  if command == "generate":
+    _require(fv, "workdir")
+    return _generate(fv)
+  if command == "fill-mask":
+    _require(fv, "workdir", "text")
+    from plm_jax.inference import fill_mask, load_model
+    results = fill_mask(load_model(fv.workdir, fv.step), fv.text, fv["top-k"].value)
+    for i, candidates in enumerate(results, 1):
+      print(f"mask {i}: " + ", ".join(f"{t} {p:.4f}" for t, p in candidates))
+    print(json.dumps({"text": fv.text, "masks": [[{"token": t, "prob": p} for t, p in c]
+                                                 for c in results]}))
+    return results
+  if command == "bench-decode":
+    from plm_jax.bench import bench_decode
+    return bench_decode(config, [int(x) for x in fv["batch-sizes"].value.split(",")],
+                        [int(x) for x in fv["prompt-lengths"].value.split(",")],
+                        fv["new-tokens"].value)
   if command == "export-hf":
     _require(fv, "workdir", "out")
     from plm_jax.hf_workdir import export_hf
     return export_hf(fv.workdir, fv.out, fv.step)
+
+
+def _generate(fv: flags.FlagValues):
+  from plm_jax.generate import SamplingConfig
+  from plm_jax.inference import generate_text, load_model
+  prompts = [fv.prompt] if fv.prompt is not None else []
+  if fv["prompts-file"].value:
+    try:
+      with open(fv["prompts-file"].value, encoding="utf-8") as f:
+        prompts += [line.rstrip("\n") for line in f if line.strip()]
+    except OSError as e:
+      raise _UsageError(f"cannot read --prompts-file: {e}") from None
+  if not prompts:
+    raise _UsageError("give --prompt TEXT or --prompts-file FILE")
+  cfg = SamplingConfig(max_new_tokens=fv["max-new-tokens"].value,
+                       temperature=fv.temperature, top_k=fv["top-k"].value,
+                       top_p=fv["top-p"].value, seed=fv.seed)
+  outputs = generate_text(load_model(fv.workdir, fv.step), prompts, cfg, fv["num-samples"].value)
+  for prompt, samples in zip(prompts, outputs):
+    for sample in samples:
+      print(f"{prompt}\033[1m{sample}\033[0m" if sys.stdout.isatty() else prompt + sample)
+  print(json.dumps([{"prompt": p, "samples": s} for p, s in zip(prompts, outputs)]))
+  return outputs
 
 
 class _UsageError(Exception):
@@ -144,7 +210,7 @@ class _UsageError(Exception):
 
 
 COMMANDS = ("train", "evaluate", "bench", "tokenizer train", "data prepare", "data bench",
-            "import-hf", "export-hf")
+            "import-hf", "export-hf", "generate", "fill-mask", "bench-decode")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,18 @@
-"""Greedy decoding for GPT models (recomputing the prefix; compiled once per shape).
+"""Text generation for GPT models: incremental decoding with a key/value cache.
 
-A reference decoder: one jitted step that reads the logits at the last filled position of a
-fixed-size buffer, so a whole continuation compiles once. The key/value-cached decoder with
-sampling is the downstream issue's; this one is what it will be checked against.
+The prompt is processed once (prefill), then one token per step, each step reading the cached
+keys/values instead of recomputing the prefix, so the cost per new token stays flat as the
+sequence grows. Prompts of different lengths are left-padded into a bucket (a multiple of
+`bucket`), so each (batch, bucket, max_new_tokens) shape compiles once. Greedy decoding
+(temperature 0) or sampling with temperature, top-k and top-p, reproducible from a seed.
+
+`greedy` (recomputing the whole prefix every step) is the plain reference the cached decoder is
+tested against.
 """
+
+import dataclasses
+import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +20,142 @@ import numpy as np
 from flax import nnx
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 32
+  temperature: float = 0.0      # 0 = greedy
+  top_k: int = 0                # 0 = no top-k filter
+  top_p: float = 1.0            # 1 = no nucleus filter
+  seed: int = 0
+  eos_id: int | None = None     # stop a row at this token (it is kept in the output)
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """Sets logits outside the top-k / top-p (nucleus) set to -inf; always keeps the best token."""
+  neg = jnp.finfo(logits.dtype).min
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  if top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs          # mass of the better tokens
+    keep_sorted = before < top_p
+    keep = jnp.zeros_like(keep_sorted).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    logits = jnp.where(keep, logits, neg)
+  return logits
+
+
+def _choose(logits, key, cfg: SamplingConfig):
+  if cfg.temperature <= 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(graphdef, cfg: SamplingConfig, batch: int, bucket: int):
+  """The jitted prefill and step functions of one shape bucket."""
+  total = bucket + cfg.max_new_tokens
+
+  def prefill(params, buffer, positions, valid):
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(batch, total)
+    logits, cache = model.decode(buffer[:, :bucket], positions[:, :bucket], cache, 0, valid)
+    return logits[:, -1], cache
+
+  def step(params, cache, buffer, positions, valid, index):
+    """Logits for slot `index`: feeds only the token in slot index - 1 (the cache path)."""
+    model = nnx.merge(graphdef, params)
+    token = jax.lax.dynamic_slice_in_dim(buffer, index - 1, 1, axis=1)
+    pos = jax.lax.dynamic_slice_in_dim(positions, index - 1, 1, axis=1)
+    logits, cache = model.decode(token, pos, cache, index - 1, valid)
+    return logits[:, 0], cache
+
+  def full(params, buffer, positions, valid, index):
+    """Logits for slot `index` by recomputing everything before it (the no-cache path)."""
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(batch, total)
+    limit = valid & (jnp.arange(total)[None, :] < index)
+    logits, _ = model.decode(buffer, positions, cache, 0, limit)
+    return jax.lax.dynamic_index_in_dim(logits, index - 1, axis=1, keepdims=False)
+
+  def pick(logits, buffer, positions, valid, index, done, key):
+    nxt = _choose(logits, jax.random.fold_in(key, index), cfg)
+    if cfg.eos_id is not None:
+      nxt = jnp.where(done, cfg.eos_id, nxt)
+      done = done | (nxt == cfg.eos_id)
+    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, nxt[:, None], index, axis=1)
+    last = jax.lax.dynamic_slice_in_dim(positions, index - 1, 1, axis=1)
+    positions = jax.lax.dynamic_update_slice_in_dim(positions, last + 1, index, axis=1)
+    valid = jax.lax.dynamic_update_slice_in_dim(valid, jnp.ones((batch, 1), bool), index, axis=1)
+    return buffer, positions, valid, done
+
+  return (jax.jit(prefill), jax.jit(step, donate_argnums=1), jax.jit(full), jax.jit(pick))
+
+
+def generate(model: nnx.Module, prompts: list[list[int]], cfg: SamplingConfig, *,
+             bucket: int = 16, use_cache: bool = True,
+             step_times: list | None = None) -> list[list[int]]:
+  """Continues each prompt (lists of ids, any lengths) by up to cfg.max_new_tokens tokens.
+
+  Returns the new tokens of each prompt, cut after cfg.eos_id when it appears. `step_times`, if
+  given, receives the wall time of every step (each then waits for the device: benchmarks only).
+  """
+  batch = len(prompts)
+  longest = max(len(p) for p in prompts)
+  if longest == 0:
+    raise ValueError("every prompt needs at least one token")
+  width = -(-longest // bucket) * bucket
+  total = width + cfg.max_new_tokens
+  if longest + cfg.max_new_tokens > model.cfg.max_position:
+    raise ValueError(f"prompt ({longest}) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
+                     f"model's {model.cfg.max_position} positions")
+  buffer = np.zeros((batch, total), np.int32)
+  positions = np.zeros((batch, total), np.int32)
+  valid = np.zeros((batch, total), bool)
+  for r, p in enumerate(prompts):                      # left-pad into the bucket
+    buffer[r, width - len(p):width] = p
+    positions[r, width - len(p):width] = np.arange(len(p))
+    valid[r, width - len(p):width] = True
+  graphdef, params = nnx.split(model, nnx.Param)
+  prefill, step, full, pick = _compiled(graphdef, cfg, batch, width)
+  key = jax.random.key(cfg.seed)
+  buffer, positions, valid = jnp.asarray(buffer), jnp.asarray(positions), jnp.asarray(valid)
+  done = jnp.zeros((batch,), bool)
+  if use_cache:
+    logits, cache = prefill(params, buffer, positions, valid)
+  for index in range(width, total):
+    t0 = time.perf_counter()
+    if index > width:
+      if use_cache:
+        logits, cache = step(params, cache, buffer, positions, valid, index)
+      else:
+        logits = full(params, buffer, positions, valid, index)
+    elif not use_cache:
+      logits = full(params, buffer, positions, valid, index)
+    buffer, positions, valid, done = pick(logits, buffer, positions, valid, index, done, key)
+    if step_times is not None:
+      buffer.block_until_ready()
+      step_times.append(time.perf_counter() - t0)
+    if cfg.eos_id is not None and index % 8 == 0 and bool(jnp.all(done)):
+      break
+  out = np.asarray(buffer[:, width:])
+  result = []
+  for row in out:
+    row = [int(t) for t in row]
+    if cfg.eos_id is not None and cfg.eos_id in row:
+      row = row[:row.index(cfg.eos_id) + 1]
+    result.append(row[:cfg.max_new_tokens])
+  return result
+
+
 def greedy(model: nnx.Module, prompt_ids: np.ndarray, max_new_tokens: int,
            eos_id: int | None = None) -> np.ndarray:
-  """[B, T0] prompt (no padding) -> [B, T0 + max_new_tokens] ids, argmax at every step.
-
-  After `eos_id` a row keeps producing `eos_id` (as transformers pads finished rows).
-  """
+  """Reference: [B, T0] prompt -> [B, T0 + max_new_tokens] ids, recomputing the full prefix for
+  every token with the plain forward pass. After `eos_id` a row keeps producing `eos_id`."""
   prompt = np.asarray(prompt_ids, np.int32)
   b, t0 = prompt.shape
   total = t0 + max_new_tokens
@@ -26,7 +165,7 @@ def greedy(model: nnx.Module, prompt_ids: np.ndarray, max_new_tokens: int,
   graphdef, params = nnx.split(model, nnx.Param)
 
   @jax.jit
-  def step(params, buffer, length, done):
+  def one(params, buffer, length, done):
     logits = nnx.merge(graphdef, params)(buffer)["logits"]
     nxt = jnp.argmax(logits[:, length - 1], axis=-1).astype(jnp.int32)
     if eos_id is not None:
@@ -37,5 +176,5 @@ def greedy(model: nnx.Module, prompt_ids: np.ndarray, max_new_tokens: int,
   buffer = jnp.zeros((b, total), jnp.int32).at[:, :t0].set(prompt)
   done = jnp.zeros((b,), bool)
   for length in range(t0, total):
-    buffer, done = step(params, buffer, length, done)
+    buffer, done = one(params, buffer, length, done)
   return np.asarray(buffer)

@@ -5,19 +5,12 @@ import os
 import jax
 import numpy as np
 
-from plm_jax import checkpoint, hf, parallel
-from plm_jax.data.tokenizer import TextTokenizer
+from flax import nnx
+
+from plm_jax import checkpoint, hf
 from plm_jax.errors import CheckpointError
+from plm_jax.inference import fit_to_devices, load_model
 from plm_jax.metrics_writer import console
-
-
-def _on_present_devices(config):
-  """FSDP over the devices present, with a batch they divide (import/export run anywhere)."""
-  with config.unlocked():
-    config.mesh.update(data=1, fsdp=-1, tensor=1)
-    n = jax.device_count()
-    config.train.batch_size = max(config.train.batch_size, n) // n * n
-  return config
 
 
 def import_hf(hf_dir: str, workdir: str) -> dict:
@@ -30,12 +23,11 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   if pretrained.tokenizer is None:
     raise CheckpointError(f"{hf_dir} has no tokenizer files (tokenizer.json, vocab.txt or "
                           "vocab.json + merges.txt); plm-jax needs one to train or evaluate")
-  config = _on_present_devices(pretrained.config)
+  config = fit_to_devices(pretrained.config)
   from plm_jax.train import Trainer, setup_mesh   # local: keeps `import plm_jax.hf` light
   mesh = setup_mesh(config)
   vocab = config.model.vocab_size
   trainer = Trainer.create(config, mesh, vocab, pretrained.tokenizer.pad_id)
-  import flax.nnx as nnx
   params = nnx.to_pure_dict(nnx.state(pretrained.model, nnx.Param))
   params = jax.device_put(params, trainer.state_shardings["params"])
   opt_state = jax.jit(trainer.optimizer.init,
@@ -57,21 +49,11 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
 
 def export_hf(workdir: str, out: str, step: int | None = None) -> dict:
   """Writes the parameters of `step` (default: the latest) as a transformers directory."""
-  from plm_jax.train import Trainer, padded_vocab
-  config = _on_present_devices(checkpoint.load_config(workdir))
-  mesh = parallel.make_mesh(parallel.validate(config, jax.device_count()))
-  tokenizer = TextTokenizer.load(workdir)
-  vocab = padded_vocab(config, tokenizer.vocab_size)
-  trainer = Trainer.create(config, mesh, vocab, tokenizer.pad_id)
-  with checkpoint.make_manager(workdir, read_only=True) as manager:
-    steps = sorted(manager.all_steps())
-    if not steps:
-      raise CheckpointError(f"--workdir {workdir!r} holds no checkpoint")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise CheckpointError(f"--step {step} is not in {manager.directory}; saved steps: {steps}")
-    params = checkpoint.restore(manager, step, trainer.abstract_state, trainer.state_shardings,
-                                params_only=True)["params"]
+  restored = load_model(workdir, step)
+  config, tokenizer, trainer, step = (restored.config, restored.tokenizer, restored.trainer,
+                                      restored.step)
+  vocab = trainer.model_cfg.vocab_size
+  params = nnx.to_pure_dict(nnx.state(restored.model, nnx.Param))
   hf.write_hf_directory(out, params, config, trainer.model_cfg, tokenizer)
   console(f"exported {workdir} @ step {step} to {out} ({hf.MODEL_TYPE_OF[config.model.family]},"
           f" vocab {vocab:,})")

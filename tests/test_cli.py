@@ -235,3 +235,35 @@ def test_import_minilm_continue_mlm_pretraining_and_export(tmp_path, capsys):
   import transformers
   model = transformers.BertForPreTraining.from_pretrained(out)
   assert model.config.vocab_size == 30522 and model.config.num_hidden_layers == 6
+
+
+def test_generate_and_fill_mask_commands(tmp_path, tokenizers_dir, bert_workdir, capsys):
+  gpt_dir = str(tmp_path / "gpt")
+  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", gpt_dir,
+                 *small_train_args(tokenizers_dir["gpt"], steps=2)) == 0
+  capsys.readouterr()
+  (tmp_path / "prompts.txt").write_text("The module\nReturn the\n")
+  assert run_cli("generate", "--workdir", gpt_dir, "--prompts-file", str(tmp_path / "prompts.txt"),
+                 "--max-new-tokens", "5", "--temperature", "0.8", "--top-k", "10",
+                 "--num-samples", "2", "--seed", "1") == 0
+  results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert [r["prompt"] for r in results] == ["The module", "Return the"]
+  assert all(len(r["samples"]) == 2 for r in results)
+  assert run_cli("fill-mask", "--workdir", bert_workdir, "--text",
+                 "Return the [MASK] of the object.", "--top-k", "3") == 0
+  masks = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["masks"]
+  assert len(masks) == 1 and len(masks[0]) == 3
+  probs = [c["prob"] for c in masks[0]]
+  assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+  assert run_cli("fill-mask", "--workdir", bert_workdir, "--text", "No mask here.") == 2
+  assert "has no [MASK] token" in capsys.readouterr().err
+  assert run_cli("generate", "--workdir", bert_workdir, "--prompt", "Hi") == 2
+  assert "needs a GPT model" in capsys.readouterr().err
+
+
+def test_bench_decode_reports_cache_and_no_cache(capsys):
+  assert run_cli("bench-decode", "--config", f"{GPT}:tiny", "--batch-sizes", "1,4",
+                 "--prompt-lengths", "8,40", "--new-tokens", "8") == 0
+  rows = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+  assert len(rows) == 8 and {r["cache"] for r in rows} == {True, False}
+  assert all(r["tokens_per_s"] > 0 for r in rows)

@@ -31,6 +31,11 @@ class PreLNBlock(nnx.Module):
     x = x + dropout(self.attention(self.attention_norm(x), mask, keys), self.cfg.dropout_rate, keys)
     return x + dropout(self.mlp(self.mlp_norm(x)), self.cfg.dropout_rate, keys)
 
+  def decode(self, x, cache: dict, index, key_valid):
+    y, cache = self.attention.decode(self.attention_norm(x), cache, index, key_valid)
+    x = x + y
+    return x + self.mlp(self.mlp_norm(x)), cache
+
 
 class GPTLMHeadModel(nnx.Module):
   """GPT-2 with its language-model head tied to the token embeddings."""
@@ -61,6 +66,25 @@ class GPTLMHeadModel(nnx.Module):
     x = dropout(constrain(x, ("batch", "length", "act_embed")), self.cfg.dropout_rate, keys)
     x = run_blocks(self.layers, x, mask, keys, self.cfg.remat)
     return self.final_norm(x)
+
+  def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
+    """Empty key/value cache for `length` slots (one dict per layer)."""
+    heads = self.cfg.num_heads
+    shape = (batch, length, heads, self.cfg.hidden_size // heads)
+    dtype = dtype or self.cfg.compute_dtype
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for _ in range(self.cfg.num_layers)]
+
+  def decode(self, input_ids, positions, cache: list[dict], index, key_valid):
+    """Incremental forward: the t new tokens [B, t] at cache slots [index, index + t) ->
+    (logits [B, t, V] float32, updated cache). Prefill is a call with the whole prompt."""
+    x = self.wte(input_ids) + self.wpe(positions)
+    new_cache = []
+    for block, layer_cache in zip(self.layers, cache):
+      x, layer_cache = block.decode(x, layer_cache, index, key_valid)
+      new_cache.append(layer_cache)
+    logits = self.wte.attend(self.final_norm(x))
+    return logits.astype(jnp.float32), new_cache
 
   def __call__(self, input_ids, attention_mask=None, segment_ids=None, positions=None,
                dropout_rng=None):

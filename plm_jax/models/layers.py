@@ -220,6 +220,26 @@ class SelfAttention(nnx.Module):
     y = constrain(y, names)
     return constrain(self.out(y), ("batch", "length", "act_embed"))
 
+  def decode(self, x: jax.Array, cache: dict, index: jax.Array, key_valid: jax.Array
+             ) -> tuple[jax.Array, dict]:
+    """Incremental attention: writes the keys/values of the t new tokens into cache slots
+    [index, index + t) and attends over the cache.
+
+    cache: {"k", "v"} of [B, L, N, H]; key_valid: [B, L] bool, the slots that hold real tokens
+    (new ones included). A query in slot index + i sees valid slots <= index + i.
+    """
+    q, k, v = self.query(x), self.key(x), self.value(x)
+    start = (0, index, 0, 0)
+    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+             "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+    t, length = x.shape[1], cache["k"].shape[1]
+    query_slot = index + jnp.arange(t)
+    causal = jnp.arange(length)[None, :] <= query_slot[:, None]                 # [t, L]
+    mask = causal[None, None] & key_valid[:, None, None, :]                       # [B, 1, t, L]
+    y = jax.nn.dot_product_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype),
+                                     mask=mask)
+    return self.out(y), cache
+
 
 class MLP(nnx.Module):
   """Position-wise feed-forward: Dense -> GELU -> Dense."""

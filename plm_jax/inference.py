@@ -1,0 +1,95 @@
+"""Using a trained (or imported) model: restore it from a workdir, generate text, fill masks."""
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from plm_jax import checkpoint, parallel
+from plm_jax.data.tokenizer import TextTokenizer
+from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.generate import SamplingConfig, generate
+
+
+@dataclasses.dataclass
+class Restored:
+  model: nnx.Module
+  config: object
+  tokenizer: TextTokenizer
+  step: int
+  trainer: object
+
+
+def fit_to_devices(config):
+  """FSDP over the devices present with a batch they divide: restoring works on any machine,
+  whatever mesh the run was trained on (Orbax reshards on load)."""
+  with config.unlocked():
+    config.mesh.update(data=1, fsdp=-1, tensor=1)
+    n = jax.device_count()
+    config.train.batch_size = max(config.train.batch_size, n) // n * n
+  return config
+
+
+def load_model(workdir: str, step: int | None = None) -> Restored:
+  """The parameters of `step` (default: the latest) of a workdir, as a callable model; the
+  optimizer state is never read."""
+  from plm_jax.train import Trainer, padded_vocab     # local: train imports the data stack
+  config = fit_to_devices(checkpoint.load_config(workdir))
+  mesh = parallel.make_mesh(parallel.validate(config, jax.device_count()))
+  tokenizer = TextTokenizer.load(workdir)
+  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
+                           tokenizer.pad_id)
+  with checkpoint.make_manager(workdir, read_only=True) as manager:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise CheckpointError(f"--workdir {workdir!r} holds no checkpoint yet")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise CheckpointError(f"--step {step} is not in {manager.directory}; saved steps: {steps}")
+    params = checkpoint.restore(manager, step, trainer.abstract_state, trainer.state_shardings,
+                                params_only=True)["params"]
+  return Restored(trainer.model(params), config, tokenizer, step, trainer)
+
+
+def generate_text(restored: Restored, prompts: list[str], cfg: SamplingConfig,
+                  num_samples: int = 1) -> list[list[str]]:
+  """`num_samples` continuations of each prompt (decoded text of the new tokens)."""
+  if restored.config.model.family != "gpt":
+    raise ConfigError(f"generate needs a GPT model; {restored.config.model.family} is an "
+                      "encoder (use fill-mask)")
+  tok = restored.tokenizer
+  ids = [tok.encode_batch([p])[0] or [tok.eos_id] for p in prompts]
+  cfg = dataclasses.replace(cfg, eos_id=tok.eos_id if cfg.eos_id is None else cfg.eos_id)
+  rows = [i for i in ids for _ in range(num_samples)]
+  out = generate(restored.model, rows, cfg)
+  texts = [tok.decode([t for t in r if t != tok.eos_id]) for r in out]
+  return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+
+def fill_mask(restored: Restored, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+  """For each mask token in `text`, the top-k tokens and their probabilities."""
+  if restored.config.model.family == "gpt":
+    raise ConfigError("fill-mask needs an encoder (BERT, RoBERTa, ALBERT); this is a GPT model "
+                      "(use generate)")
+  tok = restored.tokenizer
+  mask_token = tok.role_token("mask")
+  ids = [tok.cls_id, *tok.encode_batch([text])[0], tok.sep_id]
+  where = [i for i, t in enumerate(ids) if t == tok.mask_id]
+  if not where:
+    raise ConfigError(f"--text has no {mask_token} token to fill, e.g. "
+                      f"\"Paris is the {mask_token} of France.\"")
+  limit = restored.config.model.max_position - (2 if restored.config.model.position_offset
+                                                 else 0)
+  if len(ids) > limit:
+    raise ConfigError(f"--text is {len(ids)} tokens long; the model takes {limit}")
+  input_ids = np.array([ids], np.int32)
+  out = restored.model(input_ids, np.zeros_like(input_ids), np.ones_like(input_ids),
+                       np.array([where], np.int32))
+  probs = np.asarray(jax.nn.softmax(out["mlm_logits"][0], axis=-1))
+  probs = probs[:, :tok.vocab_size]                  # never propose padded vocabulary rows
+  results = []
+  for row in probs:
+    best = np.argsort(-row)[:top_k]
+    results.append([(tok.tokenizer.id_to_token(int(i)), float(row[i])) for i in best])
+  return results
