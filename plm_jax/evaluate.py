@@ -12,13 +12,14 @@ from plm_jax.metrics_writer import console, format_metrics
 from plm_jax.train import EVAL_KEYS, evaluate_params, load_data
 
 
-def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = None) -> dict:
+def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = None,
+             devices=None) -> dict:
   """Restores `step` (default: the latest) of `workdir` and returns its eval metrics.
 
   The mesh is FSDP over whatever devices are present, whatever mesh the run was trained on;
   Orbax reshards the parameters on load. The optimizer state is never read.
   """
-  restored = load_model(workdir, step)
+  restored = load_model(workdir, step, devices)
   config, trainer = restored.config, restored.trainer
   if eval_steps is not None:
     with config.unlocked():

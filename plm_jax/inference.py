@@ -21,22 +21,23 @@ class Restored:
   trainer: object
 
 
-def fit_to_devices(config):
+def fit_to_devices(config, num_devices: int | None = None):
   """FSDP over the devices present with a batch they divide: restoring works on any machine,
   whatever mesh the run was trained on (Orbax reshards on load)."""
+  n = jax.device_count() if num_devices is None else num_devices
   with config.unlocked():
     config.mesh.update(data=1, fsdp=-1, tensor=1)
-    n = jax.device_count()
     config.train.batch_size = max(config.train.batch_size, n) // n * n
   return config
 
 
-def load_model(workdir: str, step: int | None = None) -> Restored:
-  """The parameters of `step` (default: the latest) of a workdir, as a callable model; the
-  optimizer state is never read."""
+def load_model(workdir: str, step: int | None = None, devices=None) -> Restored:
+  """The parameters of `step` (default: the latest) of a workdir, as a callable model, on
+  `devices` (default: all); the optimizer state is never read."""
   from plm_jax.train import Trainer, padded_vocab     # local: train imports the data stack
-  config = fit_to_devices(checkpoint.load_config(workdir))
-  mesh = parallel.make_mesh(parallel.validate(config, jax.device_count()))
+  devices = jax.devices() if devices is None else list(devices)
+  config = fit_to_devices(checkpoint.load_config(workdir), len(devices))
+  mesh = parallel.make_mesh(parallel.validate(config, len(devices)), devices)
   tokenizer = TextTokenizer.load(workdir)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
                            tokenizer.pad_id)

@@ -101,3 +101,16 @@ def test_train_step_compiles_once(tmp_path, tokenizers_dir):
                           for k, v in data.batch(3).items()}, trainer.batch_shardings)
   with pytest.raises((TypeError, ValueError)):
     step(state, bad)
+
+
+def test_checkpoint_from_a_sharded_mesh_evaluates_the_same_on_one_device(tmp_path, tokenizers_dir):
+  """Saved from 8 devices with fsdp x tensor, restored on 1 device (and on all 8, FSDP)."""
+  from plm_jax.evaluate import evaluate
+  config = family_config("bert", **{"train.steps": 3, "data.tokenizer": tokenizers_dir["bert"],
+                                    "mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2})
+  _, final, workdir = run(tmp_path, "sharded", config)
+  on_eight = evaluate(workdir, devices=jax.devices())
+  on_one = evaluate(workdir, devices=jax.devices()[:1])
+  for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy"):
+    np.testing.assert_allclose(on_one[key], on_eight[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(on_one[key], final[key], rtol=1e-5, err_msg=key)
