@@ -32,8 +32,8 @@ def bench(config) -> dict:
   train_step = trainer.compile_train_step()
   compile_s = time.perf_counter() - t0
 
-  batch = loader.to_global(loader.local_rows(loader.synthetic_batch(config, config.data.vocab_size)),
-                           trainer.batch_shardings)
+  synthetic = loader.synthetic_batch(config, config.data.vocab_size)
+  batch = loader.to_global(loader.local_rows(synthetic), trainer.batch_shardings)
   for _ in range(config.bench.warmup_steps):
     state, metrics = train_step(state, batch)
   jax.block_until_ready(state)
@@ -58,7 +58,8 @@ def bench(config) -> dict:
       "dtype": config.model.dtype, "attention": config.model.attention_impl,
       "params_m": round(n_params / 1e6, 1), "B": b, "T": t, "step_ms": round(step_s * 1e3, 2),
       "tokens_per_s": round(tokens_per_s), "seq_per_s": round(b / step_s, 1),
-      "mfu": None if peak is None else round(tokens_per_s * per_token / (peak * jax.device_count()), 4),
+      "mfu": (None if peak is None
+              else round(tokens_per_s * per_token / (peak * jax.device_count()), 4)),
       "compile_s": round(compile_s, 1),
       "peak_mem_gib": None if mem is None else round(mem / 2**30, 2), "loss": loss,
   }

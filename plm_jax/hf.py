@@ -157,6 +157,33 @@ def _dense(hf: str, ours: tuple, kind: str) -> list[Entry]:
   return [(f"{hf}.weight", (*ours, "kernel"), kind), (f"{hf}.bias", (*ours, "bias"), "bias")]
 
 
+# transformers' names of the parts of one post-LN block, relative to the layer.
+BERT_LAYER = dict(attention="attention.self.{}", out="attention.output.dense",
+                  attention_norm="attention.output.LayerNorm", wi="intermediate.dense",
+                  wo="output.dense", mlp_norm="output.LayerNorm")
+ALBERT_LAYER = dict(attention="attention.{}", out="attention.dense",
+                    attention_norm="attention.LayerNorm", wi="ffn", wo="ffn_output",
+                    mlp_norm="full_layer_layer_norm")
+
+
+def _post_ln_layer(hf: str, ours: tuple, names: dict) -> list[Entry]:
+  entries = []
+  for name in ("query", "key", "value"):
+    entries += _dense(f"{hf}.{names['attention'].format(name)}", (*ours, "attention", name),
+                      "linear")
+  entries += _dense(f"{hf}.{names['out']}", (*ours, "attention", "out"), "linear_in")
+  entries += _norm(f"{hf}.{names['attention_norm']}", (*ours, "attention_norm"))
+  entries += _dense(f"{hf}.{names['wi']}", (*ours, "mlp", "wi"), "linear")
+  entries += _dense(f"{hf}.{names['wo']}", (*ours, "mlp", "wo"), "linear_in")
+  entries += _norm(f"{hf}.{names['mlp_norm']}", (*ours, "mlp_norm"))
+  return entries
+
+
+def _mlm_head(dense: str, norm: str, bias: str) -> list[Entry]:
+  return (_dense(dense, ("mlm", "transform"), "linear") + _norm(norm, ("mlm", "norm"))
+          + [(bias, ("mlm", "bias"), "same")])
+
+
 def _entries(family: str, mcfg: models.ModelConfig, prefix: str) -> tuple[list[Entry],
                                                                            list[Entry]]:
   """(body entries, head entries) for a family; `prefix` is e.g. "bert." or ""."""
@@ -187,39 +214,21 @@ def _entries(family: str, mcfg: models.ModelConfig, prefix: str) -> tuple[list[E
   body += _norm(f"{p}embeddings.LayerNorm", (*e, "embeddings", "norm"))
   if family == "albert":
     body += _dense(f"{p}encoder.embedding_hidden_mapping_in", (*e, "projection"), "linear")
-    a, o = f"{p}encoder.albert_layer_groups.0.albert_layers.0", (*e, "layers", 0)
-    for name in ("query", "key", "value"):
-      body += _dense(f"{a}.attention.{name}", (*o, "attention", name), "linear")
-    body += _dense(f"{a}.attention.dense", (*o, "attention", "out"), "linear_in")
-    body += _norm(f"{a}.attention.LayerNorm", (*o, "attention_norm"))
-    body += _dense(f"{a}.ffn", (*o, "mlp", "wi"), "linear")
-    body += _dense(f"{a}.ffn_output", (*o, "mlp", "wo"), "linear_in")
-    body += _norm(f"{a}.full_layer_layer_norm", (*o, "mlp_norm"))
+    body += _post_ln_layer(f"{p}encoder.albert_layer_groups.0.albert_layers.0",
+                           (*e, "layers", 0), ALBERT_LAYER)
     body += _dense(f"{p}pooler", (*e, "pooler"), "linear")
-    heads = (_dense("predictions.dense", ("mlm", "transform"), "linear")
-             + _norm("predictions.LayerNorm", ("mlm", "norm"))
-             + [("predictions.bias", ("mlm", "bias"), "same")])
+    heads = _mlm_head("predictions.dense", "predictions.LayerNorm", "predictions.bias")
     if mcfg.nsp_head:
       heads += _dense("sop_classifier.classifier", ("nsp",), "linear")
     return body, heads
   for i in range(mcfg.num_layers):
-    lay, o = f"{p}encoder.layer.{i}", (*e, "layers", i)
-    for name in ("query", "key", "value"):
-      body += _dense(f"{lay}.attention.self.{name}", (*o, "attention", name), "linear")
-    body += _dense(f"{lay}.attention.output.dense", (*o, "attention", "out"), "linear_in")
-    body += _norm(f"{lay}.attention.output.LayerNorm", (*o, "attention_norm"))
-    body += _dense(f"{lay}.intermediate.dense", (*o, "mlp", "wi"), "linear")
-    body += _dense(f"{lay}.output.dense", (*o, "mlp", "wo"), "linear_in")
-    body += _norm(f"{lay}.output.LayerNorm", (*o, "mlp_norm"))
+    body += _post_ln_layer(f"{p}encoder.layer.{i}", (*e, "layers", i), BERT_LAYER)
   body += _dense(f"{p}pooler.dense", (*e, "pooler"), "linear")
   if family == "roberta":
-    heads = (_dense("lm_head.dense", ("mlm", "transform"), "linear")
-             + _norm("lm_head.layer_norm", ("mlm", "norm")) + [("lm_head.bias", ("mlm", "bias"),
-                                                                "same")])
+    heads = _mlm_head("lm_head.dense", "lm_head.layer_norm", "lm_head.bias")
   else:
-    heads = (_dense("cls.predictions.transform.dense", ("mlm", "transform"), "linear")
-             + _norm("cls.predictions.transform.LayerNorm", ("mlm", "norm"))
-             + [("cls.predictions.bias", ("mlm", "bias"), "same")])
+    heads = _mlm_head("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                      "cls.predictions.bias")
     if mcfg.nsp_head:
       heads += _dense("cls.seq_relationship", ("nsp",), "linear")
   return body, heads
@@ -425,7 +434,7 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: models.ModelC
                                                                   "mask")
                 if tokenizer.role_token(r)}
     if config.model.family == "gpt":
-      specials = {"bos_token": tokenizer.role_token("eos"), "eos_token": tokenizer.role_token("eos"),
-                  "unk_token": tokenizer.role_token("eos")}
+      eos = tokenizer.role_token("eos")
+      specials = {"bos_token": eos, "eos_token": eos, "unk_token": eos}
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
       json.dump({"model_max_length": config.model.max_position, **specials}, f, indent=2)

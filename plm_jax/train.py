@@ -236,7 +236,9 @@ def load_data(config, tokenizer: TextTokenizer | None = None) -> pipeline.Prepar
   t0 = time.time()
   if config.data.prepared:
     data = pipeline.load_prepared(config, config.data.prepared)
-    if tokenizer is not None and tokenizer.tokenizer.get_vocab() != data.tokenizer.tokenizer.get_vocab():
+    same = tokenizer is None or (tokenizer.tokenizer.get_vocab()
+                                 == data.tokenizer.tokenizer.get_vocab())
+    if not same:
       raise CheckpointError(f"data.prepared={config.data.prepared!r} was tokenised with another "
                             "vocabulary than the workdir's tokenizer.json; use the same one")
   else:

@@ -161,7 +161,8 @@ def test_corrupt_checkpoint_is_a_clear_error(bert_workdir, tokenizers_dir, tmp_p
 
 
 def test_tokenizer_train_command(tmp_path, capsys):
-  (tmp_path / "a.txt").write_text("Some words to learn from. More words here.\n\nA document.\n" * 40)
+  text = "Some words to learn from. More words here.\n\nA document.\n"
+  (tmp_path / "a.txt").write_text(text * 40)
   out = tmp_path / "tok"
   assert run_cli("tokenizer", "train", "--input", str(tmp_path / "*.txt"), "--kind", "bpe",
                  "--vocab-size", "400", "--out", str(out)) == 0

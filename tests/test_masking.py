@@ -104,7 +104,8 @@ def test_hashed_uniforms_are_uniform_and_independent():
   # Neighbouring rows and columns are uncorrelated.
   assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.01
   assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01
-  assert not np.array_equal(hashed_uniforms(1, 0, np.arange(4), 8), hashed_uniforms(0, 0, np.arange(4), 8))
+  assert not np.array_equal(hashed_uniforms(1, 0, np.arange(4), 8),
+                            hashed_uniforms(0, 0, np.arange(4), 8))
 
 
 def test_max_predictions_cap():

@@ -8,8 +8,9 @@ files (memory-mapped on load: random access, each host reads only the rows it se
 corpora are simply kept in memory by `plm-jax train`.
 
 Builders (`data.builder`): "nsp" (BERT pairs + NSP labels), "sop" (ALBERT pairs, swapped in
-half the examples, + SOP labels), "full_sentences" (RoBERTa-style MLM-only packing), "blocks" (GPT: fixed blocks of the joined stream), "packed" (GPT: whole
-documents packed with segment ids and position resets).
+half the examples, + SOP labels), "full_sentences" (RoBERTa-style MLM-only packing), "blocks"
+(GPT: fixed blocks of the joined stream), "packed" (GPT: whole documents packed with segment ids
+and position resets).
 """
 
 import dataclasses
@@ -70,7 +71,8 @@ def check_builder(config) -> str:
             if config.model.family in f and o == config.objective.name]
     raise DataError(f"data.builder={builder!r} builds {objective} examples for "
                     f"{'/'.join(families)}, not {config.objective.name} for "
-                    f"{config.model.family}; use --config.data.builder={fits[0] if fits else '...'}")
+                    f"{config.model.family}; use "
+                    f"--config.data.builder={fits[0] if fits else '...'}")
   return builder
 
 

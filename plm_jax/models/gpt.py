@@ -1,4 +1,5 @@
-"""GPT-2 (Radford et al., 2019): pre-LN decoder, learned positions, final LayerNorm, tied LM head."""
+"""GPT-2 (Radford et al., 2019): pre-LN decoder, learned positions, final LayerNorm, tied LM
+head; an incremental decode path with a key/value cache for generation."""
 
 import math
 

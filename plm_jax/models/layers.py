@@ -198,7 +198,8 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, cfg: BlockConfig, *, out_init: Initializer | None = None, rngs: nnx.Rngs):
     if cfg.hidden_size % cfg.num_heads:
-      raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+      raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads "
+                       f"{cfg.num_heads}")
     self.cfg = cfg
     head_dim = cfg.hidden_size // cfg.num_heads
     init = normal_init(cfg.initializer_range)
