@@ -26,36 +26,45 @@ IDENTITY_FIELDS = {
               "embedding_size", "shared_layers"),
     "objective": ("name",),
     "data": ("vocab_size", "lowercase"),
+    "classify": ("task", "num_classes"),
 }
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+BEST_DIR = "best"            # fine-tuning: the best checkpoint by the task's metric
+
+
+def checkpoint_dir(workdir: str, subdir: str = CHECKPOINT_DIR) -> str:
+  return os.path.join(os.path.abspath(workdir), subdir)
 
 
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False, subdir: str = CHECKPOINT_DIR) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else keep, create=not read_only,
       save_interval_steps=0 if read_only else 1,
       enable_async_checkpointing=async_save and not read_only, read_only=read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+  return ocp.CheckpointManager(checkpoint_dir(workdir, subdir), options=options,
                                item_names=("params", "opt_state", "meta"))
 
 
-def latest_step(workdir: str) -> int | None:
-  if not os.path.isdir(checkpoint_dir(workdir)):
+def latest_step(workdir: str, subdir: str = CHECKPOINT_DIR) -> int | None:
+  if not os.path.isdir(checkpoint_dir(workdir, subdir)):
     return None
-  with make_manager(workdir, read_only=True) as manager:
+  with make_manager(workdir, read_only=True, subdir=subdir) as manager:
     return manager.latest_step()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict) -> None:
-  """Starts an (asynchronous) save; `meta` is small JSON (e.g. tokens seen)."""
-  manager.save(step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state["params"]),
-      opt_state=ocp.args.StandardSave(state["opt_state"]),
-      meta=ocp.args.JsonSave(meta)))
+  """Starts an (asynchronous) save; `meta` is small JSON (e.g. tokens seen). A state without
+  "opt_state" saves the parameters only (the best fine-tuned model)."""
+  items = {"params": ocp.args.StandardSave(state["params"]), "meta": ocp.args.JsonSave(meta)}
+  if "opt_state" in state:
+    items["opt_state"] = ocp.args.StandardSave(state["opt_state"])
+  manager.save(step, args=ocp.args.Composite(**items))
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def _abstract(tree, shardings):
@@ -135,7 +144,8 @@ def identity_mismatches(saved: ml_collections.ConfigDict,
   diffs = []
   for section, fields in IDENTITY_FIELDS.items():
     for field in fields:
-      a, b = saved[section].get(field), current[section].get(field)
+      a = saved[section].get(field) if section in saved else None
+      b = current[section].get(field) if section in current else None
       if a != b:
         diffs.append(f"{section}.{field}: saved {a!r}, now {b!r}")
   return diffs

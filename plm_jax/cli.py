@@ -1,7 +1,9 @@
 """The `plm-jax` command: parse flags, call one library function per subcommand.
 
   plm-jax train     --config configs/bert.py:tiny --workdir runs/bert [--config.x.y=v ...]
-  plm-jax evaluate  --workdir runs/bert [--step N] [--eval_steps N]
+  plm-jax evaluate  --workdir runs/bert [--step N] [--eval_steps N] [--config.mesh.tensor=2 ...]
+                    fine-tuned runs: [--best] [--split validation|test|train]
+  plm-jax finetune  --config configs/classify.py:sst2 --init-from runs/bert --workdir runs/sst2
   plm-jax bench     --config configs/gpt.py:124m [--config.x.y=v ...]
   plm-jax tokenizer train --input 'corpus/*.txt' --kind wordpiece --vocab-size 30522 --out DIR
   plm-jax data prepare --config configs/bert.py:base --out DIR [--config.data.x=v ...]
@@ -38,6 +40,17 @@ def _argv_value(argv: list[str], name: str) -> str | None:
 def _config_flags(fv: flags.FlagValues, argv: list[str], command: str) -> None:
   from ml_collections import config_flags
   workdir = _argv_value(argv, "workdir")
+  if command == "evaluate":
+    # Evaluation restores onto FSDP over the devices present; --config.mesh.* (or any field)
+    # overrides that, e.g. to evaluate with tensor parallelism.
+    if workdir and any(a.startswith("--config.") for a in argv) and os.path.exists(
+        os.path.join(workdir, "config.json")):
+      from plm_jax.checkpoint import load_config
+      from plm_jax.inference import fit_to_devices
+      config_flags.DEFINE_config_dict("config", fit_to_devices(load_config(workdir)),
+                                      "the workdir's config", flag_values=fv,
+                                      lock_config=True, sys_argv=argv)
+    return
   if (command == "train" and _argv_value(argv, "config") is None and workdir
       and os.path.exists(os.path.join(workdir, "config.json"))):
     # Continue a run (or an imported model) with the config saved in its workdir.
@@ -51,11 +64,11 @@ def _config_flags(fv: flags.FlagValues, argv: list[str], command: str) -> None:
                                   flag_values=fv, lock_config=True, sys_argv=argv)
 
 
-CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench", "bench-decode")
+CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench", "bench-decode", "finetune")
 
 
 def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
-  if command in CONFIG_COMMANDS:
+  if command in CONFIG_COMMANDS or command == "evaluate":
     _config_flags(fv, argv, command)
   if command == "import-hf":
     flags.DEFINE_string("hf-dir", None, "a Hugging Face model directory", flag_values=fv)
@@ -101,14 +114,21 @@ def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("out", None, "directory for the prepared shards", flag_values=fv)
   if command == "data bench":
     flags.DEFINE_integer("batches", 50, "batches to time", flag_values=fv)
-  if command in ("train", "evaluate"):
+  if command in ("train", "evaluate", "finetune"):
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, logs, tokenizer",
                         flag_values=fv)
+  if command == "finetune":
+    flags.DEFINE_string("init-from", None, "the pretraining (or import-hf) workdir whose latest "
+                        "checkpoint the body starts from", flag_values=fv)
   if command == "evaluate":
     flags.DEFINE_integer("step", None, "checkpoint step to evaluate (default: the latest)",
                          flag_values=fv)
     flags.DEFINE_integer("eval_steps", None, "eval batches (default: the run's train.eval_steps;"
                          " 0 = the whole eval split)", flag_values=fv)
+    flags.DEFINE_bool("best", False, "fine-tuned runs: the best checkpoint (best/), not the "
+                      "latest", flag_values=fv)
+    flags.DEFINE_string("split", "validation", "fine-tuned runs: validation, test or train",
+                        flag_values=fv)
 
 
 def _load_config(fv: flags.FlagValues):
@@ -132,14 +152,19 @@ def _require(fv: flags.FlagValues, *names: str) -> None:
 
 def _run(command: str, fv: flags.FlagValues):
   config = _load_config(fv) if command in CONFIG_COMMANDS else None
-  if command in ("train", "evaluate") and not fv.workdir:
+  if command in ("train", "evaluate", "finetune") and not fv.workdir:
     raise _UsageError("--workdir is required, e.g. --workdir runs/bert-tiny")
   if command == "train":
     from plm_jax.train import train
     return train(config, fv.workdir)
+  if command == "finetune":
+    from plm_jax.finetune.run import finetune
+    return finetune(config, fv.workdir, init_from=fv["init-from"].value)
   if command == "evaluate":
     from plm_jax.evaluate import evaluate
-    return evaluate(fv.workdir, step=fv.step, eval_steps=fv.eval_steps)
+    overrides = fv.config if "config" in fv else None
+    return evaluate(fv.workdir, step=fv.step, eval_steps=fv.eval_steps, config=overrides,
+                    best=fv.best, split=fv.split)
   if command == "bench":
     from plm_jax.bench import bench
     return bench(config)
@@ -209,7 +234,7 @@ class _UsageError(Exception):
   pass
 
 
-COMMANDS = ("train", "evaluate", "bench", "tokenizer train", "data prepare", "data bench",
+COMMANDS = ("train", "finetune", "evaluate", "bench", "tokenizer train", "data prepare", "data bench",
             "import-hf", "export-hf", "generate", "fill-mask", "bench-decode")
 
 

@@ -42,29 +42,32 @@ MESH_PRESETS = {
 }
 
 
-def parse_arg(arg: str | None, sizes: dict, default_size: str) -> dict:
-  """'base,mesh=gpu8' -> {'size': 'base', 'mesh': 'gpu8'}; a bare word is the size."""
+def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size") -> dict:
+  """'base,mesh=gpu8' -> {'size': 'base', 'mesh': 'gpu8'}; a bare word is the size (or, with
+  noun="task", the task of configs/classify.py)."""
   out = {"size": default_size, "mesh": "auto"}
   for part in filter(None, (arg or "").split(",")):
     key, _, value = part.partition("=")
     if not value:
       key, value = "size", key
     if key not in out:
-      raise ConfigError(f"config arg {part!r}: unknown key {key!r}; use size=... and mesh=...")
+      raise ConfigError(f"config arg {part!r}: unknown key {key!r}; use {noun}=... and "
+                        "mesh=...")
     out[key] = value
   if out["size"] not in sizes:
-    raise ConfigError(f"config size {out['size']!r} is not one of {sorted(sizes)}")
+    raise ConfigError(f"config {noun} {out['size']!r} is not one of {sorted(sizes)}")
   if out["mesh"] not in MESH_PRESETS:
     raise ConfigError(f"mesh preset {out['mesh']!r} is not one of {sorted(MESH_PRESETS)}")
   return out
 
 
 DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences",
-                    "causal_lm": "blocks"}
+                    "causal_lm": "blocks", "classify": "classify"}
 
 
 def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh: str,
-                data: dict, train: dict, optim: dict) -> ml_collections.ConfigDict:
+                data: dict, train: dict, optim: dict,
+                classify: dict | None = None) -> ml_collections.ConfigDict:
   builder = DEFAULT_BUILDERS[objective]
   c = ml_collections.ConfigDict()
 
@@ -94,7 +97,8 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
 
   c.objective = o = ml_collections.ConfigDict()
   o.name = objective                 # "mlm_nsp" (BERT), "mlm_sop" (ALBERT), "mlm" (RoBERTa,
-                                     # no sentence-pair task) or "causal_lm" (GPT); the
+                                     # no sentence-pair task), "causal_lm" (GPT), or "classify"
+                                     # (fine-tuning; see the classify group); the
                                      # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
 
@@ -160,7 +164,44 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   ms.update(MESH_PRESETS[mesh])      # data, fsdp, tensor: sizes of the three mesh axes
   ms.rules = DEFAULT_RULES           # logical axis -> mesh axes
 
+  if objective == "classify":
+    c.classify = classify_group(classify or {})
+
   c.bench = b = ml_collections.ConfigDict()
   b.steps = 10                       # timed steps of `plm-jax bench`
   b.warmup_steps = 2                 # untimed steps after compilation
   return c
+
+
+def classify_group(values: dict) -> ml_collections.ConfigDict:
+  """Fine-tuning for sequence classification (`plm-jax finetune`, configs/classify.py)."""
+  k = ml_collections.ConfigDict()
+  k.task = ""                        # a task of plm_jax/finetune/tasks.py ("sst2", "mrpc",
+                                     # "imdb", "builtin", ...) or "csv" / "jsonl" (files below)
+  k.num_classes = 0                  # outputs; 1 = regression (MSE); 0 = the task's or the data's
+  k.label_names = ()                 # class names in id order ("" entries if unknown); () = from
+                                     # the task or, for string labels in files, sorted train labels
+  k.metric = ""                      # the best checkpoint's metric: accuracy, f1, macro_f1, mcc,
+                                     # pearson, spearman, mse (lower is better); "" = the task's
+  k.epochs = 3.0                     # > 0: train.steps = epochs x train examples / batch_size
+  k.warmup_fraction = 0.1            # > 0: optim.warmup_steps = this x train.steps
+  k.layer_decay = 1.0                # layer-wise learning-rate decay: layer l of L gets
+                                     # lr x decay^(L + 1 - l) (embeddings l = 0); 1 = off
+  k.head_learning_rate = 0.0         # the new head's peak lr; 0 = optim.learning_rate
+  k.init_from = ""                   # the workdir the body was restored from (set by finetune)
+  k.tfds_name = ""                   # TFDS dataset ("" = the task's), e.g. "glue/sst2"
+  k.tfds_data_dir = ""               # TFDS data_dir ("" = TFDS's default)
+  k.train_path = ""                  # csv / jsonl: the train file
+  k.eval_path = ""                   # csv / jsonl: the validation file ("" = eval_fraction of
+                                     # the train file, held out)
+  k.test_path = ""                   # csv / jsonl: the test file ("" = no test report)
+  k.train_split = ""                 # TFDS splits ("" = the task's)
+  k.eval_split = ""
+  k.test_split = ""
+  k.text_field = ""                  # the column / feature of the text ("" = the task's; csv /
+                                     # jsonl: "text")
+  k.text_pair_field = ""             # the second text of sentence-pair tasks ("" = the task's /
+                                     # none)
+  k.label_field = ""                 # the label column ("" = the task's / "label")
+  k.update(values)
+  return k

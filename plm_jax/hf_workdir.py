@@ -49,6 +49,9 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
 
 def export_hf(workdir: str, out: str, step: int | None = None) -> dict:
   """Writes the parameters of `step` (default: the latest) as a transformers directory."""
+  if checkpoint.load_config(workdir).objective.name == "classify":
+    raise CheckpointError(f"export-hf writes pretraining models; {workdir!r} holds a fine-tuned "
+                          "classifier (export its pretraining run, or use its test_predictions)")
   restored = load_model(workdir, step)
   config, tokenizer, trainer, step = (restored.config, restored.tokenizer, restored.trainer,
                                       restored.step)

@@ -1,6 +1,7 @@
 """Using a trained (or imported) model: restore it from a workdir, generate text, fill masks."""
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -31,20 +32,28 @@ def fit_to_devices(config, num_devices: int | None = None):
   return config
 
 
-def load_model(workdir: str, step: int | None = None, devices=None) -> Restored:
+def load_model(workdir: str, step: int | None = None, devices=None, config=None,
+               subdir: str = checkpoint.CHECKPOINT_DIR) -> Restored:
   """The parameters of `step` (default: the latest) of a workdir, as a callable model, on
-  `devices` (default: all); the optimizer state is never read."""
+  `devices` (default: all); the optimizer state is never read.
+
+  `config` (default: the workdir's, with FSDP over the devices) may choose another mesh;
+  `subdir` another set of checkpoints (checkpoint.BEST_DIR: the best fine-tuned model).
+  """
   from plm_jax.train import Trainer, padded_vocab     # local: train imports the data stack
   devices = jax.devices() if devices is None else list(devices)
-  config = fit_to_devices(checkpoint.load_config(workdir), len(devices))
+  if config is None:
+    config = fit_to_devices(checkpoint.load_config(workdir), len(devices))
   mesh = parallel.make_mesh(parallel.validate(config, len(devices)), devices)
   tokenizer = TextTokenizer.load(workdir)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
                            tokenizer.pad_id)
-  with checkpoint.make_manager(workdir, read_only=True) as manager:
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir, subdir)):
+    raise CheckpointError(f"--workdir {workdir!r} holds no checkpoint in {subdir}/ yet")
+  with checkpoint.make_manager(workdir, read_only=True, subdir=subdir) as manager:
     steps = sorted(manager.all_steps())
     if not steps:
-      raise CheckpointError(f"--workdir {workdir!r} holds no checkpoint yet")
+      raise CheckpointError(f"--workdir {workdir!r} holds no checkpoint in {subdir}/ yet")
     step = steps[-1] if step is None else step
     if step not in steps:
       raise CheckpointError(f"--step {step} is not in {manager.directory}; saved steps: {steps}")
@@ -53,9 +62,17 @@ def load_model(workdir: str, step: int | None = None, devices=None) -> Restored:
   return Restored(trainer.model(params), config, tokenizer, step, trainer)
 
 
+def _not_a_classifier(restored: Restored, command: str) -> None:
+  if restored.config.objective.name == "classify":
+    raise ConfigError(f"{command} needs a pretrained model with its language-model head; this "
+                      "workdir holds a fine-tuned classifier (use plm-jax evaluate), or give "
+                      f"its pretraining run: {restored.config.classify.init_from}")
+
+
 def generate_text(restored: Restored, prompts: list[str], cfg: SamplingConfig,
                   num_samples: int = 1) -> list[list[str]]:
   """`num_samples` continuations of each prompt (decoded text of the new tokens)."""
+  _not_a_classifier(restored, "generate")
   if restored.config.model.family != "gpt":
     raise ConfigError(f"generate needs a GPT model; {restored.config.model.family} is an "
                       "encoder (use fill-mask)")
@@ -70,6 +87,7 @@ def generate_text(restored: Restored, prompts: list[str], cfg: SamplingConfig,
 
 def fill_mask(restored: Restored, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
   """For each mask token in `text`, the top-k tokens and their probabilities."""
+  _not_a_classifier(restored, "fill-mask")
   if restored.config.model.family == "gpt":
     raise ConfigError("fill-mask needs an encoder (BERT, RoBERTa, ALBERT); this is a GPT model "
                       "(use generate)")

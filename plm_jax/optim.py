@@ -1,7 +1,10 @@
-"""AdamW with warmup + decay, global-norm clipping, and no decay on biases or LayerNorm."""
+"""AdamW with warmup + decay, global-norm clipping, and no decay on biases or LayerNorm; for
+fine-tuning, layer-wise learning-rate decay and a learning rate of the head's own."""
 
 import jax
 import optax
+
+from plm_jax.models.classifier import HEAD_PARAMS
 
 
 def make_schedule(o, total_steps: int) -> optax.Schedule:
@@ -26,11 +29,49 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(o, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def _depth(path: tuple[str, ...], num_layers: int, shared: bool) -> int | None:
+  """0 for embeddings, l + 1 for layer l, num_layers + 1 above the layers; None for the head."""
+  if path[0] in HEAD_PARAMS:
+    return None
+  if path[0] == "encoder":
+    path = path[1:]
+  if path[0] == "layers":
+    # ALBERT's one shared layer is every layer: it gets the top layer's rate.
+    return num_layers if shared else int(path[1]) + 1
+  if path[0] in ("embeddings", "projection", "wte", "wpe"):
+    return 0
+  return num_layers + 1                       # pooler, GPT's final LayerNorm
+
+
+def lr_factors(params, num_layers: int, shared_layers: bool, layer_decay: float,
+               head_factor: float):
+  """Per-parameter multipliers of the learning rate: layer_decay^(L + 1 - depth) for the body
+  (ELECTRA / BEiT-style layer-wise decay: the embeddings change least), head_factor for the
+  new head. A tree of Python floats shaped like `params`."""
+  def factor(path, _):
+    keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    depth = _depth(keys, num_layers, shared_layers)
+    return head_factor if depth is None else layer_decay ** (num_layers + 1 - depth)
+  return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def scale_by_factors(factors) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its (static) factor."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, f: u * f if f != 1.0 else u, updates, factors), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(o, total_steps: int, factors=None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`factors` (see lr_factors) scale each parameter's learning rate, weight decay included."""
   schedule = make_schedule(o, total_steps)
   parts = []
   if o.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(o.clip_norm))
   parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=decay_mask))
+  if factors is not None:
+    parts.append(scale_by_factors(factors))
   return optax.chain(*parts), schedule

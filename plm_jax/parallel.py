@@ -53,14 +53,18 @@ def validate(config, num_devices: int) -> tuple[int, int, int]:
     raise ConfigError(f"model.family={m.family!r} is not one of bert, roberta, albert, gpt")
   allowed = {"bert": ("mlm_nsp", "mlm", "mlm_sop"), "roberta": ("mlm",),
              "albert": ("mlm_sop", "mlm", "mlm_nsp"), "gpt": ("causal_lm",)}[m.family]
-  if config.objective.name not in allowed:
+  if config.objective.name == "classify":
+    from plm_jax.finetune.tasks import validate_classify   # fine-tuning: its own data fields
+    validate_classify(config)
+  elif config.objective.name not in allowed:
     raise ConfigError(f"objective.name={config.objective.name!r} does not fit model.family="
                       f"{m.family!r}; use --config.objective.name={allowed[0]}")
-  from plm_jax.data.pipeline import check_builder   # data.builder must build that objective
-  try:
-    check_builder(config)
-  except Exception as e:  # noqa: BLE001 - re-raised as a config error naming the field
-    raise ConfigError(str(e)) from None
+  else:
+    from plm_jax.data.pipeline import check_builder   # data.builder must build that objective
+    try:
+      check_builder(config)
+    except Exception as e:  # noqa: BLE001 - re-raised as a config error naming the field
+      raise ConfigError(str(e)) from None
   if m.hidden_size % m.num_heads:
     raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads="
                       f"{m.num_heads}")

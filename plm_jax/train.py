@@ -22,7 +22,7 @@ from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.metrics_writer import MetricsWriter, console, format_duration, format_metrics
 from plm_jax.models.partitioning import axis_rules
-from plm_jax.optim import make_optimizer
+from plm_jax.optim import lr_factors, make_optimizer
 
 
 def padded_vocab(config, tokenizer_vocab: int) -> int:
@@ -42,7 +42,8 @@ def model_config(config, vocab_size: int, pad_token_id: int = 0) -> models.Model
       attention_impl=m.attention_impl, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
       nsp_head=config.objective.name in ("mlm_nsp", "mlm_sop"),
       embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,
-      position_offset=m.position_offset, pad_token_id=pad_token_id)
+      position_offset=m.position_offset, pad_token_id=pad_token_id,
+      num_labels=config.classify.num_classes if config.objective.name == "classify" else 0)
 
 
 @dataclasses.dataclass
@@ -67,7 +68,8 @@ class Trainer:
     abstract_model = nnx.eval_shape(lambda: models.build(mcfg, nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     param_specs = nnx.to_pure_dict(parallel.param_specs(abstract_params, rules))
-    optimizer, schedule = make_optimizer(config.optim, config.train.steps)
+    optimizer, schedule = make_optimizer(config.optim, config.train.steps,
+                                         _lr_factors(config, abstract_params))
 
     def init(key):
       return _init_state(mcfg, optimizer, key)
@@ -80,7 +82,7 @@ class Trainer:
     specs = {"step": jax.sharding.PartitionSpec(), "params": param_specs, "opt_state": opt_specs}
     shapes = loader.batch_shapes(config)
     batch_shardings = {k: parallel.batch_sharding(mesh, len(s)) for k, (s, _) in shapes.items()}
-    return cls(config, mesh, mcfg, graphdef, objectives.get(config.objective.name), optimizer,
+    return cls(config, mesh, mcfg, graphdef, objectives.for_config(config), optimizer,
                schedule, abstract_state, parallel.named(mesh, specs), batch_shardings)
 
   # --- state -----------------------------------------------------------------------------------
@@ -162,6 +164,18 @@ class Trainer:
 
     return jax.jit(step, in_shardings=(self.state_shardings["params"], self.batch_shardings),
                    out_shardings=parallel.replicated(self.mesh))
+
+
+def _lr_factors(config, abstract_params):
+  """Fine-tuning's layer-wise decay and head learning rate (None when both are off)."""
+  if config.objective.name != "classify":
+    return None
+  k, lr = config.classify, config.optim.learning_rate
+  head = k.head_learning_rate / lr if k.head_learning_rate > 0 and lr > 0 else 1.0
+  if k.layer_decay == 1.0 and head == 1.0:
+    return None
+  return lr_factors(nnx.to_pure_dict(abstract_params), config.model.num_layers,
+                    config.model.shared_layers, k.layer_decay, head)
 
 
 def _init_state(mcfg, optimizer, key) -> dict:
@@ -300,9 +314,15 @@ def train(config, workdir: str, devices=None) -> dict:
   # batch an uninterrupted run would have seen next.
   data_state = meta.get("data_iterator") or {"next_index": int(state["step"])}
   batches = train_batches.iterator(data_state)
+  def on_eval(state, step):
+    metrics = evaluate_params(trainer, state["params"], eval_batches,
+                              eval_batches.eval_steps(config.train.eval_steps))
+    writer.write(step, "eval", metrics)
+    console(f"eval @ step {step}: {format_metrics(metrics, EVAL_KEYS)}")
+
   try:
-    state = _loop(config, trainer, train_step, state, int(meta.get("tokens_seen", 0)), batches,
-                  eval_batches, manager, writer)
+    state = run_loop(config, trainer, train_step, state, int(meta.get("tokens_seen", 0)), batches,
+                     manager, writer, on_eval)
     eval_steps = eval_batches.eval_steps(config.train.eval_steps)
     final = evaluate_params(trainer, state["params"], eval_batches, eval_steps)
     end_step = int(state["step"])
@@ -316,8 +336,11 @@ def train(config, workdir: str, devices=None) -> dict:
   return final
 
 
-def _loop(config, trainer, train_step, state, tokens_seen, batches, eval_batches, manager,
-          writer) -> dict:
+def run_loop(config, trainer, train_step, state, tokens_seen, batches, manager, writer,
+             on_eval: Callable, train_keys: tuple[str, ...] = TRAIN_KEYS) -> dict:
+  """Steps from the state's step to train.steps: logs every log_every steps, checkpoints every
+  checkpoint.every (with the loader's position), and calls
+  `on_eval(state, step)` every train.eval_every steps (not at the last: the caller evaluates)."""
   total = config.train.steps
   start = int(state["step"])
   log_every, ckpt_every = max(1, config.train.log_every), config.checkpoint.every
@@ -344,7 +367,7 @@ def _loop(config, trainer, train_step, state, tokens_seen, batches, eval_batches
       mean["tokens_seen"] = tokens_seen
       writer.write(done, "train", mean)
       eta = (total - done) * mean["step_time_s"]
-      console(f"step {done}/{total} | {format_metrics(mean, TRAIN_KEYS)} | "
+      console(f"step {done}/{total} | {format_metrics(mean, train_keys)} | "
               f"{mean['tokens_per_s']:,.0f} tok/s | data wait {mean['data_wait_s'] * 1e3:.1f} "
               f"ms/step | ETA {format_duration(eta)}")
       pending, waited, t_last, s_last = [], 0.0, time.time(), done
@@ -354,10 +377,7 @@ def _loop(config, trainer, train_step, state, tokens_seen, batches, eval_batches
       checkpoint.save(manager, done, state, {"tokens_seen": tokens_seen + unlogged,
                                              "data_iterator": batches.get_state()})
     if eval_every and done % eval_every == 0 and done != total:
-      metrics = evaluate_params(trainer, state["params"], eval_batches,
-                                eval_batches.eval_steps(config.train.eval_steps))
-      writer.write(done, "eval", metrics)
-      console(f"eval @ step {done}: {format_metrics(metrics, EVAL_KEYS)}")
+      on_eval(state, done)
   if start >= total:
     console(f"nothing to do: the workdir's checkpoint is at step {start} >= train.steps={total}")
   return state

@@ -63,9 +63,16 @@ class Server:
     self.masking = masking_config(config, tok) if self.builder in ("nsp", "sop",
                                                                     "full_sentences") else None
     self.special = tok.special_ids()
+    # Classification eval splits are served once, padded to whole batches: rows past the end
+    # of the split repeat earlier ones with weight 0.
+    self.rows = len(Rows(prepared.eval)) if split == EVAL else None
 
   def __call__(self, batch: dict) -> dict:
     index = batch.pop("index")
+    if self.builder == "classify":
+      weights = np.ones(len(index), np.float32) if self.rows is None else \
+          (index < self.rows).astype(np.float32)
+      return {**batch, "example_weights": weights}
     if self.masking is not None:
       ids = batch["input_ids"]
       special = np.isin(ids, self.special) | (batch["attention_mask"] == 0)
@@ -183,6 +190,12 @@ def to_global(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Ar
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every field of a global batch (for synthetic batches and shardings)."""
   b, t = config.train.batch_size, config.data.max_seq_length
+  if config.objective.name == "classify":
+    regression = config.classify.num_classes == 1
+    return {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
+            "attention_mask": ((b, t), np.int32),
+            "labels": ((b,), np.float32 if regression else np.int32),
+            "example_weights": ((b,), np.float32), "example_index": ((b,), np.int32)}
   if config.objective.name in ("mlm_nsp", "mlm_sop", "mlm"):
     p = max_predictions_for(t, config.objective.mlm_probability)
     shapes = {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),

@@ -34,6 +34,8 @@ class ModelConfig:
   hidden_act: str = "gelu"            # encoders: "gelu" (exact erf) or "gelu_new" (tanh approx.)
   pad_token_id: int = 0               # RoBERTa: positions are counted past the padding id
   position_offset: bool = False       # RoBERTa: position = padding_id + 1 + index of real token
+  num_labels: int = 0                 # > 0: a sequence classifier with this many outputs
+                                      # (1 = regression) instead of the pretraining heads
 
   @property
   def embed_dim(self) -> int:

@@ -1,6 +1,7 @@
-"""Objectives (MLM + NSP, MLM, causal LM), BERT masking, and loss statistics."""
+"""Objectives (MLM + NSP, MLM, causal LM, classification), BERT masking, and loss statistics."""
 
-from plm_jax.objectives.objectives import (OBJECTIVES, CausalLM, MaskedLM, MaskedLMWithNSP,
-                                           MaskedLMWithSOP, get)
+from plm_jax.objectives.objectives import (OBJECTIVES, CausalLM, Classification, MaskedLM,
+                                           MaskedLMWithNSP, MaskedLMWithSOP, for_config, get)
 
-__all__ = ["OBJECTIVES", "CausalLM", "MaskedLM", "MaskedLMWithNSP", "MaskedLMWithSOP", "get"]
+__all__ = ["OBJECTIVES", "CausalLM", "Classification", "MaskedLM", "MaskedLMWithNSP",
+           "MaskedLMWithSOP", "for_config", "get"]

@@ -99,9 +99,48 @@ class CausalLM:
     }
 
 
+class Classification:
+  """Fine-tuning: cross-entropy over classes, or mean squared error when there is one output
+  (regression). `example_weights` is 0 for the rows that only pad the last eval batch."""
+
+  name = "classify"
+
+  def __init__(self, regression: bool = False):
+    self.regression = regression
+
+  def stats(self, model, batch: dict, dropout_rng=None) -> dict:
+    logits = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                   dropout_rng=dropout_rng)["logits"]
+    weights = batch["example_weights"]
+    if self.regression:
+      error = logits[:, 0] - batch["labels"].astype(jnp.float32)
+      return {"cls_loss_sum": jnp.sum(error * error * weights), "cls_count": jnp.sum(weights)}
+    return _prefixed("cls", classification_stats(logits, batch["labels"].astype(jnp.int32),
+                                                 weights))
+
+  def totals(self, batch: dict) -> dict:
+    return {"cls_count": jnp.sum(batch["example_weights"])}
+
+  def loss(self, stats: dict, totals: dict) -> jax.Array:
+    return safe_div(stats["cls_loss_sum"], totals["cls_count"])
+
+  def metrics(self, stats: dict) -> dict:
+    loss = safe_div(stats["cls_loss_sum"], stats["cls_count"])
+    if self.regression:
+      return {"loss": loss, "mse": loss}
+    return {"loss": loss, "accuracy": safe_div(stats["cls_correct"], stats["cls_count"])}
+
+
 OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
-              "causal_lm": CausalLM()}
+              "causal_lm": CausalLM(), "classify": Classification()}
 
 
 def get(name: str):
   return OBJECTIVES[name]
+
+
+def for_config(config):
+  """The objective of a config (a classifier with one output is a regression)."""
+  if config.objective.name == "classify":
+    return Classification(regression=config.classify.num_classes == 1)
+  return get(config.objective.name)

@@ -1,0 +1,1 @@
+"""Fine-tuning for sequence classification: tasks, data, metrics and the run itself."""

@@ -1,0 +1,369 @@
+"""Classification examples: records of a split -> token id arrays, for every source kind.
+
+Sources: a TFDS dataset (`tfds.data_source`, no TensorFlow needed), CSV or JSON-lines files with
+named columns, or the built-in sentence-pair task. Bad records (a missing text, a label that is
+not a number or a known class) are skipped and counted, never fatal.
+
+Layouts, as the pretrained models saw them:
+  BERT / ALBERT   [CLS] a [SEP] b [SEP], segment ids 0 for "[CLS] a [SEP]" and 1 for "b [SEP]"
+  RoBERTa         <s> a </s></s> b </s>, one segment
+  GPT-2           a <eos> b <eos>; the classifier reads the last (<eos>) token
+Pairs too long for data.max_seq_length lose tokens from the end of the longer text first.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import zlib
+
+import numpy as np
+
+from plm_jax.data.tokenizer import TextTokenizer
+from plm_jax.errors import DataError
+from plm_jax.finetune.tasks import Task, task_of
+
+TRAIN, EVAL, TEST = "train", "eval", "test"
+UNLABELED = -1      # GLUE's hidden test labels
+
+
+@dataclasses.dataclass
+class Records:
+  """One split as text: first texts, second texts (pair tasks) and raw labels."""
+  texts: list[str]
+  pairs: list[str] | None
+  labels: list
+  skipped: int = 0
+  where: str = ""
+
+
+@dataclasses.dataclass
+class ClassifyData:
+  tokenizer: TextTokenizer
+  splits: dict[str, dict[str, np.ndarray]]   # TRAIN, EVAL and (if any) TEST arrays
+  num_classes: int
+  label_names: tuple[str, ...]
+  labeled: dict[str, bool]                   # does the split carry labels?
+  skipped: dict[str, int]
+  truncated: dict[str, int]
+  descriptions: dict[str, str]
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def _tfds_split(task: Task, split: str, data_dir: str) -> tuple[Records, tuple[str, ...]]:
+  try:
+    import tensorflow_datasets as tfds   # lazy: only TFDS tasks need it
+  except ImportError:
+    raise DataError("TFDS tasks need tensorflow-datasets: pip install tensorflow-datasets"
+                    ) from None
+  if task.tfds_name.startswith("glue/"):
+    # GLUE's builder lives in tfds' legacy text package, which `import tfds` does not register.
+    import tensorflow_datasets.text.glue  # noqa: F401
+  try:
+    source = tfds.data_source(task.tfds_name, split=split, data_dir=data_dir or None,
+                              download=False)
+  except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable as is"
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    reason = " ".join(str(e).split()).split(". ")[0][:200]
+    raise DataError(
+        f"TFDS dataset {task.tfds_name!r} (split {split!r}) cannot be read ({reason}); "
+        f"prepare it first, in ArrayRecord format: tfds build {task.tfds_name}{where} "
+        "--file_format=array_record") from None
+  names: tuple[str, ...] = ()
+  try:
+    names = tuple(source.dataset_info.features[task.label_field].names)
+  except (AttributeError, KeyError, TypeError):
+    pass
+  out = Records([], [] if task.text_pair_field else None, [], where=f"{task.tfds_name}[{split}]")
+  for i in range(len(source)):
+    _add(out, dict(source[i]), task)
+  return out, names
+
+
+def _file_rows(path: str, kind: str):
+  if not os.path.isfile(path):
+    raise DataError(f"{path} does not exist: give an existing {kind} file in "
+                    "classify.train_path / eval_path / test_path")
+  with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    if kind == "csv":
+      dialect = csv.excel_tab if path.endswith((".tsv", ".tab")) else csv.excel
+      reader = csv.DictReader(f, dialect=dialect)
+      yield reader.fieldnames or []
+      yield from reader
+    else:
+      yield None
+      for line in f:
+        if line.strip():
+          try:
+            row = json.loads(line)
+          except json.JSONDecodeError:
+            row = None
+          yield row if isinstance(row, dict) else {}
+
+
+def _file_split(task: Task, path: str, label_optional: bool = False) -> Records:
+  """A CSV / TSV / JSON-lines file; a test file may lack the label column."""
+  rows = _file_rows(path, task.source)
+  header = next(rows)
+  if header is not None:
+    wanted = [task.text_field, task.text_pair_field, task.label_field]
+    missing = [c for c in wanted if c and c not in header]
+    if missing and not (missing == [task.label_field] and label_optional):
+      raise DataError(f"{path} has no column {missing[0]!r} (columns: {header}); name the "
+                      "columns with classify.text_field / text_pair_field / label_field")
+  out = Records([], [] if task.text_pair_field else None, [], where=path)
+  for row in rows:
+    _add(out, row, task)
+  return out
+
+
+def _text(value) -> str | None:
+  if isinstance(value, bytes):
+    value = value.decode("utf-8", errors="replace")
+  if isinstance(value, np.ndarray) and value.shape == ():
+    value = value.item()
+    if isinstance(value, bytes):
+      value = value.decode("utf-8", errors="replace")
+  return value if isinstance(value, str) and value.strip() else None
+
+
+def _add(out: Records, row: dict, task: Task) -> None:
+  """Appends one record, or counts it as skipped (no text, or no label field at all)."""
+  text = _text(row.get(task.text_field))
+  pair = _text(row.get(task.text_pair_field)) if task.text_pair_field else ""
+  if text is None or pair is None:
+    out.skipped += 1
+    return
+  label = row.get(task.label_field)
+  if isinstance(label, np.ndarray):
+    label = label.item()
+  out.texts.append(text)
+  if out.pairs is not None:
+    out.pairs.append(pair)
+  out.labels.append(label)
+
+
+def _builtin_splits() -> dict[str, Records]:
+  """The built-in task: sentence pairs from the built-in corpus. Label 1: B is the sentence after
+  A; 0: B is a sentence of another docstring of the same split. A docstring goes to validation
+  or test (one in ten each) by a hash of its text, and pairs whose first sentence occurs in an
+  earlier split are dropped (the standard library repeats some docstrings): no sentence is seen
+  in two splits as A. Fixed (seed 0), so every run sees the same dataset."""
+  from plm_jax.data import sources
+  from plm_jax.data.builtin_corpus import read_builtin_text
+  docs = sources.parse_documents(read_builtin_text())
+  bucket = [zlib.crc32("\n".join(d).encode("utf-8")) % 10 for d in docs]
+  out, seen = {}, set()
+  for split, buckets in ((TRAIN, range(8)), (EVAL, (8,)), (TEST, (9,))):
+    mine = [d for d, b in zip(docs, bucket) if b in buckets and len(d) > 1]
+    rng = np.random.default_rng(0)
+    records = Records([], [], [], where=f"builtin[{split}]")
+    for i, doc in enumerate(mine):
+      for k in range(len(doc) - 1):
+        if rng.random() < 0.5:
+          b, label = doc[k + 1], 1
+        else:
+          other = mine[(i + 1 + int(rng.integers(len(mine) - 1))) % len(mine)]
+          b, label = other[int(rng.integers(len(other)))], 0
+        if doc[k] in seen:
+          continue
+        records.texts.append(doc[k])
+        records.pairs.append(b)
+        records.labels.append(label)
+    seen.update(records.texts)
+    out[split] = records
+  return out
+
+
+def read_splits(config) -> tuple[Task, dict[str, Records], tuple[str, ...]]:
+  """The records of the train, eval and (when the task has one) test splits."""
+  task = task_of(config)
+  k = config.classify
+  if task.source == "builtin":
+    return task, _builtin_splits(), task.label_names
+  if task.source == "tfds":
+    out, names = {}, task.label_names
+    for split, name in ((TRAIN, task.train_split), (EVAL, task.eval_split),
+                        (TEST, task.test_split)):
+      if name:
+        out[split], found = _tfds_split(task, name, k.tfds_data_dir)
+        names = names or found
+    return task, out, names
+  out = {TRAIN: _file_split(task, k.train_path)}
+  if k.eval_path:
+    out[EVAL] = _file_split(task, k.eval_path)
+  else:
+    out[TRAIN], out[EVAL] = _hold_out(out[TRAIN], config.data.eval_fraction)
+  if k.test_path:
+    out[TEST] = _file_split(task, k.test_path, label_optional=True)
+  return task, out, task.label_names
+
+
+def _hold_out(records: Records, fraction: float) -> tuple[Records, Records]:
+  """Every k-th record of the train file for validation (deterministic)."""
+  every = max(2, round(1 / max(fraction, 1e-9)))
+  n = len(records.texts)
+  if n < 4:
+    raise DataError(f"{records.where} holds {n} usable records: too few to hold any out for "
+                    "validation; give classify.eval_path")
+  held = [i % every == every - 1 for i in range(n)]
+
+  def pick(want):
+    idx = [i for i in range(n) if held[i] == want]
+    return Records([records.texts[i] for i in idx],
+                   None if records.pairs is None else [records.pairs[i] for i in idx],
+                   [records.labels[i] for i in idx], 0, records.where)
+
+  train, evaluation = pick(False), pick(True)
+  train.skipped = records.skipped
+  return train, evaluation
+
+
+# --- labels ----------------------------------------------------------------------------------------
+
+def _as_number(value):
+  if isinstance(value, (bool, np.bool_)):
+    return int(value)
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    return value
+  if isinstance(value, str):
+    try:
+      return float(value) if any(c in value for c in ".eE") else int(value)
+    except ValueError:
+      return None
+  return None
+
+
+def resolve_labels(task: Task, splits: dict[str, Records], names: tuple[str, ...]
+                   ) -> tuple[int, tuple[str, ...]]:
+  """The number of outputs and the class names, from the task or else the train labels."""
+  if task.num_classes == 1:
+    return 1, ()
+  train = [v for v in splits[TRAIN].labels if v is not None and str(v).strip()]
+  numbers = [_as_number(v) for v in train]
+  if not names and any(n is None for n in numbers):
+    # Classes named by strings: sorted, so the same files always give the same ids.
+    names = tuple(sorted({str(v) for v in train}))
+  num = task.num_classes or len(names)
+  if not num:
+    ints = [int(n) for n in numbers if n is not None and float(n).is_integer() and n >= 0]
+    num = max(ints) + 1 if ints else 0
+  if num < 2:
+    raise DataError(f"{splits[TRAIN].where}: the labels give {num} class(es); a classifier "
+                    "needs 2 or more (or set --config.classify.num_classes=1 for regression)")
+  return num, names
+
+
+def label_array(records: Records, regression: bool, num_classes: int,
+                names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, usable) for one split; a label that is neither a class nor (test) missing marks
+  its record unusable. Missing / -1 class labels are UNLABELED, missing regression targets NaN."""
+  index = {n: i for i, n in enumerate(names)}
+  labels, usable = [], []
+  for value in records.labels:
+    if value is None or (isinstance(value, str) and not value.strip()):
+      labels.append(np.nan if regression else UNLABELED)
+      usable.append(True)
+      continue
+    if regression:
+      number = _as_number(value)
+      labels.append(float(number) if number is not None else 0.0)
+      usable.append(number is not None)
+      continue
+    if isinstance(value, str) and value in index:
+      labels.append(index[value])
+      usable.append(True)
+      continue
+    number = _as_number(value)
+    ok = number is not None and float(number).is_integer() and -1 <= number < num_classes
+    labels.append(int(number) if ok else 0)
+    usable.append(ok)
+  dtype = np.float32 if regression else np.int32
+  return np.asarray(labels, dtype), np.asarray(usable, bool)
+
+
+# --- encoding --------------------------------------------------------------------------------------
+
+def _layout(tok: TextTokenizer, family: str, pair: bool) -> tuple[list, list, list, int]:
+  """(prefix, middle, suffix) special ids around a / b, and b's segment id."""
+  if family == "gpt":
+    return [], [tok.eos_id] if pair else [], [tok.eos_id], 0
+  if family == "roberta":
+    return [tok.cls_id], [tok.sep_id, tok.sep_id] if pair else [], [tok.sep_id], 0
+  return [tok.cls_id], [tok.sep_id] if pair else [], [tok.sep_id], 1
+
+
+def truncate_longest_first(a: list[int], b: list[int] | None, budget: int) -> bool:
+  """Drops tokens from the end of the longer text until both fit; True if anything went."""
+  b = b if b is not None else []
+  cut = False
+  while len(a) + len(b) > budget:
+    cut = True
+    if len(a) >= len(b):
+      a.pop()
+    else:
+      b.pop()
+  return cut
+
+
+def encode(tok: TextTokenizer, family: str, texts: list[str], pairs: list[str] | None,
+           max_seq_length: int) -> tuple[dict[str, np.ndarray], int]:
+  """Texts (and pairs) -> input_ids, segment_ids, attention_mask; and how many were cut."""
+  prefix, middle, suffix, b_segment = _layout(tok, family, pairs is not None)
+  overhead = len(prefix) + len(middle) + len(suffix)
+  if max_seq_length <= overhead:
+    raise DataError(f"data.max_seq_length={max_seq_length} leaves no room for text")
+  a_ids = tok.encode_batch(texts) if texts else []
+  b_ids = tok.encode_batch(pairs) if pairs else [None] * len(a_ids)
+  n = len(a_ids)
+  input_ids = np.full((n, max_seq_length), tok.pad_id, np.int32)
+  segment_ids = np.zeros((n, max_seq_length), np.int32)
+  attention_mask = np.zeros((n, max_seq_length), np.int32)
+  truncated = 0
+  for r, (a, b) in enumerate(zip(a_ids, b_ids)):
+    truncated += truncate_longest_first(a, b, max_seq_length - overhead)
+    first = prefix + a + middle
+    ids = first + (b or []) + suffix
+    input_ids[r, :len(ids)] = ids
+    attention_mask[r, :len(ids)] = 1
+    if b is not None:
+      segment_ids[r, len(first):len(ids)] = b_segment
+  return {"input_ids": input_ids, "segment_ids": segment_ids,
+          "attention_mask": attention_mask}, truncated
+
+
+def load(config, tokenizer: TextTokenizer) -> ClassifyData:
+  """Reads, labels and encodes every split of the config's task."""
+  task, splits, names = read_splits(config)
+  if not splits[TRAIN].texts:
+    raise DataError(f"{splits[TRAIN].where} holds no usable records ({splits[TRAIN].skipped} "
+                    f"skipped): check classify.text_field={task.text_field!r}")
+  num_classes, names = resolve_labels(task, splits, names)
+  arrays, labeled, skipped, truncated, where = {}, {}, {}, {}, {}
+  for split, records in splits.items():
+    labels, usable = label_array(records, num_classes == 1, num_classes, names)
+    keep = np.flatnonzero(usable)
+    texts = [records.texts[i] for i in keep]
+    pairs = None if records.pairs is None else [records.pairs[i] for i in keep]
+    encoded, cut = encode(tokenizer, config.model.family, texts, pairs,
+                          config.data.max_seq_length)
+    labels = labels[keep]
+    encoded["labels"] = labels
+    encoded["example_index"] = keep.astype(np.int32)      # the record's row in its split
+    arrays[split] = encoded
+    missing = np.isnan(labels) if num_classes == 1 else labels == UNLABELED
+    labeled[split] = bool(len(labels)) and not bool(np.any(missing))
+    skipped[split] = records.skipped + int(len(usable) - len(keep))
+    truncated[split] = cut
+    where[split] = records.where
+  if split_size(arrays[EVAL]) == 0:
+    raise DataError(f"{where[EVAL]} holds no usable records; give a validation split")
+  if not labeled[TRAIN]:
+    raise DataError(f"{where[TRAIN]}: some train labels are missing or -1; every train record "
+                    "needs a label")
+  return ClassifyData(tokenizer, arrays, num_classes, names, labeled, skipped, truncated, where)
+
+
+def split_size(arrays: dict[str, np.ndarray]) -> int:
+  return len(arrays["input_ids"])

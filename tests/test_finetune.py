@@ -1,0 +1,331 @@
+"""Fine-tuning for classification: metrics, encodings, learning-rate factors, and whole runs."""
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from conftest import ROOT, family_config
+from plm_jax import cli
+from plm_jax.data.tokenizer import TextTokenizer
+from plm_jax.errors import ConfigError, DataError
+from plm_jax.finetune import data as cdata
+from plm_jax.finetune import metrics
+
+CLASSIFY = os.path.join(ROOT, "configs", "classify.py")
+BERT = os.path.join(ROOT, "configs", "bert.py")
+GPT = os.path.join(ROOT, "configs", "gpt.py")
+
+
+def run_cli(*args):
+  return cli.main(["plm-jax", *args])
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+def test_classification_metrics_by_hand():
+  labels = np.array([0, 0, 1, 1, 1, 2])
+  predictions = np.array([0, 1, 1, 1, 0, 2])
+  logits = np.eye(3)[predictions]
+  m = metrics.classification_metrics(labels, logits)
+  assert m["accuracy"] == pytest.approx(4 / 6)
+  # per class F1: 0: p=1/2 r=1/2 -> 1/2; 1: p=2/3 r=2/3 -> 2/3; 2: 1
+  assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+  binary = metrics.classification_metrics(np.array([1, 1, 0, 0]), np.eye(2)[[1, 0, 0, 1]])
+  assert binary["f1"] == pytest.approx(0.5)        # GLUE's F1 of the positive class
+  # two-class MCC = (tp*tn - fp*fn) / sqrt(...)
+  tp, tn, fp, fn = 1, 1, 1, 1
+  assert binary["mcc"] == pytest.approx(0.0)
+  y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+  p = np.array([1, 1, 0, 0, 0, 1, 1, 0])
+  tp, tn, fp, fn = 3, 3, 1, 1
+  expected = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+  assert metrics.classification_metrics(y, np.eye(2)[p])["mcc"] == pytest.approx(expected)
+
+
+def test_regression_metrics_match_scipy():
+  rng = np.random.default_rng(0)
+  y = np.round(rng.uniform(0, 5, 200), 1)              # ties, as STS-B scores have
+  x = y + rng.normal(0, 1, 200)
+  m = metrics.regression_metrics(y, x[:, None])
+  assert m["pearson"] == pytest.approx(scipy_stats.pearsonr(x, y)[0], abs=1e-9)
+  assert m["spearman"] == pytest.approx(scipy_stats.spearmanr(x, y)[0], abs=1e-9)
+  assert m["mse"] == pytest.approx(np.mean((x - y) ** 2))
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+def test_pair_layouts_and_segment_ids(tokenizers_dir):
+  tok = TextTokenizer.load(tokenizers_dir["bert"])
+  a, b = tok.encode_batch(["return the value"])[0], tok.encode_batch(["of the file"])[0]
+  enc, cut = cdata.encode(tok, "bert", ["return the value"], ["of the file"], 16)
+  ids = [tok.cls_id, *a, tok.sep_id, *b, tok.sep_id]
+  n = len(ids)
+  assert cut == 0 and list(enc["input_ids"][0, :n]) == ids
+  assert list(enc["segment_ids"][0, :n]) == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+  assert enc["segment_ids"][0, n:].sum() == 0 and enc["attention_mask"][0].sum() == n
+  assert (enc["input_ids"][0, n:] == tok.pad_id).all()
+  # RoBERTa: <s> a </s></s> b </s>, one segment; GPT: a <eos> b <eos>, the last token read
+  enc, _ = cdata.encode(tok, "roberta", ["return the value"], ["of the file"], 16)
+  assert list(enc["input_ids"][0, :n + 1]) == [tok.cls_id, *a, tok.sep_id, tok.sep_id, *b,
+                                               tok.sep_id]
+  assert enc["segment_ids"].sum() == 0
+  gtok = TextTokenizer.load(tokenizers_dir["gpt"])
+  ga, gb = gtok.encode_batch(["return the value"])[0], gtok.encode_batch(["of the file"])[0]
+  enc, _ = cdata.encode(gtok, "gpt", ["return the value"], ["of the file"], 16)
+  assert list(enc["input_ids"][0, :len(ga) + len(gb) + 2]) == [*ga, gtok.eos_id, *gb,
+                                                                gtok.eos_id]
+  # single sentences: [CLS] a [SEP], all segment 0
+  enc, _ = cdata.encode(tok, "bert", ["return the value"], None, 16)
+  assert list(enc["input_ids"][0, :len(a) + 2]) == [tok.cls_id, *a, tok.sep_id]
+  assert enc["segment_ids"].sum() == 0
+
+
+def test_truncation_is_longest_first():
+  a, b = list(range(10)), list(range(100, 104))
+  assert cdata.truncate_longest_first(a, b, 9)
+  assert a == [0, 1, 2, 3, 4] and b == [100, 101, 102, 103]
+  a, b = [1, 2], [3]
+  assert not cdata.truncate_longest_first(a, b, 5) and a == [1, 2]
+
+
+# --- learning-rate factors --------------------------------------------------------------------
+
+def test_layer_wise_decay_and_head_learning_rate(tokenizers_dir):
+  from flax import nnx
+  from plm_jax import models
+  from plm_jax.train import model_config
+  config = family_config("bert")
+  with config.unlocked():
+    config.objective.name = "classify"
+    from plm_jax.configlib import classify_group
+    config.classify = classify_group(dict(task="builtin", num_classes=3))
+  from plm_jax.optim import lr_factors
+  mcfg = model_config(config, 256)
+  params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+      lambda: models.build(mcfg, nnx.Rngs(0))), nnx.Param))
+  assert set(params) == {"encoder", "classifier"}
+  f = lr_factors(params, 2, False, 0.5, 10.0)
+  assert f["encoder"]["embeddings"]["word"]["embedding"] == 0.5 ** 3
+  assert f["encoder"]["layers"][0]["mlp_norm"]["scale"] == 0.5 ** 2
+  assert f["encoder"]["layers"][1]["attention"]["query"]["kernel"] == 0.5
+  assert f["encoder"]["pooler"]["kernel"] == 1.0
+  assert f["classifier"]["kernel"] == 10.0
+
+
+# --- whole runs ---------------------------------------------------------------------------------
+
+CLASS_WORDS = {"red": "thread", "green": "socket", "blue": "string"}
+FILLER = ("the of a to is and in for it be this that an on as by with are or not from at if "
+          "which value object return function file name list").split()
+
+
+def write_keyword_task(path, n, seed, kind="csv", with_labels=True):
+  """Sentences of filler words plus one class keyword; the label is the keyword's class."""
+  rng = np.random.default_rng(seed)
+  names = sorted(CLASS_WORDS)
+  rows = []
+  for _ in range(n):
+    label = names[rng.integers(len(names))]
+    words = list(rng.choice(FILLER, size=int(rng.integers(5, 12))))
+    words.insert(int(rng.integers(len(words) + 1)), CLASS_WORDS[label])
+    rows.append({"sentence": " ".join(words), "label": label})
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    if kind == "csv":
+      w = csv.DictWriter(f, fieldnames=["sentence", "label"] if with_labels else ["sentence"])
+      w.writeheader()
+      for r in rows:
+        w.writerow(r if with_labels else {"sentence": r["sentence"]})
+    else:
+      for r in rows:
+        f.write(json.dumps(r) + "\n")
+  return rows
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, tokenizers_dir):
+  """A briefly pretrained tiny BERT and GPT (the classifier bodies)."""
+  base = tmp_path_factory.mktemp("pretrained")
+  out = {}
+  for family, config in (("bert", BERT), ("gpt", GPT)):
+    out[family] = str(base / family)
+    assert run_cli("train", "--config", f"{config}:tiny", "--workdir", out[family],
+                   "--config.train.steps=2", "--config.train.eval_steps=1",
+                   f"--config.data.tokenizer={tokenizers_dir[family]}",
+                   "--config.data.dupe_factor=1") == 0
+  return out
+
+
+@pytest.fixture(scope="module")
+def keyword_run(tmp_path_factory, pretrained):
+  """A BERT classifier fine-tuned on a 3-class CSV task whose label depends on the text."""
+  base = tmp_path_factory.mktemp("keywords")
+  for split, n, seed in (("train", 640, 0), ("eval", 96, 1), ("test", 96, 2)):
+    write_keyword_task(base / f"{split}.csv", n, seed)
+  workdir = str(base / "run")
+  args = ["finetune", "--config", f"{CLASSIFY}:csv", "--init-from", pretrained["bert"],
+          "--workdir", workdir, f"--config.classify.train_path={base / 'train.csv'}",
+          f"--config.classify.eval_path={base / 'eval.csv'}",
+          f"--config.classify.test_path={base / 'test.csv'}",
+          "--config.classify.text_field=sentence", "--config.classify.epochs=5",
+          "--config.data.max_seq_length=24", "--config.optim.learning_rate=1e-3",
+          "--config.classify.layer_decay=0.9", "--config.classify.head_learning_rate=2e-3",
+          "--config.train.log_every=20", "--config.checkpoint.every=40"]
+  assert run_cli(*args) == 0
+  return {"workdir": workdir, "args": args, "dir": base}
+
+
+def test_finetuned_classifier_beats_chance_by_far(keyword_run):
+  report = json.load(open(os.path.join(keyword_run["workdir"], "test_report.json")))
+  # three balanced classes: chance is about 0.33
+  assert report["validation"]["accuracy"] > 0.9, report
+  assert report["test"]["accuracy"] > 0.9, report
+  assert report["test"]["macro_f1"] > 0.85 and report["test"]["mcc"] > 0.8
+  saved = json.load(open(os.path.join(keyword_run["workdir"], "config.json")))
+  assert saved["classify"]["label_names"] == ["blue", "green", "red"]
+  assert saved["classify"]["num_classes"] == 3 and saved["model"]["family"] == "bert"
+  assert saved["train"]["steps"] == 100          # 5 epochs x 640 / 32
+
+
+def test_best_checkpoint_kept_beside_the_latest(keyword_run):
+  workdir = keyword_run["workdir"]
+  latest = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                  if s.isdigit())
+  best = [int(s) for s in os.listdir(os.path.join(workdir, "best")) if s.isdigit()]
+  assert latest[-1] == 100 and len(best) == 1
+  report = json.load(open(os.path.join(workdir, "test_report.json")))
+  assert report["best_step"] == best[0]
+  evals = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
+           if json.loads(l)["split"] == "eval"]
+  assert [e["step"] for e in evals] == [20, 40, 60, 80, 100]      # once per epoch
+  assert max(e["accuracy"] for e in evals) == pytest.approx(report["validation"]["accuracy"])
+  rows = list(csv.reader(open(os.path.join(workdir, "test_predictions.tsv")), delimiter="\t"))
+  assert rows[0] == ["index", "prediction"] and len(rows) == 97
+  assert {r[1] for r in rows[1:]} <= {"red", "green", "blue"}
+
+
+def test_evaluate_best_on_test_split_and_another_mesh(keyword_run, capsys):
+  workdir = keyword_run["workdir"]
+  report = json.load(open(os.path.join(workdir, "test_report.json")))
+  assert run_cli("evaluate", "--workdir", workdir, "--best", "--split", "test") == 0
+  best = report["best_step"]
+  on_fsdp = json.load(open(os.path.join(workdir, f"eval_best_step_{best}_test.json")))
+  assert on_fsdp["accuracy"] == pytest.approx(report["test"]["accuracy"])
+  assert on_fsdp["loss"] == pytest.approx(report["test"]["loss"], abs=1e-5)
+  # the same checkpoint on a data x tensor mesh
+  assert run_cli("evaluate", "--workdir", workdir, "--best", "--split", "test",
+                 "--config.mesh.fsdp=1", "--config.mesh.data=-1", "--config.mesh.tensor=2") == 0
+  assert "test of" in capsys.readouterr().out
+  on_tp = json.load(open(os.path.join(workdir, f"eval_best_step_{best}_test.json")))
+  assert on_tp["accuracy"] == on_fsdp["accuracy"]
+  assert on_tp["loss"] == pytest.approx(on_fsdp["loss"], abs=1e-5)
+
+
+def test_finetune_resumes_and_refuses_other_runs(keyword_run, pretrained, tmp_path, capsys):
+  # the finished run resumes at its last step: nothing to do, the same report
+  assert run_cli(*keyword_run["args"]) == 0
+  assert "nothing to do" in capsys.readouterr().out
+  # a pretraining run as the fine-tuning workdir
+  args = list(keyword_run["args"])
+  args[args.index("--workdir") + 1] = pretrained["bert"]
+  assert run_cli(*args) == 2
+  assert "holds a pretraining run" in capsys.readouterr().err
+  # a classifier as the body
+  args = list(keyword_run["args"])
+  args[args.index("--workdir") + 1] = str(tmp_path / "new")
+  args[args.index("--init-from") + 1] = keyword_run["workdir"]
+  assert run_cli(*args) == 2
+  assert "fine-tuned classifier already" in capsys.readouterr().err
+  # no --init-from for a new run; fill-mask of a classifier
+  assert run_cli("finetune", "--config", f"{CLASSIFY}:builtin", "--workdir",
+                 str(tmp_path / "new2")) == 2
+  assert "--init-from is required" in capsys.readouterr().err
+  assert run_cli("fill-mask", "--workdir", keyword_run["workdir"], "--text", "a [MASK]") == 2
+  assert "fine-tuned classifier" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "new") and not os.path.exists(tmp_path / "new2")
+
+
+def test_bad_classify_configs(pretrained, tmp_path, capsys):
+  assert run_cli("finetune", "--config", f"{CLASSIFY}:nope", "--init-from", pretrained["bert"],
+                 "--workdir", str(tmp_path / "a")) == 2
+  assert "config task 'nope' is not one of" in capsys.readouterr().err
+  assert run_cli("finetune", "--config", f"{CLASSIFY}:csv", "--init-from", pretrained["bert"],
+                 "--workdir", str(tmp_path / "b")) == 2
+  assert "classify.train_path" in capsys.readouterr().err
+  write_keyword_task(tmp_path / "t.csv", 20, 0)
+  assert run_cli("finetune", "--config", f"{CLASSIFY}:csv", "--init-from", pretrained["bert"],
+                 "--workdir", str(tmp_path / "c"),
+                 f"--config.classify.train_path={tmp_path / 't.csv'}") == 2
+  assert "has no column 'text'" in capsys.readouterr().err
+  assert run_cli("finetune", "--config", f"{CLASSIFY}:sst2", "--init-from", pretrained["bert"],
+                 "--workdir", str(tmp_path / "d"), "--config.classify.metric=pearson") == 2
+  assert "does not fit a classification task" in capsys.readouterr().err
+  assert not any(os.path.exists(tmp_path / d) for d in "abcd")
+
+
+def test_gpt_regression_on_json_lines(pretrained, tmp_path):
+  """GPT reads the last token; one output is a regression scored by Pearson / Spearman."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 512), ("eval", 96)):
+    with open(tmp_path / f"{split}.jsonl", "w") as f:
+      for _ in range(n):
+        count = int(rng.integers(0, 4))
+        words = list(rng.choice(FILLER, size=6)) + ["thread"] * count
+        rng.shuffle(words)
+        f.write(json.dumps({"text": " ".join(words), "score": count / 3}) + "\n")
+      f.write("not json\n")                                    # skipped, counted
+  workdir = str(tmp_path / "run")
+  assert run_cli("finetune", "--config", f"{CLASSIFY}:jsonl", "--init-from", pretrained["gpt"],
+                 "--workdir", workdir, f"--config.classify.train_path={tmp_path / 'train.jsonl'}",
+                 f"--config.classify.eval_path={tmp_path / 'eval.jsonl'}",
+                 "--config.classify.label_field=score", "--config.classify.num_classes=1",
+                 "--config.classify.epochs=4", "--config.data.max_seq_length=16",
+                 "--config.optim.learning_rate=1e-3", "--config.train.log_every=32") == 0
+  report = json.load(open(os.path.join(workdir, "test_report.json")))
+  assert report["metric"] == "pearson"
+  assert report["validation"]["pearson"] > 0.8 and report["validation"]["spearman"] > 0.8
+  assert "test" not in report
+
+
+def test_glue_pair_task_from_tfds(pretrained, tmp_path):
+  """glue/mrpc by name (TFDS mock data): sentence pairs, named classes, the test report."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets.text.glue  # noqa: F401 - registers glue for the mock
+  workdir = str(tmp_path / "mrpc")
+  with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+    assert run_cli("finetune", "--config", f"{CLASSIFY}:mrpc", "--init-from", pretrained["bert"],
+                   "--workdir", workdir, "--config.classify.epochs=0",
+                   "--config.train.steps=2", "--config.data.max_seq_length=32") == 0
+  report = json.load(open(os.path.join(workdir, "test_report.json")))
+  assert report["metric"] == "f1" and report["validation"]["examples"] == 64
+  assert {"accuracy", "f1", "macro_f1", "mcc"} <= set(report["test"])
+  rows = list(csv.reader(open(os.path.join(workdir, "test_predictions.tsv")), delimiter="\t"))
+  assert {r[1] for r in rows[1:]} <= {"equivalent", "not_equivalent"}
+
+
+def test_glue_tasks_not_prepared_say_how(tmp_path):
+  config = family_config("bert")
+  from configs import classify
+  config = classify.get_config("cola")
+  with config.unlocked():
+    config.classify.tfds_data_dir = str(tmp_path)
+  with pytest.raises(DataError, match="tfds build glue/cola --data_dir=.* "
+                                      "--file_format=array_record"):
+    cdata.read_splits(config)
+
+
+def test_builtin_task_is_fixed_and_balanced():
+  from configs import classify
+  config = classify.get_config("builtin")
+  _, first, _ = cdata.read_splits(config)
+  _, second, _ = cdata.read_splits(config)
+  assert first["train"].texts == second["train"].texts
+  labels = np.array(first["train"].labels)
+  assert abs(labels.mean() - 0.5) < 4 * 0.5 / np.sqrt(len(labels))
+  train, evaluation, test = (set(first[s].texts) for s in ("train", "eval", "test"))
+  assert not train & evaluation and not train & test and not evaluation & test
+  assert len(evaluation) > 200 and len(test) > 200
