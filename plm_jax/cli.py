@@ -5,6 +5,8 @@
                     fine-tuned runs: [--best] [--split validation|test|train]
   plm-jax finetune  --config configs/classify.py:sst2 --init-from runs/bert --workdir runs/sst2
   plm-jax bench     --config configs/gpt.py:124m [--config.x.y=v ...]
+  plm-jax plan      --config configs/gpt.py:1.5b,mesh=tpu-v5e-256 --topology v5e-256 [--mfu 0.4]
+                    (or --devices N [--hbm-gib G --peak-tflops F])
   plm-jax tokenizer train --input 'corpus/*.txt' --kind wordpiece --vocab-size 30522 --out DIR
   plm-jax data prepare --config configs/bert.py:base --out DIR [--config.data.x=v ...]
   plm-jax data bench   --config configs/bert.py:tiny [--batches N] [--config.data.x=v ...]
@@ -64,7 +66,9 @@ def _config_flags(fv: flags.FlagValues, argv: list[str], command: str) -> None:
                                   flag_values=fv, lock_config=True, sys_argv=argv)
 
 
-CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench", "bench-decode", "finetune")
+DISTRIBUTED_COMMANDS = ("train", "finetune", "evaluate", "bench")
+CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench", "bench-decode", "finetune",
+                   "plan")
 
 
 def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
@@ -114,9 +118,31 @@ def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("out", None, "directory for the prepared shards", flag_values=fv)
   if command == "data bench":
     flags.DEFINE_integer("batches", 50, "batches to time", flag_values=fv)
+  if command == "plan":
+    flags.DEFINE_string("topology", None, "hardware to plan for: v4-8, v4-32, v5e-16, v5e-256, "
+                        "2xv5e-256, v5p-128, 1xh100, 8xh100, 4x8xh100, 1xh200, 8xh200, 8xa100",
+                        flag_values=fv)
+    flags.DEFINE_integer("devices", None, "or: N devices of one host", flag_values=fv)
+    flags.DEFINE_float("mfu", 0.4, "model FLOPs utilisation assumed for the step time",
+                       flag_values=fv)
+    flags.DEFINE_float("hbm-gib", 0.0, "memory per device (overrides the topology's)",
+                       flag_values=fv)
+    flags.DEFINE_float("peak-tflops", 0.0, "peak bf16 TFLOP/s per device (overrides)",
+                       flag_values=fv)
   if command in ("train", "evaluate", "finetune"):
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, logs, tokenizer",
                         flag_values=fv)
+  if command in DISTRIBUTED_COMMANDS:
+    # Read by main() before jax starts (see plm_jax/distributed.py); defined for --help.
+    flags.DEFINE_string("coordinator", None, "multi-process: HOST:PORT of process 0's "
+                        "coordinator (or PLM_JAX_COORDINATOR)", flag_values=fv)
+    flags.DEFINE_integer("num-processes", None, "multi-process: processes in the run",
+                         flag_values=fv)
+    flags.DEFINE_integer("process-id", None, "multi-process: this process's index",
+                         flag_values=fv)
+    flags.DEFINE_integer("heartbeat-timeout", None, "multi-process: seconds without a "
+                         "heartbeat after which the others stop with an error (default 60)",
+                         flag_values=fv)
   if command == "finetune":
     flags.DEFINE_string("init-from", None, "the pretraining (or import-hf) workdir whose latest "
                         "checkpoint the body starts from", flag_values=fv)
@@ -177,6 +203,10 @@ def _run(command: str, fv: flags.FlagValues):
     _require(fv, "out")
     from plm_jax.data.commands import data_prepare
     return data_prepare(config, fv.out)
+  if command == "plan":
+    from plm_jax.plan import plan
+    return plan(config, fv.topology, fv.devices, fv.mfu, fv["hbm-gib"].value,
+                fv["peak-tflops"].value)
   if command == "data bench":
     from plm_jax.data.commands import data_bench
     return data_bench(config, fv.batches)
@@ -230,11 +260,20 @@ def _generate(fv: flags.FlagValues):
   return outputs
 
 
+def _int_or_none(value: str | None) -> int | None:
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{value!r} is not an integer") from None
+
+
 class _UsageError(Exception):
   pass
 
 
-COMMANDS = ("train", "finetune", "evaluate", "bench", "tokenizer train", "data prepare", "data bench",
+COMMANDS = ("train", "finetune", "evaluate", "plan", "bench", "tokenizer train", "data prepare", "data bench",
             "import-hf", "export-hf", "generate", "fill-mask", "bench-decode")
 
 
@@ -259,6 +298,19 @@ def main(argv: list[str] | None = None) -> int:
 
   fv = flags.FlagValues()
   flag_argv = [f"plm-jax {command}", *argv[rest_at:]]
+  if command in DISTRIBUTED_COMMANDS:
+    # Before anything touches jax (defining --config for evaluate counts the devices).
+    from plm_jax import distributed
+    try:
+      launch = distributed.detect(
+          _argv_value(flag_argv, "coordinator"),
+          _int_or_none(_argv_value(flag_argv, "num-processes")),
+          _int_or_none(_argv_value(flag_argv, "process-id")),
+          _int_or_none(_argv_value(flag_argv, "heartbeat-timeout")))
+    except ValueError as e:
+      print(f"plm-jax {command}: error: {e}", file=sys.stderr)
+      return 2
+    distributed.initialize(launch)
   _define(command, fv, flag_argv)
   try:
     try:

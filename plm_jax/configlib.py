@@ -6,6 +6,9 @@ optim / train / checkpoint / mesh / bench. Configs are locked by the CLI, so an 
 misspelt field is an error.
 """
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
 from plm_jax.errors import ConfigError
@@ -26,20 +29,16 @@ DEFAULT_RULES = (
     ("classes", None),
 )
 
-# Named device layouts. -1 means "all the devices the other axes leave". Pick one with
-# `mesh=NAME` in the config arg, then override single axes with --config.mesh.<axis>=N.
-MESH_PRESETS = {
-    "auto": dict(data=1, fsdp=-1, tensor=1),       # FSDP over whatever is present (1 CPU/GPU too)
-    "single": dict(data=1, fsdp=1, tensor=1),      # exactly one device
-    "dp": dict(data=-1, fsdp=1, tensor=1),         # pure data parallelism, replicated weights
-    "gpu8": dict(data=1, fsdp=8, tensor=1),        # one 8-GPU host, FSDP over NVLink
-    "gpu8-tp2": dict(data=1, fsdp=4, tensor=2),    # one 8-GPU host, 2-way tensor parallel
-    "tpu-v4-8": dict(data=1, fsdp=4, tensor=1),    # v4-8: 4 chips
-    "tpu-v4-32": dict(data=1, fsdp=16, tensor=1),  # v4-32: 16 chips
-    "tpu-v5e-16": dict(data=1, fsdp=16, tensor=1),
-    "tpu-v5e-256": dict(data=16, fsdp=16, tensor=1),
-    "tpu-v5p-128": dict(data=1, fsdp=64, tensor=1),
-}
+def mesh_presets() -> dict:
+  """The presets of configs/meshes.py (name -> {"ici": sizes, "dcn": sizes, "topology"})."""
+  path = Path(__file__).resolve().parents[1] / "configs" / "meshes.py"
+  if not path.exists():
+    raise ConfigError(f"{path} is missing: the mesh presets live there (a plm-jax checkout "
+                      "installed with `pip install -e .` has it)")
+  spec = importlib.util.spec_from_file_location("plm_jax_mesh_presets", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.PRESETS
 
 
 def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size") -> dict:
@@ -56,8 +55,10 @@ def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size
     out[key] = value
   if out["size"] not in sizes:
     raise ConfigError(f"config {noun} {out['size']!r} is not one of {sorted(sizes)}")
-  if out["mesh"] not in MESH_PRESETS:
-    raise ConfigError(f"mesh preset {out['mesh']!r} is not one of {sorted(MESH_PRESETS)}")
+  presets = mesh_presets()
+  if out["mesh"] not in presets:
+    raise ConfigError(f"mesh preset {out['mesh']!r} is not one of {sorted(presets)} "
+                      "(configs/meshes.py)")
   return out
 
 
@@ -161,7 +162,12 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
 
   c.mesh = ms = ml_collections.ConfigDict()
   ms.preset = mesh                   # the preset the axes below came from (informational)
-  ms.update(MESH_PRESETS[mesh])      # data, fsdp, tensor: sizes of the three mesh axes
+  preset = mesh_presets()[mesh]
+  ms.update(preset["ici"])           # data, fsdp, tensor: ICI sizes (within a slice / node)
+  dcn = preset.get("dcn", {})
+  ms.dcn_data = dcn.get("data", 1)   # DCN sizes: across slices (multi-slice TPU) or nodes (GPU
+  ms.dcn_fsdp = dcn.get("fsdp", 1)   # clusters); an axis's size is ICI x DCN
+  ms.dcn_tensor = dcn.get("tensor", 1)
   ms.rules = DEFAULT_RULES           # logical axis -> mesh axes
 
   if objective == "classify":

@@ -27,7 +27,7 @@ def fit_to_devices(config, num_devices: int | None = None):
   whatever mesh the run was trained on (Orbax reshards on load)."""
   n = jax.device_count() if num_devices is None else num_devices
   with config.unlocked():
-    config.mesh.update(data=1, fsdp=-1, tensor=1)
+    config.mesh.update(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
     config.train.batch_size = max(config.train.batch_size, n) // n * n
   return config
 
@@ -44,7 +44,7 @@ def load_model(workdir: str, step: int | None = None, devices=None, config=None,
   devices = jax.devices() if devices is None else list(devices)
   if config is None:
     config = fit_to_devices(checkpoint.load_config(workdir), len(devices))
-  mesh = parallel.make_mesh(parallel.validate(config, len(devices)), devices)
+  mesh = parallel.mesh_for(config, devices)
   tokenizer = TextTokenizer.load(workdir)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
                            tokenizer.pad_id)

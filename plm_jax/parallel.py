@@ -20,8 +20,30 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
+DCN_FIELDS = tuple(f"dcn_{a}" for a in MESH_AXES)
+
+
+def dcn_shape(mesh_cfg) -> tuple[int, int, int]:
+  """Sizes of the axes across slices / nodes (DCN); 1 each on one slice or node."""
+  sizes = tuple(int(mesh_cfg.get(f, 1)) for f in DCN_FIELDS)
+  if any(s < 1 for s in sizes):
+    raise ConfigError(f"config.mesh: {dict(zip(DCN_FIELDS, sizes))}: DCN sizes must be >= 1 "
+                      "(-1 is for the ICI sizes data / fsdp / tensor only)")
+  return sizes
+
+
 def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
-  """Sizes of (data, fsdp, tensor), with at most one -1 filled in from the device count."""
+  """Total sizes of (data, fsdp, tensor): ICI size x DCN size per axis, with at most one ICI
+  size of -1 filled in from the devices of one slice / node."""
+  dcn = dcn_shape(mesh_cfg)
+  granules = math.prod(dcn)
+  if num_devices % granules:
+    raise ConfigError(
+        f"config.mesh: DCN sizes {dict(zip(DCN_FIELDS, dcn))} make {granules} slices / nodes, "
+        f"which does not divide the {num_devices} devices present; set them to the number of "
+        "slices / nodes of the run (1 each on one)")
+  per = num_devices // granules
+  where = "present" if granules == 1 else f"in each of the {granules} slices / nodes"
   sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
   given = ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes))
   if any(s == 0 or s < -1 for s in sizes):
@@ -30,22 +52,24 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     raise ConfigError(f"config.mesh: {given}: at most one axis may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if num_devices % known:
+    if per % known:
       raise ConfigError(
           f"config.mesh: {given}: the fixed axes use {known} devices, which does not divide the "
-          f"{num_devices} present; e.g. --config.mesh.data=1 --config.mesh.fsdp=-1 "
+          f"{per} {where}; e.g. --config.mesh.data=1 --config.mesh.fsdp=-1 "
           "--config.mesh.tensor=1")
-    sizes[sizes.index(-1)] = num_devices // known
-  elif known != num_devices:
+    sizes[sizes.index(-1)] = per // known
+  elif known != per:
     raise ConfigError(
-        f"config.mesh: {given} needs {known} devices but {num_devices} are present; "
-        f"e.g. --config.mesh.fsdp=-1 (fills the rest) or --config.mesh.fsdp={num_devices} "
+        f"config.mesh: {given} needs {known} devices but {per} are {where}; "
+        f"e.g. --config.mesh.fsdp=-1 (fills the rest) or --config.mesh.fsdp={per} "
         "--config.mesh.data=1 --config.mesh.tensor=1")
-  return tuple(sizes)
+  return tuple(s * d for s, d in zip(sizes, dcn))
 
 
-def validate(config, num_devices: int) -> tuple[int, int, int]:
-  """Checks the config against the devices and itself; returns the mesh shape."""
+def validate(config, num_devices: int, num_processes: int | None = None
+             ) -> tuple[int, int, int]:
+  """Checks the config against the devices (of `num_processes` processes, default: this run's)
+  and itself; returns the mesh shape."""
   shape = resolve_mesh_shape(config.mesh, num_devices)
   data, fsdp, tensor = shape
   m, t = config.model, config.train
@@ -77,12 +101,13 @@ def validate(config, num_devices: int) -> tuple[int, int, int]:
   accum = config.optim.grad_accum_steps
   if accum < 1:
     raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1")
-  unit = data * fsdp * accum * jax.process_count()
+  processes = jax.process_count() if num_processes is None else num_processes
+  unit = math.lcm(data * fsdp * accum, processes * accum)   # every process feeds whole rows
   if t.batch_size <= 0 or t.batch_size % unit:
     good = max(unit, -(-t.batch_size // unit) * unit)   # the next multiple up
     raise ConfigError(
-        f"train.batch_size={t.batch_size} is not divisible by mesh.data x mesh.fsdp x "
-        f"optim.grad_accum_steps = {data}x{fsdp}x{accum} = {unit}; "
+        f"train.batch_size={t.batch_size} is not divisible by {unit} (mesh.data x mesh.fsdp "
+        f"x optim.grad_accum_steps = {data}x{fsdp}x{accum}, over {processes} process(es)); "
         f"use --config.train.batch_size={good}")
   if config.data.max_seq_length > m.max_position:
     raise ConfigError(f"data.max_seq_length={config.data.max_seq_length} exceeds "
@@ -101,13 +126,51 @@ def validate(config, num_devices: int) -> tuple[int, int, int]:
   return shape
 
 
-def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
+def make_mesh(shape: tuple[int, int, int], devices=None,
+              dcn: tuple[int, int, int] = (1, 1, 1)) -> Mesh:
+  """The mesh of total sizes `shape`. With DCN sizes > 1 it is a hybrid mesh: the devices are
+  grouped into slices (TPU `slice_index`) or nodes (GPU: consecutive processes), each group laid
+  out by its physical topology with the ICI sizes, the groups tiled by the DCN sizes; so only
+  the DCN axes' collectives cross the slow links."""
+  devices = jax.devices() if devices is None else list(devices)
+  if math.prod(dcn) == 1:
+    return Mesh(_granule_mesh(shape, devices), MESH_AXES)
+  ici = tuple(s // d for s, d in zip(shape, dcn))
+  groups = _granules(devices, math.prod(dcn))
+  blocks = np.empty(dcn, dtype=object)
+  for index, group in zip(np.ndindex(*dcn), groups):
+    blocks[index] = _granule_mesh(ici, group)
+  return Mesh(np.block(blocks.tolist()), MESH_AXES)
+
+
+def _granule_mesh(shape, devices) -> np.ndarray:
   try:
-    arr = mesh_utils.create_device_mesh(shape, devices)
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   except (AssertionError, ValueError, NotImplementedError):
-    arr = np.asarray(devices).reshape(shape)     # CPU / unusual topologies: plain order
-  return Mesh(arr, MESH_AXES)
+    return np.asarray(devices).reshape(shape)     # CPU / unusual topologies: plain order
+
+
+def _granules(devices, count: int) -> list[list]:
+  """The devices split into `count` slices (by slice_index) or else nodes (by process)."""
+  slices = sorted({getattr(d, "slice_index", 0) or 0 for d in devices})
+  if len(slices) == count:
+    return [[d for d in devices if (getattr(d, "slice_index", 0) or 0) == s] for s in slices]
+  processes = sorted({d.process_index for d in devices})
+  if len(slices) == 1 and len(processes) % count == 0:
+    per_node = len(processes) // count     # processes of a node are consecutive (SLURM, TPU)
+    return [[d for d in devices if processes.index(d.process_index) // per_node == g]
+            for g in range(count)]
+  raise ConfigError(
+      f"config.mesh: the DCN sizes make {count} slices / nodes, but the devices come from "
+      f"{len(slices)} slice(s) and {len(processes)} process(es); set mesh.dcn_* to the number "
+      "of slices (multi-slice TPU) or nodes (GPU clusters)")
+
+
+def mesh_for(config, devices=None) -> Mesh:
+  """Validates `config` against `devices` (default: all) and builds its (hybrid) mesh."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = validate(config, len(devices))
+  return make_mesh(shape, devices, dcn_shape(config.mesh))
 
 
 def rules_dict(config) -> dict:

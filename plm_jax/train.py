@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from plm_jax import checkpoint, models, objectives, parallel
+from plm_jax import checkpoint, distributed, models, objectives, parallel
 from plm_jax.data import loader, pipeline
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
@@ -47,6 +47,36 @@ def model_config(config, vocab_size: int, pad_token_id: int = 0) -> models.Model
 
 
 @dataclasses.dataclass
+class AbstractState:
+  """The train state's shapes and PartitionSpecs, without a mesh or any memory (also what
+  `plm-jax plan` sizes)."""
+
+  model_cfg: models.ModelConfig
+  graphdef: object
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  state: dict          # {"step", "params", "opt_state"} of jax.ShapeDtypeStruct
+  specs: dict          # the same tree of PartitionSpec
+
+  @classmethod
+  def of(cls, config, vocab_size: int, pad_token_id: int = 0) -> "AbstractState":
+    mcfg = model_config(config, vocab_size, pad_token_id)
+    rules = parallel.rules_dict(config)
+    abstract_model = nnx.eval_shape(lambda: models.build(mcfg, nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    param_specs = nnx.to_pure_dict(parallel.param_specs(abstract_params, rules))
+    optimizer, schedule = make_optimizer(config.optim, config.train.steps,
+                                         _lr_factors(config, abstract_params))
+    state = jax.eval_shape(lambda key: _init_state(mcfg, optimizer, key), jax.random.key(0))
+    opt_specs = optax.tree_map_params(
+        optimizer, lambda _, spec: spec, state["opt_state"], param_specs,
+        transform_non_params=lambda _: jax.sharding.PartitionSpec(),
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    specs = {"step": jax.sharding.PartitionSpec(), "params": param_specs, "opt_state": opt_specs}
+    return cls(mcfg, graphdef, optimizer, schedule, state, specs)
+
+
+@dataclasses.dataclass
 class Trainer:
   """Everything compiled steps need, built abstractly (no parameters allocated)."""
 
@@ -63,23 +93,9 @@ class Trainer:
 
   @classmethod
   def create(cls, config, mesh, vocab_size: int, pad_token_id: int = 0) -> "Trainer":
-    mcfg = model_config(config, vocab_size, pad_token_id)
-    rules = parallel.rules_dict(config)
-    abstract_model = nnx.eval_shape(lambda: models.build(mcfg, nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    param_specs = nnx.to_pure_dict(parallel.param_specs(abstract_params, rules))
-    optimizer, schedule = make_optimizer(config.optim, config.train.steps,
-                                         _lr_factors(config, abstract_params))
-
-    def init(key):
-      return _init_state(mcfg, optimizer, key)
-
-    abstract_state = jax.eval_shape(init, jax.random.key(0))
-    opt_specs = optax.tree_map_params(
-        optimizer, lambda _, spec: spec, abstract_state["opt_state"], param_specs,
-        transform_non_params=lambda _: jax.sharding.PartitionSpec(),
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    specs = {"step": jax.sharding.PartitionSpec(), "params": param_specs, "opt_state": opt_specs}
+    a = AbstractState.of(config, vocab_size, pad_token_id)
+    mcfg, graphdef, optimizer, schedule, abstract_state, specs = (
+        a.model_cfg, a.graphdef, a.optimizer, a.schedule, a.state, a.specs)
     shapes = loader.batch_shapes(config)
     batch_shardings = {k: parallel.batch_sharding(mesh, len(s)) for k, (s, _) in shapes.items()}
     return cls(config, mesh, mcfg, graphdef, objectives.for_config(config), optimizer,
@@ -241,8 +257,7 @@ def prepare_workdir(config, workdir: str) -> tuple[int | None, TextTokenizer | N
 def setup_mesh(config, devices=None):
   """Validates `config` against `devices` (default: all) and builds its mesh."""
   devices = jax.devices() if devices is None else list(devices)
-  shape = parallel.validate(config, len(devices))
-  return parallel.make_mesh(shape, devices)
+  return parallel.mesh_for(config, devices)
 
 
 def load_data(config, tokenizer: TextTokenizer | None = None) -> pipeline.PreparedData:
@@ -273,6 +288,8 @@ def train(config, workdir: str, devices=None) -> dict:
   """
   mesh = setup_mesh(config, devices)
   resume_step, saved_tokenizer = prepare_workdir(config, workdir)
+  # Every process resumes from the step process 0 found (a shared filesystem may lag).
+  resume_step = distributed.agree(resume_step)
   data = load_data(config, saved_tokenizer)
   tokenizer = data.tokenizer
   vocab = padded_vocab(config, tokenizer.vocab_size)

@@ -291,10 +291,10 @@ def test_two_hosts_see_disjoint_halves_of_each_global_batch(bert_data):
     full = whole.batch(step)
     halves = [h.batch(step) for h in hosts]
     assert all(len(h["input_ids"]) == config.train.batch_size // 2 for h in halves)
-    # Row k of host p is stream element 2k + p: together exactly the global batch, masks too.
+    # Host p holds the p-th half of the global batch: together exactly that batch, row for
+    # row (so dropout masks and losses match one host's), masks too.
     for k in full:
-      merged = np.empty_like(full[k])
-      merged[0::2], merged[1::2] = halves[0][k], halves[1][k]
+      merged = np.concatenate([halves[0][k], halves[1][k]])
       np.testing.assert_array_equal(merged, full[k], err_msg=k)
 
 

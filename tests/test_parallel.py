@@ -1,11 +1,16 @@
 """Mesh from the config and validation errors that name the field and a value that works."""
 
+import math
+
 import jax
+import numpy as np
 import pytest
+from jax.experimental import mesh_utils
 
 from conftest import family_config
 from plm_jax import parallel
-from plm_jax.configlib import MESH_PRESETS
+from plm_jax import topology
+from plm_jax.configlib import mesh_presets
 from plm_jax.errors import ConfigError
 
 
@@ -55,13 +60,49 @@ def test_sequence_longer_than_positions():
     parallel.validate(config, 8)
 
 
-@pytest.mark.parametrize("preset", sorted(MESH_PRESETS))
-def test_presets_resolve_on_their_device_counts(preset):
-  sizes = MESH_PRESETS[preset]
-  n = {"auto": 8, "single": 1, "dp": 8}.get(preset) or abs(
-      sizes["data"] * sizes["fsdp"] * sizes["tensor"])
-  shape = parallel.resolve_mesh_shape(sizes, n)
+PRESETS = mesh_presets()
+
+
+@pytest.mark.parametrize("preset", sorted(p for p in PRESETS if "topology" in PRESETS[p]))
+def test_presets_build_their_mesh_from_fake_devices(preset):
+  """Every hardware preset lays out the devices of its topology: each device once, and with DCN
+  axes, each slice / node a contiguous block so only the DCN axes cross the slow links."""
+  p = PRESETS[preset]
+  t = topology.get(p["topology"])
+  devices = topology.fake_devices(t)
+  mesh_cfg = {**p["ici"], **{f"dcn_{k}": v for k, v in p.get("dcn", {}).items()}}
+  shape = parallel.resolve_mesh_shape(mesh_cfg, len(devices))
+  dcn = parallel.dcn_shape(mesh_cfg)
+  mesh = parallel.make_mesh(shape, devices, dcn)
+  assert mesh.devices.shape == shape
+  assert sorted(d.id for d in mesh.devices.flat) == list(range(t.num_devices))
+  ici = tuple(s // d for s, d in zip(shape, dcn))
+  if t.platform == "tpu":
+    # laid out by the chips' physical coordinates (no fallback to plain order)
+    mesh_utils.create_device_mesh(ici, [d for d in devices if d.slice_index == 0],
+                                  allow_split_physical_axes=True)
+  if math.prod(dcn) > 1:
+    # one DCN block = one slice (TPU) / one node (GPU)
+    for index in np.ndindex(*dcn):
+      block = mesh.devices[tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, ici))]
+      keys = {(d.slice_index if t.platform == "tpu" else d.process_index) for d in block.flat}
+      assert len(keys) == 1
+
+
+@pytest.mark.parametrize("preset", ["auto", "single", "dp"])
+def test_generic_presets_resolve_on_any_count(preset):
+  n = 1 if preset == "single" else 8
+  shape = parallel.resolve_mesh_shape(PRESETS[preset]["ici"], n)
   assert shape[0] * shape[1] * shape[2] == n
+
+
+def test_dcn_sizes_must_match_the_slices():
+  t = topology.get("2xv5e-256")
+  devices = topology.fake_devices(t)
+  with pytest.raises(ConfigError, match="make 4 slices / nodes"):
+    parallel.make_mesh((16, 16, 1), devices, (4, 1, 1))
+  with pytest.raises(ConfigError, match="3 slices / nodes, which does not divide the 512"):
+    parallel.resolve_mesh_shape({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 3}, 512)
 
 
 def test_make_mesh_on_the_simulated_host():

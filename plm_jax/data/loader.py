@@ -2,9 +2,10 @@
 
 The train stream is a Grain `MapDataset`: each source's examples are shuffled with the seed
 (reshuffled every epoch) and repeated, sources are mixed by weight, and element i of the stream
-is a pure function of (seed, i). Each process reads only its share (elements p, p+P, p+2P, ...
-for process p of P) and batches its rows; the global batch of step s is the union over
-processes, and `to_global` assembles it into sharded `jax.Array`s. BERT's masks are drawn when
+is a pure function of (seed, i). Each process reads only its share: of the global batch of B
+rows of step s (stream elements sB .. sB+B-1), process p of P reads the p-th block of B/P rows;
+`to_global` assembles the blocks, in process order, into sharded `jax.Array`s, so the global
+batch is the same row for row on any number of processes. BERT's masks are drawn when
 an example is served, from an rng seeded by (seed, split, element index): dynamic (a new mask
 each epoch) and independent of the number of processes.
 
@@ -40,6 +41,22 @@ class Rows:
 
   def __getitem__(self, i: int) -> dict:
     return {k: np.asarray(v[i]) for k, v in self.arrays.items()}
+
+
+class ProcessRows:
+  """Row j of process p of n (local batch L, global batch B = nL) is stream element
+  (j // L) * B + p * L + j % L, returned with that index (masks are a function of it)."""
+
+  def __init__(self, stream, process_index: int, process_count: int, local_batch: int):
+    self.stream, self.p, self.n, self.local = stream, process_index, process_count, local_batch
+
+  def __len__(self) -> int:
+    return len(self.stream) // self.n
+
+  def __getitem__(self, j: int) -> dict:
+    step, row = divmod(j, self.local)
+    index = (step * self.n + self.p) * self.local + row
+    return {**self.stream[index], "index": index}
 
 
 def masking_config(config, tokenizer) -> MaskingConfig:
@@ -162,8 +179,10 @@ class Batches:
       stream = grain.MapDataset.source(Rows(prepared.eval)).repeat(None)
       self.num_examples = len(Rows(prepared.eval))
     server = Server(config, prepared, split)
-    # Element j of this process's slice is element j * n + p of the whole stream.
-    mine = stream[p::n].map_with_index(lambda j, example: {**example, "index": j * n + p})
+    # This process's rows of each global batch are one contiguous block of it, in process
+    # order: the global batch (rows of all processes, concatenated) is then the same, row for
+    # row, on any number of processes, and so are its dropout masks and loss.
+    mine = grain.MapDataset.source(ProcessRows(stream, p, n, self.local_batch))
     self.dataset = mine.batch(self.local_batch).map(server)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:

@@ -204,13 +204,28 @@ def _sample_documents(config, specs, limit: int):
   return out
 
 
+def shared_tokenizer(config, specs) -> TextTokenizer:
+  """data.tokenizer, or one trained on the corpus by process 0 and sent to the others: HF
+  tokenizers' training is not bit-reproducible, and every process must use the same ids."""
+  import jax
+  from plm_jax import distributed
+  if config.data.tokenizer or jax.process_count() == 1:
+    return tokenizer_for(config, _sample_documents(config, specs,
+                                                   config.data.tokenizer_sample_documents))
+  text = None
+  if jax.process_index() == 0:
+    tok = tokenizer_for(config, _sample_documents(config, specs,
+                                                  config.data.tokenizer_sample_documents))
+    text = tok.tokenizer.to_str().encode("utf-8")
+  return TextTokenizer.from_json(distributed.broadcast_bytes(text).decode("utf-8"))
+
+
 def prepare_in_memory(config, tokenizer: TextTokenizer | None = None) -> PreparedData:
   """Reads, tokenises and builds everything now (small corpora; `plm-jax train`)."""
   builder = check_builder(config)
   specs = sources.specs_from_config(config.data)
   if tokenizer is None:
-    tokenizer = tokenizer_for(config, _sample_documents(config, specs,
-                                                        config.data.tokenizer_sample_documents))
+    tokenizer = shared_tokenizer(config, specs)
   tokenizer.require(required_roles(builder))
   parts: dict = {}
   stats = _process(config, tokenizer, builder, specs,

@@ -117,6 +117,12 @@ class TextTokenizer:
     return path
 
   @classmethod
+  def from_json(cls, text: str) -> "TextTokenizer":
+    """A tokenizer from the text of a tokenizer.json (e.g. sent by another process)."""
+    tok = Tokenizer.from_str(text)
+    return cls(tok, _kind_of(tok), source="<from process 0>")
+
+  @classmethod
   def load(cls, path: str) -> "TextTokenizer":
     """Reads a tokenizer.json, a BERT vocab.txt, a GPT-2 vocab.json (+ merges.txt beside it),
     or a directory holding any of them (tokenizer.json preferred)."""

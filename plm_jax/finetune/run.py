@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from plm_jax import checkpoint, parallel
+from plm_jax import checkpoint, distributed, parallel
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
@@ -129,7 +129,7 @@ def split_report(pred: dict, regression: bool, labeled: bool) -> dict:
 def finetune(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
   """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
   devices = jax.devices() if devices is None else list(devices)
-  resume_step = checkpoint.latest_step(workdir)
+  resume_step = distributed.agree(checkpoint.latest_step(workdir))
   saved_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
   if os.path.exists(saved_path):
     saved = checkpoint.load_config(workdir)
@@ -181,7 +181,7 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
           + ", ".join(f"{data.truncated[s]} {s}" for s in sizes) + f"; {time.time() - t0:.1f}s")
 
   from plm_jax.train import Trainer, padded_vocab, run_loop   # local: avoids an import cycle
-  mesh = parallel.make_mesh(parallel.validate(config, len(devices)), devices)
+  mesh = parallel.mesh_for(config, devices)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
                            tokenizer.pad_id)
   manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep,
