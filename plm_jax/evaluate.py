@@ -36,7 +36,8 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   if eval_steps is not None:
     with config.unlocked():
       config.train.eval_steps = eval_steps
-  eval_data = loader.Batches(config, load_data(config, restored.tokenizer), loader.EVAL)
+  eval_data = loader.Batches(config, load_data(config, restored.tokenizer), loader.EVAL,
+                             mesh=trainer.mesh)
   steps = eval_data.eval_steps(config.train.eval_steps)
   params = nnx.to_pure_dict(nnx.state(restored.model, nnx.Param))
   metrics = evaluate_params(trainer, params, eval_data, steps)

@@ -29,6 +29,7 @@ def fit_to_devices(config, num_devices: int | None = None):
   with config.unlocked():
     config.mesh.update(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
     config.train.batch_size = max(config.train.batch_size, n) // n * n
+    config.optim.grad_accum_steps = 1       # evaluation and inference take whole batches
   return config
 
 

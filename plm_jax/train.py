@@ -294,8 +294,8 @@ def train(config, workdir: str, devices=None) -> dict:
   tokenizer = data.tokenizer
   vocab = padded_vocab(config, tokenizer.vocab_size)
   trainer = Trainer.create(config, mesh, vocab, tokenizer.pad_id)
-  train_batches = loader.Batches(config, data, loader.TRAIN)
-  eval_batches = loader.Batches(config, data, loader.EVAL)
+  train_batches = loader.Batches(config, data, loader.TRAIN, mesh=mesh)
+  eval_batches = loader.Batches(config, data, loader.EVAL, mesh=mesh)
 
   manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)

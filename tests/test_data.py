@@ -381,3 +381,21 @@ def test_builder_must_fit_the_objective():
   config = family_config("gpt", **{"data.builder": "nsp"})
   with pytest.raises(DataError, match="use --config.data.builder=blocks"):
     pipeline.check_builder(config)
+
+
+def test_each_process_reads_the_rows_its_devices_hold():
+  """On a v5e-256 (4 chips per host) a host's devices hold non-contiguous blocks of the batch;
+  each process must read exactly those rows, and all processes together the whole batch."""
+  from plm_jax import parallel, topology
+  t = topology.get("v5e-256")
+  mesh = parallel.make_mesh((16, 16, 1), topology.fake_devices(t))
+  rows = [loader.process_rows(mesh, p, 512) for p in range(t.num_processes)]
+  assert all(len(r) == 8 for r in rows)                       # 512 / 64 hosts
+  assert sorted(np.concatenate(rows)) == list(range(512))
+  blocks = sorted({int(r) // 2 for r in rows[0]})              # 2 rows per device
+  assert blocks != [0, 1, 2, 3]                                # not the first contiguous block
+  for b in blocks:                                             # the blocks of process 0's chips
+    d = mesh.devices.reshape(256, -1)[b][0]
+    assert d.process_index == 0
+  # one process: every row, in order (what jax.make_array_from_process_local_data expects)
+  assert list(loader.process_rows(parallel.make_mesh((2, 4, 1)), 0, 32)) == list(range(32))

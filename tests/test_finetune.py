@@ -35,6 +35,9 @@ def test_classification_metrics_by_hand():
   assert m["accuracy"] == pytest.approx(4 / 6)
   # per class F1: 0: p=1/2 r=1/2 -> 1/2; 1: p=2/3 r=2/3 -> 2/3; 2: 1
   assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+  # a class that occurs nowhere does not count in the macro average (scikit-learn's rule)
+  assert metrics.classification_metrics(labels, np.eye(4)[predictions])["macro_f1"] == \
+      pytest.approx(m["macro_f1"])
   binary = metrics.classification_metrics(np.array([1, 1, 0, 0]), np.eye(2)[[1, 0, 0, 1]])
   assert binary["f1"] == pytest.approx(0.5)        # GLUE's F1 of the positive class
   # two-class MCC = (tp*tn - fp*fn) / sqrt(...)
@@ -304,7 +307,12 @@ def test_glue_pair_task_from_tfds(pretrained, tmp_path):
   assert report["metric"] == "f1" and report["validation"]["examples"] == 64
   assert {"accuracy", "f1", "macro_f1", "mcc"} <= set(report["test"])
   rows = list(csv.reader(open(os.path.join(workdir, "test_predictions.tsv")), delimiter="\t"))
-  assert {r[1] for r in rows[1:]} <= {"equivalent", "not_equivalent"}
+  # GLUE's format: MRPC predictions as 0/1, indexed by the records' own idx field
+  assert {r[1] for r in rows[1:]} <= {"0", "1"} and len(rows) == 65
+  with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+    test = tfds.data_source("glue/mrpc", split="test")
+    ids = sorted(int(test[i]["idx"]) for i in range(len(test)))
+  assert [int(r[0]) for r in rows[1:]] == ids
 
 
 def test_glue_tasks_not_prepared_say_how(tmp_path):
@@ -329,3 +337,55 @@ def test_builtin_task_is_fixed_and_balanced():
   train, evaluation, test = (set(first[s].texts) for s in ("train", "eval", "test"))
   assert not train & evaluation and not train & test and not evaluation & test
   assert len(evaluation) > 200 and len(test) > 200
+
+
+def test_labels_of_files(tmp_path, tokenizers_dir):
+  """String classes from train and validation; unlabelled validation rows are dropped; a test
+  placeholder label is "no label"; integer ratings 1..5 are five classes, not six."""
+  from configs import classify
+  tok = TextTokenizer.load(tokenizers_dir["bert"])
+
+  def write(name, rows):
+    with open(tmp_path / name, "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["text", "label"])
+      w.writerows(rows)
+    return str(tmp_path / name)
+
+  config = classify.get_config("csv")
+  config.classify.train_path = write("train.csv", [("a b", "cat"), ("c d", "dog"), ("", "cat")])
+  config.classify.eval_path = write("eval.csv", [("a", "cat"), ("b", ""), ("c", "emu")])
+  config.classify.test_path = write("test.csv", [("a", "?"), ("b", "dog"), ("c", "")])
+  d = cdata.load(config, tok)
+  assert d.label_names == ("cat", "dog", "emu") and d.num_classes == 3
+  assert list(d.splits["train"]["labels"]) == [0, 1] and d.skipped["train"] == 1
+  assert list(d.splits["eval"]["labels"]) == [0, 2] and d.skipped["eval"] == 1
+  assert list(d.splits["test"]["labels"]) == [cdata.UNLABELED, 1, cdata.UNLABELED]
+  assert d.labeled["test"] and list(d.record_ids["test"]) == [0, 1, 2]
+  assert list(d.record_ids["train"]) == [0, 1]
+  config.classify.train_path = write("r.csv", [("a", 1), ("b", 5), ("c", 3), ("d", 2)])
+  config.classify.eval_path = write("re.csv", [("a", 4)])
+  config.classify.test_path = ""
+  d = cdata.load(config, tok)
+  assert d.num_classes == 5 and d.label_names == ("1", "2", "3", "4", "5")
+  assert list(d.splits["train"]["labels"]) == [0, 4, 2, 1]
+
+
+def test_restart_before_the_first_checkpoint(keyword_run, tmp_path, capsys):
+  """A run that stopped before its first checkpoint (config written, stale best/ left) starts
+  again from its own --init-from, without the flag, and replaces the stale best."""
+  import shutil
+  workdir = tmp_path / "restart"
+  workdir.mkdir()
+  for name in ("config.json", "tokenizer.json"):
+    shutil.copy(os.path.join(keyword_run["workdir"], name), workdir / name)
+  shutil.copytree(os.path.join(keyword_run["workdir"], "best"), workdir / "best")
+  args = list(keyword_run["args"])
+  i = args.index("--init-from")
+  del args[i:i + 2]
+  args[args.index("--workdir") + 1] = str(workdir)
+  assert run_cli(*args, "--config.classify.epochs=1") == 0
+  assert "initialised from" in capsys.readouterr().out
+  report = json.load(open(workdir / "test_report.json"))
+  assert report["best_step"] <= 20
+  assert os.listdir(workdir / "best") == [str(report["best_step"])]

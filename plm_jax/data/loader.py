@@ -3,9 +3,9 @@
 The train stream is a Grain `MapDataset`: each source's examples are shuffled with the seed
 (reshuffled every epoch) and repeated, sources are mixed by weight, and element i of the stream
 is a pure function of (seed, i). Each process reads only its share: of the global batch of B
-rows of step s (stream elements sB .. sB+B-1), process p of P reads the p-th block of B/P rows;
-`to_global` assembles the blocks, in process order, into sharded `jax.Array`s, so the global
-batch is the same row for row on any number of processes. BERT's masks are drawn when
+rows of step s (stream elements sB .. sB+B-1), the rows its devices hold (`process_rows`);
+`to_global` assembles them into sharded `jax.Array`s, so the global batch is the same row for
+row on any number of processes. BERT's masks are drawn when
 an example is served, from an rng seeded by (seed, split, element index): dynamic (a new mask
 each epoch) and independent of the number of processes.
 
@@ -44,19 +44,37 @@ class Rows:
 
 
 class ProcessRows:
-  """Row j of process p of n (local batch L, global batch B = nL) is stream element
-  (j // L) * B + p * L + j % L, returned with that index (masks are a function of it)."""
+  """Row j of this process is row rows[j % L] of the global batch of step j // L, that is stream
+  element (j // L) * B + rows[j % L], returned with that index (masks are a function of it)."""
 
-  def __init__(self, stream, process_index: int, process_count: int, local_batch: int):
-    self.stream, self.p, self.n, self.local = stream, process_index, process_count, local_batch
+  def __init__(self, stream, rows, global_batch: int, process_count: int):
+    self.stream, self.rows = stream, np.asarray(rows)
+    self.global_batch, self.n = global_batch, process_count
 
   def __len__(self) -> int:
     return len(self.stream) // self.n
 
   def __getitem__(self, j: int) -> dict:
-    step, row = divmod(j, self.local)
-    index = (step * self.n + self.p) * self.local + row
+    step, r = divmod(j, len(self.rows))
+    index = step * self.global_batch + int(self.rows[r])
     return {**self.stream[index], "index": index}
+
+
+def process_rows(mesh, process_index: int, global_batch: int) -> np.ndarray:
+  """The rows of a global batch, split over the mesh's batch axes (data, fsdp), that the
+  devices of `process_index` hold, in increasing order. On TPU slices a host's devices are
+  not one contiguous block of the batch (e.g. blocks 0, 1, 16, 17 of 256 on a v5e-256)."""
+  from plm_jax.parallel import BATCH_AXES
+  names = list(mesh.axis_names)
+  order = [names.index(a) for a in BATCH_AXES] + [i for i, a in enumerate(names)
+                                                   if a not in BATCH_AXES]
+  devices = np.transpose(mesh.devices, order)
+  blocks = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+  per_block = global_batch // blocks
+  by_block = devices.reshape(blocks, -1)
+  mine = [b for b in range(blocks) if any(d.process_index == process_index
+                                          for d in by_block[b])]
+  return np.concatenate([np.arange(b * per_block, (b + 1) * per_block) for b in mine])
 
 
 def masking_config(config, tokenizer) -> MaskingConfig:
@@ -162,12 +180,17 @@ class Batches:
   iterator with a checkpointable position."""
 
   def __init__(self, config, prepared: PreparedData, split: int, *,
-               process_index: int | None = None, process_count: int | None = None):
+               process_index: int | None = None, process_count: int | None = None,
+               mesh=None):
+    """`mesh`: the run's mesh, whose batch axes decide which rows of a global batch land on
+    this process's devices (default: the p-th contiguous block of rows)."""
     self.config, self.split = config, split
     p = jax.process_index() if process_index is None else process_index
     n = jax.process_count() if process_count is None else process_count
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // n
+    rows = process_rows(mesh, p, self.global_batch) if mesh is not None and n > 1 else \
+        np.arange(p * self.local_batch, (p + 1) * self.local_batch)
     seed = config.train.seed
     import grain  # lazy: `plm-jax bench` and model-only users do not need it
     if split == TRAIN:
@@ -179,10 +202,11 @@ class Batches:
       stream = grain.MapDataset.source(Rows(prepared.eval)).repeat(None)
       self.num_examples = len(Rows(prepared.eval))
     server = Server(config, prepared, split)
-    # This process's rows of each global batch are one contiguous block of it, in process
-    # order: the global batch (rows of all processes, concatenated) is then the same, row for
-    # row, on any number of processes, and so are its dropout masks and loss.
-    mine = grain.MapDataset.source(ProcessRows(stream, p, n, self.local_batch))
+    # This process reads exactly the rows of each global batch that its devices hold, in
+    # increasing order (as make_array_from_process_local_data places them): the global batch
+    # is then the same, row for row, on any number of processes, and so are its dropout masks
+    # and its loss.
+    mine = grain.MapDataset.source(ProcessRows(stream, rows, self.global_batch, n))
     self.dataset = mine.batch(self.local_batch).map(server)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:

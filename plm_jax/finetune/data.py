@@ -29,12 +29,15 @@ UNLABELED = -1      # GLUE's hidden test labels
 
 @dataclasses.dataclass
 class Records:
-  """One split as text: first texts, second texts (pair tasks) and raw labels."""
+  """One split as text: first texts, second texts (pair tasks), raw labels, and record ids (a
+  dataset's own `idx` field, as GLUE's test sets have, else the record's position in its
+  source) for the predictions file."""
   texts: list[str]
   pairs: list[str] | None
   labels: list
   skipped: int = 0
   where: str = ""
+  ids: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -47,6 +50,7 @@ class ClassifyData:
   skipped: dict[str, int]
   truncated: dict[str, int]
   descriptions: dict[str, str]
+  record_ids: dict[str, np.ndarray]          # per split row: the record's id (see Records)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -77,7 +81,7 @@ def _tfds_split(task: Task, split: str, data_dir: str) -> tuple[Records, tuple[s
     pass
   out = Records([], [] if task.text_pair_field else None, [], where=f"{task.tfds_name}[{split}]")
   for i in range(len(source)):
-    _add(out, dict(source[i]), task)
+    _add(out, dict(source[i]), task, i)
   return out, names
 
 
@@ -113,8 +117,8 @@ def _file_split(task: Task, path: str, label_optional: bool = False) -> Records:
       raise DataError(f"{path} has no column {missing[0]!r} (columns: {header}); name the "
                       "columns with classify.text_field / text_pair_field / label_field")
   out = Records([], [] if task.text_pair_field else None, [], where=path)
-  for row in rows:
-    _add(out, row, task)
+  for number, row in enumerate(rows):
+    _add(out, row, task, number)
   return out
 
 
@@ -128,8 +132,8 @@ def _text(value) -> str | None:
   return value if isinstance(value, str) and value.strip() else None
 
 
-def _add(out: Records, row: dict, task: Task) -> None:
-  """Appends one record, or counts it as skipped (no text, or no label field at all)."""
+def _add(out: Records, row: dict, task: Task, position: int) -> None:
+  """Appends one record, or counts it as skipped (no text)."""
   text = _text(row.get(task.text_field))
   pair = _text(row.get(task.text_pair_field)) if task.text_pair_field else ""
   if text is None or pair is None:
@@ -138,10 +142,16 @@ def _add(out: Records, row: dict, task: Task) -> None:
   label = row.get(task.label_field)
   if isinstance(label, np.ndarray):
     label = label.item()
+  record_id = row.get("idx")
+  try:
+    record_id = int(record_id.item() if isinstance(record_id, np.ndarray) else record_id)
+  except (TypeError, ValueError):
+    record_id = position
   out.texts.append(text)
   if out.pairs is not None:
     out.pairs.append(pair)
   out.labels.append(label)
+  out.ids.append(record_id)
 
 
 def _builtin_splits() -> dict[str, Records]:
@@ -171,6 +181,7 @@ def _builtin_splits() -> dict[str, Records]:
         records.texts.append(doc[k])
         records.pairs.append(b)
         records.labels.append(label)
+        records.ids.append(len(records.ids))
     seen.update(records.texts)
     out[split] = records
   return out
@@ -213,7 +224,8 @@ def _hold_out(records: Records, fraction: float) -> tuple[Records, Records]:
     idx = [i for i in range(n) if held[i] == want]
     return Records([records.texts[i] for i in idx],
                    None if records.pairs is None else [records.pairs[i] for i in idx],
-                   [records.labels[i] for i in idx], 0, records.where)
+                   [records.labels[i] for i in idx], 0, records.where,
+                   [records.ids[i] for i in idx])
 
   train, evaluation = pick(False), pick(True)
   train.skipped = records.skipped
@@ -235,20 +247,39 @@ def _as_number(value):
   return None
 
 
+def _class_key(value) -> str | None:
+  """The class a raw label names: integers in any spelling (1, "1", 1.0) alike; None if empty."""
+  if value is None or (isinstance(value, str) and not value.strip()):
+    return None
+  number = _as_number(value)
+  if number is not None and float(number).is_integer():
+    return str(int(number))
+  return str(value).strip()
+
+
 def resolve_labels(task: Task, splits: dict[str, Records], names: tuple[str, ...]
                    ) -> tuple[int, tuple[str, ...]]:
-  """The number of outputs and the class names, from the task or else the train labels."""
+  """The number of outputs and the class names (the class of id i is names[i]).
+
+  From the task if it names its classes; else from the labels of the train and validation
+  splits: integers 0..K-1 are their own ids, anything else (strings, or integers such as
+  ratings 1..5) become classes sorted by name (integers numerically), so the same files always
+  give the same ids and no class is left empty."""
   if task.num_classes == 1:
     return 1, ()
-  train = [v for v in splits[TRAIN].labels if v is not None and str(v).strip()]
-  numbers = [_as_number(v) for v in train]
-  if not names and any(n is None for n in numbers):
-    # Classes named by strings: sorted, so the same files always give the same ids.
-    names = tuple(sorted({str(v) for v in train}))
+  if not names:
+    keys = {k for s in (TRAIN, EVAL) if s in splits
+            for k in map(_class_key, splits[s].labels) if k is not None}
+    if not all(k.lstrip("-").isdigit() for k in keys):
+      names = tuple(sorted(keys))
+    else:
+      ints = sorted(int(k) for k in keys)
+      if ints != list(range(len(ints))):
+        names = tuple(str(i) for i in ints)
+      elif task.num_classes and task.num_classes != len(ints):
+        ints = list(range(task.num_classes))
+      names = names or tuple(str(i) for i in ints)
   num = task.num_classes or len(names)
-  if not num:
-    ints = [int(n) for n in numbers if n is not None and float(n).is_integer() and n >= 0]
-    num = max(ints) + 1 if ints else 0
   if num < 2:
     raise DataError(f"{splits[TRAIN].where}: the labels give {num} class(es); a classifier "
                     "needs 2 or more (or set --config.classify.num_classes=1 for regression)")
@@ -256,31 +287,39 @@ def resolve_labels(task: Task, splits: dict[str, Records], names: tuple[str, ...
 
 
 def label_array(records: Records, regression: bool, num_classes: int,
-                names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-  """(labels, usable) for one split; a label that is neither a class nor (test) missing marks
-  its record unusable. Missing / -1 class labels are UNLABELED, missing regression targets NaN."""
+                names: tuple[str, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, usable) for one split. A missing label (GLUE's -1, an empty cell) is UNLABELED
+  (NaN for regression). A label that names no class makes the record unusable in train and
+  validation (skipped, counted), and unlabelled in test (a placeholder such as "?")."""
   index = {n: i for i, n in enumerate(names)}
+  # Names that are numbers ("1".."5" of ratings) are the labels themselves, never ids.
+  numeric_names = bool(names) and all(n.lstrip("-").isdigit() for n in names) and \
+      list(names) != [str(i) for i in range(len(names))]
   labels, usable = [], []
   for value in records.labels:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    key = _class_key(value)
+    if key is None or (key == "-1" and "-1" not in index):
       labels.append(np.nan if regression else UNLABELED)
       usable.append(True)
       continue
     if regression:
       number = _as_number(value)
-      labels.append(float(number) if number is not None else 0.0)
-      usable.append(number is not None)
+      labels.append(float(number) if number is not None else np.nan)
+      usable.append(number is not None or split == TEST)
       continue
-    if isinstance(value, str) and value in index:
-      labels.append(index[value])
-      usable.append(True)
-      continue
-    number = _as_number(value)
-    ok = number is not None and float(number).is_integer() and -1 <= number < num_classes
-    labels.append(int(number) if ok else 0)
-    usable.append(ok)
+    if key in index:              # a class name (or a rating that names its class)
+      known, label = True, index[key]
+    else:                         # a class id: TFDS ClassLabels, 0..K-1 in files
+      known = key.isdigit() and int(key) < num_classes and not numeric_names
+      label = int(key) if known else UNLABELED
+    labels.append(label)
+    usable.append(known or split == TEST)
   dtype = np.float32 if regression else np.int32
   return np.asarray(labels, dtype), np.asarray(usable, bool)
+
+
+def is_labeled(labels: np.ndarray) -> np.ndarray:
+  return ~np.isnan(labels) if labels.dtype.kind == "f" else labels != UNLABELED
 
 
 # --- encoding --------------------------------------------------------------------------------------
@@ -340,9 +379,11 @@ def load(config, tokenizer: TextTokenizer) -> ClassifyData:
     raise DataError(f"{splits[TRAIN].where} holds no usable records ({splits[TRAIN].skipped} "
                     f"skipped): check classify.text_field={task.text_field!r}")
   num_classes, names = resolve_labels(task, splits, names)
-  arrays, labeled, skipped, truncated, where = {}, {}, {}, {}, {}
+  arrays, labeled, skipped, truncated, where, ids = {}, {}, {}, {}, {}, {}
   for split, records in splits.items():
-    labels, usable = label_array(records, num_classes == 1, num_classes, names)
+    labels, usable = label_array(records, num_classes == 1, num_classes, names, split)
+    if split != TEST:
+      usable &= is_labeled(labels)      # train / validation rows must carry a label
     keep = np.flatnonzero(usable)
     texts = [records.texts[i] for i in keep]
     pairs = None if records.pairs is None else [records.pairs[i] for i in keep]
@@ -350,19 +391,22 @@ def load(config, tokenizer: TextTokenizer) -> ClassifyData:
                           config.data.max_seq_length)
     labels = labels[keep]
     encoded["labels"] = labels
-    encoded["example_index"] = keep.astype(np.int32)      # the record's row in its split
+    # the row in the split's arrays; ids maps it back to the record's id for predictions
+    encoded["example_index"] = np.arange(len(keep), dtype=np.int32)
+    ids[split] = np.asarray(records.ids, np.int64)[keep]
     arrays[split] = encoded
-    missing = np.isnan(labels) if num_classes == 1 else labels == UNLABELED
-    labeled[split] = bool(len(labels)) and not bool(np.any(missing))
+    labeled[split] = bool(np.any(is_labeled(labels)))
     skipped[split] = records.skipped + int(len(usable) - len(keep))
     truncated[split] = cut
     where[split] = records.where
-  if split_size(arrays[EVAL]) == 0:
-    raise DataError(f"{where[EVAL]} holds no usable records; give a validation split")
-  if not labeled[TRAIN]:
-    raise DataError(f"{where[TRAIN]}: some train labels are missing or -1; every train record "
-                    "needs a label")
-  return ClassifyData(tokenizer, arrays, num_classes, names, labeled, skipped, truncated, where)
+  for split in (TRAIN, EVAL):
+    if split_size(arrays[split]) == 0:
+      raise DataError(f"{where[split]} holds no labelled records ({skipped[split]} skipped: no "
+                      "text, or no label that names a class); check classify.text_field / "
+                      "label_field")
+
+  return ClassifyData(tokenizer, arrays, num_classes, names, labeled, skipped, truncated, where,
+                      ids)
 
 
 def split_size(arrays: dict[str, np.ndarray]) -> int:

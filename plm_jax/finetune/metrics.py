@@ -48,14 +48,17 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
-  """accuracy, f1 (of class 1 for two classes, as GLUE's MRPC/QQP; else macro), macro_f1, mcc."""
+  """accuracy, f1 (of class 1 for two classes, as GLUE's MRPC/QQP; else macro), macro_f1 (the
+  mean over the classes that occur in the labels or the predictions, as scikit-learn), mcc."""
   num_classes = logits.shape[-1]
   predictions = np.argmax(logits, axis=-1)
   m = confusion(labels, predictions, num_classes)
   f1 = f1_scores(m)
+  present = (m.sum(0) + m.sum(1)) > 0
+  macro = float(f1[present].mean()) if present.any() else 0.0
   return {"accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
-          "f1": float(f1[1] if num_classes == 2 else f1.mean()),
-          "macro_f1": float(f1.mean()), "mcc": matthews(m)}
+          "f1": float(f1[1] if num_classes == 2 else macro),
+          "macro_f1": macro, "mcc": matthews(m)}
 
 
 def regression_metrics(labels: np.ndarray, outputs: np.ndarray) -> dict:

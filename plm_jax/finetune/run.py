@@ -26,7 +26,7 @@ from plm_jax import checkpoint, distributed, parallel
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.errors import CheckpointError, ConfigError, DataError
 from plm_jax.finetune import data as cdata
 from plm_jax.finetune.metrics import higher_is_better, split_metrics
 from plm_jax.finetune.tasks import task_of, validate_classify
@@ -103,6 +103,8 @@ class Predictor:
     for i in range(batches.eval_steps(0)):          # the whole split, once
       out = self.step(params, loader.to_global(batches.batch(i), self.trainer.batch_shardings))
       parts.append(jax.device_get(out))
+    if not parts:
+      raise DataError("the split holds no examples to evaluate")
     logits, labels, weights, index = (np.concatenate(p) for p in zip(*parts))
     keep = weights > 0
     order = np.argsort(index[keep], kind="stable")
@@ -111,11 +113,15 @@ class Predictor:
 
 
 def split_report(pred: dict, regression: bool, labeled: bool) -> dict:
-  """Every metric of the split (and its loss), or only the count when it has no labels."""
+  """Every metric of the split's labelled records (and their loss), or only the count when it
+  has no labels (GLUE's test sets)."""
   out = {"examples": int(len(pred["index"]))}
-  if not labeled:
+  mask = cdata.is_labeled(pred["labels"])
+  if not labeled or not mask.any():
     return out
-  logits, labels = pred["logits"], pred["labels"]
+  if not mask.all():
+    out["labeled_examples"] = int(mask.sum())
+  logits, labels = pred["logits"][mask], pred["labels"][mask]
   out.update(split_metrics(labels, logits, regression))
   if regression:
     out["loss"] = out["mse"]
@@ -141,6 +147,12 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
                             f"{saved.classify.task!r}, not {config.classify.task!r}; use a fresh "
                             "--workdir")
     config = _with_model_of(config, saved)
+    if resume_step is None and init_from and \
+        os.path.abspath(init_from) != saved.classify.init_from:
+      raise CheckpointError(f"--workdir {workdir!r} was started from --init-from "
+                            f"{saved.classify.init_from}, not {os.path.abspath(init_from)}; use "
+                            "that one (or a fresh --workdir)")
+    init_from = saved.classify.init_from      # a restart before the first checkpoint
     with config.unlocked():
       config.classify.init_from = saved.classify.init_from
     tokenizer = TextTokenizer.load(workdir)
@@ -201,6 +213,9 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
         best.update(checkpoint.read_meta(best_manager, best_manager.latest_step())["best"])
       console(f"resumed from step {resume_step} in {checkpoint.checkpoint_dir(workdir)}")
     else:
+      # A run that stopped before its first checkpoint starts again: its best is stale.
+      for step in best_manager.all_steps():
+        best_manager.delete(step)
       state = _init_from_body(trainer, config, init_from, devices)
   except BaseException:
     manager.close()
@@ -218,7 +233,7 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
   train_step = trainer.compile_train_step()
   predictor = Predictor(trainer)
   regression = data.num_classes == 1
-  eval_batches = loader.Batches(config, _prepared(data, cdata.EVAL), loader.EVAL)
+  eval_batches = loader.Batches(config, _prepared(data, cdata.EVAL), loader.EVAL, mesh=mesh)
   writer = MetricsWriter(workdir)
 
   def on_eval(state, step):
@@ -228,13 +243,19 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
                                        else value < best["value"])
     if better:
       best.update(value=value, step=step)
+      # A resumed run replays the steps after its checkpoint: a best saved at or after this
+      # step by the interrupted run is replaced (Orbax skips steps it already holds).
+      for old in best_manager.all_steps():
+        if old >= step:
+          best_manager.delete(old)
       checkpoint.save(best_manager, step, {"params": state["params"]},
                       {"best": dict(best), "validation": report})
     writer.write(step, "eval", report)
     console(f"eval @ step {step}: {format_metrics(report, EVAL_KEYS)} | best {task.metric} "
             f"{best['value']:.4f} @ step {best['step']}")
 
-  batches = loader.Batches(config, _prepared(data, cdata.EVAL), loader.TRAIN).iterator(
+  batches = loader.Batches(config, _prepared(data, cdata.EVAL), loader.TRAIN,
+                           mesh=mesh).iterator(
       meta.get("data_iterator") or {"next_index": int(state["step"])})
   try:
     state = run_loop(config, trainer, train_step, state, int(meta.get("tokens_seen", 0)),
@@ -286,7 +307,7 @@ def test_report(workdir, config, trainer, predictor, data, best) -> dict:
   for split in (cdata.EVAL, cdata.TEST):
     if split not in data.splits or cdata.split_size(data.splits[split]) == 0:
       continue
-    batches = loader.Batches(config, _prepared(data, split), loader.EVAL)
+    batches = loader.Batches(config, _prepared(data, split), loader.EVAL, mesh=trainer.mesh)
     pred = predictor(params, batches)
     name = "validation" if split == cdata.EVAL else "test"
     report[name] = split_report(pred, regression, data.labeled[split])
@@ -295,23 +316,28 @@ def test_report(workdir, config, trainer, predictor, data, best) -> dict:
                f"{report[name]['examples']:,} examples without labels: predictions only"))
     if split == cdata.TEST and jax.process_index() == 0:
       write_predictions(os.path.join(workdir, "test_predictions.tsv"), pred, regression,
-                        data.label_names)
+                        data.label_names if task_of(config).submit_names else (),
+                        data.record_ids[split])
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "test_report.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
   return report
 
 
-def write_predictions(path: str, pred: dict, regression: bool, names: tuple[str, ...]) -> None:
+def write_predictions(path: str, pred: dict, regression: bool, names: tuple[str, ...],
+                      record_ids: np.ndarray) -> None:
+  """`index<TAB>prediction` per record, in record order: the index is the record's id (GLUE's
+  `idx`, or its row in the file), the prediction a class name, a class id, or a score."""
+  rows = sorted(zip(record_ids[pred["index"]], pred["logits"]), key=lambda r: r[0])
   with open(path, "w", encoding="utf-8", newline="") as f:
     out = csv.writer(f, delimiter="\t", lineterminator="\n")
     out.writerow(["index", "prediction"])
-    for index, logits in zip(pred["index"], pred["logits"]):
+    for record_id, logits in rows:
       if regression:
-        out.writerow([int(index), f"{float(logits[0]):.6f}"])
+        out.writerow([int(record_id), f"{float(logits[0]):.6f}"])
       else:
         c = int(np.argmax(logits))
-        out.writerow([int(index), names[c] if c < len(names) and names[c] else c])
+        out.writerow([int(record_id), names[c] if c < len(names) and names[c] else c])
 
 
 def evaluate_classifier(workdir: str, step: int | None = None, best: bool = False,
@@ -329,7 +355,7 @@ def evaluate_classifier(workdir: str, step: int | None = None, best: bool = Fals
   predictor = Predictor(restored.trainer)
   params = nnx.to_pure_dict(nnx.state(restored.model, nnx.Param))
   pred = predictor(params, loader.Batches(restored.config, _prepared(data, which[split]),
-                                          loader.EVAL))
+                                          loader.EVAL, mesh=restored.trainer.mesh))
   report = split_report(pred, data.num_classes == 1, data.labeled[which[split]])
   console(f"{split} of {workdir} @ step {restored.step}{' (best)' if best else ''}: "
           + format_metrics(report, EVAL_KEYS))

@@ -25,11 +25,15 @@ class Task:
   train_split: str = "train"
   eval_split: str = "validation"
   test_split: str = "test"
+  submit_names: bool = True            # test_predictions.tsv: class names (else class ids), as
+                                       # the GLUE server wants for each task
 
 
 def _glue(name, text, pair="", classes=2, metric="accuracy", names=(), **splits) -> Task:
+  # GLUE's server takes class names for MNLI, QNLI and RTE and 0/1 for the other tasks.
   return Task("tfds", f"glue/{name}", text_field=text, text_pair_field=pair, num_classes=classes,
-              label_names=names, metric=metric, **splits)
+              label_names=names, metric=metric,
+              submit_names=name in ("mnli", "qnli", "rte"), **splits)
 
 
 TASKS = {
