@@ -260,15 +260,6 @@ def _generate(fv: flags.FlagValues):
   return outputs
 
 
-def _int_or_none(value: str | None) -> int | None:
-  if value is None:
-    return None
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f"{value!r} is not an integer") from None
-
-
 class _UsageError(Exception):
   pass
 
@@ -302,11 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything touches jax (defining --config for evaluate counts the devices).
     from plm_jax import distributed
     try:
-      launch = distributed.detect(
-          _argv_value(flag_argv, "coordinator"),
-          _int_or_none(_argv_value(flag_argv, "num-processes")),
-          _int_or_none(_argv_value(flag_argv, "process-id")),
-          _int_or_none(_argv_value(flag_argv, "heartbeat-timeout")))
+      launch = distributed.detect(*(_argv_value(flag_argv, name) for name in (
+          "coordinator", "num-processes", "process-id", "heartbeat-timeout")))
     except ValueError as e:
       print(f"plm-jax {command}: error: {e}", file=sys.stderr)
       return 2

@@ -49,18 +49,19 @@ def _int(value, what: str) -> int | None:
     raise ValueError(f"{what}={value!r} is not an integer") from None
 
 
-def detect(coordinator: str | None = None, num_processes: int | None = None,
-           process_id: int | None = None, heartbeat_timeout_s: int | None = None,
+def detect(coordinator: str | None = None, num_processes: int | str | None = None,
+           process_id: int | str | None = None, heartbeat_timeout_s: int | str | None = None,
            environ=None) -> Launch:
   """How this process was launched: flags first, then PLM_JAX_* variables, then SLURM / TPU."""
   env = os.environ if environ is None else environ
   coordinator = coordinator or env.get(ENV_COORDINATOR) or None
-  num_processes = num_processes if num_processes is not None else _int(
-      env.get(ENV_NUM_PROCESSES), ENV_NUM_PROCESSES)
-  process_id = process_id if process_id is not None else _int(env.get(ENV_PROCESS_ID),
-                                                              ENV_PROCESS_ID)
-  heartbeat = heartbeat_timeout_s or _int(env.get(ENV_HEARTBEAT), ENV_HEARTBEAT) or \
-      DEFAULT_HEARTBEAT_S
+  # Flags (ints, or the strings of the command line) first, then the environment.
+  num_processes = _int(num_processes, "--num-processes") if num_processes is not None else \
+      _int(env.get(ENV_NUM_PROCESSES), ENV_NUM_PROCESSES)
+  process_id = _int(process_id, "--process-id") if process_id is not None else \
+      _int(env.get(ENV_PROCESS_ID), ENV_PROCESS_ID)
+  heartbeat = _int(heartbeat_timeout_s, "--heartbeat-timeout") or \
+      _int(env.get(ENV_HEARTBEAT), ENV_HEARTBEAT) or DEFAULT_HEARTBEAT_S
   given = [v is not None for v in (coordinator, num_processes, process_id)]
   if any(given):
     if not all(given):

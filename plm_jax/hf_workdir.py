@@ -28,11 +28,8 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   mesh = setup_mesh(config)
   vocab = config.model.vocab_size
   trainer = Trainer.create(config, mesh, vocab, pretrained.tokenizer.pad_id)
-  params = nnx.to_pure_dict(nnx.state(pretrained.model, nnx.Param))
-  params = jax.device_put(params, trainer.state_shardings["params"])
-  opt_state = jax.jit(trainer.optimizer.init,
-                      out_shardings=trainer.state_shardings["opt_state"])(params)
-  state = {"step": 0, "params": params, "opt_state": opt_state}
+  state = trainer.state_from_params(nnx.to_pure_dict(nnx.state(pretrained.model, nnx.Param)))
+  params = state["params"]
   checkpoint.save_config(workdir, config)
   if jax.process_index() == 0:
     pretrained.tokenizer.save(workdir)

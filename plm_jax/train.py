@@ -19,7 +19,7 @@ from flax import nnx
 from plm_jax import checkpoint, distributed, models, objectives, parallel
 from plm_jax.data import loader, pipeline
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.errors import CheckpointError
 from plm_jax.metrics_writer import MetricsWriter, console, format_duration, format_metrics
 from plm_jax.models.partitioning import axis_rules
 from plm_jax.optim import lr_factors, make_optimizer
@@ -108,6 +108,22 @@ class Trainer:
                    out_shardings=self.state_shardings)
     with axis_rules(parallel.rules_dict(self.config), self.mesh):
       return init(jax.random.key(seed))
+
+  def state_from_params(self, params, step: int = 0) -> dict:
+    """A train state at `step` around given parameters (an imported model, a pretrained body
+    with a new head), placed on their shards, with a fresh optimizer state."""
+    params = jax.device_put(params, self.state_shardings["params"])
+    opt_state = jax.jit(self.optimizer.init,
+                        out_shardings=self.state_shardings["opt_state"])(params)
+    return {"step": jax.device_put(jnp.asarray(step, jnp.int32), self.state_shardings["step"]),
+            "params": params, "opt_state": opt_state}
+
+  def restore_state(self, manager, step: int) -> tuple[dict, dict]:
+    """(train state, checkpoint meta) of a checkpoint, onto this trainer's shardings."""
+    restored = checkpoint.restore(manager, step, self.abstract_state, self.state_shardings)
+    meta = restored.pop("meta", {})
+    return {"step": jax.device_put(jnp.asarray(step, jnp.int32), self.state_shardings["step"]),
+            **restored}, meta
 
   def model(self, params) -> nnx.Module:
     return nnx.merge(self.graphdef, params)
@@ -302,14 +318,10 @@ def train(config, workdir: str, devices=None) -> dict:
   meta: dict = {}
   if resume_step is not None:
     try:
-      restored = checkpoint.restore(manager, resume_step, trainer.abstract_state,
-                                    trainer.state_shardings)
+      state, meta = trainer.restore_state(manager, resume_step)
     except CheckpointError:
       manager.close()
       raise
-    meta = restored.pop("meta", {})
-    state = {"step": jax.device_put(jnp.asarray(resume_step, jnp.int32),
-                                    trainer.state_shardings["step"]), **restored}
     console(f"resumed from step {resume_step} in {checkpoint.checkpoint_dir(workdir)}")
   else:
     state = trainer.init_state(config.train.seed)

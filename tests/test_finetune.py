@@ -4,7 +4,6 @@ import csv
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -12,7 +11,7 @@ from scipy import stats as scipy_stats
 from conftest import MINILM, ROOT, family_config
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.errors import ConfigError, DataError
+from plm_jax.errors import DataError
 from plm_jax.finetune import data as cdata
 from plm_jax.finetune import metrics
 
@@ -316,7 +315,6 @@ def test_glue_pair_task_from_tfds(pretrained, tmp_path):
 
 
 def test_glue_tasks_not_prepared_say_how(tmp_path):
-  config = family_config("bert")
   from configs import classify
   config = classify.get_config("cola")
   with config.unlocked():

@@ -1,6 +1,5 @@
 """Generation with the key/value cache, sampling filters, fill-mask, decode benchmark."""
 
-import json
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,5 @@
 """Models: masks behave, the MLM head gathers, every parameter has logical axes, sizes match."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

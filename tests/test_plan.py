@@ -2,7 +2,6 @@
 
 import pytest
 
-from conftest import family_config
 from plm_jax import cli
 from plm_jax.errors import ConfigError
 from plm_jax.plan import make_plan

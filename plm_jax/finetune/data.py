@@ -269,16 +269,13 @@ def resolve_labels(task: Task, splits: dict[str, Records], names: tuple[str, ...
     return 1, ()
   if not names:
     keys = {k for s in (TRAIN, EVAL) if s in splits
-            for k in map(_class_key, splits[s].labels) if k is not None}
-    if not all(k.lstrip("-").isdigit() for k in keys):
-      names = tuple(sorted(keys))
+            for k in map(_class_key, splits[s].labels) if k not in (None, "-1")}
+    if not all(k.isdigit() for k in keys):
+      names = tuple(sorted(keys))                                  # strings
+    elif sorted(map(int, keys)) != list(range(len(keys))):
+      names = tuple(map(str, sorted(map(int, keys))))              # e.g. ratings 1..5
     else:
-      ints = sorted(int(k) for k in keys)
-      if ints != list(range(len(ints))):
-        names = tuple(str(i) for i in ints)
-      elif task.num_classes and task.num_classes != len(ints):
-        ints = list(range(task.num_classes))
-      names = names or tuple(str(i) for i in ints)
+      names = tuple(map(str, range(task.num_classes or len(keys))))   # ids 0..K-1
   num = task.num_classes or len(names)
   if num < 2:
     raise DataError(f"{splits[TRAIN].where}: the labels give {num} class(es); a classifier "
@@ -293,8 +290,7 @@ def label_array(records: Records, regression: bool, num_classes: int,
   validation (skipped, counted), and unlabelled in test (a placeholder such as "?")."""
   index = {n: i for i, n in enumerate(names)}
   # Names that are numbers ("1".."5" of ratings) are the labels themselves, never ids.
-  numeric_names = bool(names) and all(n.lstrip("-").isdigit() for n in names) and \
-      list(names) != [str(i) for i in range(len(names))]
+  numeric_names = bool(names) and all(n.isdigit() for n in names)
   labels, usable = [], []
   for value in records.labels:
     key = _class_key(value)

@@ -18,7 +18,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -29,7 +28,7 @@ from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError, DataError
 from plm_jax.finetune import data as cdata
 from plm_jax.finetune.metrics import higher_is_better, split_metrics
-from plm_jax.finetune.tasks import task_of, validate_classify
+from plm_jax.finetune.tasks import task_of
 from plm_jax.metrics_writer import MetricsWriter, console, format_metrics
 from plm_jax.models.partitioning import axis_rules
 
@@ -168,8 +167,7 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
     with config.unlocked():
       config.classify.init_from = os.path.abspath(init_from)
   # Bad fields and a mesh that does not fit fail before any data is read.
-  validate_classify(config)
-  parallel.resolve_mesh_shape(config.mesh, len(devices))
+  parallel.validate(config, len(devices))
   task = task_of(config)
   t0 = time.time()
   data = cdata.load(config, tokenizer)
@@ -204,11 +202,7 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
   meta: dict = {}
   try:
     if resume_step is not None:
-      restored = checkpoint.restore(manager, resume_step, trainer.abstract_state,
-                                    trainer.state_shardings)
-      meta = restored.pop("meta", {})
-      state = {"step": jax.device_put(jnp.asarray(resume_step, jnp.int32),
-                                      trainer.state_shardings["step"]), **restored}
+      state, meta = trainer.restore_state(manager, resume_step)
       if best_manager.latest_step() is not None:
         best.update(checkpoint.read_meta(best_manager, best_manager.latest_step())["best"])
       console(f"resumed from step {resume_step} in {checkpoint.checkpoint_dir(workdir)}")
@@ -277,22 +271,19 @@ def _init_from_body(trainer, config, init_from, devices) -> dict:
   from plm_jax.inference import load_model   # local: inference imports train
   body = load_model(init_from, devices=devices)
   body_params = nnx.to_pure_dict(nnx.state(body.model, nnx.Param))
-  state = trainer.init_state(config.train.seed)
-  params = state["params"]
-  shardings = trainer.state_shardings["params"]
+  # Fresh parameters for all (the head needs them), then the body's replace their part.
+  params = trainer.init_state(config.train.seed)["params"]
   taken = []
   for name in params:
     source = body_params.get(name) if config.model.family == "gpt" else (
         body_params.get("encoder") if name == "encoder" else None)
     if source is not None:
-      params[name] = jax.device_put(source, shardings[name])
+      params[name] = source
       taken.append(name)
   del body
-  opt_state = jax.jit(trainer.optimizer.init,
-                      out_shardings=trainer.state_shardings["opt_state"])(params)
   console(f"initialised from {init_from} @ step {checkpoint.latest_step(init_from)}: "
           f"{', '.join(taken)} restored; new head; pretraining heads dropped")
-  return {"step": state["step"], "params": params, "opt_state": opt_state}
+  return trainer.state_from_params(params)
 
 
 def test_report(workdir, config, trainer, predictor, data, best) -> dict:
