@@ -86,15 +86,42 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, sha
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; all are reported
     detail = " ".join(str(e).split())[:300]
-    if isinstance(e, (ValueError, KeyError, TypeError)) and any(
-        w in detail.lower() for w in ("shape", "structure", "tree", "mismatch", "key")):
+    # Which it is comes from the checkpoint's own metadata, not from the wording of the error.
+    mismatch = _params_mismatch(os.path.join(where, "params"), abstract_state["params"])
+    if mismatch:
       raise CheckpointError(
-          f"checkpoint {where} does not fit this model's parameters ({detail}); it was written "
-          "by a different model: use a fresh --workdir") from None
+          f"checkpoint {where} does not fit this model's parameters ({mismatch}); it was "
+          "written by a different model: use a fresh --workdir") from None
     raise CheckpointError(
         f"checkpoint {where} is corrupt or incomplete ({detail}); delete that folder to resume "
         "from the previous checkpoint") from None
   return {k: restored[k] for k in items}
+
+
+def _key_path(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _params_mismatch(params_dir: str, abstract_params) -> str | None:
+  """How the saved parameters' names and shapes differ from the model's; None if they agree
+  (or the metadata is unreadable: then the checkpoint is corrupt, not foreign)."""
+  try:
+    tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+    saved = {_key_path(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(tree)}
+  except Exception:  # noqa: BLE001 - unreadable metadata: corrupt
+    return None
+  if not saved:          # Orbax gives no tree when the array store itself is unreadable
+    return None
+  wanted = {_key_path(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  for name in sorted(wanted.keys() | saved.keys()):
+    if name not in saved:
+      return f"{name} is missing"
+    if name not in wanted:
+      return f"{name} is not a parameter of this model"
+    if saved[name] != wanted[name]:
+      return f"{name} has shape {saved[name]}, the model {wanted[name]}"
+  return None
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -38,3 +38,30 @@ def test_corrupt_config_json(tmp_path):
   (tmp_path / checkpoint.CONFIG_FILE).write_text("{not json")
   with pytest.raises(CheckpointError, match="unreadable"):
     checkpoint.load_config(str(tmp_path))
+
+
+def test_checkpoint_of_another_shape_is_named_foreign_and_a_broken_one_corrupt(tmp_path):
+  """The kind of failure comes from the checkpoint's metadata, not from an error's wording."""
+  import jax
+  from plm_jax import checkpoint
+  from plm_jax.errors import CheckpointError
+  state = {"params": {"w": jax.numpy.ones((4, 2)), "b": jax.numpy.zeros((2,))},
+           "opt_state": {"n": jax.numpy.zeros(())}}
+  with checkpoint.make_manager(str(tmp_path), async_save=False) as manager:
+    checkpoint.save(manager, 1, state, {})
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = jax.tree.map(lambda _: sharding, state)
+  other = {"params": {"w": jax.ShapeDtypeStruct((4, 3), "float32"),
+                      "b": jax.ShapeDtypeStruct((2,), "float32")},
+           "opt_state": {"n": jax.ShapeDtypeStruct((), "float32")}}
+  with checkpoint.make_manager(str(tmp_path), read_only=True) as manager:
+    with pytest.raises(CheckpointError, match=r"w has shape \(4, 2\), the model \(4, 3\)\); "
+                                              "it was written by a different model"):
+      checkpoint.restore(manager, 1, other, shardings)
+  data = tmp_path / "checkpoints" / "1" / "params" / "d"
+  for f in data.iterdir():
+    f.unlink()
+  same = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  with checkpoint.make_manager(str(tmp_path), read_only=True) as manager:
+    with pytest.raises(CheckpointError, match="checkpoints/1 is corrupt or incomplete"):
+      checkpoint.restore(manager, 1, same, shardings)
