@@ -9,12 +9,16 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 
-from plm_jax import flops
-from plm_jax.errors import ConfigError
+from plm_jax import checks, families, parallel
 from plm_jax.data import loader
+from plm_jax.errors import ConfigError
+from plm_jax.flops import peak_flops
+from plm_jax.generate import SamplingConfig, generate
 from plm_jax.metrics_writer import console
-from plm_jax.train import Trainer, padded_vocab, setup_mesh
+from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.trainer import Trainer
 
 
 def peak_memory_bytes() -> int | None:
@@ -24,7 +28,8 @@ def peak_memory_bytes() -> int | None:
 
 
 def bench(config) -> dict:
-  mesh = setup_mesh(config)
+  checks.validate(config, jax.device_count())
+  mesh = parallel.mesh_for(config)
   vocab = padded_vocab(config, config.data.vocab_size)
   trainer = Trainer.create(config, mesh, vocab)
   state = trainer.init_state(config.train.seed)
@@ -44,13 +49,13 @@ def bench(config) -> dict:
   step_s = (time.perf_counter() - t0) / max(config.bench.steps, 1)
 
   b, t = config.train.batch_size, config.data.max_seq_length
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state["params"]))
-  per_token = flops.flops_per_token(
-      config.model.family, n_params, vocab=vocab, hidden=config.model.hidden_size,
+  n_params = trainer.num_params
+  per_token = families.get(config.model.family).flops_per_token(
+      n_params, vocab=vocab, hidden=config.model.hidden_size,
       layers=config.model.num_layers, seq_len=t, max_position=config.model.max_position)
   tokens_per_s = b * t / step_s
   kind = jax.devices()[0].device_kind
-  peak = flops.peak_flops(kind)
+  peak = peak_flops(kind)
   mem = peak_memory_bytes()
   result = {
       "figure": "plm_jax_bench", "family": config.model.family, "size": config.model.size,
@@ -77,15 +82,12 @@ def bench_decode(config, batch_sizes: list[int], prompt_lengths: list[int],
                  new_tokens: int) -> list[dict]:
   """Decode tokens/s of a (randomly initialised) GPT of `config`, with and without the key/value
   cache, for each batch size and prompt length; compilation is excluded (one warm-up run)."""
-  from flax import nnx
-
-  from plm_jax import models
-  from plm_jax.generate import SamplingConfig, generate
-  from plm_jax.train import model_config, padded_vocab
-  if config.model.family != "gpt":
-    raise ConfigError("bench-decode needs a GPT config, e.g. configs/gpt.py:tiny")
+  checks.validate_data(config)
+  family = families.get(config.model.family)
+  if not family.decoder:
+    raise ConfigError("bench-decode needs a decoder (GPT) config, e.g. configs/gpt.py:tiny")
   vocab = padded_vocab(config, config.data.vocab_size)
-  model = models.build(model_config(config, vocab), nnx.Rngs(config.train.seed))
+  model = family.build(model_config(config, vocab), nnx.Rngs(config.train.seed))
   rng = np.random.default_rng(0)
   cfg = SamplingConfig(max_new_tokens=new_tokens)
   rows = []

@@ -1,35 +1,19 @@
 """Checkpoints: the only module that talks to Orbax.
 
-Layout of a workdir:
-  config.json            the full config of the run (what `evaluate` rebuilds the model from)
-  tokenizer.json         the tokenizer (a restored run needs nothing else)
-  checkpoints/<step>/    Orbax items "params" and "opt_state", saved asynchronously
-Parameters and optimizer state are separate items so that evaluation reads the parameters only.
+A workdir's checkpoints/<step>/ holds the Orbax items "params", "opt_state" and "meta" (small
+JSON: tokens seen, the loader's position), saved asynchronously. Parameters and optimizer state
+are separate items so that evaluation reads the parameters only. (The rest of a workdir:
+plm_jax/workdir.py.)
 """
 
-import json
 import os
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
 from plm_jax.errors import CheckpointError
 
-CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
-# Config sections that define what a checkpoint *is*; a workdir whose saved values differ holds
-# a different model, and resuming from it must be refused.
-IDENTITY_FIELDS = {
-    "model": ("family", "vocab_size", "vocab_pad_multiple", "hidden_size", "num_layers",
-              "num_heads", "mlp_dim", "max_position", "type_vocab_size", "param_dtype",
-              "embedding_size", "shared_layers"),
-    "objective": ("name",),
-    "data": ("vocab_size", "lowercase"),
-    "classify": ("task", "num_classes"),
-}
-
-
 BEST_DIR = "best"            # fine-tuning: the best checkpoint by the task's metric
 
 
@@ -122,57 +106,3 @@ def _params_mismatch(params_dir: str, abstract_params) -> str | None:
     if saved[name] != wanted[name]:
       return f"{name} has shape {saved[name]}, the model {wanted[name]}"
   return None
-
-
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise CheckpointError(f"{path} does not exist: --workdir {workdir!r} holds no plm-jax run "
-                          "(train one with `plm-jax train --config ... --workdir DIR`)")
-  try:
-    with open(path, encoding="utf-8") as f:
-      raw = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path} is unreadable ({e}); restore it from the run's logs") from None
-  raw["mesh"]["rules"] = tuple((k, tuple(v) if isinstance(v, list) else v)
-                               for k, v in raw["mesh"]["rules"])
-  return _with_current_defaults(raw)
-
-
-def _with_current_defaults(raw: dict) -> ml_collections.ConfigDict:
-  """The saved values over today's defaults: a workdir written before a field existed still
-  loads, with that field at its default."""
-  from plm_jax.configlib import make_config  # local: configlib is not needed by Orbax users
-  m = raw["model"]
-  config = make_config(
-      family=m["family"], objective=raw["objective"]["name"], size_name=m.get("size", "?"),
-      size={k: m[k] for k in ("hidden_size", "num_layers", "num_heads", "mlp_dim",
-                              "max_position", "layer_norm_eps") if k in m},
-      mesh="auto", data={}, train={}, optim={})
-  for section, values in raw.items():
-    if isinstance(values, dict) and section in config:
-      config[section].update(values)
-    else:
-      config[section] = values
-  return config
-
-
-def identity_mismatches(saved: ml_collections.ConfigDict,
-                        current: ml_collections.ConfigDict) -> list[str]:
-  """Fields that make `current` a different model from the one saved in a workdir."""
-  diffs = []
-  for section, fields in IDENTITY_FIELDS.items():
-    for field in fields:
-      a = saved[section].get(field) if section in saved else None
-      b = current[section].get(field) if section in current else None
-      if a != b:
-        diffs.append(f"{section}.{field}: saved {a!r}, now {b!r}")
-  return diffs

@@ -1,258 +1,114 @@
-"""The `plm-jax` command: parse flags, call one library function per subcommand.
+"""The `plm-jax` command: a table of commands, each its flags and one library function.
 
-  plm-jax train     --config configs/bert.py:tiny --workdir runs/bert [--config.x.y=v ...]
-  plm-jax evaluate  --workdir runs/bert [--step N] [--eval_steps N] [--config.mesh.tensor=2 ...]
-                    fine-tuned runs: [--best] [--split validation|test|train]
-  plm-jax finetune  --config configs/classify.py:sst2 --init-from runs/bert --workdir runs/sst2
-  plm-jax bench     --config configs/gpt.py:124m [--config.x.y=v ...]
-  plm-jax plan      --config configs/gpt.py:1.5b,mesh=tpu-v5e-256 --topology v5e-256 [--mfu 0.4]
-                    (or --devices N [--hbm-gib G --peak-tflops F])
-  plm-jax tokenizer train --input 'corpus/*.txt' --kind wordpiece --vocab-size 30522 --out DIR
-  plm-jax data prepare --config configs/bert.py:base --out DIR [--config.data.x=v ...]
-  plm-jax data bench   --config configs/bert.py:tiny [--batches N] [--config.data.x=v ...]
-  plm-jax import-hf --hf-dir path/to/hf-model --workdir runs/imported
-  plm-jax export-hf --workdir runs/bert --out path/to/hf-model [--step N]
-  plm-jax generate  --workdir runs/gpt --prompt "Once upon a time" [--max-new-tokens 32
-                    --temperature 0.8 --top-k 40 --top-p 0.95 --seed 0 --num-samples 2]
-  plm-jax fill-mask --workdir runs/bert --text "Paris is the [MASK] of France." [--top-k 5]
-  plm-jax bench-decode --config configs/gpt.py:tiny [--batch-sizes 1,32 --prompt-lengths 16,96]
+  plm-jax COMMAND [--flag VALUE ...] [--config FILE:ARG] [--config.GROUP.FIELD=VALUE ...]
+  plm-jax COMMAND --help        that command's flags
+  plm-jax --help | --version
 
-`train` without --config continues the run in --workdir with the config saved there (which
---config.<field>=<value> may override), e.g. after import-hf.
+Flags are spelt with dashes or underscores alike (`--eval-steps 5` or `--eval_steps=5`). A
+command whose config comes from a file takes `--config configs/bert.py:tiny`; any field of it can
+be overridden with `--config.optim.learning_rate=3e-4` (a misspelt field is an error), and
+`plm-jax config --config FILE:ARG` lists every field with its value.
 """
 
+import dataclasses
 import json
 import os
 import sys
+from typing import Callable
 
-from absl import flags
+from absl import flags, logging
+from ml_collections import config_flags
 
-USAGE = __doc__
-
-
-def _argv_value(argv: list[str], name: str) -> str | None:
-  for i, arg in enumerate(argv):
-    if arg == f"--{name}" and i + 1 < len(argv):
-      return argv[i + 1]
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-  return None
-
-
-def _config_flags(fv: flags.FlagValues, argv: list[str], command: str) -> None:
-  from ml_collections import config_flags
-  workdir = _argv_value(argv, "workdir")
-  if command == "evaluate":
-    # Evaluation restores onto FSDP over the devices present; --config.mesh.* (or any field)
-    # overrides that, e.g. to evaluate with tensor parallelism.
-    if workdir and any(a.startswith("--config.") for a in argv) and os.path.exists(
-        os.path.join(workdir, "config.json")):
-      from plm_jax.checkpoint import load_config
-      from plm_jax.inference import fit_to_devices
-      config_flags.DEFINE_config_dict("config", fit_to_devices(load_config(workdir)),
-                                      "the workdir's config", flag_values=fv,
-                                      lock_config=True, sys_argv=argv)
-    return
-  if (command == "train" and _argv_value(argv, "config") is None and workdir
-      and os.path.exists(os.path.join(workdir, "config.json"))):
-    # Continue a run (or an imported model) with the config saved in its workdir.
-    from plm_jax.checkpoint import load_config
-    config_flags.DEFINE_config_dict("config", load_config(workdir), "the workdir's config",
-                                    flag_values=fv, lock_config=True, sys_argv=argv)
-    return
-  # sys_argv: the overrides are read from these arguments (not sys.argv), so main() can be
-  # called with any argv, as the tests do.
-  config_flags.DEFINE_config_file("config", None, "config file[:arg], e.g. configs/bert.py:tiny",
-                                  flag_values=fv, lock_config=True, sys_argv=argv)
+from plm_jax import __version__, distributed, workdir as workdirs
+from plm_jax.bench import bench, bench_decode
+from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
+from plm_jax.errors import PlmJaxError
+from plm_jax.evaluate import evaluate
+from plm_jax.finetune.run import finetune
+from plm_jax.generate import SamplingConfig
+from plm_jax.hf_workdir import export_hf, import_hf
+from plm_jax.inference import fill_mask, fit_to_devices, generate_text, load_params
+from plm_jax.plan import plan
+from plm_jax.pretrain import train
+from plm_jax.topology import TOPOLOGIES
 
 
-DISTRIBUTED_COMMANDS = ("train", "finetune", "evaluate", "bench")
-CONFIG_COMMANDS = ("train", "bench", "data prepare", "data bench", "bench-decode", "finetune",
-                   "plan")
+class UsageError(Exception):
+  """Something wrong on the command line (a missing flag, an unreadable --config)."""
 
 
-def _define(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
-  if command in CONFIG_COMMANDS or command == "evaluate":
-    _config_flags(fv, argv, command)
-  if command == "import-hf":
-    flags.DEFINE_string("hf-dir", None, "a Hugging Face model directory", flag_values=fv)
-  if command in ("import-hf", "export-hf"):
-    flags.DEFINE_string("workdir", None, "the plm-jax run directory", flag_values=fv)
-  if command in ("generate", "fill-mask"):
-    flags.DEFINE_string("workdir", None, "the run to restore", flag_values=fv)
-    flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=fv)
-    flags.DEFINE_integer("top-k", 0 if command == "generate" else 5,
-                         "sample from (generate) / print (fill-mask) the k best tokens",
-                         flag_values=fv)
-  if command == "generate":
-    flags.DEFINE_string("prompt", None, "text to continue", flag_values=fv)
-    flags.DEFINE_string("prompts-file", None, "a file of prompts, one per line (batched)",
-                        flag_values=fv)
-    flags.DEFINE_integer("max-new-tokens", 32, "tokens to generate", flag_values=fv)
-    flags.DEFINE_float("temperature", 0.0, "0 = greedy", flag_values=fv)
-    flags.DEFINE_float("top-p", 1.0, "nucleus sampling mass", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=fv)
-    flags.DEFINE_integer("num-samples", 1, "continuations per prompt", flag_values=fv)
-  if command == "fill-mask":
-    flags.DEFINE_string("text", None, "text with one or more mask tokens", flag_values=fv)
-  if command == "bench-decode":
-    flags.DEFINE_string("batch-sizes", "1,32", "comma-separated", flag_values=fv)
-    flags.DEFINE_string("prompt-lengths", "16,96", "comma-separated", flag_values=fv)
-    flags.DEFINE_integer("new-tokens", 32, "tokens generated per run", flag_values=fv)
-  if command == "export-hf":
-    flags.DEFINE_string("out", None, "directory to write the transformers model to",
-                        flag_values=fv)
-    flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", flag_values=fv)
-  if command == "tokenizer train":
-    flags.DEFINE_string("input", None, "glob of text (.txt/.gz) or JSON-lines (.jsonl) files",
-                        flag_values=fv)
-    flags.DEFINE_enum("kind", None, ["wordpiece", "bpe"], "wordpiece (BERT) or bpe (GPT-2)",
-                      flag_values=fv)
-    flags.DEFINE_integer("vocab-size", None, "entries in the vocabulary", flag_values=fv)
-    flags.DEFINE_string("out", None, "directory for tokenizer.json", flag_values=fv)
-    flags.DEFINE_bool("lowercase", True, "WordPiece: lowercase and strip accents",
-                      flag_values=fv)
-    flags.DEFINE_string("text-field", "text", "JSON lines: the field holding the text",
-                        flag_values=fv)
-  if command == "data prepare":
-    flags.DEFINE_string("out", None, "directory for the prepared shards", flag_values=fv)
-  if command == "data bench":
-    flags.DEFINE_integer("batches", 50, "batches to time", flag_values=fv)
-  if command == "plan":
-    flags.DEFINE_string("topology", None, "hardware to plan for: v4-8, v4-32, v5e-16, v5e-256, "
-                        "2xv5e-256, v5p-128, 1xh100, 8xh100, 4x8xh100, 1xh200, 8xh200, 8xa100",
-                        flag_values=fv)
-    flags.DEFINE_integer("devices", None, "or: N devices of one host", flag_values=fv)
-    flags.DEFINE_float("mfu", 0.4, "model FLOPs utilisation assumed for the step time",
-                       flag_values=fv)
-    flags.DEFINE_float("hbm-gib", 0.0, "memory per device (overrides the topology's)",
-                       flag_values=fv)
-    flags.DEFINE_float("peak-tflops", 0.0, "peak bf16 TFLOP/s per device (overrides)",
-                       flag_values=fv)
-  if command in ("train", "evaluate", "finetune"):
-    flags.DEFINE_string("workdir", None, "run directory: checkpoints, logs, tokenizer",
-                        flag_values=fv)
-  if command in DISTRIBUTED_COMMANDS:
-    # Read by main() before jax starts (see plm_jax/distributed.py); defined for --help.
-    flags.DEFINE_string("coordinator", None, "multi-process: HOST:PORT of process 0's "
-                        "coordinator (or PLM_JAX_COORDINATOR)", flag_values=fv)
-    flags.DEFINE_integer("num-processes", None, "multi-process: processes in the run",
-                         flag_values=fv)
-    flags.DEFINE_integer("process-id", None, "multi-process: this process's index",
-                         flag_values=fv)
-    flags.DEFINE_integer("heartbeat-timeout", None, "multi-process: seconds without a "
-                         "heartbeat after which the others stop with an error (default 60)",
-                         flag_values=fv)
-  if command == "finetune":
-    flags.DEFINE_string("init-from", None, "the pretraining (or import-hf) workdir whose latest "
-                        "checkpoint the body starts from", flag_values=fv)
-  if command == "evaluate":
-    flags.DEFINE_integer("step", None, "checkpoint step to evaluate (default: the latest)",
-                         flag_values=fv)
-    flags.DEFINE_integer("eval_steps", None, "eval batches (default: the run's train.eval_steps;"
-                         " 0 = the whole eval split)", flag_values=fv)
-    flags.DEFINE_bool("best", False, "fine-tuned runs: the best checkpoint (best/), not the "
-                      "latest", flag_values=fv)
-    flags.DEFINE_string("split", "validation", "fine-tuned runs: validation, test or train",
-                        flag_values=fv)
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  name: str                    # spelt with dashes: --max-new-tokens
+  kind: str                    # string, integer, float, bool or enum
+  help: str
+  default: object = None
+  required: bool = False
+  choices: tuple[str, ...] = ()
+
+  @property
+  def key(self) -> str:
+    return self.name.replace("-", "_")
 
 
-def _load_config(fv: flags.FlagValues):
-  try:
-    config = fv.config
-    if config is None:
-      raise _UsageError("--config is required, e.g. --config configs/bert.py:tiny")
-    config.keys()
-  except OSError as e:   # ml_collections defers a failed load until first access
-    detail = " ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
-    raise _UsageError(f"cannot load --config: {detail or e}; give a config file such as "
-                      "configs/bert.py:tiny or configs/gpt.py:tiny") from None
+# Where a command's config comes from.
+NO_CONFIG = ""
+FILE = "file"                       # --config FILE:ARG (required)
+FILE_OR_WORKDIR = "file|workdir"    # --config FILE:ARG, else the one saved in --workdir
+WORKDIR = "workdir"                 # the one saved in --workdir; --config.* overrides it
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  name: str
+  summary: str
+  run: Callable                # (config, args) -> result
+  flags: tuple[Flag, ...] = ()
+  config: str = NO_CONFIG
+  distributed: bool = False    # may span processes (jax.distributed starts before jax is used)
+  example: str = ""
+
+
+def _workdir(help_text="the run directory: checkpoints, logs, tokenizer") -> Flag:
+  return Flag("workdir", "string", help_text, required=True)
+
+
+STEP = Flag("step", "integer", "checkpoint step (default: the latest)")
+DISTRIBUTED_FLAGS = (
+    Flag("coordinator", "string", "multi-process: HOST:PORT of process 0's coordinator (or "
+         f"{distributed.ENV_COORDINATOR})"),
+    Flag("num-processes", "integer", "multi-process: processes in the run"),
+    Flag("process-id", "integer", "multi-process: this process's index"),
+    Flag("heartbeat-timeout", "integer", "multi-process: seconds without a heartbeat after "
+         f"which the others stop with an error (default {distributed.DEFAULT_HEARTBEAT_S})"),
+)
+
+
+# --- what each command runs ----------------------------------------------------------------------
+
+def _print_config(config, a):
+  print(config)
   return config
 
 
-def _require(fv: flags.FlagValues, *names: str) -> None:
-  for name in names:
-    if fv[name].value in (None, ""):
-      raise _UsageError(f"--{name} is required (see --help)")
+def _evaluate(config, a):
+  return evaluate(a.workdir, step=a.step, eval_steps=a.eval_steps, config=config, best=a.best,
+                  split=a.split)
 
 
-def _run(command: str, fv: flags.FlagValues):
-  config = _load_config(fv) if command in CONFIG_COMMANDS else None
-  if command in ("train", "evaluate", "finetune") and not fv.workdir:
-    raise _UsageError("--workdir is required, e.g. --workdir runs/bert-tiny")
-  if command == "train":
-    from plm_jax.train import train
-    return train(config, fv.workdir)
-  if command == "finetune":
-    from plm_jax.finetune.run import finetune
-    return finetune(config, fv.workdir, init_from=fv["init-from"].value)
-  if command == "evaluate":
-    from plm_jax.evaluate import evaluate
-    overrides = fv.config if "config" in fv else None
-    return evaluate(fv.workdir, step=fv.step, eval_steps=fv.eval_steps, config=overrides,
-                    best=fv.best, split=fv.split)
-  if command == "bench":
-    from plm_jax.bench import bench
-    return bench(config)
-  if command == "tokenizer train":
-    _require(fv, "input", "kind", "vocab-size", "out")
-    from plm_jax.data.commands import tokenizer_train
-    return tokenizer_train(fv.input, fv.kind, fv["vocab-size"].value, fv.out,
-                           lowercase=fv.lowercase, text_field=fv["text-field"].value)
-  if command == "data prepare":
-    _require(fv, "out")
-    from plm_jax.data.commands import data_prepare
-    return data_prepare(config, fv.out)
-  if command == "plan":
-    from plm_jax.plan import plan
-    return plan(config, fv.topology, fv.devices, fv.mfu, fv["hbm-gib"].value,
-                fv["peak-tflops"].value)
-  if command == "data bench":
-    from plm_jax.data.commands import data_bench
-    return data_bench(config, fv.batches)
-  if command == "import-hf":
-    _require(fv, "hf-dir", "workdir")
-    from plm_jax.hf_workdir import import_hf
-    return import_hf(fv["hf-dir"].value, fv.workdir)
-  if command == "generate":
-    _require(fv, "workdir")
-    return _generate(fv)
-  if command == "fill-mask":
-    _require(fv, "workdir", "text")
-    from plm_jax.inference import fill_mask, load_model
-    results = fill_mask(load_model(fv.workdir, fv.step), fv.text, fv["top-k"].value)
-    for i, candidates in enumerate(results, 1):
-      print(f"mask {i}: " + ", ".join(f"{t} {p:.4f}" for t, p in candidates))
-    print(json.dumps({"text": fv.text, "masks": [[{"token": t, "prob": p} for t, p in c]
-                                                 for c in results]}))
-    return results
-  if command == "bench-decode":
-    from plm_jax.bench import bench_decode
-    return bench_decode(config, [int(x) for x in fv["batch-sizes"].value.split(",")],
-                        [int(x) for x in fv["prompt-lengths"].value.split(",")],
-                        fv["new-tokens"].value)
-  if command == "export-hf":
-    _require(fv, "workdir", "out")
-    from plm_jax.hf_workdir import export_hf
-    return export_hf(fv.workdir, fv.out, fv.step)
-
-
-def _generate(fv: flags.FlagValues):
-  from plm_jax.generate import SamplingConfig
-  from plm_jax.inference import generate_text, load_model
-  prompts = [fv.prompt] if fv.prompt is not None else []
-  if fv["prompts-file"].value:
+def _generate(config, a):
+  prompts = [a.prompt] if a.prompt is not None else []
+  if a.prompts_file:
     try:
-      with open(fv["prompts-file"].value, encoding="utf-8") as f:
+      with open(a.prompts_file, encoding="utf-8") as f:
         prompts += [line.rstrip("\n") for line in f if line.strip()]
     except OSError as e:
-      raise _UsageError(f"cannot read --prompts-file: {e}") from None
+      raise UsageError(f"cannot read --prompts-file: {e}") from None
   if not prompts:
-    raise _UsageError("give --prompt TEXT or --prompts-file FILE")
-  cfg = SamplingConfig(max_new_tokens=fv["max-new-tokens"].value,
-                       temperature=fv.temperature, top_k=fv["top-k"].value,
-                       top_p=fv["top-p"].value, seed=fv.seed)
-  outputs = generate_text(load_model(fv.workdir, fv.step), prompts, cfg, fv["num-samples"].value)
+    raise UsageError("give --prompt TEXT or --prompts-file FILE")
+  cfg = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                       top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+  outputs = generate_text(load_params(a.workdir, a.step), prompts, cfg, a.num_samples)
   for prompt, samples in zip(prompts, outputs):
     for sample in samples:
       print(f"{prompt}\033[1m{sample}\033[0m" if sys.stdout.isatty() else prompt + sample)
@@ -260,64 +116,293 @@ def _generate(fv: flags.FlagValues):
   return outputs
 
 
-class _UsageError(Exception):
-  pass
+def _fill_mask(config, a):
+  results = fill_mask(load_params(a.workdir, a.step), a.text, a.top_k)
+  for i, candidates in enumerate(results, 1):
+    print(f"mask {i}: " + ", ".join(f"{t} {p:.4f}" for t, p in candidates))
+  print(json.dumps({"text": a.text, "masks": [[{"token": t, "prob": p} for t, p in c]
+                                              for c in results]}))
+  return results
 
 
-COMMANDS = ("train", "finetune", "evaluate", "plan", "bench", "tokenizer train", "data prepare", "data bench",
-            "import-hf", "export-hf", "generate", "fill-mask", "bench-decode")
+def _ints(text: str, flag: str) -> list[int]:
+  try:
+    return [int(x) for x in text.split(",")]
+  except ValueError:
+    raise UsageError(f"--{flag} {text!r} is not a comma-separated list of integers") from None
+
+
+COMMANDS = {c.name: c for c in (
+    Command("train", "pretrain, or resume from the workdir's latest checkpoint",
+            lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
+            "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
+    Command("finetune", "fine-tune a pretrained body with a new classification head",
+            lambda config, a: finetune(config, a.workdir, init_from=a.init_from),
+            (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "
+                              "whose latest checkpoint the body starts from")), FILE, True,
+            "plm-jax finetune --config configs/classify.py:builtin --init-from runs/bert-tiny "
+            "--workdir runs/builtin"),
+    Command("evaluate", "restore a checkpoint on the devices present and print its metrics",
+            _evaluate,
+            (_workdir(), STEP,
+             Flag("eval-steps", "integer", "eval batches (default: the run's "
+                  "train.eval_steps; 0 = the whole eval split)"),
+             Flag("best", "bool", "fine-tuned runs: the best checkpoint (best/), not the latest",
+                  False),
+             Flag("split", "enum", "fine-tuned runs: the split to evaluate", "validation",
+                  choices=("validation", "test", "train"))), WORKDIR, True,
+            "plm-jax evaluate --workdir runs/bert-tiny --config.mesh.tensor=2"),
+    Command("plan", "memory, FLOPs and step time of a config on a topology, without it",
+            lambda config, a: plan(config, a.topology, a.devices, a.mfu, a.hbm_gib,
+                                   a.peak_tflops),
+            (Flag("topology", "enum", "hardware to plan for", choices=tuple(TOPOLOGIES)),
+             Flag("devices", "integer", "or: N devices of one host"),
+             Flag("mfu", "float", "model FLOPs utilisation assumed for the step time", 0.4),
+             Flag("hbm-gib", "float", "memory per device (overrides the topology's)", 0.0),
+             Flag("peak-tflops", "float", "peak bf16 TFLOP/s per device (overrides)", 0.0)),
+            FILE, example="plm-jax plan --config configs/gpt.py:1.5b,mesh=tpu-v5e-256 "
+            "--topology v5e-256"),
+    Command("bench", "time the real train step on synthetic batches", lambda config, a:
+            bench(config), (), FILE, True, "plm-jax bench --config configs/gpt.py:124m"),
+    Command("bench-decode", "decode tokens/s with and without the key/value cache",
+            lambda config, a: bench_decode(config, _ints(a.batch_sizes, "batch-sizes"),
+                                           _ints(a.prompt_lengths, "prompt-lengths"),
+                                           a.new_tokens),
+            (Flag("batch-sizes", "string", "comma-separated", "1,32"),
+             Flag("prompt-lengths", "string", "comma-separated", "16,96"),
+             Flag("new-tokens", "integer", "tokens generated per run", 32)), FILE,
+            example="plm-jax bench-decode --config configs/gpt.py:tiny"),
+    Command("tokenizer train", "train a WordPiece or byte-level BPE vocabulary on files",
+            lambda config, a: tokenizer_train(a.input, a.kind, a.vocab_size, a.out,
+                                              lowercase=a.lowercase, text_field=a.text_field),
+            (Flag("input", "string", "glob of text (.txt/.gz) or JSON-lines (.jsonl) files",
+                  required=True),
+             Flag("kind", "enum", "wordpiece (BERT) or bpe (GPT-2)", required=True,
+                  choices=("wordpiece", "bpe")),
+             Flag("vocab-size", "integer", "entries in the vocabulary", required=True),
+             Flag("out", "string", "directory for tokenizer.json", required=True),
+             Flag("lowercase", "bool", "WordPiece: lowercase and strip accents", True),
+             Flag("text-field", "string", "JSON lines: the field holding the text", "text")),
+            example="plm-jax tokenizer train --input 'corpus/*.txt' --kind wordpiece "
+            "--vocab-size 30522 --out tok/"),
+    Command("data prepare", "tokenise the configured sources once into shards",
+            lambda config, a: data_prepare(config, a.out),
+            (Flag("out", "string", "directory for the prepared shards", required=True),), FILE,
+            example="plm-jax data prepare --config configs/bert.py:base --out data/bert"),
+    Command("data bench", "tokenisation and loader throughput on this machine",
+            lambda config, a: data_bench(config, a.batches),
+            (Flag("batches", "integer", "batches to time", 50),), FILE,
+            example="plm-jax data bench --config configs/bert.py:tiny"),
+    Command("import-hf", "turn a local Hugging Face model directory into a workdir",
+            lambda config, a: import_hf(a.hf_dir, a.workdir),
+            (Flag("hf-dir", "string", "a Hugging Face model directory", required=True),
+             _workdir("the new plm-jax workdir")),
+            example="plm-jax import-hf --hf-dir path/to/bert --workdir runs/imported"),
+    Command("export-hf", "write a checkpoint as a directory transformers loads",
+            lambda config, a: export_hf(a.workdir, a.out, a.step),
+            (_workdir("the run to export"),
+             Flag("out", "string", "directory to write the transformers model to",
+                  required=True), STEP),
+            example="plm-jax export-hf --workdir runs/bert-tiny --out hf/bert-tiny"),
+    Command("generate", "continue prompts with a GPT model (key/value cache)", _generate,
+            (_workdir("the run to restore"), STEP,
+             Flag("prompt", "string", "text to continue"),
+             Flag("prompts-file", "string", "a file of prompts, one per line (batched)"),
+             Flag("max-new-tokens", "integer", "tokens to generate", 32),
+             Flag("temperature", "float", "0 = greedy", 0.0),
+             Flag("top-k", "integer", "sample from the k best tokens (0 = all)", 0),
+             Flag("top-p", "float", "nucleus sampling mass", 1.0),
+             Flag("seed", "integer", "sampling seed", 0),
+             Flag("num-samples", "integer", "continuations per prompt", 1)),
+            example="plm-jax generate --workdir runs/gpt-tiny --prompt 'Return the'"),
+    Command("fill-mask", "the most likely tokens for each mask of a text (encoders)",
+            _fill_mask,
+            (_workdir("the run to restore"), STEP,
+             Flag("text", "string", "text with one or more mask tokens", required=True),
+             Flag("top-k", "integer", "tokens printed per mask", 5)),
+            example="plm-jax fill-mask --workdir runs/bert-tiny --text 'the [MASK] of a list'"),
+    Command("config", "print every field of a config (a file's, or a workdir's) with its value",
+            _print_config, (Flag("workdir", "string", "print this run's saved config"),),
+            FILE_OR_WORKDIR, example="plm-jax config --config configs/bert.py:base"),
+)}
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+def _define(command: Command, fv: flags.FlagValues) -> None:
+  for f in command.flags + (DISTRIBUTED_FLAGS if command.distributed else ()):
+    kwargs = dict(flag_values=fv)
+    if f.kind == "enum":
+      flags.DEFINE_enum(f.name, f.default, list(f.choices), f.help, **kwargs)
+    else:
+      getattr(flags, f"DEFINE_{f.kind}")(f.name, f.default, f.help, **kwargs)
+
+
+def _normalise(argv: list[str], command: Command) -> list[str]:
+  """--eval_steps=5 -> --eval-steps=5 for the command's own flags (config fields keep their
+  underscores)."""
+  names = {f.name for f in command.flags + DISTRIBUTED_FLAGS}
+  names |= {f"no{f.name}" for f in command.flags if f.kind == "bool"}
+  out = []
+  for arg in argv:
+    if arg.startswith("--") and not arg.startswith("--config"):
+      name, eq, value = arg[2:].partition("=")
+      if name.replace("_", "-") in names:
+        arg = f"--{name.replace('_', '-')}{eq}{value}"
+    out.append(arg)
+  return out
+
+
+def _first_pass(command: Command, argv: list[str]) -> flags.FlagValues:
+  """The command's own flags (e.g. --workdir), read before the config is defined."""
+  fv = flags.FlagValues()
+  _define(command, fv)
+  fv(argv, known_only=True)
+  return fv
+
+
+def _define_config(command: Command, fv: flags.FlagValues, early: flags.FlagValues,
+                   argv: list[str]) -> None:
+  """--config: a file, or the config saved in --workdir (with --config.* overrides)."""
+  workdir = early["workdir"].value if "workdir" in early else None
+  has_file = any(a == "--config" or a.startswith("--config=") for a in argv)
+  saved = bool(workdir) and workdirs.has_config(workdir)
+  # sys_argv: the overrides are read from these arguments (not sys.argv), so main() can be
+  # called with any argv, as the tests do.
+  if command.config == WORKDIR or (command.config == FILE_OR_WORKDIR and not has_file and saved):
+    if not saved:
+      return                   # evaluate of a missing workdir: its own error names the problem
+    config = workdirs.load_config(workdir)
+    if command.config == WORKDIR:
+      if not any(a.startswith("--config.") for a in argv):
+        return                 # evaluate restores onto FSDP over the devices present
+      config = fit_to_devices(config)
+    config_flags.DEFINE_config_dict("config", config, "the workdir's config", flag_values=fv,
+                                    lock_config=True, sys_argv=argv)
+  elif command.config in (FILE, FILE_OR_WORKDIR):
+    config_flags.DEFINE_config_file("config", None, "config file[:arg], e.g. "
+                                    "configs/bert.py:tiny", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+
+
+def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> None:
+  try:
+    rest = fv(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field the locked config lacks.
+    message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace(
+        "\n", " ").replace("\\'", "").replace("'", "")
+    raise UsageError(f"unknown config field in a --config.<field> override: {message}; list "
+                     f"the fields with `plm-jax config --config FILE:ARG`") from None
+  if len(rest) > 1:
+    raise UsageError(f"unexpected arguments {rest[1:]}")
+
+
+def _config(command: Command, fv: flags.FlagValues):
+  if "config" not in fv:
+    if command.config == FILE_OR_WORKDIR:
+      raise UsageError("--config is required, e.g. --config configs/bert.py:tiny (or a "
+                       "--workdir that holds a run)")
+    if command.config == FILE:
+      raise UsageError("--config is required, e.g. --config configs/bert.py:tiny")
+    return None
+  try:
+    config = fv.config
+    if config is None:
+      raise UsageError("--config is required, e.g. --config configs/bert.py:tiny")
+    config.keys()
+  except OSError as e:   # ml_collections defers a failed load until first access
+    detail = " ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+    raise UsageError(f"cannot load --config: {detail or e}; give a config file such as "
+                     "configs/bert.py:tiny or configs/gpt.py:tiny") from None
+  return config
+
+
+class Args:
+  """The command's flag values by Python name (--max-new-tokens -> args.max_new_tokens)."""
+
+  def __init__(self, command: Command, fv: flags.FlagValues):
+    for f in command.flags:
+      value = fv[f.name].value
+      if f.required and value in (None, ""):
+        raise UsageError(f"--{f.name} is required (see plm-jax {command.name} --help)")
+      setattr(self, f.key, value)
+
+
+def command_help(command: Command) -> str:
+  lines = [f"usage: plm-jax {command.name} [flags]", "", command.summary + "."]
+  if command.example:
+    lines += ["", f"example: {command.example}"]
+  lines += ["", "flags:"]
+  if command.config in (FILE, FILE_OR_WORKDIR):
+    lines.append("  --config FILE:ARG: a config file and its argument, e.g. configs/bert.py:tiny"
+                 + (" (default: the one saved in --workdir)"
+                    if command.config == FILE_OR_WORKDIR else ""))
+  for f in command.flags + (DISTRIBUTED_FLAGS if command.distributed else ()):
+    value = {"string": "TEXT", "integer": "N", "float": "X", "bool": "",
+             "enum": "|".join(f.choices)}[f.kind]
+    default = " (required)" if f.required else (
+        f" (default: {f.default})" if f.default not in (None, "") else "")
+    lines.append(f"  --{f.name}{' ' + value if value else ''}: {f.help}{default}")
+  if command.config:
+    lines += ["", "config fields: override any with --config.GROUP.FIELD=VALUE (e.g. "
+              "--config.train.steps=100);", "list them with `plm-jax config --config FILE:ARG`"
+              + (" or `plm-jax config --workdir DIR`" if command.config != FILE else "")]
+  return "\n".join(lines)
+
+
+def usage() -> str:
+  width = max(len(n) for n in COMMANDS)
+  rows = [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
+  examples = [f"  {c.example}" for c in COMMANDS.values() if c.example]
+  return "\n".join([__doc__.split("\n\n")[0].replace('"""', "").strip(), "",
+                    "usage: plm-jax COMMAND [flags]; plm-jax COMMAND --help", "", "commands:",
+                    *rows, "", "examples:", *examples])
+
+
+def _command_of(argv: list[str]) -> tuple[Command | None, list[str]]:
+  """The command named by argv[1] (or argv[1:3] for two-word commands) and its arguments."""
+  for words in (2, 1):
+    name = " ".join(argv[1:1 + words])
+    if name in COMMANDS:
+      return COMMANDS[name], argv[1 + words:]
+  return None, []
 
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-    print(USAGE)
+    print(usage())
     return 0 if len(argv) >= 2 else 2
-  command, rest_at = argv[1], 2
-  if command in ("tokenizer", "data"):    # two-word commands
-    command = f"{argv[1]} {argv[2] if len(argv) > 2 else ''}".strip()
-    rest_at = 3
-  if command not in COMMANDS:
-    print(f"plm-jax: unknown command {command!r}; one of {', '.join(COMMANDS)}\n{USAGE}",
+  if argv[1] == "--version":
+    print(f"plm-jax {__version__}")
+    return 0
+  command, rest = _command_of(argv)
+  if command is None:
+    print(f"plm-jax: unknown command {' '.join(argv[1:3])!r}; one of {', '.join(COMMANDS)}",
           file=sys.stderr)
     return 2
+  if any(a in ("-h", "--help", "-help", "--helpfull") for a in rest):
+    print(command_help(command))
+    return 0
   # The CLI shows the user's errors, not jax's C++ log noise nor Orbax's info/warnings.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from absl import logging
   logging.set_verbosity(logging.ERROR)
-  from plm_jax.errors import PlmJaxError
-
-  fv = flags.FlagValues()
-  flag_argv = [f"plm-jax {command}", *argv[rest_at:]]
-  if command in DISTRIBUTED_COMMANDS:
-    # Before anything touches jax (defining --config for evaluate counts the devices).
-    from plm_jax import distributed
-    try:
-      launch = distributed.detect(*(_argv_value(flag_argv, name) for name in (
-          "coordinator", "num-processes", "process-id", "heartbeat-timeout")))
-    except ValueError as e:
-      print(f"plm-jax {command}: error: {e}", file=sys.stderr)
-      return 2
-    distributed.initialize(launch)
-  _define(command, fv, flag_argv)
+  flag_argv = [f"plm-jax {command.name}", *_normalise(rest, command)]
   try:
-    try:
-      rest = fv(flag_argv)
-    except (AttributeError, KeyError) as e:
-      # ml_collections raises these for an override of a field the locked config lacks.
-      message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace(
-          "\n", " ").replace("\\'", "").replace("\'", "")
-      raise _UsageError(f"unknown config field in a --config.<field> override: {message}; "
-                        "the fields are listed in the config file and plm_jax/configlib.py"
-                        ) from None
-    if len(rest) > 1:
-      raise _UsageError(f"unexpected arguments {rest[1:]}")
-    _run(command, fv)
-  except flags.Error as e:
-    print(f"plm-jax {command}: error: {e}", file=sys.stderr)
-    return 2
-  except (_UsageError, PlmJaxError) as e:
-    print(f"plm-jax {command}: error: {e}", file=sys.stderr)
+    early = _first_pass(command, flag_argv)
+    if command.distributed:
+      # Before anything touches jax (a workdir's config is fitted to the devices below).
+      distributed.initialize(distributed.detect(*(early[name].value for name in (
+          "coordinator", "num-processes", "process-id", "heartbeat-timeout"))))
+    fv = flags.FlagValues()
+    _define(command, fv)
+    _define_config(command, fv, early, flag_argv)
+    _parse(command, fv, flag_argv)
+    args = Args(command, fv)
+    command.run(_config(command, fv), args)
+  except (flags.Error, UsageError, PlmJaxError) as e:
+    print(f"plm-jax {command.name}: error: {e}", file=sys.stderr)
     return 2
   return 0
 

@@ -1,17 +1,17 @@
-"""The config system: defaults shared by every family, mesh presets, and `size=...,mesh=...` args.
+"""The config system: defaults shared by every family, and `size=...,mesh=...` args.
 
-`configs/<family>.py` files hold only what differs per family (sizes, objective, data defaults)
-and call `make_config`. Every field is commented here, grouped as model / objective / data /
+`configs/<family>.py` files hold only what differs per family (a size table whose rows give the
+model shape and the data / train / optim values of that size, `tiny` included) and call
+`make_config`; the mesh presets are plm_jax/mesh_presets.py. Every field is commented here, grouped as model / objective / data /
 optim / train / checkpoint / mesh / bench. Configs are locked by the CLI, so an override of a
 misspelt field is an error.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
+from plm_jax import families
 from plm_jax.errors import ConfigError
+from plm_jax.mesh_presets import PRESETS
 
 # Logical axis -> mesh axes. Parameters: "embed" is sharded over fsdp (ZeRO-3 style), the
 # "heads"/"mlp"/"vocab" axes over tensor (Megatron style). Activations: the batch over data and
@@ -29,18 +29,6 @@ DEFAULT_RULES = (
     ("classes", None),
 )
 
-def mesh_presets() -> dict:
-  """The presets of configs/meshes.py (name -> {"ici": sizes, "dcn": sizes, "topology"})."""
-  path = Path(__file__).resolve().parents[1] / "configs" / "meshes.py"
-  if not path.exists():
-    raise ConfigError(f"{path} is missing: the mesh presets live there (a plm-jax checkout "
-                      "installed with `pip install -e .` has it)")
-  spec = importlib.util.spec_from_file_location("plm_jax_mesh_presets", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.PRESETS
-
-
 def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size") -> dict:
   """'base,mesh=gpu8' -> {'size': 'base', 'mesh': 'gpu8'}; a bare word is the size (or, with
   noun="task", the task of configs/classify.py)."""
@@ -55,10 +43,9 @@ def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size
     out[key] = value
   if out["size"] not in sizes:
     raise ConfigError(f"config {noun} {out['size']!r} is not one of {sorted(sizes)}")
-  presets = mesh_presets()
-  if out["mesh"] not in presets:
-    raise ConfigError(f"mesh preset {out['mesh']!r} is not one of {sorted(presets)} "
-                      "(configs/meshes.py)")
+  if out["mesh"] not in PRESETS:
+    raise ConfigError(f"mesh preset {out['mesh']!r} is not one of {sorted(PRESETS)} "
+                      "(plm_jax/mesh_presets.py)")
   return out
 
 
@@ -66,13 +53,32 @@ DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences",
                     "causal_lm": "blocks", "classify": "classify"}
 
 
-def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh: str,
-                data: dict, train: dict, optim: dict,
+def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
+                objective: str | None = None, data: dict | None = None,
+                train: dict | None = None, optim: dict | None = None,
                 classify: dict | None = None) -> ml_collections.ConfigDict:
-  builder = DEFAULT_BUILDERS[objective]
+  """The full config: `model` gives the shape (hidden_size, num_layers, num_heads, mlp_dim,
+  max_position, layer_norm_eps and any family-specific field), `data` / `train` / `optim` /
+  `classify` the values that differ from the defaults below; `objective` defaults to the
+  family's (plm_jax/families.py)."""
+  objective = objective or families.get(family).objectives[0]
   c = ml_collections.ConfigDict()
+  c.model = model_group(family, size_name, model)
+  c.objective = objective_group(objective)
+  c.data = data_group(DEFAULT_BUILDERS[objective], data or {})
+  c.optim = optim_group(optim or {})
+  c.train = train_group(train or {})
+  c.checkpoint = checkpoint_group()
+  c.mesh = mesh_group(mesh)
+  if objective == "classify":
+    c.classify = classify_group(classify or {})
+  c.bench = bench_group()
+  return c
 
-  c.model = m = ml_collections.ConfigDict()
+
+def model_group(family: str, size_name: str, size: dict) -> ml_collections.ConfigDict:
+  """The architecture (`size`: its shape and family-specific fields) and how it computes."""
+  m = ml_collections.ConfigDict()
   m.family = family                  # "bert", "roberta", "albert" (encoders) or "gpt" (decoder)
   m.size = size_name                 # the named size this config started from (informational)
   m.vocab_size = 0                   # embedding rows; 0 = the tokenizer's vocabulary size
@@ -95,15 +101,22 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   m.shared_layers = size.get("shared_layers", False)  # ALBERT: one layer's weights for all
   m.hidden_act = size.get("hidden_act", "gelu")       # encoders: "gelu" or "gelu_new" (tanh)
   m.position_offset = size.get("position_offset", False)  # RoBERTa: positions past padding id
+  return m
 
-  c.objective = o = ml_collections.ConfigDict()
+
+def objective_group(objective: str) -> ml_collections.ConfigDict:
+  o = ml_collections.ConfigDict()
   o.name = objective                 # "mlm_nsp" (BERT), "mlm_sop" (ALBERT), "mlm" (RoBERTa,
                                      # no sentence-pair task), "causal_lm" (GPT), or "classify"
                                      # (fine-tuning; see the classify group); the
                                      # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
+  return o
 
-  c.data = d = ml_collections.ConfigDict()
+
+def data_group(builder: str, values: dict) -> ml_collections.ConfigDict:
+  """Where the text comes from and how it becomes examples (plm_jax/data/)."""
+  d = ml_collections.ConfigDict()
   d.source = "builtin"               # builtin | text | jsonl | tfds | mixture (data/sources.py)
   d.path = ""                        # text / jsonl: a glob (.gz files are read transparently)
   d.doc_per_file = False             # text: one document per file (else blank lines separate)
@@ -129,9 +142,13 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   d.eval_fraction = 0.05             # documents held out for evaluation
   d.chunk_documents = 100_000        # documents tokenised (and, prepared, stored) per chunk
   d.prefetch = 4                     # batches prepared ahead of the train step
-  d.update(data)
+  d.update(values)
+  return d
 
-  c.optim = op = ml_collections.ConfigDict()
+
+def optim_group(values: dict) -> ml_collections.ConfigDict:
+  """AdamW and its learning-rate schedule (plm_jax/optim.py)."""
+  op = ml_collections.ConfigDict()
   op.learning_rate = 1e-4            # peak learning rate
   op.warmup_steps = 100              # linear warmup from 0
   op.schedule = "linear"             # decay after warmup: "linear" (to 0), "cosine", "constant"
@@ -142,9 +159,12 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   op.eps = 1e-6
   op.clip_norm = 1.0                 # global-norm gradient clipping; 0 = off
   op.grad_accum_steps = 1            # micro-batches per step (batch_size is the global total)
-  op.update(optim)
+  op.update(values)
+  return op
 
-  c.train = t = ml_collections.ConfigDict()
+
+def train_group(values: dict) -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
   t.steps = 1000                     # optimizer steps
   t.batch_size = 32                  # global batch, all devices and micro-batches together
   t.seed = 0                         # init, data order, masking and dropout all derive from it
@@ -153,36 +173,43 @@ def make_config(*, family: str, objective: str, size_name: str, size: dict, mesh
   t.log_every = 50                   # steps between console / TensorBoard / metrics.jsonl lines
   t.eval_every = 0                   # steps between evaluations during training; 0 = at the end
   t.eval_steps = 20                  # eval batches per evaluation (0 = the whole eval split)
-  t.update(train)
+  t.update(values)
+  return t
 
-  c.checkpoint = ck = ml_collections.ConfigDict()
+
+def checkpoint_group() -> ml_collections.ConfigDict:
+  ck = ml_collections.ConfigDict()
   ck.every = 500                     # steps between saves (and always at the end)
   ck.keep = 3                        # checkpoints kept (oldest deleted first)
   ck.async_save = True               # save in the background while training continues
+  return ck
 
-  c.mesh = ms = ml_collections.ConfigDict()
+
+def mesh_group(mesh: str) -> ml_collections.ConfigDict:
+  """The device mesh (plm_jax/parallel.py), from a preset of plm_jax/mesh_presets.py."""
+  ms = ml_collections.ConfigDict()
   ms.preset = mesh                   # the preset the axes below came from (informational)
-  preset = mesh_presets()[mesh]
+  preset = PRESETS[mesh]
   ms.update(preset["ici"])           # data, fsdp, tensor: ICI sizes (within a slice / node)
   dcn = preset.get("dcn", {})
   ms.dcn_data = dcn.get("data", 1)   # DCN sizes: across slices (multi-slice TPU) or nodes (GPU
   ms.dcn_fsdp = dcn.get("fsdp", 1)   # clusters); an axis's size is ICI x DCN
   ms.dcn_tensor = dcn.get("tensor", 1)
   ms.rules = DEFAULT_RULES           # logical axis -> mesh axes
+  return ms
 
-  if objective == "classify":
-    c.classify = classify_group(classify or {})
 
-  c.bench = b = ml_collections.ConfigDict()
+def bench_group() -> ml_collections.ConfigDict:
+  b = ml_collections.ConfigDict()
   b.steps = 10                       # timed steps of `plm-jax bench`
   b.warmup_steps = 2                 # untimed steps after compilation
-  return c
+  return b
 
 
 def classify_group(values: dict) -> ml_collections.ConfigDict:
   """Fine-tuning for sequence classification (`plm-jax finetune`, configs/classify.py)."""
   k = ml_collections.ConfigDict()
-  k.task = ""                        # a task of plm_jax/finetune/tasks.py ("sst2", "mrpc",
+  k.task = ""                        # a task of plm_jax/tasks.py ("sst2", "mrpc",
                                      # "imdb", "builtin", ...) or "csv" / "jsonl" (files below)
   k.num_classes = 0                  # outputs; 1 = regression (MSE); 0 = the task's or the data's
   k.label_names = ()                 # class names in id order ("" entries if unknown); () = from

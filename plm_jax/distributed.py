@@ -21,7 +21,11 @@ import os
 import socket
 import sys
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from plm_jax.errors import ConfigError
 
 ENV_COORDINATOR = "PLM_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "PLM_JAX_NUM_PROCESSES"
@@ -46,7 +50,7 @@ def _int(value, what: str) -> int | None:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f"{what}={value!r} is not an integer") from None
+    raise ConfigError(f"{what}={value!r} is not an integer") from None
 
 
 def detect(coordinator: str | None = None, num_processes: int | str | None = None,
@@ -67,11 +71,11 @@ def detect(coordinator: str | None = None, num_processes: int | str | None = Non
     if not all(given):
       missing = [n for n, g in zip(("--coordinator", "--num-processes", "--process-id"), given)
                  if not g]
-      raise ValueError(f"a multi-process run needs --coordinator, --num-processes and "
+      raise ConfigError(f"a multi-process run needs --coordinator, --num-processes and "
                        f"--process-id together (or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, "
                        f"{ENV_PROCESS_ID}); missing {', '.join(missing)}")
     if not 0 <= process_id < num_processes:
-      raise ValueError(f"--process-id {process_id} is not in [0, --num-processes "
+      raise ConfigError(f"--process-id {process_id} is not in [0, --num-processes "
                        f"{num_processes})")
     if num_processes == 1:
       return Launch("single", heartbeat_timeout_s=heartbeat)
@@ -95,7 +99,6 @@ def initialize(launch: Launch) -> None:
   """Starts jax.distributed for a multi-process launch and prints who is who; a no-op for one."""
   if launch.mode == "single":
     return
-  import jax
   kwargs = dict(heartbeat_timeout_seconds=launch.heartbeat_timeout_s,
                 initialization_timeout=int(os.environ.get("PLM_JAX_INIT_TIMEOUT", "300")))
   if launch.mode == "explicit":
@@ -112,10 +115,8 @@ def initialize(launch: Launch) -> None:
 
 def broadcast_bytes(data: bytes | None) -> bytes:
   """Process 0's bytes on every process (e.g. a tokenizer trained once)."""
-  import jax
   if jax.process_count() == 1:
     return data or b""
-  from jax.experimental import multihost_utils
   raw = np.frombuffer(data or b"", np.uint8)
   size = int(multihost_utils.broadcast_one_to_all(np.int64(raw.size)))
   padded = np.zeros(size, np.uint8)
@@ -125,9 +126,7 @@ def broadcast_bytes(data: bytes | None) -> bytes:
 
 def agree(value: int | None) -> int | None:
   """Process 0's integer (or None) on every process: e.g. the step all of them resume from."""
-  import jax
   if jax.process_count() == 1:
     return value
-  from jax.experimental import multihost_utils
   out = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if value is None else value)))
   return None if out < 0 else out

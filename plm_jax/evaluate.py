@@ -1,17 +1,18 @@
-"""Evaluation of a restored checkpoint on the devices present (parameters only)."""
+"""`plm-jax evaluate`: a restored checkpoint's eval metrics on the devices present."""
 
 import json
 import os
 
 import jax
-from flax import nnx
 
-from plm_jax import checkpoint
+from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.inference import load_model
+from plm_jax.finetune.predict import evaluate_classifier
+from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
-from plm_jax.train import EVAL_KEYS, evaluate_params, load_data
+from plm_jax.run_data import load_data
+from plm_jax.trainer import evaluate_params
 
 
 def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = None,
@@ -23,30 +24,28 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   optimizer state is never read. Fine-tuned runs report their classification metrics on
   `split`, of the latest, `step` or (`best`) the best checkpoint.
   """
-  saved = checkpoint.load_config(workdir)
+  saved = workdirs.load_config(workdir)
   if saved.objective.name == "classify":
-    from plm_jax.finetune.run import evaluate_classifier
     return evaluate_classifier(workdir, step, best=best, split=split, devices=devices,
                                config=config)
   if best or split != "validation":
     raise ConfigError("--best and --split are for fine-tuned runs (plm-jax finetune); a "
                       "pretraining run is evaluated on its held-out documents")
-  restored = load_model(workdir, step, devices, config=config)
-  config, trainer = restored.config, restored.trainer
+  loaded = load_params(workdir, step, devices, config=config)
+  config, trainer = loaded.config, loaded.trainer
   if eval_steps is not None:
     with config.unlocked():
       config.train.eval_steps = eval_steps
-  eval_data = loader.Batches(config, load_data(config, restored.tokenizer), loader.EVAL,
+  eval_data = loader.Batches(config, load_data(config, loaded.tokenizer), loader.EVAL,
                              mesh=trainer.mesh)
   steps = eval_data.eval_steps(config.train.eval_steps)
-  params = nnx.to_pure_dict(nnx.state(restored.model, nnx.Param))
-  metrics = evaluate_params(trainer, params, eval_data, steps)
-  console(f"eval of {workdir} @ step {restored.step} ({steps} batches of "
-          f"{config.train.batch_size}): {format_metrics(metrics, EVAL_KEYS)}")
-  result = {"step": restored.step, "workdir": os.path.abspath(workdir), "eval_batches": steps,
+  metrics = evaluate_params(trainer, loaded.params, eval_data, steps)
+  console(f"eval of {workdir} @ step {loaded.step} ({steps} batches of "
+          f"{config.train.batch_size}): {format_metrics(metrics, trainer.objective.eval_keys)}")
+  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "eval_batches": steps,
             **metrics}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"eval_step_{restored.step}.json"), "w",
+    with open(os.path.join(workdir, f"eval_step_{loaded.step}.json"), "w",
               encoding="utf-8") as f:
       json.dump(result, f, indent=2)
   return result

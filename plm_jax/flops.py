@@ -1,11 +1,12 @@
 """Model FLOPs per token and accelerator peaks, for MFU.
 
 Conventions match `shared/bench/reference_h200.py`, so plm-jax and the PyTorch references are
-compared on the same scale:
-  GPT:  6 N + 12 L d T, N = parameters without the token and position embeddings.
-  BERT: 6 N + 12 L d T + 6 V d, N = parameters without the word embeddings (transformers counts
-        the MLM decoder over every position; plm-jax computes it only at the ~15% chosen
-        positions, so its *hardware* FLOPs are lower than this model-FLOPs figure).
+compared on the same scale (each family's registry entry names its formula):
+  decoders (GPT):  6 N + 12 L d T, N = parameters without the token and position embeddings.
+  encoders (BERT): 6 N + 12 L d T + 6 V d, N = parameters without the word embeddings
+        (transformers counts the MLM decoder over every position; plm-jax computes it only at
+        the ~15% chosen positions, so its *hardware* FLOPs are lower than this model-FLOPs
+        figure).
 """
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' datasheets.
@@ -24,11 +25,14 @@ def peak_flops(device_kind: str) -> float | None:
   return None
 
 
-def flops_per_token(family: str, n_params: int, *, vocab: int, hidden: int, layers: int,
-                    seq_len: int, max_position: int) -> float:
-  attention = 12 * layers * hidden * seq_len
-  if family == "gpt":
-    non_embedding = n_params - vocab * hidden - max_position * hidden
-    return 6 * non_embedding + attention
+def decoder_flops_per_token(n_params: int, *, vocab: int, hidden: int, layers: int,
+                            seq_len: int, max_position: int) -> float:
+  non_embedding = n_params - vocab * hidden - max_position * hidden
+  return 6 * non_embedding + 12 * layers * hidden * seq_len
+
+
+def encoder_flops_per_token(n_params: int, *, vocab: int, hidden: int, layers: int,
+                            seq_len: int, max_position: int) -> float:
+  del max_position      # the position table is counted like any other parameter
   non_embedding = n_params - vocab * hidden
-  return 6 * non_embedding + attention + 6 * vocab * hidden
+  return 6 * non_embedding + 12 * layers * hidden * seq_len + 6 * vocab * hidden

@@ -1,4 +1,6 @@
-"""Using a trained (or imported) model: restore it from a workdir, generate text, fill masks."""
+"""Using a trained (or imported) model: its parameters restored from a workdir on any devices
+(`load_params`, the one restore path of evaluate, export, fine-tuning and inference), text
+generation and fill-mask."""
 
 import dataclasses
 import os
@@ -7,19 +9,26 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import checkpoint, parallel
+from plm_jax import checkpoint, checks, families, parallel, workdir as workdirs
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.generate import SamplingConfig, generate
+from plm_jax.models.config import padded_vocab
+from plm_jax.trainer import Trainer
 
 
 @dataclasses.dataclass
-class Restored:
-  model: nnx.Module
+class Loaded:
+  """The parameters of one checkpoint, placed on their shards, and what they need."""
+  params: dict             # pure dict, as the trainer's state holds them
   config: object
   tokenizer: TextTokenizer
   step: int
-  trainer: object
+  trainer: Trainer         # its mesh, shardings and compiled steps (built abstractly)
+
+  def module(self) -> nnx.Module:
+    """The parameters as a callable model (generation, fill-mask)."""
+    return self.trainer.model(self.params)
 
 
 def fit_to_devices(config, num_devices: int | None = None):
@@ -33,18 +42,18 @@ def fit_to_devices(config, num_devices: int | None = None):
   return config
 
 
-def load_model(workdir: str, step: int | None = None, devices=None, config=None,
-               subdir: str = checkpoint.CHECKPOINT_DIR) -> Restored:
-  """The parameters of `step` (default: the latest) of a workdir, as a callable model, on
-  `devices` (default: all); the optimizer state is never read.
+def load_params(workdir: str, step: int | None = None, devices=None, config=None,
+                subdir: str = checkpoint.CHECKPOINT_DIR) -> Loaded:
+  """The parameters of `step` (default: the latest) of a workdir, on `devices` (default: all);
+  the optimizer state is never read.
 
   `config` (default: the workdir's, with FSDP over the devices) may choose another mesh;
   `subdir` another set of checkpoints (checkpoint.BEST_DIR: the best fine-tuned model).
   """
-  from plm_jax.train import Trainer, padded_vocab     # local: train imports the data stack
   devices = jax.devices() if devices is None else list(devices)
   if config is None:
-    config = fit_to_devices(checkpoint.load_config(workdir), len(devices))
+    config = fit_to_devices(workdirs.load_config(workdir), len(devices))
+  checks.validate(config, len(devices))
   mesh = parallel.mesh_for(config, devices)
   tokenizer = TextTokenizer.load(workdir)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
@@ -60,38 +69,38 @@ def load_model(workdir: str, step: int | None = None, devices=None, config=None,
       raise CheckpointError(f"--step {step} is not in {manager.directory}; saved steps: {steps}")
     params = checkpoint.restore(manager, step, trainer.abstract_state, trainer.state_shardings,
                                 params_only=True)["params"]
-  return Restored(trainer.model(params), config, tokenizer, step, trainer)
+  return Loaded(params, config, tokenizer, step, trainer)
 
 
-def _not_a_classifier(restored: Restored, command: str) -> None:
+def _not_a_classifier(restored: Loaded, command: str) -> None:
   if restored.config.objective.name == "classify":
     raise ConfigError(f"{command} needs a pretrained model with its language-model head; this "
                       "workdir holds a fine-tuned classifier (use plm-jax evaluate), or give "
                       f"its pretraining run: {restored.config.classify.init_from}")
 
 
-def generate_text(restored: Restored, prompts: list[str], cfg: SamplingConfig,
+def generate_text(restored: Loaded, prompts: list[str], cfg: SamplingConfig,
                   num_samples: int = 1) -> list[list[str]]:
   """`num_samples` continuations of each prompt (decoded text of the new tokens)."""
   _not_a_classifier(restored, "generate")
-  if restored.config.model.family != "gpt":
-    raise ConfigError(f"generate needs a GPT model; {restored.config.model.family} is an "
-                      "encoder (use fill-mask)")
+  if not families.get(restored.config.model.family).decoder:
+    raise ConfigError(f"generate needs a GPT model (a decoder); {restored.config.model.family} "
+                      "is an encoder (use fill-mask)")
   tok = restored.tokenizer
   ids = [tok.encode_batch([p])[0] or [tok.eos_id] for p in prompts]
   cfg = dataclasses.replace(cfg, eos_id=tok.eos_id if cfg.eos_id is None else cfg.eos_id)
   rows = [i for i in ids for _ in range(num_samples)]
-  out = generate(restored.model, rows, cfg)
+  out = generate(restored.module(), rows, cfg)
   texts = [tok.decode([t for t in r if t != tok.eos_id]) for r in out]
   return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def fill_mask(restored: Restored, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+def fill_mask(restored: Loaded, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
   """For each mask token in `text`, the top-k tokens and their probabilities."""
   _not_a_classifier(restored, "fill-mask")
-  if restored.config.model.family == "gpt":
-    raise ConfigError("fill-mask needs an encoder (BERT, RoBERTa, ALBERT); this is a GPT model "
-                      "(use generate)")
+  if families.get(restored.config.model.family).decoder:
+    raise ConfigError("fill-mask needs an encoder (BERT, RoBERTa, ALBERT); this is a decoder "
+                      f"({restored.config.model.family}: use generate)")
   tok = restored.tokenizer
   mask_token = tok.role_token("mask")
   ids = [tok.cls_id, *tok.encode_batch([text])[0], tok.sep_id]
@@ -104,7 +113,7 @@ def fill_mask(restored: Restored, text: str, top_k: int = 5) -> list[list[tuple[
   if len(ids) > limit:
     raise ConfigError(f"--text is {len(ids)} tokens long; the model takes {limit}")
   input_ids = np.array([ids], np.int32)
-  out = restored.model(input_ids, np.zeros_like(input_ids), np.ones_like(input_ids),
+  out = restored.module()(input_ids, np.zeros_like(input_ids), np.ones_like(input_ids),
                        np.array([where], np.int32))
   probs = np.asarray(jax.nn.softmax(out["mlm_logits"][0], axis=-1))
   probs = probs[:, :tok.vocab_size]                  # never propose padded vocabulary rows

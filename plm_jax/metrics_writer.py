@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+from tensorboardX import SummaryWriter
 
 
 def format_duration(seconds: float) -> str:
@@ -26,7 +27,6 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
-      from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict) -> None:

@@ -4,8 +4,6 @@ fine-tuning, layer-wise learning-rate decay and a learning rate of the head's ow
 import jax
 import optax
 
-from plm_jax.models.classifier import HEAD_PARAMS
-
 
 def make_schedule(o, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to the peak, then linear / cosine decay to end_lr_fraction x peak."""
@@ -29,29 +27,15 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def _depth(path: tuple[str, ...], num_layers: int, shared: bool) -> int | None:
-  """0 for embeddings, l + 1 for layer l, num_layers + 1 above the layers; None for the head."""
-  if path[0] in HEAD_PARAMS:
-    return None
-  if path[0] == "encoder":
-    path = path[1:]
-  if path[0] == "layers":
-    # ALBERT's one shared layer is every layer: it gets the top layer's rate.
-    return num_layers if shared else int(path[1]) + 1
-  if path[0] in ("embeddings", "projection", "wte", "wpe"):
-    return 0
-  return num_layers + 1                       # pooler, GPT's final LayerNorm
-
-
-def lr_factors(params, num_layers: int, shared_layers: bool, layer_decay: float,
-               head_factor: float):
+def lr_factors(params, depth, num_layers: int, layer_decay: float, head_factor: float):
   """Per-parameter multipliers of the learning rate: layer_decay^(L + 1 - depth) for the body
   (ELECTRA / BEiT-style layer-wise decay: the embeddings change least), head_factor for the
-  new head. A tree of Python floats shaped like `params`."""
+  new head. `depth(path)` is the family's layer grouping (plm_jax.families.Family.layer_depth):
+  0 for embeddings, l + 1 for layer l, L + 1 above, None for the head. A tree of Python floats
+  shaped like `params`."""
   def factor(path, _):
-    keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-    depth = _depth(keys, num_layers, shared_layers)
-    return head_factor if depth is None else layer_decay ** (num_layers + 1 - depth)
+    d = depth(tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
+    return head_factor if d is None else layer_decay ** (num_layers + 1 - d)
   return jax.tree_util.tree_map_with_path(factor, params)
 
 

@@ -1,8 +1,9 @@
-"""Device mesh from the config, validation against the devices present, and shardings.
+"""Device mesh from the config, and shardings.
 
 The mesh has three axes: `data` (replicated weights, split batch), `fsdp` (weights and batch
-split, ZeRO-3 style) and `tensor` (weights split within a layer, Megatron style). Everything is
-checked before anything is compiled, with errors that name the field and a value that works.
+split, ZeRO-3 style) and `tensor` (weights split within a layer, Megatron style). The mesh's
+sizes are checked here, with errors that name the field and a value that works; the rest of the
+config is checked by plm_jax.checks, which every command runs first.
 """
 
 import math
@@ -14,10 +15,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from plm_jax.errors import ConfigError
-from plm_jax.models.partitioning import logical_to_spec
-
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+from plm_jax.models.partitioning import BATCH_AXES, MESH_AXES, logical_to_spec
 
 
 DCN_FIELDS = tuple(f"dcn_{a}" for a in MESH_AXES)
@@ -66,66 +64,6 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   return tuple(s * d for s, d in zip(sizes, dcn))
 
 
-def validate(config, num_devices: int, num_processes: int | None = None
-             ) -> tuple[int, int, int]:
-  """Checks the config against the devices (of `num_processes` processes, default: this run's)
-  and itself; returns the mesh shape."""
-  shape = resolve_mesh_shape(config.mesh, num_devices)
-  data, fsdp, tensor = shape
-  m, t = config.model, config.train
-  if m.family not in ("bert", "roberta", "albert", "gpt"):
-    raise ConfigError(f"model.family={m.family!r} is not one of bert, roberta, albert, gpt")
-  allowed = {"bert": ("mlm_nsp", "mlm", "mlm_sop"), "roberta": ("mlm",),
-             "albert": ("mlm_sop", "mlm", "mlm_nsp"), "gpt": ("causal_lm",)}[m.family]
-  if config.objective.name == "classify":
-    from plm_jax.finetune.tasks import validate_classify   # fine-tuning: its own data fields
-    validate_classify(config)
-  elif config.objective.name not in allowed:
-    raise ConfigError(f"objective.name={config.objective.name!r} does not fit model.family="
-                      f"{m.family!r}; use --config.objective.name={allowed[0]}")
-  else:
-    from plm_jax.data.pipeline import check_builder   # data.builder must build that objective
-    try:
-      check_builder(config)
-    except Exception as e:  # noqa: BLE001 - re-raised as a config error naming the field
-      raise ConfigError(str(e)) from None
-  if m.hidden_size % m.num_heads:
-    raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads="
-                      f"{m.num_heads}")
-  if m.num_heads % tensor:
-    ok = [d for d in range(1, tensor + 1) if m.num_heads % d == 0 and num_devices % d == 0]
-    raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by mesh.tensor={tensor}; "
-                      f"use --config.mesh.tensor={max(ok)}")
-  if m.mlp_dim % tensor:
-    raise ConfigError(f"model.mlp_dim={m.mlp_dim} is not divisible by mesh.tensor={tensor}")
-  accum = config.optim.grad_accum_steps
-  if accum < 1:
-    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1")
-  processes = jax.process_count() if num_processes is None else num_processes
-  unit = math.lcm(data * fsdp * accum, processes * accum)   # every process feeds whole rows
-  if t.batch_size <= 0 or t.batch_size % unit:
-    good = max(unit, -(-t.batch_size // unit) * unit)   # the next multiple up
-    raise ConfigError(
-        f"train.batch_size={t.batch_size} is not divisible by {unit} (mesh.data x mesh.fsdp "
-        f"x optim.grad_accum_steps = {data}x{fsdp}x{accum}, over {processes} process(es)); "
-        f"use --config.train.batch_size={good}")
-  if config.data.max_seq_length > m.max_position:
-    raise ConfigError(f"data.max_seq_length={config.data.max_seq_length} exceeds "
-                      f"model.max_position={m.max_position}; lower it or raise max_position")
-  for field in ("dtype", "param_dtype"):
-    if m[field] not in ("float32", "bfloat16", "float16"):
-      raise ConfigError(f"model.{field}={m[field]!r} is not one of float32, bfloat16, float16")
-  if m.attention_impl not in ("xla", "cudnn"):
-    raise ConfigError(f"model.attention_impl={m.attention_impl!r} is not 'xla' or 'cudnn'")
-  if t.steps < 0 or config.checkpoint.every <= 0 or config.checkpoint.keep <= 0:
-    raise ConfigError("train.steps must be >= 0, checkpoint.every and checkpoint.keep > 0")
-  if t.prng_impl not in ("threefry2x32", "rbg", "unsafe_rbg"):
-    raise ConfigError(f"train.prng_impl={t.prng_impl!r} is not threefry2x32, rbg, unsafe_rbg")
-  if config.optim.schedule not in ("linear", "cosine", "constant"):
-    raise ConfigError(f"optim.schedule={config.optim.schedule!r} is not linear/cosine/constant")
-  return shape
-
-
 def make_mesh(shape: tuple[int, int, int], devices=None,
               dcn: tuple[int, int, int] = (1, 1, 1)) -> Mesh:
   """The mesh of total sizes `shape`. With DCN sizes > 1 it is a hybrid mesh: the devices are
@@ -167,10 +105,11 @@ def _granules(devices, count: int) -> list[list]:
 
 
 def mesh_for(config, devices=None) -> Mesh:
-  """Validates `config` against `devices` (default: all) and builds its (hybrid) mesh."""
+  """The (hybrid) mesh of an already validated `config` (plm_jax.checks) over `devices`
+  (default: all)."""
   devices = jax.devices() if devices is None else list(devices)
-  shape = validate(config, len(devices))
-  return make_mesh(shape, devices, dcn_shape(config.mesh))
+  return make_mesh(resolve_mesh_shape(config.mesh, len(devices)), devices,
+                   dcn_shape(config.mesh))
 
 
 def rules_dict(config) -> dict:

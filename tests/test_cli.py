@@ -6,11 +6,13 @@ import os
 
 import pytest
 
-from conftest import MINILM, ROOT
+from helpers import MINILM, ROOT
 from plm_jax import cli
 
 BERT = os.path.join(ROOT, "configs", "bert.py")
 GPT = os.path.join(ROOT, "configs", "gpt.py")
+
+pytestmark = pytest.mark.e2e     # whole commands and runs
 
 
 def snapshot(directory):

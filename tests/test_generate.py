@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from plm_jax import models
+from plm_jax import families, models
 from plm_jax.generate import SamplingConfig, filter_logits, generate, greedy
 
 
@@ -15,7 +15,7 @@ def gpt():
   cfg = models.ModelConfig(family="gpt", vocab_size=97, hidden_size=32, num_layers=2,
                            num_heads=4, mlp_dim=64, max_position=96, dropout_rate=0.0,
                            layer_norm_eps=1e-5)
-  return models.build(cfg, nnx.Rngs(0))
+  return families.build(cfg, nnx.Rngs(0))
 
 
 def test_cached_greedy_equals_recomputing_the_prefix(gpt):

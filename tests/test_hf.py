@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import MINILM  # noqa: E402
+from helpers import MINILM  # noqa: E402
 from plm_jax import hf  # noqa: E402
 from plm_jax.errors import CheckpointError  # noqa: E402
 from plm_jax.generate import greedy  # noqa: E402

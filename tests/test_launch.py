@@ -6,7 +6,9 @@ import shutil
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from helpers import ROOT
 from plm_jax import launch_local
 
 
@@ -37,6 +39,7 @@ def test_child_environments():
   assert gpu["CUDA_VISIBLE_DEVICES"] == "3" and "JAX_PLATFORMS" not in gpu
 
 
+@pytest.mark.e2e
 def test_local_sh_runs_a_two_process_benchmark():
   env = {**os.environ, "PROCESSES": "2", "DEVICES": "2",
          "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}

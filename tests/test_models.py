@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import family_config
-from plm_jax import models, parallel
+from helpers import family_config
+from plm_jax import families, models, parallel
 from plm_jax.models.bert import gather_positions
 from plm_jax.models.layers import AttentionMask
-from plm_jax.train import model_config, padded_vocab
+from plm_jax.models.config import model_config, padded_vocab
 
 
 def small(family, **kw):
@@ -20,7 +20,7 @@ def small(family, **kw):
 
 
 def test_gpt_is_causal():
-  model = models.build(small("gpt"), nnx.Rngs(0))
+  model = families.build(small("gpt"), nnx.Rngs(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)))
   changed = ids.at[:, 10].set((ids[:, 10] + 1) % 64)
   a, b = model(ids)["logits"], model(changed)["logits"]
@@ -29,7 +29,7 @@ def test_gpt_is_causal():
 
 
 def test_bert_padding_does_not_leak():
-  model = models.build(small("bert"), nnx.Rngs(0))
+  model = families.build(small("bert"), nnx.Rngs(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(5, 64, (2, 16)))
   mask = jnp.asarray(np.arange(16)[None, :] < np.array([[10], [16]])).astype(jnp.int32)
   other = jnp.where(mask == 1, ids, 7)
@@ -40,7 +40,7 @@ def test_bert_padding_does_not_leak():
 
 
 def test_segment_mask_blocks_attention_across_packed_documents():
-  model = models.build(small("gpt"), nnx.Rngs(0))
+  model = families.build(small("gpt"), nnx.Rngs(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (1, 16)))
   seg = jnp.asarray([[1] * 8 + [2] * 8])
   pos = jnp.asarray([list(range(8)) * 2])
@@ -56,7 +56,7 @@ def test_attention_mask_dense():
 
 
 def test_mlm_head_equals_full_logits_at_the_chosen_positions():
-  model = models.build(small("bert"), nnx.Rngs(0))
+  model = families.build(small("bert"), nnx.Rngs(0))
   ids = jnp.asarray(np.random.default_rng(0).integers(5, 64, (2, 16)))
   positions = jnp.asarray([[1, 4, 9], [0, 2, 15]])
   out = model(ids, jnp.zeros_like(ids), jnp.ones_like(ids), positions)
@@ -67,17 +67,17 @@ def test_mlm_head_equals_full_logits_at_the_chosen_positions():
 
 
 def test_mlm_decoder_is_tied_to_word_embeddings():
-  model = models.build(small("bert"), nnx.Rngs(0))
+  model = families.build(small("bert"), nnx.Rngs(0))
   names = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   assert not any("decoder" in n for n in names)
-  gpt = models.build(small("gpt"), nnx.Rngs(0))
+  gpt = families.build(small("gpt"), nnx.Rngs(0))
   assert not any("lm_head" in "/".join(map(str, p))
                  for p, _ in nnx.to_flat_state(nnx.state(gpt, nnx.Param)))
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
 def test_every_parameter_has_logical_axes(family):
-  model = nnx.eval_shape(lambda: models.build(small(family), nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: families.build(small(family), nnx.Rngs(0)))
   for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     axes = v.get_metadata().get("axes")
     assert axes is not None and len(axes) == v.ndim, path
@@ -94,7 +94,7 @@ def test_published_sizes(family, size, count):
   config = (bert if family == "bert" else gpt).get_config(size)
   # Published counts use the unpadded vocabulary (30,522 / 50,257).
   cfg = model_config(config, config.data.vocab_size)
-  model = nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: families.build(cfg, nnx.Rngs(0)))
   n = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
   if family == "bert":  # BertForPreTraining adds the MLM transform/bias and NSP to BERT's 110M
     h, v = config.model.hidden_size, config.data.vocab_size
@@ -105,7 +105,7 @@ def test_published_sizes(family, size, count):
 
 def test_param_specs_follow_rules():
   config = family_config("bert")
-  model = nnx.eval_shape(lambda: models.build(small("bert"), nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: families.build(small("bert"), nnx.Rngs(0)))
   specs = parallel.param_specs(nnx.state(model, nnx.Param), parallel.rules_dict(config))
   word = specs["encoder"]["embeddings"]["word"]["embedding"]
   word = word.value if hasattr(word, "value") else word
@@ -116,7 +116,7 @@ def test_param_specs_follow_rules():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
-  model = models.build(small("gpt", dtype="bfloat16"), nnx.Rngs(0))
+  model = families.build(small("gpt", dtype="bfloat16"), nnx.Rngs(0))
   out = model(jnp.zeros((1, 8), jnp.int32))["logits"]
   assert out.dtype == jnp.float32
   assert model.wte.embedding[...].dtype == jnp.float32

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from plm_jax import cli, distributed
+from plm_jax.errors import ConfigError
 
 CONFIGS = {"bert": os.path.join(ROOT, "configs", "bert.py"),
            "gpt": os.path.join(ROOT, "configs", "gpt.py")}
@@ -44,6 +45,7 @@ def train_args(family, workdir, tokenizer, steps=4):
           "--config.data.dupe_factor=1", "--config.checkpoint.every=2"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family", ["bert", "gpt"])
 def test_two_processes_train_like_one(family, tmp_path, tokenizers_dir):
   two, one = tmp_path / "two", tmp_path / "one"
@@ -79,6 +81,7 @@ def test_two_processes_train_like_one(family, tmp_path, tokenizers_dir):
       assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-5), (a, b)
 
 
+@pytest.mark.e2e
 def test_a_dead_process_stops_the_other(tmp_path, tokenizers_dir):
   """Kill process 1 mid-run: process 0 must exit with an error by itself, within bounded time
   (jax's heartbeat), not hang in a collective."""
@@ -128,9 +131,9 @@ def test_detect_explicit_slurm_tpu_and_single():
   assert d(environ={"TPU_WORKER_HOSTNAMES": "localhost"}).mode == "single"
   assert d(environ={"MEGASCALE_NUM_SLICES": "2"}).mode == "tpu"
   assert d("h:1", 1, 0, environ={}).mode == "single"
-  with pytest.raises(ValueError, match="missing --num-processes, --process-id"):
+  with pytest.raises(ConfigError, match="missing --num-processes, --process-id"):
     d("h:1", environ={})
-  with pytest.raises(ValueError, match="--process-id 3 is not in"):
+  with pytest.raises(ConfigError, match="--process-id 3 is not in"):
     d("h:1", 2, 3, environ={})
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from jax.experimental import mesh_utils
 
-from conftest import family_config
-from plm_jax import parallel
+from helpers import family_config
+from plm_jax import checks, parallel
 from plm_jax import topology
-from plm_jax.configlib import mesh_presets
+from plm_jax.mesh_presets import PRESETS
 from plm_jax.errors import ConfigError
 
 
@@ -38,29 +38,28 @@ def test_mesh_that_does_not_fit(mesh, match):
 def test_batch_not_divisible_suggests_a_batch():
   config = family_config("bert", **{"train.batch_size": 30, "mesh.fsdp": 8})
   with pytest.raises(ConfigError, match=r"train.batch_size=30 .* use --config.train.batch_size=32"):
-    parallel.validate(config, 8)
+    checks.validate(config, 8)
 
 
 def test_heads_not_divisible_by_tensor():
   config = family_config("gpt", **{"model.num_heads": 4, "mesh.fsdp": -1, "mesh.tensor": 8})
   with pytest.raises(ConfigError, match=r"num_heads=4 is not divisible by mesh.tensor=8; use "
                                         r"--config.mesh.tensor=4"):
-    parallel.validate(config, 8)
+    checks.validate(config, 8)
 
 
 def test_objective_must_match_family():
   config = family_config("gpt", **{"objective.name": "mlm_nsp"})
   with pytest.raises(ConfigError, match="use --config.objective.name=causal_lm"):
-    parallel.validate(config, 8)
+    checks.validate(config, 8)
 
 
 def test_sequence_longer_than_positions():
   config = family_config("bert", **{"data.max_seq_length": 256})
   with pytest.raises(ConfigError, match="max_position=128"):
-    parallel.validate(config, 8)
+    checks.validate(config, 8)
 
 
-PRESETS = mesh_presets()
 
 
 @pytest.mark.parametrize("preset", sorted(p for p in PRESETS if "topology" in PRESETS[p]))

@@ -7,6 +7,7 @@ import types
 
 import jax
 
+from plm_jax import checks
 from plm_jax.data import loader, pipeline, sources
 from plm_jax.data.tokenizer import train_tokenizer
 from plm_jax.errors import DataError
@@ -42,6 +43,7 @@ def tokenizer_train(input_glob: str, kind: str, vocab_size: int, out: str, *,
 
 def data_prepare(config, out: str) -> dict:
   """Tokenises the configured sources once into OUT (see plm_jax.data.pipeline)."""
+  checks.validate_data(config)
   console(f"preparing {config.data.source} data into {out} ({config.data.builder} examples of "
           f"{config.data.max_seq_length} tokens)")
   meta = pipeline.prepare_to_disk(config, out, log=console)
@@ -59,6 +61,7 @@ def data_prepare(config, out: str) -> dict:
 
 def data_bench(config, batches: int = 50) -> dict:
   """Tokenisation throughput (MB/s) and loader throughput (examples/s) on this machine."""
+  checks.validate_data(config)
   t0 = time.perf_counter()
   data = (pipeline.load_prepared(config, config.data.prepared) if config.data.prepared
           else pipeline.prepare_in_memory(config))

@@ -19,10 +19,12 @@ import math
 import queue
 import threading
 
+import grain
 import jax
 import numpy as np
 
 from plm_jax.data.pipeline import PreparedData
+from plm_jax.models.partitioning import BATCH_AXES
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, mask_tokens,
                                         max_predictions_for)
 
@@ -64,7 +66,6 @@ def process_rows(mesh, process_index: int, global_batch: int) -> np.ndarray:
   """The rows of a global batch, split over the mesh's batch axes (data, fsdp), that the
   devices of `process_index` hold, in increasing order. On TPU slices a host's devices are
   not one contiguous block of the batch (e.g. blocks 0, 1, 16, 17 of 256 on a v5e-256)."""
-  from plm_jax.parallel import BATCH_AXES
   names = list(mesh.axis_names)
   order = [names.index(a) for a in BATCH_AXES] + [i for i, a in enumerate(names)
                                                    if a not in BATCH_AXES]
@@ -192,7 +193,6 @@ class Batches:
     rows = process_rows(mesh, p, self.global_batch) if mesh is not None and n > 1 else \
         np.arange(p * self.local_batch, (p + 1) * self.local_batch)
     seed = config.train.seed
-    import grain  # lazy: `plm-jax bench` and model-only users do not need it
     if split == TRAIN:
       parts = [grain.MapDataset.source(Rows(a)).shuffle(seed=seed + 7919 * i).repeat(None)
                for i, a in enumerate(prepared.train)]
@@ -267,7 +267,9 @@ def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndar
       out[name] = np.ones(shape, dtype)
     elif name == "segment_ids":
       half = (np.arange(t)[None, :] >= t // 2).astype(dtype)
-      out[name] = np.repeat(half + (config.model.family == "gpt"), shape[0], 0)
+      # packed GPT examples number their documents from 1 (0 is padding); pairs from 0
+      first = 1 if config.objective.name == "causal_lm" else 0
+      out[name] = np.repeat(half + first, shape[0], 0)
     elif name == "positions":
       out[name] = np.repeat(np.arange(t, dtype=dtype)[None, :], shape[0], 0)
     elif name == "masked_positions":

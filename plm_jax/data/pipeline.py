@@ -21,19 +21,21 @@ import time
 
 import numpy as np
 
+from plm_jax import families
 from plm_jax.data import examples as ex
 from plm_jax.data import sources
 from plm_jax.data.tokenizer import LM_ROLES, MLM_ROLES, TextTokenizer, load_tokenizer, \
     train_tokenizer
 from plm_jax.errors import DataError
 
+# builder: (the objective its examples train, tokenised by sentence?). A family trains the
+# objectives its registry entry lists, so it takes the builders of those objectives.
 BUILDERS = {
-    # builder: (families, objective, tokenisation by sentence?)
-    "nsp": (("bert", "albert"), "mlm_nsp", True),
-    "sop": (("albert", "bert"), "mlm_sop", True),
-    "full_sentences": (("roberta", "bert", "albert"), "mlm", True),
-    "blocks": (("gpt",), "causal_lm", False),
-    "packed": (("gpt",), "causal_lm", False),
+    "nsp": ("mlm_nsp", True),
+    "sop": ("mlm_sop", True),
+    "full_sentences": ("mlm", True),
+    "blocks": ("causal_lm", False),
+    "packed": ("causal_lm", False),
 }
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -65,19 +67,17 @@ def check_builder(config) -> str:
   builder = config.data.builder
   if builder not in BUILDERS:
     raise DataError(f"data.builder={builder!r} is not one of {sorted(BUILDERS)}")
-  families, objective, _ = BUILDERS[builder]
-  if config.model.family not in families or config.objective.name != objective:
-    fits = [b for b, (f, o, _) in BUILDERS.items()
-            if config.model.family in f and o == config.objective.name]
-    raise DataError(f"data.builder={builder!r} builds {objective} examples for "
-                    f"{'/'.join(families)}, not {config.objective.name} for "
-                    f"{config.model.family}; use "
+  objective = BUILDERS[builder][0]
+  if config.objective.name != objective:
+    fits = [b for b, (o, _) in BUILDERS.items() if o == config.objective.name]
+    raise DataError(f"data.builder={builder!r} builds {objective} examples, not "
+                    f"{config.objective.name} examples; use "
                     f"--config.data.builder={fits[0] if fits else '...'}")
   return builder
 
 
 def required_roles(builder: str) -> tuple[str, ...]:
-  return MLM_ROLES if BUILDERS[builder][2] else LM_ROLES
+  return MLM_ROLES if BUILDERS[builder][1] else LM_ROLES
 
 
 def tokenizer_for(config, sample_documents) -> TextTokenizer:
@@ -86,8 +86,7 @@ def tokenizer_for(config, sample_documents) -> TextTokenizer:
   if config.data.tokenizer:
     tok = load_tokenizer(config.data.tokenizer)
   else:
-    kind = {"bert": "wordpiece", "albert": "wordpiece", "roberta": "roberta-bpe",
-            "gpt": "bpe"}[config.model.family]
+    kind = families.get(config.model.family).tokenizer_kind
     tok = train_tokenizer((s for d in sample_documents for s in d), kind,
                           config.data.vocab_size, lowercase=config.data.lowercase)
   tok.require(required_roles(builder))
@@ -98,7 +97,7 @@ def build_examples(documents, tokenizer: TextTokenizer, config, builder: str,
                    rng: np.random.Generator, stats: BuildStats) -> dict[str, np.ndarray]:
   """One chunk of documents -> example arrays."""
   seq = config.data.max_seq_length
-  by_sentence = BUILDERS[builder][2]
+  by_sentence = BUILDERS[builder][1]
   if by_sentence:
     flat = [s for d in documents for s in d]
     t0 = time.perf_counter()
@@ -204,20 +203,11 @@ def _sample_documents(config, specs, limit: int):
   return out
 
 
-def shared_tokenizer(config, specs) -> TextTokenizer:
-  """data.tokenizer, or one trained on the corpus by process 0 and sent to the others: HF
-  tokenizers' training is not bit-reproducible, and every process must use the same ids."""
-  import jax
-  from plm_jax import distributed
-  if config.data.tokenizer or jax.process_count() == 1:
-    return tokenizer_for(config, _sample_documents(config, specs,
-                                                   config.data.tokenizer_sample_documents))
-  text = None
-  if jax.process_index() == 0:
-    tok = tokenizer_for(config, _sample_documents(config, specs,
-                                                  config.data.tokenizer_sample_documents))
-    text = tok.tokenizer.to_str().encode("utf-8")
-  return TextTokenizer.from_json(distributed.broadcast_bytes(text).decode("utf-8"))
+def corpus_tokenizer(config) -> TextTokenizer:
+  """data.tokenizer, or a vocabulary trained on the first documents of the sources."""
+  specs = sources.specs_from_config(config.data)
+  return tokenizer_for(config, _sample_documents(config, specs,
+                                                 config.data.tokenizer_sample_documents))
 
 
 def prepare_in_memory(config, tokenizer: TextTokenizer | None = None) -> PreparedData:
@@ -225,7 +215,7 @@ def prepare_in_memory(config, tokenizer: TextTokenizer | None = None) -> Prepare
   builder = check_builder(config)
   specs = sources.specs_from_config(config.data)
   if tokenizer is None:
-    tokenizer = shared_tokenizer(config, specs)
+    tokenizer = corpus_tokenizer(config)
   tokenizer.require(required_roles(builder))
   parts: dict = {}
   stats = _process(config, tokenizer, builder, specs,

@@ -4,7 +4,7 @@ Sources: a TFDS dataset (`tfds.data_source`, no TensorFlow needed), CSV or JSON-
 named columns, or the built-in sentence-pair task. Bad records (a missing text, a label that is
 not a number or a known class) are skipped and counted, never fatal.
 
-Layouts, as the pretrained models saw them:
+Layouts, as the pretrained models saw them (each family's `pair_layout` in plm_jax/families.py):
   BERT / ALBERT   [CLS] a [SEP] b [SEP], segment ids 0 for "[CLS] a [SEP]" and 1 for "b [SEP]"
   RoBERTa         <s> a </s></s> b </s>, one segment
   GPT-2           a <eos> b <eos>; the classifier reads the last (<eos>) token
@@ -19,9 +19,12 @@ import zlib
 
 import numpy as np
 
+from plm_jax import families
+from plm_jax.data import sources
+from plm_jax.data.builtin_corpus import read_builtin_text
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.tasks import Task, task_of
+from plm_jax.tasks import Task, task_of
 
 TRAIN, EVAL, TEST = "train", "eval", "test"
 UNLABELED = -1      # GLUE's hidden test labels
@@ -160,8 +163,6 @@ def _builtin_splits() -> dict[str, Records]:
   or test (one in ten each) by a hash of its text, and pairs whose first sentence occurs in an
   earlier split are dropped (the standard library repeats some docstrings): no sentence is seen
   in two splits as A. Fixed (seed 0), so every run sees the same dataset."""
-  from plm_jax.data import sources
-  from plm_jax.data.builtin_corpus import read_builtin_text
   docs = sources.parse_documents(read_builtin_text())
   bucket = [zlib.crc32("\n".join(d).encode("utf-8")) % 10 for d in docs]
   out, seen = {}, set()
@@ -321,12 +322,12 @@ def is_labeled(labels: np.ndarray) -> np.ndarray:
 # --- encoding --------------------------------------------------------------------------------------
 
 def _layout(tok: TextTokenizer, family: str, pair: bool) -> tuple[list, list, list, int]:
-  """(prefix, middle, suffix) special ids around a / b, and b's segment id."""
-  if family == "gpt":
-    return [], [tok.eos_id] if pair else [], [tok.eos_id], 0
-  if family == "roberta":
-    return [tok.cls_id], [tok.sep_id, tok.sep_id] if pair else [], [tok.sep_id], 0
-  return [tok.cls_id], [tok.sep_id] if pair else [], [tok.sep_id], 1
+  """(prefix, middle, suffix) special ids around a / b, and b's segment id: the family's
+  pair layout (plm_jax/families.py) in this tokenizer's ids."""
+  layout = families.get(family).pair_layout
+  ids = lambda roles: [tok.role_id(r) for r in roles]  # noqa: E731
+  return ids(layout.prefix), ids(layout.middle) if pair else [], ids(layout.suffix), \
+      layout.b_segment
 
 
 def truncate_longest_first(a: list[int], b: list[int] | None, budget: int) -> bool:

@@ -58,3 +58,27 @@ class ModelConfig:
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         layer_norm_eps=self.layer_norm_eps, initializer_range=self.initializer_range,
         attention_impl=impl, dtype=self.compute_dtype, param_dtype=self.storage_dtype)
+
+
+def padded_vocab(config, tokenizer_vocab: int) -> int:
+  """Rows of the embedding table: model.vocab_size (or the tokenizer's) rounded up to
+  model.vocab_pad_multiple, so the table splits evenly and fills the MXU / tensor cores."""
+  size = config.model.vocab_size or tokenizer_vocab
+  multiple = max(1, config.model.vocab_pad_multiple)
+  return -(-size // multiple) * multiple
+
+
+def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
+  """The frozen ModelConfig of a run's ml_collections config (the models never see the latter)."""
+  m = config.model
+  return ModelConfig(
+      family=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
+      num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+      max_position=m.max_position, type_vocab_size=m.type_vocab_size,
+      dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+      layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
+      attention_impl=m.attention_impl, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+      nsp_head=config.objective.name in ("mlm_nsp", "mlm_sop"),
+      embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,
+      position_offset=m.position_offset, pad_token_id=pad_token_id,
+      num_labels=config.classify.num_classes if config.objective.name == "classify" else 0)

@@ -16,6 +16,10 @@ from typing import Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+# The device mesh's axes, and those a batch is split over (data parallel and FSDP).
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
 _RULES: contextvars.ContextVar = contextvars.ContextVar("plm_jax_axis_rules", default=None)
 
 

@@ -21,6 +21,11 @@ class MaskedLM:
 
   name = "mlm"
   pair: str | None = None   # the sentence-pair task: its labels are batch[f"{pair}_labels"]
+  # The metrics progress lines show, in this order (those present).
+  train_keys = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy", "sop_accuracy",
+                "learning_rate")
+  eval_keys = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "sop_loss",
+               "sop_accuracy")
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
@@ -75,6 +80,8 @@ class CausalLM:
   """GPT: mean next-token cross-entropy over real (non-padding) targets."""
 
   name = "causal_lm"
+  train_keys = ("loss", "perplexity", "learning_rate")
+  eval_keys = ("loss", "lm_loss", "perplexity", "lm_accuracy")
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     # Packed sequences (data.builder="packed") carry segment ids and restarting positions.
@@ -104,6 +111,8 @@ class Classification:
   (regression). `example_weights` is 0 for the rows that only pad the last eval batch."""
 
   name = "classify"
+  train_keys = ("loss", "accuracy", "mse", "learning_rate")
+  eval_keys = ("loss", "accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman", "mse")
 
   def __init__(self, regression: bool = False):
     self.regression = regression

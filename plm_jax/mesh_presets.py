@@ -1,5 +1,7 @@
 """Mesh presets: `--config configs/bert.py:base,mesh=NAME`, then --config.mesh.<field>=N.
 
+They ship inside the package, so an installed plm-jax needs no checkout beside it.
+
 Each preset gives the ICI sizes (within one slice / node: fast links) of the three mesh axes
 data, fsdp and tensor, and optionally DCN sizes (across slices / nodes: slow links); an axis's
 size is ICI x DCN. -1 (ICI only) means "the devices of a slice / node the other axes leave".

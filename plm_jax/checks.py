@@ -1,0 +1,106 @@
+"""One checks pass: a config against itself and the devices, before anything is built.
+
+Every command that builds a model calls `validate` once, first; nothing is read, compiled or
+written before it passes. Each error names the field, the value given and one that works. This
+module sits beside the code it protects (the mesh, the data builders, the task table, the
+family registry) and imports nothing above them.
+"""
+
+import math
+
+import jax
+
+from plm_jax import families
+from plm_jax.data import pipeline
+from plm_jax.errors import ConfigError, DataError
+from plm_jax.parallel import resolve_mesh_shape
+from plm_jax.tasks import validate_classify
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("xla", "cudnn")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+def validate(config, num_devices: int, num_processes: int | None = None
+             ) -> tuple[int, int, int]:
+  """Checks `config` against `num_devices` devices of `num_processes` processes (default:
+  this run's) and itself; returns the mesh shape (data, fsdp, tensor)."""
+  shape = resolve_mesh_shape(config.mesh, num_devices)
+  validate_data(config)
+  _model(config, shape, num_devices)
+  _batch(config, shape, jax.process_count() if num_processes is None else num_processes)
+  _schedule(config)
+  return shape
+
+
+def validate_data(config) -> None:
+  """What the data commands (tokenizer, prepare, bench) need of a config: the family, the
+  objective and its builder, a sequence the model can take; no mesh (they run anywhere)."""
+  _objective(config)
+  m = config.model
+  if config.data.max_seq_length > m.max_position:
+    raise ConfigError(f"data.max_seq_length={config.data.max_seq_length} exceeds "
+                      f"model.max_position={m.max_position}; lower it or raise max_position")
+
+
+def _objective(config) -> None:
+  family = families.get(config.model.family)
+  name = config.objective.name
+  if name == "classify":
+    validate_classify(config)           # fine-tuning: the classify group instead of a builder
+    return
+  if name not in family.objectives:
+    raise ConfigError(f"objective.name={name!r} does not fit model.family={family.name!r}; use "
+                      f"--config.objective.name={family.objectives[0]}")
+  try:
+    pipeline.check_builder(config)      # data.builder must build that objective
+  except DataError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _model(config, shape, num_devices: int) -> None:
+  m = config.model
+  tensor = shape[2]
+  if m.hidden_size % m.num_heads:
+    raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads="
+                      f"{m.num_heads}")
+  if m.num_heads % tensor:
+    ok = [d for d in range(1, tensor + 1) if m.num_heads % d == 0 and num_devices % d == 0]
+    raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by mesh.tensor={tensor}; "
+                      f"use --config.mesh.tensor={max(ok)}")
+  if m.mlp_dim % tensor:
+    raise ConfigError(f"model.mlp_dim={m.mlp_dim} is not divisible by mesh.tensor={tensor}")
+  for field in ("dtype", "param_dtype"):
+    if m[field] not in DTYPES:
+      raise ConfigError(f"model.{field}={m[field]!r} is not one of {', '.join(DTYPES)}")
+  if m.attention_impl not in ATTENTION:
+    raise ConfigError(f"model.attention_impl={m.attention_impl!r} is not 'xla' or 'cudnn'")
+
+
+def _batch(config, shape, processes: int) -> None:
+  data, fsdp, _ = shape
+  accum, batch = config.optim.grad_accum_steps, config.train.batch_size
+  if accum < 1:
+    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1")
+  unit = math.lcm(data * fsdp * accum, processes * accum)   # every process feeds whole rows
+  if batch <= 0:
+    raise ConfigError(f"train.batch_size={batch} must be positive; use "
+                      f"--config.train.batch_size={unit} (or a multiple of it)")
+  if batch % unit:
+    good = -(-batch // unit) * unit      # the next multiple up
+    raise ConfigError(
+        f"train.batch_size={batch} is not divisible by {unit} (mesh.data x mesh.fsdp "
+        f"x optim.grad_accum_steps = {data}x{fsdp}x{accum}, over {processes} process(es)); "
+        f"use --config.train.batch_size={good}")
+
+
+def _schedule(config) -> None:
+  t = config.train
+  if t.steps < 0 or config.checkpoint.every <= 0 or config.checkpoint.keep <= 0:
+    raise ConfigError("train.steps must be >= 0, checkpoint.every and checkpoint.keep > 0")
+  if t.prng_impl not in PRNG_IMPLS:
+    raise ConfigError(f"train.prng_impl={t.prng_impl!r} is not one of {', '.join(PRNG_IMPLS)}")
+  if config.optim.schedule not in SCHEDULES:
+    raise ConfigError(f"optim.schedule={config.optim.schedule!r} is not one of "
+                      f"{', '.join(SCHEDULES)}")

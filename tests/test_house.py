@@ -1,0 +1,160 @@
+"""The shape of the code: layers import only downwards, no import hides in a function, and no
+module but the family registry tells families apart by name."""
+
+import ast
+import pathlib
+
+import pytest
+
+from helpers import ROOT
+
+PACKAGE = pathlib.Path(ROOT) / "plm_jax"
+CONFIGS = pathlib.Path(ROOT) / "configs"
+
+# Low to high: a module imports only modules of its own layer or below (and no cycles within
+# a layer). A new module must be placed here.
+LAYERS = [
+    # 0: facts that need nothing
+    ("plm_jax", "plm_jax.errors", "plm_jax.mesh_presets"),
+    # 1: the runtime (processes, topologies, console) and the logical axes
+    ("plm_jax.distributed", "plm_jax.topology", "plm_jax.metrics_writer",
+     "plm_jax.models.partitioning"),
+    # 2: models, objectives, reading and tokenising text, pure tables and formulas
+    ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",
+     "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.sources", "plm_jax.data.examples",
+     "plm_jax.data.builtin_corpus", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
+     "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.metrics"),
+    # 3: the family registry
+    ("plm_jax.families",),
+    # 4: configs, tasks, the data pipeline and loader, the mesh
+    ("plm_jax.configlib", "plm_jax.tasks", "plm_jax.data.pipeline", "plm_jax.data.loader",
+     "plm_jax.parallel"),
+    # 5: the checks pass, checkpoints, the workdir, classification data
+    ("plm_jax.checks", "plm_jax.checkpoint", "plm_jax.workdir", "plm_jax.finetune.data"),
+    # 6: the trainer, Hugging Face interop
+    ("plm_jax.trainer", "plm_jax.hf"),
+    # 7: the run scaffold, restoring, a run's data
+    ("plm_jax.scaffold", "plm_jax.inference", "plm_jax.run_data"),
+    # 8: the commands' library functions
+    ("plm_jax.pretrain", "plm_jax.finetune.run", "plm_jax.finetune.predict", "plm_jax.evaluate",
+     "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands"),
+    # 9: entry points
+    ("plm_jax.cli", "plm_jax.launch_local"),
+]
+CONFIG_LAYER = 4         # configs/*.py import the config layer and below only
+# Imports allowed inside functions: optional dependencies, absent from a plain install.
+OPTIONAL = ("tensorflow_datasets", "torch")
+FAMILY_NAMES = {"bert", "roberta", "albert", "gpt", "gpt2"}
+# Only the registry and the Hugging Face tables spell family names (configs name their own).
+NAMES_FAMILIES = {"plm_jax.families", "plm_jax.hf_tables"}
+
+
+def module_name(path: pathlib.Path) -> str:
+  parts = list(path.relative_to(ROOT).with_suffix("").parts)
+  if parts[-1] == "__init__":
+    parts.pop()
+  return ".".join(parts)
+
+
+def layer_of(name: str) -> int:
+  for i, layer in enumerate(LAYERS):
+    for pattern in layer:
+      if name == pattern or (pattern.endswith(".*") and name.startswith(pattern[:-1])):
+        return i
+  raise AssertionError(f"{name} has no layer in tests/test_house.py LAYERS: place it there")
+
+
+def modules() -> dict[str, ast.Module]:
+  return {module_name(p): ast.parse(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported(tree: ast.Module, known: set[str]) -> set[str]:
+  """The plm_jax modules a module imports (`from plm_jax import x` imports plm_jax.x)."""
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out |= {a.name for a in node.names if a.name.startswith("plm_jax")}
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("plm_jax"):
+      for a in node.names:
+        full = f"{node.module}.{a.name}"
+        out.add(full if full in known else node.module)
+  return out
+
+
+def test_every_import_points_down_the_layers():
+  trees = modules()
+  known = set(trees)
+  upward = []
+  for name, tree in trees.items():
+    for target in imported(tree, known):
+      if layer_of(target) > layer_of(name):
+        upward.append(f"{name} (layer {layer_of(name)}) imports {target} "
+                      f"(layer {layer_of(target)})")
+  assert upward == []
+
+
+def test_no_import_cycle():
+  trees = modules()
+  graph = {name: imported(tree, set(trees)) - {name} for name, tree in trees.items()}
+  state: dict[str, int] = {}
+
+  def visit(node, path):
+    state[node] = 1
+    for nxt in graph.get(node, ()):
+      if state.get(nxt) == 1:
+        raise AssertionError(f"import cycle: {' -> '.join(path + [nxt])}")
+      if nxt not in state:
+        visit(nxt, path + [nxt])
+    state[node] = 2
+
+  for name in graph:
+    if name not in state:
+      visit(name, [name])
+
+
+def test_configs_import_only_the_config_layer():
+  for path in sorted(CONFIGS.glob("*.py")):
+    for target in imported(ast.parse(path.read_text()), set(modules())):
+      assert layer_of(target) <= CONFIG_LAYER, f"{path.name} imports {target}"
+
+
+def test_imports_inside_functions_are_optional_dependencies_only():
+  hidden = []
+  for name, tree in modules().items():
+    for fn in ast.walk(tree):
+      if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        continue
+      for node in ast.walk(fn):
+        if isinstance(node, ast.Import):
+          names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+          names = [node.module or ""]
+        else:
+          continue
+        hidden += [f"{name}.{fn.name}: {n}" for n in names if n.split(".")[0] not in OPTIONAL]
+  assert hidden == []
+
+
+def test_only_the_registry_tells_families_apart():
+  named = []
+  for name, tree in modules().items():
+    if name in NAMES_FAMILIES:
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Constant) and node.value in FAMILY_NAMES:
+        named.append(f"{name}:{node.lineno}: {node.value!r}")
+  assert named == []
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "gpt"])
+def test_size_tables_have_a_tiny_row_and_no_branches(family):
+  """Each family's config is a table (a `tiny` row among the published sizes), read without
+  `if ... else` expressions."""
+  path = CONFIGS / f"{family}.py"
+  tree = ast.parse(path.read_text())
+  assert not [n for n in ast.walk(tree) if isinstance(n, (ast.IfExp, ast.If))]
+  namespace: dict = {}
+  exec(compile(tree, str(path), "exec"), namespace)  # noqa: S102 - our own config file
+  assert "tiny" in namespace["SIZES"] and len(namespace["SIZES"]) > 1
+  config = namespace["get_config"]("tiny")
+  assert config.model.hidden_size == namespace["SIZES"]["tiny"]["model"]["hidden_size"]
