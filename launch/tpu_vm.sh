@@ -9,6 +9,12 @@
 #   bash launch/tpu_vm.sh run train --config configs/bert.py:large,mesh=tpu-v4-32 \
 #     --workdir gs://my-bucket/runs/bert-large
 #   bash launch/tpu_vm.sh logs          # each worker's log into ./tpu-logs/
+#
+# `run` outlives preemptions: when the command exits 75 (a preemption notice: every worker saved
+# a checkpoint at the same step), 4 (hung: stopped by the watchdog) or 255 (ssh lost the VM), it
+# recreates the TPU VM if it is gone or preempted, installs this checkout again and runs the same
+# command, which resumes from the last checkpoint; at most MAX_RESTARTS times (default 20;
+# MAX_RESTARTS=0 runs once). The workdir must outlive the VM (a gs:// bucket).
 #   bash launch/tpu_vm.sh down          # delete the VM / queued resource
 #
 # Multi-slice: NUM_SLICES=2 ACCELERATOR=v5litepod-256 ... creates a queued resource of 2 slices
@@ -110,7 +116,8 @@ run() {
 MEGASCALE_NUM_SLICES=$NUM_SLICES MEGASCALE_SLICE_ID=$slice"
     fi
     # Every worker runs the same command; its output goes to the terminal and ~/plm-jax.log.
-    on_all "$node" "cd plm-jax && $env_prefix PYTHONUNBUFFERED=1 python3 -m plm_jax.cli \
+    on_all "$node" "cd plm-jax && $env_prefix PLM_JAX_BREAK_LOCK=${PLM_JAX_BREAK_LOCK:-0} \
+      PYTHONUNBUFFERED=1 python3 -m plm_jax.cli \
       $cmd 2>&1 | tee ~/$LOG; exit \${PIPESTATUS[0]}" &
     pids+=($!)
     slice=$((slice + 1))
@@ -120,6 +127,41 @@ MEGASCALE_NUM_SLICES=$NUM_SLICES MEGASCALE_SLICE_ID=$slice"
     wait "$pid" || status=$?
   done
   return "$status"
+}
+
+healthy() {  # the TPU VM / queued resource exists and is ready to run
+  if [ "$NUM_SLICES" -gt 1 ]; then
+    "${gc[@]}" queued-resources describe "$TPU_NAME" "${common[@]}" \
+      --format='value(state.state)' 2>/dev/null | grep -q ACTIVE
+  else
+    "${gc[@]}" tpu-vm describe "$TPU_NAME" "${common[@]}" --format='value(state)' \
+      2>/dev/null | grep -q READY
+  fi
+}
+
+resilient_run() {  # run, and after a preemption or a hang run again (resuming)
+  restarts=0
+  while :; do
+    status=0
+    run "$@" || status=$?
+    case "$status" in
+      75|4|255) ;;
+      *) return "$status" ;;
+    esac
+    if [ "$restarts" -ge "${MAX_RESTARTS:-20}" ]; then
+      echo "stopped early (exit $status) after $restarts restart(s): giving up" >&2
+      return "$status"
+    fi
+    restarts=$((restarts + 1))
+    echo "stopped early (exit $status): restart $restarts, resuming from the last checkpoint" >&2
+    if ! healthy; then
+      down || true
+      up
+      setup
+      # The old VM is gone, and its trainer with it: its lock on the workdir may be taken.
+      export PLM_JAX_BREAK_LOCK=1
+    fi
+  done
 }
 
 logs() {
@@ -148,9 +190,9 @@ shift || true
 case "$action" in
   up) up ;;
   setup) setup ;;
-  run) run "$@" ;;
+  run) resilient_run "$@" ;;
   logs) logs ;;
   down) down ;;
-  all) up && setup && { run "$@" || status=$?; } ; logs; down; exit "${status:-0}" ;;
+  all) up && setup && { resilient_run "$@" || status=$?; } ; logs; down; exit "${status:-0}" ;;
   *) echo "usage: tpu_vm.sh up|setup|run ARGS|logs|down|all ARGS" >&2; exit 2 ;;
 esac

@@ -31,6 +31,17 @@ def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
                                item_names=("params", "opt_state", "meta"))
 
 
+def complete_steps(workdir: str, subdir: str = CHECKPOINT_DIR) -> list[int]:
+  """The steps whose checkpoint was finalised, read from the directory alone (Orbax writes a
+  step into a temporary folder and renames it when complete): also when Orbax itself cannot
+  answer, e.g. on a full disk."""
+  try:
+    names = os.listdir(checkpoint_dir(workdir, subdir))
+  except OSError:
+    return []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
 def latest_step(workdir: str, subdir: str = CHECKPOINT_DIR) -> int | None:
   if not os.path.isdir(checkpoint_dir(workdir, subdir)):
     return None
@@ -71,11 +82,17 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, sha
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; all are reported
     detail = " ".join(str(e).split())[:300]
     # Which it is comes from the checkpoint's own metadata, not from the wording of the error.
-    mismatch = _params_mismatch(os.path.join(where, "params"), abstract_state["params"])
+    mismatch = _tree_mismatch(os.path.join(where, "params"), abstract_state["params"])
     if mismatch:
       raise CheckpointError(
           f"checkpoint {where} does not fit this model's parameters ({mismatch}); it was "
           "written by a different model: use a fresh --workdir") from None
+    if not params_only:
+      mismatch = _tree_mismatch(os.path.join(where, "opt_state"), abstract_state["opt_state"])
+      if mismatch:
+        raise OptimizerMismatch(
+            f"checkpoint {where} holds an optimizer state of another shape than this config's "
+            f"optimizer ({mismatch})") from None
     raise CheckpointError(
         f"checkpoint {where} is corrupt or incomplete ({detail}); delete that folder to resume "
         "from the previous checkpoint") from None
@@ -83,26 +100,32 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, sha
 
 
 def _key_path(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  # DictKey .key, SequenceKey .idx, GetAttrKey .name (optax states are named tuples)
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in path)
 
 
-def _params_mismatch(params_dir: str, abstract_params) -> str | None:
-  """How the saved parameters' names and shapes differ from the model's; None if they agree
-  (or the metadata is unreadable: then the checkpoint is corrupt, not foreign)."""
+class OptimizerMismatch(CheckpointError):
+  """The parameters fit but the optimizer state does not: the optimizer's config changed."""
+
+
+def _tree_mismatch(item_dir: str, abstract_tree) -> str | None:
+  """How a saved item's names and shapes differ from `abstract_tree`'s; None if they agree (or
+  the metadata is unreadable: then the checkpoint is corrupt, not foreign)."""
   try:
-    tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+    tree = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
     saved = {_key_path(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(tree)}
   except Exception:  # noqa: BLE001 - unreadable metadata: corrupt
     return None
   if not saved:          # Orbax gives no tree when the array store itself is unreadable
     return None
   wanted = {_key_path(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+            for p, x in jax.tree_util.tree_leaves_with_path(abstract_tree)}
   for name in sorted(wanted.keys() | saved.keys()):
     if name not in saved:
       return f"{name} is missing"
     if name not in wanted:
-      return f"{name} is not a parameter of this model"
+      return f"{name} is not expected here"
     if saved[name] != wanted[name]:
       return f"{name} has shape {saved[name]}, the model {wanted[name]}"
   return None

@@ -20,6 +20,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("xla", "cudnn")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 SCHEDULES = ("linear", "cosine", "constant")
+NONFINITE = ("stop", "skip")
 
 
 def validate(config, num_devices: int, num_processes: int | None = None
@@ -99,6 +100,11 @@ def _schedule(config) -> None:
   t = config.train
   if t.steps < 0 or config.checkpoint.every <= 0 or config.checkpoint.keep <= 0:
     raise ConfigError("train.steps must be >= 0, checkpoint.every and checkpoint.keep > 0")
+  if t.nonfinite not in NONFINITE:
+    raise ConfigError(f"train.nonfinite={t.nonfinite!r} is not one of {', '.join(NONFINITE)}")
+  if t.max_consecutive_skips < 0 or t.step_timeout_s < 0 or config.checkpoint.every_seconds < 0:
+    raise ConfigError("train.max_consecutive_skips, train.step_timeout_s and "
+                      "checkpoint.every_seconds must be >= 0")
   if t.prng_impl not in PRNG_IMPLS:
     raise ConfigError(f"train.prng_impl={t.prng_impl!r} is not one of {', '.join(PRNG_IMPLS)}")
   if config.optim.schedule not in SCHEDULES:

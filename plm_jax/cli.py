@@ -12,8 +12,10 @@ be overridden with `--config.optim.learning_rate=3e-4` (a misspelt field is an e
 
 import dataclasses
 import json
+import logging as std_logging
 import os
 import sys
+import threading
 from typing import Callable
 
 from absl import flags, logging
@@ -30,6 +32,7 @@ from plm_jax.hf_workdir import export_hf, import_hf
 from plm_jax.inference import fill_mask, fit_to_devices, generate_text, load_params
 from plm_jax.plan import plan
 from plm_jax.pretrain import train
+from plm_jax.stopping import RunStopped
 from plm_jax.topology import TOPOLOGIES
 
 
@@ -369,6 +372,31 @@ def _command_of(argv: list[str]) -> tuple[Command | None, list[str]]:
   return None, []
 
 
+def quiet_libraries() -> None:
+  """The CLI shows the user's errors, once, in one line: not jax's C++ log noise, nor Orbax's
+  logs of a failure it is about to raise (a full disk prints one log per array), nor asyncio's
+  complaints about the futures of a restore that failed. PLM_JAX_VERBOSE=1 keeps them."""
+  if os.environ.get("PLM_JAX_VERBOSE"):
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.set_verbosity(logging.FATAL)
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+  # TensorStore reads still in flight when a restore fails land on Orbax's closed event loop;
+  # their "Event loop is closed" tracebacks would bury the one line that explains the failure.
+  def closed_loop(error) -> bool:
+    return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+  sys.excepthook = _unless(closed_loop, lambda a: a[1], sys.excepthook)
+  threading.excepthook = _unless(closed_loop, lambda a: a[0].exc_value, threading.excepthook)
+  sys.unraisablehook = _unless(closed_loop, lambda a: a[0].exc_value, sys.unraisablehook)
+
+
+def _unless(ignored, error_of, hook):
+  def filtered(*args):
+    if not ignored(error_of(args)):
+      hook(*args)
+  return filtered
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -385,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
   if any(a in ("-h", "--help", "-help", "--helpfull") for a in rest):
     print(command_help(command))
     return 0
-  # The CLI shows the user's errors, not jax's C++ log noise nor Orbax's info/warnings.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.set_verbosity(logging.ERROR)
+  quiet_libraries()
   flag_argv = [f"plm-jax {command.name}", *_normalise(rest, command)]
   try:
     early = _first_pass(command, flag_argv)
@@ -401,9 +427,16 @@ def main(argv: list[str] | None = None) -> int:
     _parse(command, fv, flag_argv)
     args = Args(command, fv)
     command.run(_config(command, fv), args)
+  except RunStopped as e:
+    print(f"plm-jax {command.name}: {e}", file=sys.stderr)
+    return e.exit_code
   except (flags.Error, UsageError, PlmJaxError) as e:
     print(f"plm-jax {command.name}: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"plm-jax {command.name}: interrupted: stopped without saving a checkpoint",
+          file=sys.stderr)
+    return 130
   return 0
 
 

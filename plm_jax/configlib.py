@@ -130,10 +130,10 @@ def data_group(builder: str, values: dict) -> ml_collections.ConfigDict:
   d.builder = builder                # nsp | full_sentences (BERT); blocks | packed (GPT)
   d.max_seq_length = 128             # tokens per example
   d.tokenizer = ""                   # tokenizer.json / vocab.txt / vocab.json(+merges.txt) or a
-                                     # dir holding one; "" = train one on the corpus (HF
-                                     # tokenizers breaks ties between equally frequent merges in
-                                     # hash order, so two trainings may differ in a few rare
-                                     # tokens: reuse one to compare runs)
+                                     # dir holding one; "" = train one on the corpus, or reuse
+                                     # the one trained on the same documents before (cached in
+                                     # $PLM_JAX_CACHE or ~/.cache/plm-jax: HF tokenizers breaks
+                                     # ties in hash order, so two trainings differ slightly)
   d.vocab_size = 4096                # size of the tokenizer trained on the corpus
   d.lowercase = True                 # WordPiece: lowercase and strip accents
   d.tokenizer_sample_documents = 200_000   # documents a new tokenizer is trained on
@@ -173,6 +173,14 @@ def train_group(values: dict) -> ml_collections.ConfigDict:
   t.log_every = 50                   # steps between console / TensorBoard / metrics.jsonl lines
   t.eval_every = 0                   # steps between evaluations during training; 0 = at the end
   t.eval_steps = 20                  # eval batches per evaluation (0 = the whole eval split)
+  t.nonfinite = "stop"               # a step whose loss or gradient norm is not finite is never
+                                     # applied; "stop": the run stops there (checkpoint of the
+                                     # last finite state, exit 3); "skip": it goes on, counting
+                                     # skipped_steps, and stops after max_consecutive_skips
+  t.max_consecutive_skips = 10       # "skip": non-finite steps in a row before it stops
+  t.step_timeout_s = 0.0             # watchdog: no progress for this long dumps every thread's
+                                     # stack and exits 4; 0 = derived from the measured step
+                                     # time (at least 5 minutes; 30 before the first log)
   t.update(values)
   return t
 
@@ -181,6 +189,8 @@ def checkpoint_group() -> ml_collections.ConfigDict:
   ck = ml_collections.ConfigDict()
   ck.every = 500                     # steps between saves (and always at the end)
   ck.keep = 3                        # checkpoints kept (oldest deleted first)
+  ck.every_seconds = 0               # also save when this long has passed since the last save
+                                     # (0 = off); several processes decide at log steps
   ck.async_save = True               # save in the background while training continues
   return ck
 

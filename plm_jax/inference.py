@@ -88,11 +88,29 @@ def generate_text(restored: Loaded, prompts: list[str], cfg: SamplingConfig,
                       "is an encoder (use fill-mask)")
   tok = restored.tokenizer
   ids = [tok.encode_batch([p])[0] or [tok.eos_id] for p in prompts]
+  check_sampling(cfg, max(map(len, ids)), restored.config.model.max_position)
   cfg = dataclasses.replace(cfg, eos_id=tok.eos_id if cfg.eos_id is None else cfg.eos_id)
   rows = [i for i in ids for _ in range(num_samples)]
   out = generate(restored.module(), rows, cfg)
   texts = [tok.decode([t for t in r if t != tok.eos_id]) for r in out]
   return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+
+def check_sampling(cfg: SamplingConfig, longest_prompt: int, max_position: int) -> None:
+  """The sampling settings a user gives, checked before anything is compiled."""
+  if cfg.max_new_tokens < 1:
+    raise ConfigError(f"--max-new-tokens {cfg.max_new_tokens} must be >= 1")
+  if longest_prompt + cfg.max_new_tokens > max_position:
+    room = max_position - longest_prompt
+    raise ConfigError(f"the prompt ({longest_prompt} tokens) + --max-new-tokens "
+                      f"{cfg.max_new_tokens} exceed the model's {max_position} positions; use "
+                      + (f"--max-new-tokens {room}" if room > 0 else "a shorter prompt"))
+  if cfg.temperature < 0:
+    raise ConfigError(f"--temperature {cfg.temperature} must be >= 0 (0 = greedy)")
+  if not 0 < cfg.top_p <= 1:
+    raise ConfigError(f"--top-p {cfg.top_p} must be in (0, 1] (1 = no nucleus filter)")
+  if cfg.top_k < 0:
+    raise ConfigError(f"--top-k {cfg.top_k} must be >= 0 (0 = all tokens)")
 
 
 def fill_mask(restored: Loaded, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:

@@ -4,6 +4,7 @@ import jax
 
 from plm_jax import checks, distributed, parallel, workdir as workdirs
 from plm_jax.data import loader
+from plm_jax.errors import ConfigError
 from plm_jax.metrics_writer import console, format_metrics
 from plm_jax.models.config import padded_vocab
 from plm_jax.run_data import load_data
@@ -20,6 +21,9 @@ def train(config, workdir: str, devices=None) -> dict:
   checks.validate(config, len(devices))
   found = workdirs.inspect(workdir)
   workdirs.check_same_model(workdir, found, config)
+  if config.train.steps == 0 and found.step is None:
+    raise ConfigError("train.steps=0 leaves nothing to train in a fresh --workdir; give "
+                      "--config.train.steps=N")
   # Every process resumes from the step process 0 found (a shared filesystem may lag).
   resume_step = distributed.agree(found.step)
   data = load_data(config, found.tokenizer)

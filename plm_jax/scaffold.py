@@ -2,70 +2,126 @@
 
     found = workdir.inspect(path)                     # reads only
     ... validate, refuse another model, load data, build the trainer ...
-    with Run(config, path, trainer, found.step) as run:
+    with Run(config, path, trainer, found.step) as run:   # takes the workdir's lock
       state, meta = run.start(lambda: trainer.init_state(seed))   # restore, or init
       run.accept(tokenizer)                           # only now is the workdir written
       state = run.loop(train_step, state, meta, batches, on_eval)
 
-The two commands differ only in what they build (data, model, evaluation); the run scaffold owns
-the rest: checkpoint managers, the metric writer, the resume position, the model summary, the
-step loop (logging, checkpoints with the loader's position, periodic evaluation) and a clean
-close of all of it, whatever happens.
+The two commands differ only in what they build (data, model, evaluation); the scaffold owns the
+rest: the workdir's lock, checkpoint managers, the metric writer, the resume position, the step
+loop (logging, checkpoints by steps and by time with the loader's position, periodic
+evaluation) and how a run ends short of its last step, losing at most the step in flight:
+
+  SIGTERM / SIGINT / a preemption notice   checkpoint at the step reached, exit 75 (resume)
+  a non-finite loss or gradient norm       checkpoint of the last finite state, exit 3
+  a checkpoint that cannot be written      the last complete one kept, exit 5
+  no progress for train.step_timeout_s     every thread's stack dumped, exit 4 (watchdog.py)
 """
 
+import contextlib
+import errno
+import os
 import time
 from typing import Callable
 
 import jax
 import numpy as np
 
-from plm_jax import checkpoint, workdir as workdirs
+from plm_jax import checkpoint, distributed, workdir as workdirs
 from plm_jax.data import loader
+from plm_jax.errors import CheckpointError
+from plm_jax.lock import WorkdirLock
 from plm_jax.metrics_writer import MetricsWriter, console, format_duration, format_metrics
-from plm_jax.trainer import Trainer
+from plm_jax.stopping import Diverged, Preempted, SaveFailed, StopRequests
+from plm_jax.trainer import Trainer, max_nonfinite_run
+from plm_jax.watchdog import Watchdog
+
+# Per-step values of the train step that are not means to log.
+FLAGS = ("tokens", "nonfinite", "halted")
 
 
 class Run:
   """A run of `trainer` in `path`, resuming from `resume_step` (None: a fresh start)."""
 
+  clock = staticmethod(time.monotonic)     # checkpoint.every_seconds is measured with it
+
   def __init__(self, config, path: str, trainer: Trainer, resume_step: int | None):
     self.config, self.path, self.trainer = config, path, trainer
     self.resume_step = resume_step
-    self.manager = checkpoint.make_manager(path, keep=config.checkpoint.keep,
-                                           async_save=config.checkpoint.async_save)
+    self.lock = WorkdirLock(path, enabled=jax.process_index() == 0)
+    try:
+      note = self.lock.acquire()
+    except OSError as e:
+      raise CheckpointError(f"--workdir {path!r} is not writable ({e.strerror}); give a "
+                            "directory this user may write to") from None
+    if note:
+      console(f"{path}: {note}")
+    self._managers = []
     self.writer: MetricsWriter | None = None
-    self._managers = [self.manager]
     self._batches = None
+    self.last_saved: int | None = resume_step
+    try:
+      self.manager = self._open(checkpoint.CHECKPOINT_DIR, config.checkpoint.keep,
+                                config.checkpoint.async_save)
+    except BaseException:
+      self.lock.release()
+      raise
 
   # --- lifetime ----------------------------------------------------------------------------------
   def __enter__(self) -> "Run":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, kind, error, traceback) -> None:
+    self.close(quiet=error is not None)
 
-  def close(self) -> None:
-    """Stops the loader, waits for pending saves and closes managers and writer."""
+  def close(self, quiet: bool = False) -> None:
+    """Stops the loader, waits for pending saves and closes managers, writer and lock. When the
+    run is already failing (`quiet`), a second error here is not raised over the first."""
     if self._batches is not None:
       self._batches.close()
-    for manager in self._managers:
-      manager.wait_until_finished()
-      manager.close()
-    if self.writer is not None:
-      self.writer.close()
+    try:
+      for manager in self._managers:
+        try:
+          manager.wait_until_finished()
+        finally:
+          manager.close()
+    except Exception:  # noqa: BLE001 - a save failed: reported unless an error is on its way
+      if not quiet:
+        raise
+    finally:
+      if self.writer is not None:
+        self.writer.close()
+      self.lock.release()
+
+  def _open(self, subdir: str, keep: int, async_save: bool):
+    try:
+      manager = checkpoint.make_manager(self.path, keep=keep, async_save=async_save,
+                                        subdir=subdir)
+    except OSError as e:
+      raise CheckpointError(f"--workdir {self.path!r} is not writable ({e.strerror}); give a "
+                            "directory this user may write to") from None
+    self._managers.append(manager)
+    return manager
 
   def extra_manager(self, subdir: str, *, keep: int, async_save: bool = False):
     """Another set of checkpoints in the workdir (fine-tuning's best/), closed with the run."""
-    manager = checkpoint.make_manager(self.path, keep=keep, async_save=async_save, subdir=subdir)
-    self._managers.append(manager)
-    return manager
+    return self._open(subdir, keep, async_save)
 
   # --- start ---------------------------------------------------------------------------------------
   def start(self, init: Callable[[], dict]) -> tuple[dict, dict]:
     """(state, checkpoint meta): the latest checkpoint restored, or `init()` for a fresh run."""
     if self.resume_step is None:
       return init(), {}
-    state, meta = self.trainer.restore_state(self.manager, self.resume_step)
+    try:
+      state, meta = self.trainer.restore_state(self.manager, self.resume_step)
+    except checkpoint.OptimizerMismatch as e:
+      saved = workdirs.load_config(self.path).optim
+      changed = [f"optim.{k}: saved {saved[k]!r}, now {v!r}"
+                 for k, v in self.config.optim.items() if k in saved and saved[k] != v]
+      raise CheckpointError(
+          f"{e}; the checkpoint is intact: the config changed "
+          f"{'; '.join(changed) if changed else 'the optimizer'} - resume with the saved "
+          "values (or fine-tune from it with plm-jax finetune / a fresh --workdir)") from None
     console(f"resumed from step {self.resume_step} in {checkpoint.checkpoint_dir(self.path)}")
     return state, meta
 
@@ -75,7 +131,7 @@ class Run:
     workdirs.save_config(self.path, self.config)
     if jax.process_index() == 0:
       tokenizer.save(self.path)
-    self.writer = MetricsWriter(self.path)
+    self.writer = MetricsWriter(self.path, resume_step=self.resume_step or 0)
 
   def describe(self, what: str) -> None:
     mesh = self.trainer.mesh
@@ -95,54 +151,195 @@ class Run:
                                    {"next_index": self.resume_step or 0})
     return self._batches
 
+  # --- saving --------------------------------------------------------------------------------------
+  def save(self, step: int, state: dict, meta: dict, *, wait: bool = False) -> None:
+    """Starts a save (waits for it with `wait`); a save that fails, now or in the background,
+    stops the run with the last complete checkpoint named."""
+    try:
+      # Orbax saves one step at a time: the previous save must end before this one starts;
+      # waiting here attributes its failure to its own step.
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      self._save_failed(self.last_saved, e)
+    try:
+      checkpoint.save(self.manager, step, state, meta)
+      if wait:
+        self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - Orbax / TensorStore / the OS raise many types
+      self._save_failed(step, e)
+    self.last_saved = step
+
+  def check_saves(self) -> None:
+    """Raises SaveFailed if a background save failed since the last check (no waiting)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      self._save_failed(self.last_saved, e)
+
+  def _save_failed(self, step, error: Exception, what: str = "the checkpoint of") -> None:
+    complete = max(checkpoint.complete_steps(self.path), default=None)
+    detail = _reason(error)
+    where = (f"the last complete checkpoint is step {complete} in "
+             f"{checkpoint.checkpoint_dir(self.path)}" if complete is not None else
+             "no complete checkpoint exists yet")
+    raise SaveFailed(f"{what} step {step} could not be written ({detail}); {where}; free "
+                     "space or fix the filesystem, then run the same command to resume"
+                     ) from None
+
   # --- the loop ----------------------------------------------------------------------------------
   def loop(self, train_step, state: dict, meta: dict, batches,
            on_eval: Callable[[dict, int], None]) -> dict:
     """Steps from the state's step to train.steps: logs every train.log_every steps,
-    checkpoints every checkpoint.every (with the loader's position: a resumed run continues with
-    the very batch an uninterrupted run would have seen next), and calls `on_eval(state, step)`
-    every train.eval_every steps (not at the last: the caller evaluates)."""
-    config, trainer, writer = self.config, self.trainer, self.writer
-    keys = trainer.objective.train_keys
-    total = config.train.steps
-    start = int(state["step"])
-    tokens_seen = int(meta.get("tokens_seen", 0))
+    checkpoints every checkpoint.every steps (and checkpoint.every_seconds; with the loader's
+    position: a resumed run continues with the very batch an uninterrupted run would have seen
+    next), and calls `on_eval(state, step)` every train.eval_every steps (not at the last: the
+    caller evaluates). Stops short as the module's doc says."""
+    config, trainer = self.config, self.trainer
+    keys = trainer.objective.train_keys + (("skipped_steps",) if config.train.nonfinite == "skip"
+                                           else ())
+    total, start = config.train.steps, int(state["step"])
     log_every, ckpt_every = max(1, config.train.log_every), config.checkpoint.every
-    eval_every = config.train.eval_every
-    pending, waited, t_last, s_last = [], 0.0, time.time(), start
-    for step in range(start, total):
-      t_wait = time.perf_counter()
-      local = next(batches)        # prepared by background threads while the last step ran
-      waited += time.perf_counter() - t_wait
-      state, metrics = train_step(state, loader.to_global(local, trainer.batch_shardings))
-      pending.append(metrics)
-      done = step + 1
-      if done % log_every == 0 or done == total:
-        # The only place the host waits for the device: fetching the metrics of the interval.
-        fetched = jax.device_get(pending)
-        now = time.time()
-        steps = max(done - s_last, 1)
-        interval_tokens = float(np.sum([m["tokens"] for m in fetched]))
-        tokens_seen += int(interval_tokens)
-        mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1] if k != "tokens"}
-        mean["tokens_per_s"] = interval_tokens / max(now - t_last, 1e-9)
-        mean["step_time_s"] = (now - t_last) / steps
-        mean["data_wait_s"] = waited / steps
-        mean["tokens_seen"] = tokens_seen
-        writer.write(done, "train", mean)
-        eta = (total - done) * mean["step_time_s"]
-        console(f"step {done}/{total} | {format_metrics(mean, keys)} | "
-                f"{mean['tokens_per_s']:,.0f} tok/s | data wait "
-                f"{mean['data_wait_s'] * 1e3:.1f} ms/step | ETA {format_duration(eta)}")
-        pending, waited, t_last, s_last = [], 0.0, time.time(), done
-      if done % ckpt_every == 0 or done == total:
-        # Steps since the last log are not yet in tokens_seen: count them for the checkpoint.
-        unlogged = int(np.sum(jax.device_get([m["tokens"] for m in pending]))) if pending else 0
-        checkpoint.save(self.manager, done, state, {"tokens_seen": tokens_seen + unlogged,
-                                                    "data_iterator": batches.get_state()})
-      if eval_every and done % eval_every == 0 and done != total:
-        on_eval(state, done)
+    every_s, eval_every = config.checkpoint.every_seconds, config.train.eval_every
+    tokens_seen = int(meta.get("tokens_seen", 0))
+    pending, waited, t_last, s_last, t_saved = [], 0.0, time.time(), start, self.clock()
+    stops = StopRequests().install()
+    watchdog = Watchdog(config.train.step_timeout_s,
+                        describe=lambda: f"after step {done} of {self.path}").start()
+    done = start
+    try:
+      for step in range(start, total):
+        t_wait = time.perf_counter()
+        local = next(batches)        # prepared by background threads while the last step ran
+        waited += time.perf_counter() - t_wait
+        state, metrics = train_step(state, loader.to_global(local, trainer.batch_shardings))
+        pending.append(metrics)
+        done = step + 1
+        watchdog.beat()
+        if done % log_every == 0 or done == total:
+          # The only place the host waits for the device: fetching the interval's metrics.
+          fetched = jax.device_get(pending)
+          self._check_finite(fetched, done - len(fetched) + 1, state, tokens_seen)
+          tokens_seen = self._log(fetched, done, tokens_seen, time.time() - t_last, waited, keys)
+          watchdog.beat(measured=s_last != start)   # the first interval includes warm-up
+          pending, waited, t_last, s_last = [], 0.0, time.time(), done
+          self.check_saves()
+        stop = stops.reached(done)
+        by_time = every_s > 0 and self._time_to_save(t_saved, every_s, done, log_every)
+        if done % ckpt_every == 0 or done == total or by_time or stop:
+          # Steps since the last log: their flags decide whether this state may be saved, and
+          # their tokens are counted for the checkpoint.
+          fetched = jax.device_get(pending)
+          self._check_finite(fetched, done - len(fetched) + 1, state, tokens_seen)
+          unlogged = int(np.sum([m["tokens"] for m in fetched])) if fetched else 0
+          # The last step's and a stopping run's saves are waited for: nothing after them may
+          # cost them (a signal during the final evaluation, the process ending).
+          self.save(done, state, {"tokens_seen": tokens_seen + unlogged,
+                                  "data_iterator": batches.get_state()},
+                    wait=stop or done == total)
+          t_saved = self.clock()
+          watchdog.beat()
+        if stop:
+          raise Preempted(f"preempted at step {done} ({stops.name()}): checkpoint saved in "
+                          f"{checkpoint.checkpoint_dir(self.path)}; run the same command to "
+                          "resume")
+        if eval_every and done % eval_every == 0 and done != total:
+          with _paused(watchdog):
+            on_eval(state, done)
+    finally:
+      watchdog.stop()
+      stops.uninstall()
     if start >= total:
       console(f"nothing to do: the workdir's checkpoint is at step {start} >= "
               f"train.steps={total}")
     return state
+
+  def _log(self, fetched: list, done: int, tokens_seen: int, seconds: float, waited: float,
+           keys: tuple[str, ...]) -> int:
+    """One progress line (and metrics record) for the interval ending at `done`; returns the
+    tokens seen so far."""
+    tokens = float(np.sum([m["tokens"] for m in fetched]))
+    mean = _means(fetched)
+    mean["tokens_per_s"] = tokens / max(seconds, 1e-9)
+    mean["step_time_s"] = seconds / len(fetched)
+    mean["data_wait_s"] = waited / len(fetched)
+    mean["tokens_seen"] = tokens_seen + int(tokens)
+    self._write("train", done, mean)
+    total = self.config.train.steps
+    console(f"step {done}/{total} | {format_metrics(mean, keys)} | "
+            f"{mean['tokens_per_s']:,.0f} tok/s | data wait {mean['data_wait_s'] * 1e3:.1f} "
+            f"ms/step | ETA {format_duration((total - done) * mean['step_time_s'])}")
+    return tokens_seen + int(tokens)
+
+  def _time_to_save(self, t_saved: float, every_s: float, done: int, log_every: int) -> bool:
+    """checkpoint.every_seconds: decided every step by one process; by process 0 at each log
+    step (and told to the others) when there are several, so all save the same step."""
+    if jax.process_count() == 1:
+      return self.clock() - t_saved >= every_s
+    if done % log_every:
+      return False
+    return bool(distributed.agree(int(self.clock() - t_saved >= every_s)))
+
+  def _write(self, split: str, step: int, metrics: dict) -> None:
+    """metrics.jsonl and TensorBoard; a full disk there stops the run like a failed save."""
+    try:
+      self.writer.write(step, split, metrics)
+    except OSError as e:
+      self._save_failed(step, e, what="the metrics of")
+
+  def _check_finite(self, fetched: list, first_step: int, state: dict, tokens_seen: int) -> None:
+    """Stops the run when the compiled step halted on non-finite values (trainer.py): saves
+    the last finite state (unless already saved) and names the step that diverged."""
+    halted = [i for i, m in enumerate(fetched) if m["halted"]]
+    if not halted:
+      return
+    bad = first_step + halted[0]          # the step whose update was refused
+    good = int(state["step"])             # the state stood still at the last finite step
+    if self.last_saved != good and good > 0:
+      self.save(good, state, {"tokens_seen": tokens_seen, "data_iterator": {"next_index": good},
+                              "diverged_at": bad}, wait=True)
+    m = fetched[halted[0]]
+    what = f"loss {m['loss']}, gradient norm {m['grad_norm']}"
+    if self.config.train.nonfinite == "skip":
+      why = (f"{max_nonfinite_run(self.config) + 1} steps in a row (up to step {bad}) had a "
+             f"non-finite loss or gradient ({what}; train.max_consecutive_skips="
+             f"{self.config.train.max_consecutive_skips})")
+    else:
+      why = f"step {bad} had a non-finite loss or gradient ({what}; train.nonfinite=stop)"
+    saved = (f"checkpoint of step {good}, the last finite state, in "
+             f"{checkpoint.checkpoint_dir(self.path)}" if good > 0 else "no checkpoint (it "
+             "diverged at the first step)")
+    raise Diverged(f"diverged: {why}; its update was not applied; {saved}; lower "
+                   "optim.learning_rate (or raise optim.warmup_steps) and run the same command "
+                   "to resume")
+
+
+def _reason(error: Exception) -> str:
+  """The operating system's words when a failure comes from it (Orbax and TensorStore wrap
+  them in long messages), else the error's own, shortened."""
+  text = " ".join(str(error).split())
+  for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.ENOENT):
+    if os.strerror(code) in text:
+      return os.strerror(code)
+  return f"{type(error).__name__}: {text[:200]}"
+
+
+def _means(fetched: list) -> dict:
+  """Means of the interval's metrics over the steps whose update was applied; with the count of
+  skipped (non-finite) steps."""
+  applied = [m for m in fetched if not m["nonfinite"]]
+  mean = {k: float(np.mean([m[k] for m in applied])) for k in fetched[-1]
+          if k not in FLAGS and applied}
+  mean["learning_rate"] = float(fetched[-1]["learning_rate"])
+  mean["skipped_steps"] = float(sum(m["nonfinite"] > 0 for m in fetched))
+  return mean
+
+
+@contextlib.contextmanager
+def _paused(watchdog: Watchdog):
+  """Evaluation is not training progress: the watchdog waits until it is done."""
+  watchdog.beat()
+  with watchdog.paused():
+    yield
+  watchdog.beat()

@@ -88,7 +88,7 @@ def task_of(config) -> Task:
 
 
 def validate_classify(config) -> None:
-  """Checks the classify group (called by parallel.validate before anything is built)."""
+  """Checks the classify group (called by plm_jax.checks before anything is built)."""
   k = config.classify
   task = task_of(config)
   if k.num_classes < 0:

@@ -1,9 +1,16 @@
 """The trainer: train state, the sharded train and eval steps (a library; the commands that
 train are plm_jax/pretrain.py and plm_jax/finetune/run.py, the loop is plm_jax/scaffold.py).
 
-The state is a plain pytree {"step", "params", "opt_state"} whose params are the pure-dict form
-of the model's nnx.Param state; the model's structure (graphdef) is static. The train step is a
-pure function compiled once, ahead of time, with explicit NamedShardings and donated state.
+The state is a plain pytree {"step", "params", "opt_state", "nonfinite_run"} whose params are
+the pure-dict form of the model's nnx.Param state; the model's structure (graphdef) is static.
+The train step is a pure function compiled once, ahead of time, with explicit NamedShardings and
+donated state.
+
+Divergence is handled inside the step, without a host sync: an update whose loss or gradient
+norm is not finite is never applied. `nonfinite_run` counts consecutive such steps; past the
+allowance (0 for train.nonfinite=stop, train.max_consecutive_skips for skip) the run is halted:
+no later update is applied and the step counter stands still, so the state stays the last
+finite one until the host, at its next log or save, stops the run (plm_jax/scaffold.py).
 """
 
 import dataclasses
@@ -48,7 +55,8 @@ class AbstractState:
         optimizer, lambda _, spec: spec, state["opt_state"], param_specs,
         transform_non_params=lambda _: jax.sharding.PartitionSpec(),
         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    specs = {"step": jax.sharding.PartitionSpec(), "params": param_specs, "opt_state": opt_specs}
+    specs = {"step": jax.sharding.PartitionSpec(), "params": param_specs, "opt_state": opt_specs,
+             "nonfinite_run": jax.sharding.PartitionSpec()}
     return cls(mcfg, graphdef, optimizer, schedule, state, specs)
 
 
@@ -103,15 +111,19 @@ class Trainer:
     params = jax.device_put(params, self.state_shardings["params"])
     opt_state = jax.jit(self.optimizer.init,
                         out_shardings=self.state_shardings["opt_state"])(params)
-    return {"step": jax.device_put(jnp.asarray(step, jnp.int32), self.state_shardings["step"]),
-            "params": params, "opt_state": opt_state}
+    return {**self._counters(step), "params": params, "opt_state": opt_state}
 
   def restore_state(self, manager, step: int) -> tuple[dict, dict]:
     """(train state, checkpoint meta) of a checkpoint, onto this trainer's shardings."""
     restored = checkpoint.restore(manager, step, self.abstract_state, self.state_shardings)
     meta = restored.pop("meta", {})
+    return {**self._counters(step), **restored}, meta
+
+  def _counters(self, step: int) -> dict:
+    """The step and the count of consecutive non-finite steps (0: not kept in checkpoints)."""
     return {"step": jax.device_put(jnp.asarray(step, jnp.int32), self.state_shardings["step"]),
-            **restored}, meta
+            "nonfinite_run": jax.device_put(jnp.zeros((), jnp.int32),
+                                            self.state_shardings["nonfinite_run"])}
 
   def model(self, params) -> nnx.Module:
     return nnx.merge(self.graphdef, params)
@@ -123,6 +135,7 @@ class Trainer:
     seed, optimizer, schedule = config.train.seed, self.optimizer, self.schedule
     prng_impl = config.train.prng_impl
     batch_shardings = self.batch_shardings
+    allowance = max_nonfinite_run(config)
 
     def train_step(state, batch):
       with axis_rules(rules, mesh):
@@ -156,7 +169,19 @@ class Trainer:
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state["step"])
         metrics["tokens"] = jnp.sum(batch["attention_mask"])       # real tokens, all hosts
-        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        # Never apply a non-finite update; halt past the allowance (see the module's doc).
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        before = state["nonfinite_run"]
+        run = jnp.where(before > allowance, before, jnp.where(finite, 0, before + 1))
+        halted = run > allowance
+        apply = finite & ~halted
+        keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+        metrics["nonfinite"] = (~finite).astype(jnp.float32)
+        metrics["halted"] = halted.astype(jnp.float32)
+        new_state = {"step": state["step"] + jnp.where(halted, 0, 1).astype(jnp.int32),
+                     "params": jax.tree.map(keep, params, state["params"]),
+                     "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
+                     "nonfinite_run": run}
         return new_state, metrics
 
     return train_step
@@ -186,6 +211,11 @@ class Trainer:
                    out_shardings=parallel.replicated(self.mesh))
 
 
+def max_nonfinite_run(config) -> int:
+  """Consecutive non-finite steps a run may skip before it halts."""
+  return config.train.max_consecutive_skips if config.train.nonfinite == "skip" else 0
+
+
 def _lr_factors(config, abstract_params):
   """Fine-tuning's layer-wise decay and head learning rate (None when both are off)."""
   if config.objective.name != "classify":
@@ -208,7 +238,7 @@ def _init_params(mcfg, key) -> dict:
 def _init_state(mcfg, optimizer, key) -> dict:
   params = _init_params(mcfg, key)
   return {"step": jnp.zeros((), jnp.int32), "params": params,
-          "opt_state": optimizer.init(params)}
+          "opt_state": optimizer.init(params), "nonfinite_run": jnp.zeros((), jnp.int32)}
 
 
 def _split_micro(x, accum: int, sharding):

@@ -19,9 +19,10 @@ import ml_collections
 from plm_jax import checkpoint
 from plm_jax.configlib import make_config
 from plm_jax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
-from plm_jax.errors import CheckpointError
+from plm_jax.errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "config.json"
+REQUIRED_GROUPS = ("model", "objective", "data", "optim", "train", "checkpoint", "mesh")
 # Config fields that define what a checkpoint *is*; a workdir whose saved values differ holds
 # a different model, and resuming from it must be refused.
 IDENTITY_FIELDS = {
@@ -54,11 +55,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     with open(path, encoding="utf-8") as f:
       raw = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path} is unreadable ({e}); restore it from the run's logs") from None
-  raw["mesh"]["rules"] = tuple((k, tuple(v) if isinstance(v, list) else v)
-                               for k, v in raw["mesh"]["rules"])
-  return _with_current_defaults(raw)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e}); restore it from the run's logs (its "
+                          "first lines), or give --config with the config the run used") from None
+  missing = [g for g in REQUIRED_GROUPS if not isinstance(raw, dict) or
+             not isinstance(raw.get(g), dict)]
+  if missing or "family" not in raw["model"] or "name" not in raw["objective"]:
+    raise CheckpointError(f"{path} is not a plm-jax config (missing "
+                          f"{', '.join(missing) or 'model.family / objective.name'}); restore it "
+                          "from the run's logs, or give --config with the config the run used")
+  rules = raw["mesh"].get("rules")
+  if rules is not None:
+    raw["mesh"]["rules"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+  try:
+    return _with_current_defaults(raw)
+  except (KeyError, TypeError, ValueError, ConfigError) as e:
+    raise CheckpointError(f"{path} is not a valid plm-jax config ({e}); restore it from the "
+                          "run's logs, or give --config with the config the run used") from None
 
 
 def _with_current_defaults(raw: dict) -> ml_collections.ConfigDict:

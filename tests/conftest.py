@@ -2,12 +2,16 @@
 
 import os
 import sys
+import tempfile
 
 # Must happen before jax is imported anywhere: simulate an 8-device host on the CPU.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tokenizers trained on a corpus are cached (plm_jax.data.pipeline.cached_training): the tests
+# use a cache of their own, shared with the processes they start.
+os.environ["PLM_JAX_CACHE"] = tempfile.mkdtemp(prefix="plm-jax-test-cache-")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
 

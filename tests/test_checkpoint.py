@@ -1,6 +1,7 @@
 """Workdir config: saved and reloaded, older workdirs load, model identity is compared."""
 
 import json
+import os
 
 import jax
 import pytest
@@ -63,3 +64,41 @@ def test_checkpoint_of_another_shape_is_named_foreign_and_a_broken_one_corrupt(t
   with checkpoint.make_manager(str(tmp_path), read_only=True) as manager:
     with pytest.raises(CheckpointError, match="checkpoints/1 is corrupt or incomplete"):
       checkpoint.restore(manager, 1, same, shardings)
+
+
+def test_a_resumed_writer_keeps_one_record_per_step_and_purges_tensorboard(tmp_path):
+  """Records past the restored step are dropped (a torn last line too); TensorBoard is told to
+  discard the events of steps after it (a SessionLog START at resume_step + 1)."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  from plm_jax.metrics_writer import MetricsWriter
+  writer = MetricsWriter(str(tmp_path))
+  for step in range(1, 6):
+    writer.write(step, "train", {"loss": float(step)})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 6, "spl')                  # a crash mid-write
+  writer = MetricsWriter(str(tmp_path), resume_step=3)
+  writer.write(4, "train", {"loss": 40.0})
+  writer.close()
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [(l["step"], l["split"]) for l in lines] == [(1, "train"), (2, "train"), (3, "train"),
+                                                       (3, "resume"), (4, "train")]
+  assert lines[3]["dropped_records"] == 3 and lines[4]["loss"] == 40.0
+
+  def events(path):
+    data = open(path, "rb").read()
+    out, at = [], 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[at + 12:at + 12 + length])
+      out.append(event)
+      at += 12 + length + 4
+    return out
+  files = sorted(glob.glob(str(tmp_path / "tensorboard" / "events.*")), key=os.path.getmtime)
+  restarted = events(files[-1])
+  starts = [e.step for e in restarted if e.HasField("session_log")
+            and e.session_log.status == event_pb2.SessionLog.START]
+  assert starts == [4]

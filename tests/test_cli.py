@@ -1,29 +1,17 @@
 """The command line: train / evaluate / bench, and bad input that must fail cleanly."""
 
-import hashlib
 import json
 import os
 
 import pytest
 
-from helpers import MINILM, ROOT
+from helpers import MINILM, ROOT, snapshot
 from plm_jax import cli
 
 BERT = os.path.join(ROOT, "configs", "bert.py")
 GPT = os.path.join(ROOT, "configs", "gpt.py")
 
 pytestmark = pytest.mark.e2e     # whole commands and runs
-
-
-def snapshot(directory):
-  """path -> content hash of every file under `directory` (to prove nothing changed)."""
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def run_cli(*args):

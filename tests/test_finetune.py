@@ -445,3 +445,29 @@ def test_finetune_an_imported_hugging_face_model(tmp_path):
   assert saved["model"]["hidden_size"] == 384 and saved["model"]["num_layers"] == 6
   report = json.load(open(os.path.join(workdir, "test_report.json")))
   assert report["validation"]["examples"] == 32 and 0 <= report["validation"]["accuracy"] <= 1
+
+
+@pytest.mark.e2e
+def test_a_preempted_finetune_resumes_to_the_same_report(keyword_run, tmp_path, monkeypatch,
+                                                          capsys):
+  """finetune stops like train (checkpoint at the step reached, exit 75) and the resumed run
+  ends with the report of a run never interrupted."""
+  from plm_jax.stopping import EXIT_PREEMPTED, StopRequests
+
+  def args_for(name):
+    args = list(keyword_run["args"])
+    args[args.index("--workdir") + 1] = str(tmp_path / name)
+    return [*args, "--config.classify.epochs=0.5", "--config.train.log_every=1"]
+  original = StopRequests.reached
+  monkeypatch.setattr(StopRequests, "reached", lambda self, step: step == 7)
+  assert run_cli(*args_for("stopped")) == EXIT_PREEMPTED
+  assert "preempted at step 7" in capsys.readouterr().err
+  assert sorted(os.listdir(tmp_path / "stopped" / "checkpoints")) == ["7"]
+  monkeypatch.setattr(StopRequests, "reached", original)
+  assert run_cli(*args_for("stopped")) == 0
+  assert "resumed from step 7" in capsys.readouterr().out
+  assert run_cli(*args_for("straight")) == 0
+  straight = json.load(open(tmp_path / "straight" / "test_report.json"))
+  resumed = json.load(open(tmp_path / "stopped" / "test_report.json"))
+  for split in ("validation", "test"):
+    assert resumed[split] == straight[split]

@@ -14,18 +14,21 @@ and position resets).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
+import tokenizers
 
 from plm_jax import families
 from plm_jax.data import examples as ex
 from plm_jax.data import sources
-from plm_jax.data.tokenizer import LM_ROLES, MLM_ROLES, TextTokenizer, load_tokenizer, \
-    train_tokenizer
+from plm_jax.data.tokenizer import LM_ROLES, MLM_ROLES, TOKENIZER_FILE, TextTokenizer, \
+    load_tokenizer, train_tokenizer
 from plm_jax.errors import DataError
 
 # builder: (the objective its examples train, tokenised by sentence?). A family trains the
@@ -81,16 +84,62 @@ def required_roles(builder: str) -> tuple[str, ...]:
 
 
 def tokenizer_for(config, sample_documents) -> TextTokenizer:
-  """data.tokenizer if given, else a new vocabulary trained on `sample_documents`."""
+  """data.tokenizer if given, else a vocabulary trained on `sample_documents` (or the one
+  trained on the same documents before: see `cached_training`)."""
   builder = check_builder(config)
   if config.data.tokenizer:
     tok = load_tokenizer(config.data.tokenizer)
   else:
-    kind = families.get(config.model.family).tokenizer_kind
-    tok = train_tokenizer((s for d in sample_documents for s in d), kind,
-                          config.data.vocab_size, lowercase=config.data.lowercase)
+    tok = cached_training(sample_documents, families.get(config.model.family).tokenizer_kind,
+                          config.data.vocab_size, config.data.lowercase)
   tok.require(required_roles(builder))
   return tok
+
+
+def cache_dir() -> str:
+  """$PLM_JAX_CACHE, else $XDG_CACHE_HOME/plm-jax, else ~/.cache/plm-jax."""
+  return os.environ.get("PLM_JAX_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "plm-jax")
+
+
+def cached_training(documents, kind: str, vocab_size: int, lowercase: bool) -> TextTokenizer:
+  """A vocabulary trained on `documents`, reused when the same documents and settings come
+  again. HF tokenizers breaks ties between equally frequent merges in hash-map order, which
+  changes from process to process: two trainings on one corpus differ in a few rare tokens, and
+  so would two runs with the same seed. Keyed by the documents' text and the settings, the
+  first vocabulary trained is the one every later run on this machine gets (to reproduce a run
+  elsewhere, give its tokenizer.json as data.tokenizer)."""
+  key = hashlib.sha256(json.dumps([kind, vocab_size, lowercase,
+                                   tokenizers.__version__]).encode("utf-8"))
+  for document in documents:
+    for sentence in document:
+      key.update(sentence.encode("utf-8", errors="replace") + b"\n")
+    key.update(b"\x00")
+  path = os.path.join(cache_dir(), "tokenizers", f"{kind}-{vocab_size}-{key.hexdigest()[:24]}")
+  if os.path.exists(os.path.join(path, TOKENIZER_FILE)):
+    try:
+      return load_tokenizer(path)
+    except DataError:
+      pass                                 # a damaged cache entry is trained again
+  tok = train_tokenizer((s for d in documents for s in d), kind, vocab_size,
+                        lowercase=lowercase)
+  tmp = None
+  try:
+    tmp = tempfile.mkdtemp(prefix=".partial-", dir=_made(os.path.dirname(path)))
+    tok.save(tmp)
+    os.replace(tmp, path)                  # complete or absent, even with concurrent runs
+  except OSError:                          # no writable cache, or another run got there first
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.exists(os.path.join(path, TOKENIZER_FILE)):
+      return load_tokenizer(path)          # theirs, so that both runs use one vocabulary
+  return tok
+
+
+def _made(directory: str) -> str:
+  os.makedirs(directory, exist_ok=True)
+  return directory
 
 
 def build_examples(documents, tokenizer: TextTokenizer, config, builder: str,

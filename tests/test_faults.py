@@ -1,0 +1,485 @@
+"""Long runs lose nothing: signals, divergence, hangs, a second trainer, a failing save, and the
+bad inputs that must end in one line, exit 2 and an untouched workdir."""
+
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import ROOT, family_config, snapshot
+from plm_jax import checkpoint, cli, pretrain
+from plm_jax.data import loader
+from plm_jax.inference import load_params
+from plm_jax.lock import LOCK_FILE, WorkdirLocked
+from plm_jax.stopping import (EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_SAVE_FAILED, Diverged,
+                              SaveFailed)
+from plm_jax.watchdog import EXIT_HANG
+
+# Whole runs with faults injected: the end-to-end level (-m e2e).
+pytestmark = pytest.mark.e2e
+
+BERT = os.path.join(ROOT, "configs", "bert.py")
+GPT = os.path.join(ROOT, "configs", "gpt.py")
+
+
+def records(workdir, split="train") -> list[dict]:
+  return [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+          if r["split"] == split]
+
+
+def finite(params) -> bool:
+  return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(params))
+
+
+def train_args(workdir, tokenizer, steps, config=BERT, *extra):
+  return ["train", "--config", f"{config}:tiny", "--workdir", str(workdir),
+          f"--config.train.steps={steps}", "--config.train.log_every=1",
+          "--config.train.eval_steps=1", f"--config.data.tokenizer={tokenizer}",
+          "--config.data.dupe_factor=1", "--config.checkpoint.every=1000", *extra]
+
+
+# --- preemption ----------------------------------------------------------------------------------
+
+def signal_at_a_random_step(command, log, signum, low, high, seed):
+  """Starts `command`, sends `signum` when the log shows a step in [low, high] (chosen from
+  `seed`), returns (exit status, output, the step signalled at)."""
+  at = random.Random(seed).randint(low, high)
+  with open(log, "w") as out:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+      text = open(log).read()
+      if re.search(rf"step {at}/", text):
+        break
+      assert proc.poll() is None, text[-3000:]
+      time.sleep(0.05)
+    else:
+      pytest.fail("the run did not reach the step to signal at")
+    os.kill(proc.pid, signum)
+    code = proc.wait(timeout=120)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  return code, open(log).read(), at
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tokenizers_dir):
+  workdir = tmp_path_factory.mktemp("straight") / "run"
+  assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["bert"], 12)]) == 0
+  return records(workdir)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly(
+    signum, uninterrupted, tokenizers_dir, tmp_path, monkeypatch, capsys):
+  """The signal arrives (from this process, as a scheduler's would) while the batch of a
+  random step is being prepared: from step 5 on, which the loader prepares only once the loop
+  (and so the handlers) runs, as data.prefetch = 4 batches are prepared ahead."""
+  at = random.Random(int(signum)).randint(5, 10)
+  original = loader.Batches.batch
+
+  def batch(self, step):
+    if self.split == loader.TRAIN and step == at:
+      os.kill(os.getpid(), signum)
+    return original(self, step)
+  monkeypatch.setattr(loader.Batches, "batch", batch)
+  workdir = tmp_path / "run"
+  assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["bert"], 12)]) == \
+      EXIT_PREEMPTED
+  err = capsys.readouterr().err
+  stopped = int(re.search(r"preempted at step (\d+) \(SIG\w+\): checkpoint saved in \S+; run "
+                          r"the same command to resume", err).group(1))
+  # the batches are prepared ahead (data.prefetch): the step in flight is at most a few back
+  assert at - 5 <= stopped <= at + 1, (at, stopped)
+  assert checkpoint.latest_step(str(workdir)) == stopped
+  assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)
+  monkeypatch.setattr(loader.Batches, "batch", original)
+  assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["bert"], 12)]) == 0
+  resumed = records(workdir)
+  assert [r["step"] for r in resumed] == list(range(1, 13))     # one record per step
+  np.testing.assert_array_equal([r["loss"] for r in resumed],
+                                [r["loss"] for r in uninterrupted])
+  assert [r for r in map(json.loads, open(workdir / "metrics.jsonl"))
+          if r["split"] == "resume"][0]["step"] == stopped
+
+
+def test_two_processes_stop_at_the_same_step_and_resume(tokenizers_dir, tmp_path):
+  """SIGTERM to the launcher reaches both processes; JAX's preemption service makes them save
+  the same step; two processes resume it with the losses of an uninterrupted run."""
+  workdir = tmp_path / "run"
+  args = train_args(workdir, tokenizers_dir["gpt"], 10, GPT)
+  command = [sys.executable, "-m", "plm_jax.launch_local", "--num-processes", "2",
+             "--devices-per-process", "4", "--log-dir", str(tmp_path / "logs"), "--grace", "60",
+             "--", sys.executable, "-m", "plm_jax.cli", *args]
+  code, out, _ = signal_at_a_random_step(command, tmp_path / "log", signal.SIGTERM, 2, 5, seed=1)
+  assert code == EXIT_PREEMPTED, out[-4000:]
+  steps = {int(s) for s in re.findall(r"preempted at step (\d+)", out)}
+  assert len(steps) == 1, out[-3000:]             # process 0 says it; both saved that step
+  stopped = steps.pop()
+  assert checkpoint.latest_step(str(workdir)) == stopped
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-3000:]
+  assert f"resumed from step {stopped}" in done.stdout
+  reference = tmp_path / "one"
+  assert cli.main(["plm-jax", *train_args(reference, tokenizers_dir["gpt"], 10, GPT)]) == 0
+  got, want = records(workdir), records(reference)
+  assert [r["step"] for r in got] == list(range(1, 11))
+  np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=1e-5)
+
+
+def test_checkpoints_by_time(tmp_path, tokenizers_dir, monkeypatch):
+  """checkpoint.every_seconds saves between the step-based saves."""
+  from plm_jax.scaffold import Run
+  clock = iter(range(0, 10_000, 11))         # every reading: 11 "seconds" later
+  monkeypatch.setattr(Run, "clock", staticmethod(lambda: next(clock)))
+  config = family_config("gpt", **{"train.steps": 6, "checkpoint.every": 1000,
+                                   "checkpoint.every_seconds": 20, "checkpoint.keep": 10,
+                                   "data.tokenizer": tokenizers_dir["gpt"]})
+  pretrain.train(config, str(tmp_path / "run"))
+  saved = checkpoint.make_manager(str(tmp_path / "run"), read_only=True).all_steps()
+  assert sorted(saved) == [2, 4, 6]
+
+
+# --- divergence ----------------------------------------------------------------------------------
+
+def poison(monkeypatch, steps):
+  """The train batches of `steps` (0-based) get NaN label weights: a NaN loss and gradient."""
+  original = loader.Batches.batch
+
+  def batch(self, step):
+    out = original(self, step)
+    if self.split == loader.TRAIN and step in steps:
+      out = {**out, "label_weights": np.full_like(out["label_weights"], np.nan)}
+    return out
+  monkeypatch.setattr(loader.Batches, "batch", batch)
+
+
+def gpt(tokenizers_dir, **overrides):
+  return family_config("gpt", **{"train.steps": 6, "checkpoint.every": 2, "checkpoint.keep": 10,
+                                 "data.tokenizer": tokenizers_dir["gpt"], **overrides})
+
+
+def test_stop_saves_the_last_finite_state_and_names_the_step(tmp_path, tokenizers_dir,
+                                                              monkeypatch):
+  reference = str(tmp_path / "reference")
+  pretrain.train(gpt(tokenizers_dir, **{"checkpoint.every": 1}), reference)
+  poison(monkeypatch, {3})                                   # the 4th step
+  workdir = str(tmp_path / "run")
+  with pytest.raises(Diverged, match=r"step 4 had a non-finite loss or gradient \(loss nan.*"
+                                     r"checkpoint of step 3, the last finite state"):
+    pretrain.train(gpt(tokenizers_dir), workdir)
+  assert checkpoint.latest_step(workdir) == 3
+  got, want = load_params(workdir, 3), load_params(reference, 3)
+  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+  meta = checkpoint.read_meta(checkpoint.make_manager(workdir, read_only=True), 3)
+  assert meta["data_iterator"] == {"next_index": 3} and meta["diverged_at"] == 4
+
+
+def test_skip_drops_the_update_counts_it_and_goes_on(tmp_path, tokenizers_dir, monkeypatch):
+  poison(monkeypatch, {2})
+  workdir = str(tmp_path / "run")
+  final = pretrain.train(gpt(tokenizers_dir, **{"train.nonfinite": "skip"}), workdir)
+  assert np.isfinite(final["loss"])
+  train = records(workdir)
+  assert [r["skipped_steps"] for r in train] == [0, 0, 1, 0, 0, 0]
+  # means over the applied steps: the skipped step's line has no loss
+  assert "loss" not in train[2] and all(np.isfinite(r["loss"]) for r in train if r is not
+                                        train[2])
+  assert finite(load_params(workdir).params)
+  # past max_consecutive_skips it stops, with the last finite state saved
+  poison(monkeypatch, {1, 2, 3, 4})
+  with pytest.raises(Diverged, match=r"3 steps in a row \(up to step 4\).*"
+                                     r"max_consecutive_skips=2.*checkpoint of step 3"):
+    pretrain.train(gpt(tokenizers_dir, **{"train.nonfinite": "skip",
+                                          "train.max_consecutive_skips": 2}),
+                   str(tmp_path / "many"))
+
+
+def test_a_good_run_continued_at_a_divergent_rate_keeps_a_finite_checkpoint(tmp_path,
+                                                                            tokenizers_dir):
+  workdir = tmp_path / "run"
+  args = train_args(workdir, tokenizers_dir["gpt"], 4, GPT, "--config.checkpoint.every=2",
+                    "--config.checkpoint.keep=2")
+  assert cli.main(["plm-jax", *args]) == 0
+  more = [a for a in args if "train.steps" not in a and "checkpoint.every" not in a]
+  code = cli.main(["plm-jax", *more, "--config.train.steps=40", "--config.checkpoint.every=1",
+                   "--config.optim.learning_rate=1e4", "--config.optim.warmup_steps=0"])
+  assert code == EXIT_DIVERGED
+  latest = load_params(str(workdir))
+  assert finite(latest.params) and latest.step >= 4
+
+
+# --- hangs ---------------------------------------------------------------------------------------
+
+STALL = """
+import sys, time
+from plm_jax import cli
+from plm_jax.data import loader
+original = loader.Prefetcher.__next__
+calls = []
+def stalled(self):
+  calls.append(1)
+  if len(calls) == 4:
+    def wait_for_a_dead_filesystem():
+      time.sleep(3600)
+    wait_for_a_dead_filesystem()
+  return original(self)
+loader.Prefetcher.__next__ = stalled
+sys.exit(cli.main(["plm-jax", *sys.argv[1:]]))
+"""
+
+
+def test_a_stalled_step_trips_the_watchdog(tmp_path, tokenizers_dir):
+  args = train_args(tmp_path / "run", tokenizers_dir["gpt"], 50, GPT,
+                    "--config.train.step_timeout_s=4")
+  t0 = time.time()
+  done = subprocess.run([sys.executable, "-c", STALL, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=240)
+  assert done.returncode == EXIT_HANG, done.stderr[-3000:]
+  assert time.time() - t0 < 200
+  assert "watchdog: no progress for" in done.stderr and "after step 3 of" in done.stderr
+  assert "wait_for_a_dead_filesystem" in done.stderr        # every thread's stack
+  assert "run the same command to resume" in done.stderr
+
+
+# --- a second trainer ----------------------------------------------------------------------------
+
+def write_lock(workdir, host, pid):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, LOCK_FILE), "w") as f:
+    json.dump({"host": host, "pid": pid, "started": "earlier"}, f)
+
+
+def test_a_second_trainer_is_refused_and_writes_nothing(tmp_path, tokenizers_dir, capsys):
+  workdir = tmp_path / "run"
+  args = train_args(workdir, tokenizers_dir["gpt"], 2, GPT)
+  assert cli.main(["plm-jax", *args]) == 0
+  holder = subprocess.Popen(["sleep", "60"])            # a live trainer on this host
+  try:
+    write_lock(workdir, socket.gethostname(), holder.pid)
+    before = snapshot(workdir)
+    assert cli.main(["plm-jax", *args[:-1], "--config.train.steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"is in use by another trainer (pid {holder.pid} on host {socket.gethostname()}" in err
+    assert snapshot(workdir) == before
+  finally:
+    holder.kill()
+    holder.wait()
+  # the same lock, its process dead: taken over (and released when the run ends)
+  from plm_jax.lock import WorkdirLock
+  lock = WorkdirLock(str(workdir))
+  assert "took over the lock of a trainer that is gone" in lock.acquire()
+  lock.release()
+  assert not (workdir / LOCK_FILE).exists()
+  # another host's lock is never taken silently
+  write_lock(workdir, "another-host", 1)
+  with pytest.raises(WorkdirLocked, match="on host another-host.*if that trainer is dead, "
+                                          "delete"):
+    pretrain.train(family_config("gpt", **{"train.steps": 6,
+                                           "data.tokenizer": tokenizers_dir["gpt"]}),
+                   str(workdir))
+
+
+def test_a_requeued_job_or_a_launcher_takes_a_lock_of_another_host(tmp_path, monkeypatch):
+  from plm_jax.lock import WorkdirLock
+  write_lock(tmp_path, "node-7", 4242)
+  with open(tmp_path / LOCK_FILE) as f:
+    held = {**json.load(f), "slurm_job": "991"}
+  (tmp_path / LOCK_FILE).write_text(json.dumps(held))
+  with pytest.raises(WorkdirLocked, match="node-7"):
+    WorkdirLock(str(tmp_path)).acquire()
+  monkeypatch.setenv("SLURM_JOB_ID", "991")          # the same job, requeued elsewhere
+  lock = WorkdirLock(str(tmp_path))
+  assert "took over" in lock.acquire()
+  assert json.load(open(tmp_path / LOCK_FILE))["slurm_job"] == "991"
+  lock.release()
+  monkeypatch.delenv("SLURM_JOB_ID")
+  write_lock(tmp_path, "tpu-worker-gone", 17)
+  monkeypatch.setenv("PLM_JAX_BREAK_LOCK", "1")      # the launcher recreated the VM
+  assert "took over" in WorkdirLock(str(tmp_path)).acquire()
+
+
+# --- a failing save ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tmpfs(path, size):
+  os.makedirs(path, exist_ok=True)
+  done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                        capture_output=True, text=True)
+  if done.returncode:
+    pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, tokenizers_dir,
+                                                                  capsys):
+  """A disk with room for the run's files and two checkpoints, not three."""
+  sized = tmp_path / "sized"
+  assert cli.main(["plm-jax", *train_args(sized, tokenizers_dir["gpt"], 2, GPT,
+                                          "--config.checkpoint.every=2")]) == 0
+  usage = lambda path: sum(os.path.getsize(os.path.join(r, f))  # noqa: E731
+                           for r, _, fs in os.walk(path) for f in fs)
+  one = usage(sized / "checkpoints" / "2")
+  rest = usage(sized) - one
+  capsys.readouterr()
+  with tmpfs(tmp_path / "disk", f"{(rest + int(2.5 * one)) // 1024 + 64}k") as disk:
+    args = train_args(disk / "run", tokenizers_dir["gpt"], 30, GPT,
+                      "--config.checkpoint.every=2", "--config.checkpoint.keep=10")
+    code = cli.main(["plm-jax", *args])
+    err = capsys.readouterr().err
+    assert code == EXIT_SAVE_FAILED, err
+    assert "Traceback" not in err, err[:3000]
+    assert "No space left on device" in err.splitlines()[-1]
+    last = int(re.search(r"the last complete checkpoint is step (\d+)", err).group(1))
+    assert last >= 2
+    assert finite(load_params(str(disk / "run"), last).params)
+
+
+def test_a_failing_save_stops_at_once(tmp_path, tokenizers_dir, monkeypatch):
+  """An error of the (asynchronous) save is reported when it is seen, not at the end."""
+  from orbax.checkpoint import checkpoint_manager
+  original = checkpoint_manager.CheckpointManager.check_for_errors
+  failing = {"armed": False}
+
+  def check(self):
+    if failing["armed"]:
+      raise OSError(28, "No space left on device")
+    return original(self)
+  monkeypatch.setattr(checkpoint_manager.CheckpointManager, "check_for_errors", check)
+  original_save = checkpoint.save
+
+  def save(manager, step, state, meta):
+    original_save(manager, step, state, meta)
+    failing["armed"] = step >= 4
+  monkeypatch.setattr(checkpoint, "save", save)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(SaveFailed, match=r"checkpoint of step 4 could not be written.*No space "
+                                       r"left on device.*the last complete checkpoint is step"):
+    pretrain.train(gpt(tokenizers_dir, **{"train.steps": 20}), workdir)
+  assert len(records(workdir)) <= 5            # stopped at the step after the failed save
+
+
+# --- bad input: one line, exit 2, workdir untouched ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory, tokenizers_dir):
+  workdir = tmp_path_factory.mktemp("bad") / "gpt"
+  assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["gpt"], 2, GPT)]) == 0
+  return workdir
+
+
+def one_line(capsys, *argv) -> str:
+  code = cli.main(["plm-jax", *argv])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  return err
+
+
+def test_bad_inputs_are_one_line_and_leave_the_workdir_untouched(gpt_run, tmp_path, capsys,
+                                                                 tokenizers_dir):
+  before = snapshot(gpt_run)
+  for batch in (0, -4):
+    err = one_line(capsys, "train", "--workdir", str(gpt_run), f"--config.train.batch_size={batch}")
+    assert f"train.batch_size={batch} must be positive; use --config.train.batch_size=" in err
+  err = one_line(capsys, "train", "--workdir", str(gpt_run), "--config.optim.clip_norm=0",
+                 "--config.train.steps=4")
+  assert "optim.clip_norm: saved 1.0, now 0" in err and "the checkpoint is intact" in err
+  assert "corrupt" not in err
+  for flag, words in ((["--max-new-tokens", "500"], "exceed the model's 128 positions; use "
+                       "--max-new-tokens"), (["--temperature", "-1"], "--temperature -1.0 must "
+                       "be >= 0"), (["--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]")):
+    err = one_line(capsys, "generate", "--workdir", str(gpt_run), "--prompt", "def", *flag)
+    assert words in err, err
+  err = one_line(capsys, "finetune", "--config", f"{ROOT}/configs/classify.py:builtin",
+                 "--init-from", str(tmp_path / "missing"), "--workdir", str(tmp_path / "ft"))
+  assert "--init-from" in err and "holds no plm-jax run" in err and "--workdir" not in err
+  assert not (tmp_path / "ft").exists()
+  err = one_line(capsys, "train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "z"),
+                 "--config.train.steps=0")
+  assert "train.steps=0 leaves nothing to train in a fresh --workdir" in err
+  assert not (tmp_path / "z").exists()
+  assert snapshot(gpt_run) == before
+
+
+@pytest.mark.parametrize("content", ["{}", "{not json", '{"model": {"family": "gpt"}}'])
+def test_an_unreadable_config_json_is_named(gpt_run, tmp_path, capsys, content):
+  import shutil
+  workdir = tmp_path / "copy"
+  shutil.copytree(gpt_run, workdir)
+  (workdir / "config.json").write_text(content)
+  before = snapshot(workdir)
+  for command in ("train", "evaluate"):
+    err = one_line(capsys, command, "--workdir", str(workdir))
+    assert "config.json" in err and ("is not a plm-jax config" in err or "unreadable" in err)
+  assert snapshot(workdir) == before
+
+
+def test_evaluate_of_a_corrupt_checkpoint_is_one_line(gpt_run, tmp_path, capfd):
+  import shutil
+  workdir = tmp_path / "corrupt"
+  shutil.copytree(gpt_run, workdir)
+  for f in (workdir / "checkpoints" / "2" / "params" / "d").iterdir():
+    f.unlink()
+  done = subprocess.run([sys.executable, "-m", "plm_jax.cli", "evaluate", "--workdir",
+                         str(workdir)], cwd=ROOT, capture_output=True, text=True, timeout=200)
+  assert done.returncode == 2
+  lines = [l for l in done.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "is corrupt or incomplete" in lines[0], done.stderr[-3000:]
+
+
+def test_a_read_only_workdir_is_one_line(tmp_path, tokenizers_dir, capsys):
+  with tmpfs(tmp_path / "ro", "1m") as mount:
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    err = one_line(capsys, *train_args(mount / "run", tokenizers_dir["gpt"], 2, GPT))
+    assert "is not writable" in err or "Read-only file system" in err
+  with tmpfs(tmp_path / "ro2", "20m") as mount:
+    assert cli.main(["plm-jax", *train_args(mount / "run", tokenizers_dir["gpt"], 2, GPT)]) == 0
+    capsys.readouterr()
+    before = snapshot(mount / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    err = one_line(capsys, *train_args(mount / "run", tokenizers_dir["gpt"], 4, GPT))
+    assert "is not writable" in err or "Read-only file system" in err
+    assert snapshot(mount / "run") == before
+
+
+# --- reproducibility ------------------------------------------------------------------------------
+
+REPRODUCE = """
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+from configs import bert
+from plm_jax.data import pipeline
+print(pipeline.corpus_tokenizer(bert.get_config("tiny")).tokenizer.to_str())
+"""
+
+
+def test_same_seed_and_data_give_the_same_tokenizer(tmp_path, monkeypatch):
+  """HF tokenizers' training differs from process to process (hash-map order); two processes
+  training on the same corpus get one vocabulary (the same ids, so the same losses: the rest
+  of a run is deterministic, as the resume tests show), also when the cache starts empty."""
+  monkeypatch.setenv("PLM_JAX_CACHE", str(tmp_path / "cache"))
+  vocabularies = []
+  for _ in range(2):
+    done = subprocess.run([sys.executable, "-c", REPRODUCE, ROOT], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    vocabularies.append(json.loads(done.stdout)["model"]["vocab"])
+  assert vocabularies[0] == vocabularies[1]
