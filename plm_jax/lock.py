@@ -82,9 +82,12 @@ class WorkdirLock:
 
   def _stale(self, holder: dict) -> bool:
     if not holder:
-      # Unreadable: a holder that died between creating and writing it, or one writing now.
-      return time.time() - os.path.getmtime(self.path) > 10 if os.path.exists(self.path) \
-          else True
+      # Unreadable: a holder that died between creating and writing it (stale after a few
+      # seconds), or one writing it now.
+      try:
+        return time.time() - os.path.getmtime(self.path) > 10
+      except FileNotFoundError:
+        return True                  # gone meanwhile: try again
     if os.environ.get("PLM_JAX_BREAK_LOCK") == "1":
       return True
     job = os.environ.get("SLURM_JOB_ID", "")

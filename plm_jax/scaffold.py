@@ -38,6 +38,7 @@ from plm_jax.watchdog import Watchdog
 
 # Per-step values of the train step that are not means to log.
 FLAGS = ("tokens", "nonfinite", "halted")
+SCHEDULE = ("learning_rate",)        # a function of the step, finite whatever the batch
 
 
 class Run:
@@ -52,8 +53,7 @@ class Run:
     try:
       note = self.lock.acquire()
     except OSError as e:
-      raise CheckpointError(f"--workdir {path!r} is not writable ({e.strerror}); give a "
-                            "directory this user may write to") from None
+      raise _not_writable(path, e) from None
     if note:
       console(f"{path}: {note}")
     self._managers = []
@@ -98,8 +98,7 @@ class Run:
       manager = checkpoint.make_manager(self.path, keep=keep, async_save=async_save,
                                         subdir=subdir)
     except OSError as e:
-      raise CheckpointError(f"--workdir {self.path!r} is not writable ({e.strerror}); give a "
-                            "directory this user may write to") from None
+      raise _not_writable(self.path, e) from None
     self._managers.append(manager)
     return manager
 
@@ -315,6 +314,11 @@ class Run:
                    "to resume")
 
 
+def _not_writable(path: str, error: OSError) -> CheckpointError:
+  return CheckpointError(f"--workdir {path!r} is not writable ({error.strerror}); give a "
+                         "directory this user may write to")
+
+
 def _reason(error: Exception) -> str:
   """The operating system's words when a failure comes from it (Orbax and TensorStore wrap
   them in long messages), else the error's own, shortened."""
@@ -326,12 +330,15 @@ def _reason(error: Exception) -> str:
 
 
 def _means(fetched: list) -> dict:
-  """Means of the interval's metrics over the steps whose update was applied; with the count of
-  skipped (non-finite) steps."""
+  """Means of the interval's metrics: of the model's (loss, accuracy, gradient norm) over the
+  steps whose update was applied, of the schedule's over all; with the count of skipped
+  (non-finite) steps."""
   applied = [m for m in fetched if not m["nonfinite"]]
-  mean = {k: float(np.mean([m[k] for m in applied])) for k in fetched[-1]
-          if k not in FLAGS and applied}
-  mean["learning_rate"] = float(fetched[-1]["learning_rate"])
+  mean = {}
+  for k in fetched[-1]:
+    steps = fetched if k in SCHEDULE else applied
+    if k not in FLAGS and steps:
+      mean[k] = float(np.mean([m[k] for m in steps]))
   mean["skipped_steps"] = float(sum(m["nonfinite"] > 0 for m in fetched))
   return mean
 
