@@ -293,8 +293,8 @@ def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> None:
     rest = fv(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field the locked config lacks.
-    message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace(
-        "\n", " ").replace("\\'", "").replace("'", "")
+    message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", "; ").replace(
+        "\n", "; ").replace("\\'", "").replace("'", "")
     raise UsageError(f"unknown config field in a --config.<field> override: {message}; list "
                      f"the fields with `plm-jax config --config FILE:ARG`") from None
   if len(rest) > 1:
@@ -442,7 +442,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
   """Console-script entry point."""
-  code = main()
+  try:
+    code = main()
+  except BrokenPipeError:
+    # `plm-jax CMD --help | head`: the reader left; nothing is wrong with the command.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    code = 0
   if code:
     # After a failed restore TensorStore may still deliver reads to Orbax's closed event loop
     # and print tracebacks at interpreter exit; the user's one-line error is already out.

@@ -18,6 +18,7 @@ evaluation) and how a run ends short of its last step, losing at most the step i
   no progress for train.step_timeout_s     every thread's stack dumped, exit 4 (watchdog.py)
 """
 
+import collections
 import contextlib
 import errno
 import os
@@ -39,6 +40,10 @@ from plm_jax.watchdog import Watchdog
 # Per-step values of the train step that are not means to log.
 FLAGS = ("tokens", "nonfinite", "halted")
 SCHEDULE = ("learning_rate",)        # a function of the step, finite whatever the batch
+# Steps the host may dispatch ahead of the device. Enough to keep the device busy; few enough
+# that a stop request (a preemption's grace period is often 30 s) and the watchdog see the
+# device's progress, not only the host's.
+MAX_IN_FLIGHT = 2
 
 
 class Run:
@@ -203,6 +208,7 @@ class Run:
     every_s, eval_every = config.checkpoint.every_seconds, config.train.eval_every
     tokens_seen = int(meta.get("tokens_seen", 0))
     pending, waited, t_last, s_last, t_saved = [], 0.0, time.time(), start, self.clock()
+    in_flight: collections.deque = collections.deque()
     stops = StopRequests().install()
     watchdog = Watchdog(config.train.step_timeout_s,
                         describe=lambda: f"after step {done} of {self.path}").start()
@@ -214,6 +220,9 @@ class Run:
         waited += time.perf_counter() - t_wait
         state, metrics = train_step(state, loader.to_global(local, trainer.batch_shardings))
         pending.append(metrics)
+        in_flight.append(metrics["tokens"])
+        if len(in_flight) > MAX_IN_FLIGHT:
+          in_flight.popleft().block_until_ready()
         done = step + 1
         watchdog.beat()
         if done % log_every == 0 or done == total:
