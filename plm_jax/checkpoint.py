@@ -6,10 +6,15 @@ are separate items so that evaluation reads the parameters only. (The rest of a 
 plm_jax/workdir.py.)
 """
 
+import dataclasses
 import os
+import re
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from plm_jax.errors import CheckpointError
 
@@ -69,16 +74,27 @@ def _abstract(tree, shardings):
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, shardings: dict,
             *, params_only: bool = False) -> dict:
-  """Restores onto the given shardings (any mesh: Orbax reshards on load)."""
-  items = {"params": ocp.args.StandardRestore(
-      _abstract(abstract_state["params"], shardings["params"]))}
+  """Restores onto the given shardings (any mesh: Orbax reshards on load). A checkpoint from
+  before the fused q/k/v projection is converted on the way in."""
+  targets = {"params": _abstract(abstract_state["params"], shardings["params"])}
   if not params_only:
-    items["opt_state"] = ocp.args.StandardRestore(
-        _abstract(abstract_state["opt_state"], shardings["opt_state"]))
-    items["meta"] = ocp.args.JsonRestore()
+    targets["opt_state"] = _abstract(abstract_state["opt_state"], shardings["opt_state"])
   where = os.path.join(manager.directory, str(step))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      return _restore_items(manager, step, targets, params_only)
+    except Exception:  # noqa: BLE001 - retried below only for layouts it knows
+      conversions = _conversions(os.path.join(where, "params"), abstract_state["params"])
+      if not conversions:
+        raise
+    old = targets
+    for conversion in conversions:
+      old = {k: _tree_map_dicts(v, conversion.to_old) for k, v in old.items()}
+    restored = _restore_items(manager, step, old, params_only)
+    for conversion in reversed(conversions):
+      restored = {k: _tree_map_dicts(v, conversion.from_old) if k in targets else v
+                  for k, v in restored.items()}
+    return restored
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; all are reported
     detail = " ".join(str(e).split())[:300]
     # Which it is comes from the checkpoint's own metadata, not from the wording of the error.
@@ -96,7 +112,166 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, sha
     raise CheckpointError(
         f"checkpoint {where} is corrupt or incomplete ({detail}); delete that folder to resume "
         "from the previous checkpoint") from None
+
+
+def _restore_items(manager, step: int, targets: dict, params_only: bool) -> dict:
+  items = {k: ocp.args.StandardRestore(v) for k, v in targets.items()}
+  if not params_only:
+    items["meta"] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
   return {k: restored[k] for k in items}
+
+
+# --- checkpoints of other layouts of the same model -------------------------------------------
+# A checkpoint written with the layers unrolled restores into a model with stacked layers
+# (model.scan_layers) and the other way round; one from before the fused q/k/v projection
+# (attention/{query,key,value}/{kernel [.., E, N, H], bias [.., N, H]}, now attention/qkv/
+# {kernel [.., E, 3, N, H], bias [.., 3, N, H]}) restores too. The optimizer's moments mirror
+# the parameters and convert alike. Each conversion turns the model's abstract tree into the
+# checkpoint's layout (to_old: what to ask Orbax for) and the restored arrays back (from_old).
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+  name: str
+  to_old: Callable[[dict], dict]
+  from_old: Callable[[dict], dict]
+
+
+QKV_PARTS = ("query", "key", "value")
+_PER_LAYER = re.compile(r"(^|/)layers/\d+/")
+_STACKED = re.compile(r"(^|/)layers/[^\d/][^/]*/")
+
+
+def _leaf_paths(tree) -> list[str]:
+  return [_key_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _conversions(item_dir: str, abstract_params) -> list[Conversion]:
+  """What turns this model's layout into the saved one (empty: none known applies)."""
+  try:
+    saved = _leaf_paths(ocp.StandardCheckpointer().metadata(item_dir).item_metadata)
+  except Exception:  # noqa: BLE001 - unreadable metadata: nothing to convert
+    return []
+  wanted = _leaf_paths(abstract_params)
+  out = []
+  has = lambda pattern, paths: any(pattern.search(p) for p in paths)  # noqa: E731
+  if has(_PER_LAYER, saved) and has(_STACKED, wanted):
+    out.append(Conversion("unrolled layers", _unstack_abstract, _stack_arrays))
+  if has(_STACKED, saved) and has(_PER_LAYER, wanted):
+    out.append(Conversion("stacked layers", _stack_abstract, _unstack_arrays))
+  if any("/attention/query/" in f"/{p}" for p in saved):
+    out.append(Conversion("separate q/k/v", _split_qkv, _fuse_qkv))
+  return out
+
+
+def _tree_map_dicts(tree, fn):
+  """Applies `fn` to every dict of a tree of dicts, lists and (named) tuples, outermost first;
+  `fn` returns the dict to use (whose values are then visited)."""
+  if isinstance(tree, dict):
+    tree = fn(tree)
+    return {k: _tree_map_dicts(v, fn) for k, v in tree.items()}
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+    return type(tree)(*(_tree_map_dicts(v, fn) for v in tree))
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_tree_map_dicts(v, fn) for v in tree)
+  return tree
+
+
+def _spec(x) -> list:
+  spec = list(x.sharding.spec)
+  return spec + [None] * (len(x.shape) - len(spec))
+
+
+def _sharding(x, spec: list) -> NamedSharding:
+  return NamedSharding(x.sharding.mesh, PartitionSpec(*spec))
+
+
+def _without_axis(x, axis: int) -> jax.ShapeDtypeStruct:
+  """The abstract array of one slice along `axis` (that axis is never sharded)."""
+  spec = _spec(x)
+  del spec[axis]
+  return jax.ShapeDtypeStruct(x.shape[:axis] + x.shape[axis + 1:], x.dtype,
+                              sharding=_sharding(x, spec))
+
+
+def _with_axis(x, axis: int, n: int) -> jax.ShapeDtypeStruct:
+  spec = _spec(x)
+  spec.insert(axis, None)
+  return jax.ShapeDtypeStruct(x.shape[:axis] + (n,) + x.shape[axis:], x.dtype,
+                              sharding=_sharding(x, spec))
+
+
+def _stack(parts: list, axis: int) -> jax.Array:
+  spec = _spec(parts[0])
+  spec.insert(axis, None)
+  return jax.jit(lambda *p: jnp.stack(p, axis), out_shardings=_sharding(parts[0], spec))(*parts)
+
+
+def _take(x: jax.Array, i: int, axis: int) -> jax.Array:
+  spec = _spec(x)
+  del spec[axis]
+  return jax.jit(lambda a: jnp.take(a, i, axis), out_shardings=_sharding(x, spec))(x)
+
+
+def _int_keyed(d) -> bool:
+  return isinstance(d, dict) and bool(d) and all(isinstance(k, int) for k in d)
+
+
+def _stacked(d) -> bool:
+  return isinstance(d, dict) and bool(d) and not any(isinstance(k, int) for k in d)
+
+
+def _unstack_abstract(d: dict) -> dict:
+  if not _stacked(d.get("layers")):
+    return d
+  n = jax.tree.leaves(d["layers"])[0].shape[0]
+  return {**d, "layers": {i: jax.tree.map(lambda x: _without_axis(x, 0), d["layers"])
+                          for i in range(n)}}
+
+
+def _stack_arrays(d: dict) -> dict:
+  if not _int_keyed(d.get("layers")):
+    return d
+  layers = [d["layers"][i] for i in sorted(d["layers"])]
+  return {**d, "layers": jax.tree.map(lambda *xs: _stack(list(xs), 0), *layers)}
+
+
+def _stack_abstract(d: dict) -> dict:
+  if not _int_keyed(d.get("layers")):
+    return d
+  layers = [d["layers"][i] for i in sorted(d["layers"])]
+  return {**d, "layers": jax.tree.map(lambda x: _with_axis(x, 0, len(layers)), layers[0])}
+
+
+def _unstack_arrays(d: dict) -> dict:
+  if not _stacked(d.get("layers")):
+    return d
+  n = jax.tree.leaves(d["layers"])[0].shape[0]
+  return {**d, "layers": {i: jax.tree.map(lambda x, i=i: _take(x, i, 0), d["layers"])
+                          for i in range(n)}}
+
+
+def _qkv_axis(x) -> int:
+  return len(x.shape) - 3            # kernel [.., E, 3, N, H], bias [.., 3, N, H]
+
+
+def _split_qkv(d: dict) -> dict:
+  if not isinstance(d.get("qkv"), dict):
+    return d
+  out = {k: v for k, v in d.items() if k != "qkv"}
+  for name in QKV_PARTS:
+    out[name] = {leaf: _without_axis(x, _qkv_axis(x)) for leaf, x in d["qkv"].items()}
+  return out
+
+
+def _fuse_qkv(d: dict) -> dict:
+  if not all(isinstance(d.get(name), dict) for name in QKV_PARTS):
+    return d
+  out = {k: v for k, v in d.items() if k not in QKV_PARTS}
+  out["qkv"] = {leaf: _stack([d[name][leaf] for name in QKV_PARTS],
+                             len(d["query"][leaf].shape) - 2)
+                for leaf in d["query"]}
+  return out
 
 
 def _key_path(path) -> str:

@@ -10,15 +10,12 @@ import math
 
 import jax
 
-from plm_jax import families
+from plm_jax import accelerator, families
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
 from plm_jax.parallel import resolve_mesh_shape
 from plm_jax.tasks import validate_classify
 
-DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("xla", "cudnn")
-PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 SCHEDULES = ("linear", "cosine", "constant")
 NONFINITE = ("stop", "skip")
 
@@ -32,7 +29,17 @@ def validate(config, num_devices: int, num_processes: int | None = None
   _model(config, shape, num_devices)
   _batch(config, shape, jax.process_count() if num_processes is None else num_processes)
   _schedule(config)
+  if num_processes is None:                     # a run here (not a plan for another machine)
+    _kernels_here(config)
   return shape
+
+
+def _kernels_here(config) -> None:
+  """A kernel named explicitly must exist on this machine's devices."""
+  attention, here = accelerator.attention_impl(config.model.attention_impl), accelerator.platform()
+  if attention == "cudnn" and here != "gpu":
+    raise ConfigError(f"model.attention_impl='cudnn' needs an NVIDIA GPU and this run has {here} "
+                      "devices; use --config.model.attention_impl=auto")
 
 
 def validate_data(config) -> None:
@@ -72,11 +79,14 @@ def _model(config, shape, num_devices: int) -> None:
                       f"use --config.mesh.tensor={max(ok)}")
   if m.mlp_dim % tensor:
     raise ConfigError(f"model.mlp_dim={m.mlp_dim} is not divisible by mesh.tensor={tensor}")
-  for field in ("dtype", "param_dtype"):
-    if m[field] not in DTYPES:
-      raise ConfigError(f"model.{field}={m[field]!r} is not one of {', '.join(DTYPES)}")
-  if m.attention_impl not in ATTENTION:
-    raise ConfigError(f"model.attention_impl={m.attention_impl!r} is not 'xla' or 'cudnn'")
+  if m.param_dtype not in accelerator.DTYPES:
+    raise ConfigError(f"model.param_dtype={m.param_dtype!r} is not one of "
+                      f"{', '.join(accelerator.DTYPES)}")
+  accelerator.compute_dtype(m.dtype)             # each raises for a value it does not know
+  accelerator.attention_impl(m.attention_impl)
+  if config.objective.loss_chunk < 0:
+    raise ConfigError(f"objective.loss_chunk={config.objective.loss_chunk} must be >= 0 "
+                      "(0: the output layer in one chunk)")
 
 
 def _batch(config, shape, processes: int) -> None:
@@ -105,8 +115,7 @@ def _schedule(config) -> None:
   if t.max_consecutive_skips < 0 or t.step_timeout_s < 0 or config.checkpoint.every_seconds < 0:
     raise ConfigError("train.max_consecutive_skips, train.step_timeout_s and "
                       "checkpoint.every_seconds must be >= 0")
-  if t.prng_impl not in PRNG_IMPLS:
-    raise ConfigError(f"train.prng_impl={t.prng_impl!r} is not one of {', '.join(PRNG_IMPLS)}")
+  accelerator.prng_impl(t.prng_impl)             # raises for a value it does not know
   if config.optim.schedule not in SCHEDULES:
     raise ConfigError(f"optim.schedule={config.optim.schedule!r} is not one of "
                       f"{', '.join(SCHEDULES)}")

@@ -23,6 +23,8 @@ DEFAULT_RULES = (
     ("act_embed", None),
     ("heads", "tensor"),
     ("kv", None),
+    ("qkv", None),
+    ("layers", None),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("segment", None),
@@ -93,10 +95,14 @@ def model_group(family: str, size_name: str, size: dict) -> ml_collections.Confi
   m.attention_dropout_rate = 0.0     # >0 disables the fused attention kernel (see layers.py)
   m.layer_norm_eps = size["layer_norm_eps"]
   m.initializer_range = 0.02         # stddev of the normal initialiser
-  m.attention_impl = "xla"           # "xla", or "cudnn" for the GPU flash kernel
-  m.dtype = "float32"                # compute dtype: "float32" or "bfloat16"
+  m.attention_impl = "auto"          # "auto" (cudnn on NVIDIA GPUs, splash on TPUs, else xla),
+                                     # "xla", "cudnn" (the GPU flash kernel) or "splash" (TPU)
+  m.dtype = "auto"                   # compute dtype: "auto" (bfloat16 on GPU/TPU, float32 on
+                                     # CPU), "float32" or "bfloat16" (plm_jax/accelerator.py)
   m.param_dtype = "float32"          # storage dtype of parameters and optimizer state
   m.remat = False                    # rematerialise each block in the backward pass
+  m.scan_layers = True               # run the layers as one lax.scan: compile time does not
+                                     # grow with depth; parameters are the same either way
   m.embedding_size = size.get("embedding_size", 0)    # ALBERT: factorised embedding size E
   m.shared_layers = size.get("shared_layers", False)  # ALBERT: one layer's weights for all
   m.hidden_act = size.get("hidden_act", "gelu")       # encoders: "gelu" or "gelu_new" (tanh)
@@ -111,6 +117,8 @@ def objective_group(objective: str) -> ml_collections.ConfigDict:
                                      # (fine-tuning; see the classify group); the
                                      # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
+  o.loss_chunk = 8192                # tokens per device in each chunk of the output layer's
+                                     # cross-entropy (no [B, T, V] float32 tensor); 0 = one chunk
   return o
 
 
@@ -168,7 +176,8 @@ def train_group(values: dict) -> ml_collections.ConfigDict:
   t.steps = 1000                     # optimizer steps
   t.batch_size = 32                  # global batch, all devices and micro-batches together
   t.seed = 0                         # init, data order, masking and dropout all derive from it
-  t.prng_impl = "threefry2x32"       # dropout rng: "threefry2x32" (identical on any mesh) or
+  t.prng_impl = "auto"               # dropout rng: "auto" (rbg on GPU/TPU, threefry2x32 on
+                                     # CPU), "threefry2x32" (identical on any mesh) or
                                      # "rbg" (much cheaper on GPU/TPU, mesh-dependent bits)
   t.log_every = 50                   # steps between console / TensorBoard / metrics.jsonl lines
   t.eval_every = 0                   # steps between evaluations during training; 0 = at the end

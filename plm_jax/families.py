@@ -56,16 +56,19 @@ class Family:
     return (self.classifier if cfg.num_labels else self.model)(cfg, rngs=rngs)
 
   def layer_depth(self, path: tuple[str, ...], num_layers: int, shared_layers: bool
-                  ) -> int | None:
+                  ) -> int | tuple[int, ...] | None:
     """0 for embeddings, l + 1 for layer l, num_layers + 1 above the layers (pooler, final
-    LayerNorm); None for a classification head."""
+    LayerNorm); None for a classification head; for the layers stacked along a leading axis
+    (model.scan_layers), the depths of its slices, (1, ..., num_layers)."""
     if path[0] in HEAD_PARAMS:
       return None
     if path[:len(self.body_root)] == self.body_root:
       path = path[len(self.body_root):]
     if path[0] == "layers":
       # ALBERT's one shared layer is every layer: it gets the top layer's rate.
-      return num_layers if shared_layers else int(path[1]) + 1
+      if shared_layers:
+        return num_layers
+      return int(path[1]) + 1 if path[1].isdigit() else tuple(range(1, num_layers + 1))
     if path[0] in self.embeddings:
       return 0
     return num_layers + 1

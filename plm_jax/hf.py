@@ -31,7 +31,7 @@ from plm_jax import families
 from plm_jax.configlib import make_config
 from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer
 from plm_jax.errors import CheckpointError
-from plm_jax.hf_tables import expected_hf_shape, to_hf, to_ours
+from plm_jax.hf_tables import base_kind, expected_hf_shape, part_index, to_hf, to_ours
 from plm_jax.models.config import ModelConfig, model_config
 
 
@@ -144,6 +144,22 @@ def _set(tree: dict, path: tuple, value) -> None:
   tree[path[-1]] = value
 
 
+def _locate(tree: dict, path: tuple, kind) -> tuple[tuple, tuple | None]:
+  """(our parameter's path, the index of the transformers tensor within it, or None for the
+  whole). The tables name each layer's parameters (..., "layers", i, ...); with stacked layers
+  (model.scan_layers) that is slice i of the stacked parameter; a ("part", ...) entry is a
+  slice of it too (BERT's query / key / value of the fused projection)."""
+  node, lead = tree, ()
+  for n, key in enumerate(path):
+    if isinstance(key, int) and key not in node:        # stacked: layer i is a slice
+      path, lead = path[:n] + path[n + 1:], (key,)
+      break
+    node = node[key]
+  part = part_index(kind) or ()
+  index = lead + part
+  return path, (index or None)
+
+
 def _not_exported(spec, key: str) -> bool:
   return any(part in key for part in spec.not_exported)
 
@@ -153,25 +169,29 @@ def params_from_hf(weights: dict, mcfg: ModelConfig, template: dict) -> tuple[di
   returns the params and the paths left at their initial values (absent heads)."""
   spec = families.get(mcfg.family).hf
   body, heads = spec.entries(mcfg, _prefix(weights, spec))
-  params = jax.tree.map(np.asarray, template)
+  params = jax.tree.map(np.array, template)         # writable copies: slices are set in place
   has_heads = any(_lookup(weights, k) is not None for k, _, _ in heads)
   fresh = []
-  for key, path, kind in body + heads:
-    target = _get(params, path)
+  for key, table_path, kind in body + heads:
+    path, index = _locate(params, table_path, kind)
+    target = _get(params, path) if index is None else _get(params, path)[index]
     value = _lookup(weights, key)
     if value is None:
-      optional = (key, path, kind) in heads and not has_heads or _not_exported(spec, key)
+      optional = (key, table_path, kind) in heads and not has_heads or _not_exported(spec, key)
       if optional:
-        fresh.append("/".join(map(str, path)))
+        fresh.append("/".join(map(str, table_path)))
         continue
       raise CheckpointError(f"the checkpoint has no tensor {key!r} (expected shape "
-                            f"{expected_hf_shape(target.shape, kind)}); it does not match a "
-                            f"{spec.model_type} model of this config")
+                            f"{expected_hf_shape(target.shape, base_kind(kind))}); it does not "
+                            f"match a {spec.model_type} model of this config")
     try:
-      _set(params, path, to_ours(value, kind, target.shape).astype(target.dtype))
+      if index is None:
+        _set(params, path, to_ours(value, kind, target.shape).astype(target.dtype))
+      else:                                      # a slice: one layer and/or one of q / k / v
+        _get(params, path)[index] = to_ours(value, kind, target.shape)
     except ValueError:
       raise CheckpointError(f"tensor {key!r} has shape {tuple(value.shape)}, expected "
-                            f"{expected_hf_shape(target.shape, kind)}") from None
+                            f"{expected_hf_shape(target.shape, base_kind(kind))}") from None
   return params, sorted(set(fresh))
 
 
@@ -182,17 +202,14 @@ def hf_tensors(params: dict, mcfg: ModelConfig, fetch: Callable = None
   fetch = fetch or _fetch
   spec = families.get(mcfg.family).hf
   body, heads = spec.entries(mcfg, spec.prefix)
-  pending_qkv: dict[str, list] = {}
-  for key, path, kind in body + heads:
+  fetched: tuple = ((), None)                    # the last tensor fetched: slices share one
+  for key, table_path, kind in body + heads:
     if _not_exported(spec, key):
       continue                                   # e.g. RobertaForMaskedLM has no pooler
-    value = to_hf(fetch(_get(params, path)), kind)
-    if isinstance(kind, tuple):                  # GPT-2's fused q/k/v: emit when complete
-      pending_qkv.setdefault(key, []).append(value)
-      if len(pending_qkv[key]) == 3:
-        yield key, np.concatenate(pending_qkv.pop(key), axis=-1)
-      continue
-    yield key, value
+    path, index = _locate(params, table_path, kind)
+    if fetched[0] != path:
+      fetched = (path, fetch(_get(params, path)))
+    yield key, to_hf(fetched[1] if index is None else fetched[1][index], kind)
 
 
 def _fetch(x) -> np.ndarray:

@@ -9,8 +9,10 @@ One `HFSpec` per family (the registry, plm_jax/families.py, points each family a
 Kinds of entries: "same" (identical layout: embeddings, LayerNorm), "bias" (flat in transformers,
 maybe [heads, head_dim] here), "linear" (torch Linear [out, in] <-> our Dense kernel [in, *out]),
 "linear_in" (torch Linear <-> our DenseIn kernel [*in, out]), "conv1d" (GPT-2's Conv1D
-[in, out] <-> Dense [in, *out]), "conv1d_in" (Conv1D <-> DenseIn), ("qkv", i, "w" / "b") (third
-i of GPT-2's fused c_attn: Conv1D [H, 3H] / bias [3H]). `to_ours` / `to_hf` convert by kind.
+[in, out] <-> Dense [in, *out]), "conv1d_in" (Conv1D <-> DenseIn), and ("part", axis, i, kind):
+one transformers tensor is slice i along `axis` of ours (BERT's separate query / key / value are
+the three parts of our fused [E, 3, heads, head_dim] projection; GPT-2's fused c_attn is already
+one tensor). `to_ours` / `to_hf` convert by kind.
 """
 
 import dataclasses
@@ -59,9 +61,11 @@ ALBERT_LAYER = dict(attention="attention.{}", out="attention.dense",
 
 def _post_ln_layer(hf: str, ours: tuple, names: dict) -> list[Entry]:
   entries = []
-  for name in ("query", "key", "value"):
-    entries += _dense(f"{hf}.{names['attention'].format(name)}", (*ours, "attention", name),
-                      "linear")
+  qkv = (*ours, "attention", "qkv")
+  for i, name in enumerate(("query", "key", "value")):
+    torch_name = f"{hf}.{names['attention'].format(name)}"
+    entries += [(f"{torch_name}.weight", (*qkv, "kernel"), ("part", 1, i, "linear")),
+                (f"{torch_name}.bias", (*qkv, "bias"), ("part", 0, i, "bias"))]
   entries += _dense(f"{hf}.{names['out']}", (*ours, "attention", "out"), "linear_in")
   entries += _norm(f"{hf}.{names['attention_norm']}", (*ours, "attention_norm"))
   entries += _dense(f"{hf}.{names['wi']}", (*ours, "mlp", "wi"), "linear")
@@ -122,9 +126,7 @@ def gpt2_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
   for i in range(mcfg.num_layers):
     h, o = f"{p}h.{i}", ("layers", i)
     body += _norm(f"{h}.ln_1", (*o, "attention_norm"))
-    for j, name in enumerate(("query", "key", "value")):
-      body += [(f"{h}.attn.c_attn.weight", (*o, "attention", name, "kernel"), ("qkv", j, "w")),
-               (f"{h}.attn.c_attn.bias", (*o, "attention", name, "bias"), ("qkv", j, "b"))]
+    body += _dense(f"{h}.attn.c_attn", (*o, "attention", "qkv"), "conv1d")   # [E, 3E]
     body += _dense(f"{h}.attn.c_proj", (*o, "attention", "out"), "conv1d_in")
     body += _norm(f"{h}.ln_2", (*o, "mlp_norm"))
     body += _dense(f"{h}.mlp.c_fc", (*o, "mlp", "wi"), "conv1d")
@@ -134,23 +136,35 @@ def gpt2_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
 
 # --- layouts -------------------------------------------------------------------------------------
 
+def part_index(kind) -> tuple | None:
+  """The index of our tensor that a ("part", axis, i, kind) entry is, else None."""
+  if isinstance(kind, tuple) and kind[0] == "part":
+    return (slice(None),) * kind[1] + (kind[2],)
+  return None
+
+
+def base_kind(kind):
+  return kind[3] if part_index(kind) is not None else kind
+
+
 def to_ours(value: np.ndarray, kind, shape: tuple) -> np.ndarray:
+  """A transformers tensor in our layout of `shape` (for a part: the part's shape)."""
+  kind = base_kind(kind)
   if kind in ("linear", "linear_in"):
     value = value.T
-  elif isinstance(kind, tuple):                      # ("qkv", i)
-    third = value.shape[-1] // 3
-    value = value[..., kind[1] * third:(kind[1] + 1) * third]
   if int(np.prod(value.shape)) != int(np.prod(shape)):
     raise ValueError(value.shape)
   return np.ascontiguousarray(value.reshape(shape))
 
 
 def to_hf(value: np.ndarray, kind) -> np.ndarray:
-  if kind in ("linear", "conv1d") or (isinstance(kind, tuple) and kind[2] == "w"):
+  """Our tensor (for a part: the part) in transformers' layout."""
+  kind = base_kind(kind)
+  if kind in ("linear", "conv1d"):
     value = value.reshape(value.shape[0], -1)
   elif kind in ("linear_in", "conv1d_in"):
     value = value.reshape(-1, value.shape[-1])
-  elif kind == "bias" or isinstance(kind, tuple):
+  elif kind == "bias":
     value = value.reshape(-1)
   if kind in ("linear", "linear_in"):
     value = value.T
@@ -158,8 +172,9 @@ def to_hf(value: np.ndarray, kind) -> np.ndarray:
 
 
 def expected_hf_shape(shape: tuple, kind) -> tuple:
-  hf = tuple(to_hf(np.zeros(shape, np.float32), kind).shape)
-  return (*hf[:-1], 3 * hf[-1]) if isinstance(kind, tuple) else hf
+  index = part_index(kind)
+  part = np.zeros(shape, np.float32) if index is None else np.zeros(shape, np.float32)[index]
+  return tuple(to_hf(part, kind).shape)
 
 
 # --- config.json, both ways ----------------------------------------------------------------------

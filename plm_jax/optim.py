@@ -2,6 +2,7 @@
 fine-tuning, layer-wise learning-rate decay and a learning rate of the head's own."""
 
 import jax
+import numpy as np
 import optax
 
 
@@ -32,10 +33,16 @@ def lr_factors(params, depth, num_layers: int, layer_decay: float, head_factor: 
   (ELECTRA / BEiT-style layer-wise decay: the embeddings change least), head_factor for the
   new head. `depth(path)` is the family's layer grouping (plm_jax.families.Family.layer_depth):
   0 for embeddings, l + 1 for layer l, L + 1 above, None for the head. A tree of Python floats
-  shaped like `params`."""
-  def factor(path, _):
+  shaped like `params`; a stacked layers parameter gets an array, one factor per layer along
+  its leading axis."""
+  def factor(path, leaf):
     d = depth(tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
-    return head_factor if d is None else layer_decay ** (num_layers + 1 - d)
+    if d is None:
+      return head_factor
+    if isinstance(d, tuple):                     # stacked layers: [L, 1, ..., 1]
+      per_layer = np.asarray([layer_decay ** (num_layers + 1 - x) for x in d], np.float32)
+      return per_layer.reshape((len(d),) + (1,) * (len(leaf.shape) - 1))
+    return layer_decay ** (num_layers + 1 - d)
   return jax.tree_util.tree_map_with_path(factor, params)
 
 
@@ -43,7 +50,8 @@ def scale_by_factors(factors) -> optax.GradientTransformation:
   """Multiplies each parameter's update by its (static) factor."""
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, f: u * f if f != 1.0 else u, updates, factors), state
+    return jax.tree.map(lambda u, f: u if isinstance(f, float) and f == 1.0 else u * f,
+                        updates, factors), state
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 

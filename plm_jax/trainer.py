@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from plm_jax import checkpoint, families, objectives, parallel
+from plm_jax import accelerator, checkpoint, families, objectives, parallel
 from plm_jax.data import loader
 from plm_jax.models.config import ModelConfig, model_config
 from plm_jax.models.partitioning import axis_rules
@@ -133,7 +133,7 @@ class Trainer:
     config, objective, graphdef = self.config, self.objective, self.graphdef
     rules, mesh, accum = parallel.rules_dict(config), self.mesh, config.optim.grad_accum_steps
     seed, optimizer, schedule = config.train.seed, self.optimizer, self.schedule
-    prng_impl = config.train.prng_impl
+    prng_impl = accelerator.prng_impl(config.train.prng_impl)
     batch_shardings = self.batch_shardings
     allowance = max_nonfinite_run(config)
 

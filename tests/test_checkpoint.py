@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from helpers import family_config
@@ -27,7 +28,7 @@ def test_workdir_from_before_a_field_existed_still_loads(tmp_path):
   del raw["train"]["prng_impl"]
   path.write_text(json.dumps(raw))
   loaded = workdir.load_config(str(tmp_path))
-  assert loaded.train.prng_impl == "threefry2x32"
+  assert loaded.train.prng_impl == "auto"
   assert loaded.model.hidden_size == config.model.hidden_size
 
 
@@ -102,3 +103,48 @@ def test_a_resumed_writer_keeps_one_record_per_step_and_purges_tensorboard(tmp_p
   starts = [e.step for e in restarted if e.HasField("session_log")
             and e.session_log.status == event_pb2.SessionLog.START]
   assert starts == [4]
+
+
+def _separate_qkv(d: dict) -> dict:
+  """The layout before the fused projection (unrolled layers), written independently of
+  plm_jax.checkpoint."""
+  if "qkv" not in d:
+    return d
+  out = {k: v for k, v in d.items() if k != "qkv"}
+  for i, name in enumerate(("query", "key", "value")):
+    out[name] = {"kernel": np.asarray(d["qkv"]["kernel"])[:, i],
+                 "bias": np.asarray(d["qkv"]["bias"])[i]}
+  return out
+
+
+@pytest.mark.parametrize("saved,restored", [("unrolled", "stacked"), ("stacked", "unrolled"),
+                                            ("separate_qkv", "stacked")])
+def test_a_checkpoint_of_another_layout_restores(tmp_path, saved, restored):
+  """Checkpoints of unrolled layers restore into stacked ones and back, and those from before
+  the fused q/k/v projection too: same values, this model's shardings, on another mesh."""
+  from plm_jax import parallel
+  from plm_jax.trainer import Trainer
+
+  def trainer(scan, **mesh):
+    config = family_config("bert", **{"model.scan_layers": scan,
+                                      **{f"mesh.{k}": v for k, v in mesh.items()}})
+    return Trainer.create(config, parallel.mesh_for(config), 256)
+
+  writer = trainer(saved == "stacked", fsdp=8)
+  state = writer.init_state(0)
+  old = {k: jax.device_get(state[k]) for k in ("params", "opt_state")}
+  if saved == "separate_qkv":
+    old = {k: checkpoint._tree_map_dicts(v, _separate_qkv) for k, v in old.items()}
+    assert "query" in old["params"]["encoder"]["layers"][0]["attention"]
+  with checkpoint.make_manager(str(tmp_path), async_save=False) as manager:
+    checkpoint.save(manager, 5, old, {"tokens": 1})
+  reader = trainer(restored == "stacked", fsdp=4, tensor=2)
+  with checkpoint.make_manager(str(tmp_path), read_only=True) as manager:
+    got, meta = reader.restore_state(manager, 5)
+  assert meta == {"tokens": 1}
+  expected = reader.init_state(0)          # one seed: the same weights in every layout
+  for k in ("params", "opt_state"):
+    assert jax.tree.structure(got[k]) == jax.tree.structure(expected[k])
+    for a, b in zip(jax.tree.leaves(expected[k]), jax.tree.leaves(got[k])):
+      assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -114,8 +114,10 @@ def test_layer_wise_decay_and_head_learning_rate(tokenizers_dir):
   assert set(params) == {"encoder", "classifier"}
   f = lr_factors(params, lambda path: family.layer_depth(path, 2, False), 2, 0.5, 10.0)
   assert f["encoder"]["embeddings"]["word"]["embedding"] == 0.5 ** 3
-  assert f["encoder"]["layers"][0]["mlp_norm"]["scale"] == 0.5 ** 2
-  assert f["encoder"]["layers"][1]["attention"]["query"]["kernel"] == 0.5
+  # Stacked layers: one factor per layer along the leading axis (layer 0, then layer 1).
+  np.testing.assert_array_equal(f["encoder"]["layers"]["mlp_norm"]["scale"][:, 0],
+                                [0.5 ** 2, 0.5])
+  assert f["encoder"]["layers"]["attention"]["qkv"]["kernel"].shape == (2, 1, 1, 1, 1)
   assert f["encoder"]["pooler"]["kernel"] == 1.0
   assert f["classifier"]["kernel"] == 10.0
 

@@ -195,3 +195,28 @@ def test_real_pretrained_minilm_matches_transformers():
   got, _ = ours.model.encoder(jnp.asarray(input_ids), None, jnp.asarray(mask))
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_unrolled_layers_import_and_export_the_same_tensors(kind, tmp_path):
+  """The tables name each layer; with model.scan_layers off they are separate parameters, with
+  it on slices of stacked ones: both layouts read and write exactly the checkpoint's tensors."""
+  from flax import nnx
+  from plm_jax import families
+  from plm_jax.models.config import model_config
+  make(kind, tmp_path)
+  weights = hf.read_weights(str(tmp_path))
+  config = hf.plm_config_from_hf(hf.read_hf_config(str(tmp_path)))
+  exported = {}
+  for scan in (False, True):
+    config.model.scan_layers = scan
+    mcfg = model_config(config, V)
+    template = nnx.to_pure_dict(nnx.state(families.build(mcfg, nnx.Rngs(0)), nnx.Param))
+    params, _ = hf.params_from_hf(weights, mcfg, template)
+    layers = params["encoder"]["layers"] if kind == "bert" else params["layers"]
+    assert (0 in layers) != scan
+    exported[scan] = dict(hf.hf_tensors(params, mcfg))
+  assert exported[True].keys() == exported[False].keys()
+  for k, v in exported[False].items():
+    np.testing.assert_array_equal(v, exported[True][k], err_msg=k)
+    np.testing.assert_array_equal(v, weights[k], err_msg=k)

@@ -61,7 +61,8 @@ def test_mlm_head_equals_full_logits_at_the_chosen_positions():
   positions = jnp.asarray([[1, 4, 9], [0, 2, 15]])
   out = model(ids, jnp.zeros_like(ids), jnp.ones_like(ids), positions)
   seq, _ = model.encoder(ids, jnp.zeros_like(ids), jnp.ones_like(ids))
-  full = model.mlm(seq, model.encoder.embeddings.word)
+  table, bias = model.lm_output()
+  full = model.mlm.features(seq) @ table.T + bias
   np.testing.assert_allclose(out["mlm_logits"], gather_positions(full, positions), atol=1e-5)
   assert out["mlm_logits"].shape == (2, 3, 64)
 
@@ -110,9 +111,9 @@ def test_param_specs_follow_rules():
   word = specs["encoder"]["embeddings"]["word"]["embedding"]
   word = word.value if hasattr(word, "value") else word
   assert tuple(word) == ("tensor", "fsdp")
-  q = specs["encoder"]["layers"][0]["attention"]["query"]["kernel"]
+  q = specs["encoder"]["layers"]["attention"]["qkv"]["kernel"]     # stacked: [L, E, 3, N, H]
   q = q.value if hasattr(q, "value") else q
-  assert tuple(q) == ("fsdp", "tensor", None)
+  assert tuple(q) == (None, "fsdp", None, "tensor", None)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():

@@ -26,11 +26,19 @@ def test_cross_entropy_by_hand():
 
 
 class FakeBert:
+  """Its decoder is the identity (table = I, bias 0): the features are the MLM logits."""
+
   def __init__(self, mlm, nsp):
     self.mlm, self.nsp = mlm, nsp
 
-  def __call__(self, input_ids, segment_ids, attention_mask, masked_positions, dropout_rng=None):
-    return {"mlm_logits": jnp.asarray(self.mlm), "pair_logits": jnp.asarray(self.nsp)}
+  def features(self, input_ids, segment_ids, attention_mask, masked_positions,
+               dropout_rng=None):
+    return {"mlm_features": jnp.asarray(self.mlm, jnp.float32),
+            "pair_logits": jnp.asarray(self.nsp)}
+
+  def lm_output(self):
+    v = self.mlm.shape[-1]
+    return jnp.eye(v), jnp.zeros((v,))
 
 
 def test_bert_loss_is_mean_mlm_over_chosen_plus_nsp():
@@ -56,12 +64,17 @@ def test_bert_loss_is_mean_mlm_over_chosen_plus_nsp():
 
 
 class FakeGPT:
+  """Its LM head is the identity: the final hidden states are the logits."""
+
   def __init__(self, logits):
     self.logits = logits
 
-  def __call__(self, input_ids, attention_mask=None, segment_ids=None, positions=None,
-               dropout_rng=None):
-    return {"logits": jnp.asarray(self.logits)}
+  def hidden_states(self, input_ids, attention_mask=None, segment_ids=None, positions=None,
+                    dropout_rng=None):
+    return jnp.asarray(self.logits, jnp.float32)
+
+  def lm_output(self):
+    return jnp.eye(self.logits.shape[-1]), None
 
 
 def test_causal_lm_loss_ignores_padding_and_perplexity_is_exp():

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from plm_jax.models import layer_stack
 from plm_jax.models.config import ModelConfig
 from plm_jax.models.layers import (MLP, AttentionMask, BlockConfig, Dense, Embed, KeyStream,
                                    LayerNorm, SelfAttention, dropout, normal_init)
@@ -63,15 +64,6 @@ class PostLNBlock(nnx.Module):
     return self.mlp_norm(x + dropout(self.mlp(x), self.cfg.dropout_rate, keys))
 
 
-def run_blocks(blocks, x, mask: AttentionMask, keys: KeyStream | None, remat: bool):
-  """Applies the blocks in order, each with its own dropout key, optionally rematerialised."""
-  call = nnx.remat(lambda block, h, m, k: block(h, m, k)) if remat else (
-      lambda block, h, m, k: block(h, m, k))
-  for block in blocks:
-    x = call(block, x, mask, keys.next() if keys is not None else None)
-  return x
-
-
 class BertEncoder(nnx.Module):
   """Embeddings + the stack of post-LN blocks + the [CLS] pooler (BertModel / AlbertModel)."""
 
@@ -86,8 +78,9 @@ class BertEncoder(nnx.Module):
                             param_dtype=cfg.storage_dtype, rngs=rngs) \
         if cfg.embed_dim != cfg.hidden_size else None
     count = 1 if cfg.shared_layers else cfg.num_layers
-    self.layers = nnx.List([PostLNBlock(block, approximate_gelu=approximate, rngs=rngs)
-                            for _ in range(count)])
+    blocks = [PostLNBlock(block, approximate_gelu=approximate, rngs=rngs) for _ in range(count)]
+    self.layers = (layer_stack.stack(blocks) if cfg.scan_layers and count > 1
+                   else nnx.List(blocks))
     self.pooler = Dense(cfg.hidden_size, (cfg.hidden_size,), ("embed", "mlp"),
                         init=normal_init(cfg.initializer_range), dtype=cfg.compute_dtype,
                         param_dtype=cfg.storage_dtype, rngs=rngs)
@@ -105,8 +98,8 @@ class BertEncoder(nnx.Module):
     if self.projection is not None:
       x = constrain(self.projection(x), ("batch", "length", "act_embed"))
     # ALBERT applies its one shared layer num_layers times.
-    blocks = [self.layers[0]] * self.cfg.num_layers if self.cfg.shared_layers else self.layers
-    x = run_blocks(blocks, x, mask, keys, self.cfg.remat)
+    x = layer_stack.run(self.layers, x, mask, keys, num_layers=self.cfg.num_layers,
+                        remat=self.cfg.remat, scan=self.cfg.scan_layers)
     pooled = jnp.tanh(self.pooler(x[:, 0]))
     return x, pooled
 
@@ -123,10 +116,10 @@ class MaskedLMHead(nnx.Module):
                           param_dtype=cfg.storage_dtype)
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), cfg.storage_dtype), axes=("vocab",))
 
-  def __call__(self, hidden, word_embeddings: Embed):
-    h = self.norm(jax.nn.gelu(self.transform(hidden), approximate=self.approximate))
-    logits = word_embeddings.attend(h) + self.bias[...].astype(h.dtype)
-    return logits.astype(jnp.float32)
+  def features(self, hidden):
+    """What the tied decoder reads: LayerNorm(GELU(dense(hidden))), [.., E]."""
+    return self.norm(jax.nn.gelu(self.transform(hidden), approximate=self.approximate))
+
 
 
 def gather_positions(sequence: jax.Array, positions: jax.Array) -> jax.Array:
@@ -146,14 +139,27 @@ class BertForPreTraining(nnx.Module):
                      init=normal_init(cfg.initializer_range), dtype=cfg.compute_dtype,
                      param_dtype=cfg.storage_dtype, rngs=rngs) if cfg.nsp_head else None
 
+  def lm_output(self) -> tuple[jax.Array, jax.Array]:
+    """The MLM decoder (table [V, E], bias [V]): tied to the word embeddings."""
+    return self.encoder.embeddings.word.embedding[...], self.mlm.bias[...]
+
+  def features(self, input_ids, segment_ids, attention_mask, masked_positions,
+               dropout_rng=None) -> dict:
+    """{"mlm_features": [B, P, E] (what the decoder reads at the chosen positions),
+    "pair_logits": [B, 2] float32 (absent without a sentence-pair head)}."""
+    sequence, pooled = self.encoder(input_ids, segment_ids, attention_mask,
+                                    dropout_rng=dropout_rng)
+    out = {"mlm_features": self.mlm.features(gather_positions(sequence, masked_positions))}
+    if self.nsp is not None:
+      out["pair_logits"] = self.nsp(pooled).astype(jnp.float32)
+    return out
+
   def __call__(self, input_ids, segment_ids, attention_mask, masked_positions,
                dropout_rng=None):
     """Returns {"mlm_logits": [B, P, V], "pair_logits": [B, 2]} (float32): the sentence-pair
     head is NSP for BERT and SOP for ALBERT; absent when the model has none."""
-    sequence, pooled = self.encoder(input_ids, segment_ids, attention_mask,
-                                    dropout_rng=dropout_rng)
-    picked = gather_positions(sequence, masked_positions)
-    out = {"mlm_logits": self.mlm(picked, self.encoder.embeddings.word)}
-    if self.nsp is not None:
-      out["pair_logits"] = self.nsp(pooled).astype(jnp.float32)
-    return out
+    out = self.features(input_ids, segment_ids, attention_mask, masked_positions, dropout_rng)
+    table, bias = self.lm_output()
+    h = out.pop("mlm_features")
+    logits = jnp.dot(h, table.astype(h.dtype).T) + bias.astype(h.dtype)
+    return {"mlm_logits": logits.astype(jnp.float32), **out}

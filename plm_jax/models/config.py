@@ -4,6 +4,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from plm_jax import accelerator
 from plm_jax.models.layers import BlockConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -23,10 +24,12 @@ class ModelConfig:
   attention_dropout_rate: float = 0.0
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
-  attention_impl: str | None = None   # None/"xla" or "cudnn" (jax.nn.dot_product_attention)
-  dtype: str = "float32"              # compute dtype
+  attention_impl: str = "xla"         # "xla", "cudnn" or "splash" (resolved: never "auto")
+  dtype: str = "float32"              # compute dtype (resolved: never "auto")
   param_dtype: str = "float32"        # storage dtype of the parameters
   remat: bool = False                 # recompute each block's activations in the backward pass
+  scan_layers: bool = True            # run the blocks as one lax.scan (compiled once) rather
+                                      # than unrolled; the parameters are the same either way
   nsp_head: bool = True               # encoders: the sentence-pair head (NSP for BERT, SOP for
                                       # ALBERT); off for MLM-only objectives
   embedding_size: int = 0             # ALBERT: factorised embedding size E (0 = hidden_size)
@@ -50,14 +53,12 @@ class ModelConfig:
     return DTYPES[self.param_dtype]
 
   def block(self) -> BlockConfig:
-    impl = None if self.attention_impl in (None, "", "xla", "auto") else self.attention_impl
-    if self.attention_impl == "xla":
-      impl = "xla"
     return BlockConfig(
         hidden_size=self.hidden_size, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         layer_norm_eps=self.layer_norm_eps, initializer_range=self.initializer_range,
-        attention_impl=impl, dtype=self.compute_dtype, param_dtype=self.storage_dtype)
+        attention_impl=self.attention_impl, dtype=self.compute_dtype,
+        param_dtype=self.storage_dtype)
 
 
 def padded_vocab(config, tokenizer_vocab: int) -> int:
@@ -77,7 +78,9 @@ def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
       max_position=m.max_position, type_vocab_size=m.type_vocab_size,
       dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
       layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
-      attention_impl=m.attention_impl, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+      attention_impl=accelerator.attention_impl(m.attention_impl),
+      dtype=accelerator.compute_dtype(m.dtype), param_dtype=m.param_dtype, remat=m.remat,
+      scan_layers=m.scan_layers,
       nsp_head=config.objective.name in ("mlm_nsp", "mlm_sop"),
       embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,
       position_offset=m.position_offset, pad_token_id=pad_token_id,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plm_jax.models.bert import run_blocks
+from plm_jax.models import layer_stack
 from plm_jax.models.config import ModelConfig
 from plm_jax.models.layers import (MLP, AttentionMask, BlockConfig, Embed, KeyStream, LayerNorm,
                                    SelfAttention, dropout, normal_init)
@@ -49,8 +49,8 @@ class GPTLMHeadModel(nnx.Module):
     self.wpe = Embed(cfg.max_position, cfg.hidden_size, ("length", "embed"),
                      **{**kw, "init": normal_init(0.01)})
     block = cfg.block()
-    self.layers = nnx.List([PreLNBlock(block, cfg.num_layers, rngs=rngs)
-                            for _ in range(cfg.num_layers)])
+    blocks = [PreLNBlock(block, cfg.num_layers, rngs=rngs) for _ in range(cfg.num_layers)]
+    self.layers = layer_stack.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.final_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                                 param_dtype=cfg.storage_dtype)
 
@@ -65,25 +65,31 @@ class GPTLMHeadModel(nnx.Module):
         segment_ids=segment_ids, causal=True)
     x = self.wte(input_ids) + self.wpe(positions)
     x = dropout(constrain(x, ("batch", "length", "act_embed")), self.cfg.dropout_rate, keys)
-    x = run_blocks(self.layers, x, mask, keys, self.cfg.remat)
+    x = layer_stack.run(self.layers, x, mask, keys, num_layers=self.cfg.num_layers,
+                        remat=self.cfg.remat, scan=self.cfg.scan_layers)
     return self.final_norm(x)
 
-  def init_cache(self, batch: int, length: int, dtype=None) -> list[dict]:
-    """Empty key/value cache for `length` slots (one dict per layer)."""
+  def lm_output(self) -> tuple[jax.Array, None]:
+    """The output layer (table [V, H], bias): GPT-2's LM head is the token embedding, no bias."""
+    return self.wte.embedding[...], None
+
+  def init_cache(self, batch: int, length: int, dtype=None) -> list[dict] | dict:
+    """Empty key/value cache for `length` slots: {"k", "v"} of [L, B, length, N, H] for
+    stacked layers, else one such dict (without L) per layer."""
     heads = self.cfg.num_heads
     shape = (batch, length, heads, self.cfg.hidden_size // heads)
     dtype = dtype or self.cfg.compute_dtype
+    if layer_stack.is_stacked(self.layers):
+      shape = (self.cfg.num_layers, *shape)
+      return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(self.cfg.num_layers)]
 
-  def decode(self, input_ids, positions, cache: list[dict], index, key_valid):
+  def decode(self, input_ids, positions, cache, index, key_valid):
     """Incremental forward: the t new tokens [B, t] at cache slots [index, index + t) ->
     (logits [B, t, V] float32, updated cache). Prefill is a call with the whole prompt."""
     x = self.wte(input_ids) + self.wpe(positions)
-    new_cache = []
-    for block, layer_cache in zip(self.layers, cache):
-      x, layer_cache = block.decode(x, layer_cache, index, key_valid)
-      new_cache.append(layer_cache)
+    x, new_cache = layer_stack.decode(self.layers, x, cache, index, key_valid)
     logits = self.wte.attend(self.final_norm(x))
     return logits.astype(jnp.float32), new_cache
 

@@ -5,12 +5,14 @@ that need the range (LayerNorm statistics, softmax, losses) run in float32.
 """
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from plm_jax.models import splash
 from plm_jax.models.partitioning import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -117,16 +119,18 @@ class Embed(nnx.Module):
 
 @struct.dataclass
 class AttentionMask:
-  """What may attend to what; combined into one boolean mask only when the kernel needs it.
+  """What may attend to what, kept in the form each kernel takes best.
 
-  padding: [B, T] bool, True for real tokens. segment_ids: [B, T] int, packed sequences attend
-  only within their segment. causal: each position sees only itself and earlier positions.
+  padding: [B, T] bool, True for real tokens (rows are right-padded). segment_ids: [B, T] int,
+  packed sequences attend only within their segment. causal: each position sees only itself and
+  earlier positions. A kernel given `causal` alone (GPT rows without padding) runs its causal-only
+  variant; padding becomes sequence lengths (cuDNN) or a segment (splash).
   """
   padding: jax.Array | None = None
   segment_ids: jax.Array | None = None
   causal: bool = struct.field(pytree_node=False, default=False)
 
-  def dense(self) -> jax.Array | None:
+  def dense(self, with_causal: bool = True) -> jax.Array | None:
     """[B, 1, T, T] boolean mask (True = may attend), or None if nothing is masked."""
     mask = None
     if self.padding is not None:
@@ -134,19 +138,29 @@ class AttentionMask:
     if self.segment_ids is not None:
       same = self.segment_ids[:, None, :, None] == self.segment_ids[:, None, None, :]
       mask = same if mask is None else mask & same
-    if self.causal and mask is not None:
+    if with_causal and self.causal and mask is not None:
       t = mask.shape[-1]
       mask = mask & jnp.tril(jnp.ones((t, t), bool))[None, None]
     return mask
+
+  def segments(self) -> jax.Array | None:
+    """[B, T] int32 ids such that tokens attend only within equal ids: the packed segments, with
+    padding as a segment of its own (0); None when every row is one whole sequence."""
+    if self.segment_ids is None and self.padding is None:
+      return None
+    ids = (jnp.ones(self.padding.shape, jnp.int32) if self.segment_ids is None
+           else self.segment_ids.astype(jnp.int32) + 1)
+    return ids if self.padding is None else jnp.where(self.padding, ids, 0)
 
 
 def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
               dropout_rate: float, keys: KeyStream | None) -> jax.Array:
   """Scaled dot-product attention over [B, T, N, H] tensors.
 
-  Goes through `jax.nn.dot_product_attention` so that `implementation="cudnn"` selects the fused
-  flash kernel on GPU. Attention-probability dropout is not supported by that kernel; when it is
-  active (training with attention_dropout > 0) an explicit softmax path is used instead.
+  implementation: "xla" (any device), "cudnn" (the fused flash kernel on NVIDIA GPUs, through
+  `jax.nn.dot_product_attention`) or "splash" (the Pallas splash-attention kernel of TPUs,
+  plm_jax/models/splash.py). Attention-probability dropout is in none of the fused kernels: when
+  it is active (training with attention_dropout > 0) an explicit softmax path is used instead.
   """
   key = keys.next() if (keys is not None and dropout_rate > 0) else None
   if key is not None:
@@ -162,20 +176,33 @@ def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
     probs = dropout(probs, dropout_rate, KeyStream(key))
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
+  if implementation == "splash":
+    return splash.attention(q, k, v, mask.segments(), causal=mask.causal)
   if implementation == "cudnn" and mask.segment_ids is None:
-    # The fused kernel takes padding as sequence lengths (our batches are right-padded).
+    # The fused kernel takes padding as sequence lengths (rows are right-padded), and a row
+    # without padding runs the cheaper causal-only (or unmasked) variant.
     lengths = None
     if mask.padding is not None:
       lengths = mask.padding.sum(-1).astype(jnp.int32)
     return jax.nn.dot_product_attention(
         q, k, v, is_causal=mask.causal, query_seq_lengths=lengths,
         key_value_seq_lengths=lengths, implementation="cudnn")
-  dense = mask.dense()
-  is_causal = mask.causal and dense is None
-  if dense is not None and implementation == "cudnn":
-    implementation = None   # packed-sequence masks: let jax pick a kernel that takes a mask
-  return jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=is_causal,
-                                      implementation=implementation)
+  dense = mask.dense(with_causal=False)
+  if implementation == "cudnn":
+    # Packed rows on cuDNN: the segments go in as a mask (cuDNN adds it as a [B, 1, T, T]
+    # bias, still without the per-head float32 scores of the XLA path).
+    return jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=mask.causal,
+                                        implementation="cudnn")
+  return _xla_attention(q, k, v, dense, mask.causal)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(4,))
+def _xla_attention(q, k, v, dense, causal: bool):
+  """The XLA kernel materialises [B, N, T, T] float32 scores; rematerialised, they are made
+  again in the backward pass instead of being kept for every layer (1.6 GB a layer for GPT-2
+  at B=32, T=1024), at the cost of one more q.k product."""
+  return jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=causal,
+                                      implementation="xla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,17 +232,20 @@ class SelfAttention(nnx.Module):
     init = normal_init(cfg.initializer_range)
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
     shape = (cfg.num_heads, head_dim)
-    self.query = Dense(cfg.hidden_size, shape, ("embed", "heads", "kv"), init=init, **kw)
-    self.key = Dense(cfg.hidden_size, shape, ("embed", "heads", "kv"), init=init, **kw)
-    self.value = Dense(cfg.hidden_size, shape, ("embed", "heads", "kv"), init=init, **kw)
+    # One fused projection to [3, heads, head_dim] (q, k, v): one matmul instead of three.
+    self.qkv = Dense(cfg.hidden_size, (3, *shape), ("embed", "qkv", "heads", "kv"), init=init,
+                     **kw)
     self.out = DenseIn(shape, cfg.hidden_size, ("heads", "kv", "embed"),
                        init=out_init or init, **kw)
 
+  def project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """[B, T, E] -> q, k, v of [B, T, N, H]."""
+    qkv = self.qkv(x)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
   def __call__(self, x: jax.Array, mask: AttentionMask, keys: KeyStream | None) -> jax.Array:
     names = ("batch", "length", "heads", "kv")
-    q = constrain(self.query(x), names)
-    k = constrain(self.key(x), names)
-    v = constrain(self.value(x), names)
+    q, k, v = (constrain(t, names) for t in self.project(x))
     y = attention(q, k, v, mask, implementation=self.cfg.attention_impl,
                   dropout_rate=self.cfg.attention_dropout_rate, keys=keys)
     y = constrain(y, names)
@@ -229,7 +259,7 @@ class SelfAttention(nnx.Module):
     cache: {"k", "v"} of [B, L, N, H]; key_valid: [B, L] bool, the slots that hold real tokens
     (new ones included). A query in slot index + i sees valid slots <= index + i.
     """
-    q, k, v = self.query(x), self.key(x), self.value(x)
+    q, k, v = self.project(x)
     start = (0, index, 0, 0)
     cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
              "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}

@@ -49,6 +49,11 @@ def axis_rules(rules: dict, mesh: Mesh):
     _RULES.reset(token)
 
 
+def active() -> tuple[dict, Mesh] | None:
+  """(rules, mesh) of the enclosing `axis_rules`, or None outside one."""
+  return _RULES.get()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical names; a no-op without active rules."""
   active = _RULES.get()

@@ -9,6 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from plm_jax.objectives.losses import classification_stats, safe_div
+from plm_jax.objectives.output_ce import output_stats
+
+# Tokens per device in one chunk of the output layer's cross-entropy (objective.loss_chunk).
+LOSS_CHUNK = 8192
 
 
 def _prefixed(prefix: str, stats: dict) -> dict:
@@ -27,11 +31,16 @@ class MaskedLM:
   eval_keys = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "sop_loss",
                "sop_accuracy")
 
+  def __init__(self, loss_chunk: int = LOSS_CHUNK):
+    self.loss_chunk = loss_chunk
+
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
-    out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
-                batch["masked_positions"], dropout_rng=dropout_rng)
-    stats = _prefixed("mlm", classification_stats(out["mlm_logits"], batch["masked_labels"],
-                                                  batch["masked_weights"]))
+    out = model.features(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                         batch["masked_positions"], dropout_rng=dropout_rng)
+    table, bias = model.lm_output()
+    stats = _prefixed("mlm", output_stats(out["mlm_features"], table, bias,
+                                          batch["masked_labels"], batch["masked_weights"],
+                                          chunk_tokens=self.loss_chunk))
     if self.pair:
       labels = batch[f"{self.pair}_labels"]
       stats.update(_prefixed(self.pair, classification_stats(
@@ -83,12 +92,19 @@ class CausalLM:
   train_keys = ("loss", "perplexity", "learning_rate")
   eval_keys = ("loss", "lm_loss", "perplexity", "lm_accuracy")
 
+  def __init__(self, loss_chunk: int = LOSS_CHUNK):
+    self.loss_chunk = loss_chunk
+
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
-    # Packed sequences (data.builder="packed") carry segment ids and restarting positions.
-    out = model(batch["input_ids"], batch["attention_mask"], segment_ids=batch.get("segment_ids"),
-                positions=batch.get("positions"), dropout_rng=dropout_rng)
-    return _prefixed("lm", classification_stats(out["logits"], batch["labels"],
-                                                batch["label_weights"]))
+    # Rows are right-padded, so under the causal mask no real token ever sees padding: the
+    # padding mask is left out and the attention kernel runs causal-only. Packed sequences
+    # (data.builder="packed") carry segment ids and restarting positions.
+    hidden = model.hidden_states(batch["input_ids"], None,
+                                 segment_ids=batch.get("segment_ids"),
+                                 positions=batch.get("positions"), dropout_rng=dropout_rng)
+    table, bias = model.lm_output()
+    return _prefixed("lm", output_stats(hidden, table, bias, batch["labels"],
+                                        batch["label_weights"], chunk_tokens=self.loss_chunk))
 
   def totals(self, batch: dict) -> dict:
     return {"lm_count": jnp.sum(batch["label_weights"])}
@@ -152,4 +168,4 @@ def for_config(config):
   """The objective of a config (a classifier with one output is a regression)."""
   if config.objective.name == "classify":
     return Classification(regression=config.classify.num_classes == 1)
-  return get(config.objective.name)
+  return type(get(config.objective.name))(loss_chunk=config.objective.loss_chunk)

@@ -1,0 +1,72 @@
+"""The TPU's splash-attention kernel (Pallas), as `attention_impl="splash"`.
+
+The kernel works on one device's shard: under a mesh it runs inside `shard_map`, with the batch
+split as the activations are and the heads split over the tensor axis. Padding and packed rows
+both become segment ids (plm_jax.models.layers.AttentionMask.segments). Off a TPU it runs in
+Pallas interpret mode, which is how the tests check it on CPU (slowly: it is a reference there,
+not a fast path).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+from jax.sharding import PartitionSpec
+
+from plm_jax.models.partitioning import active, logical_to_spec
+
+BLOCK = 512     # the kernel's tile along the sequence (smaller for shorter sequences)
+
+
+def block_size(length: int) -> int:
+  """The largest tile <= BLOCK that divides the sequence length."""
+  for block in (BLOCK, 256, 128):
+    if length % block == 0:
+      return block
+  return length
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel(heads: int, length: int, causal: bool, interpret: bool):
+  one = masks.CausalMask((length, length)) if causal else masks.FullMask((length, length))
+  b = block_size(length)
+  sizes = kernels.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
+                             block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+  return kernels.make_splash_mha(masks.MultiHeadMask([one] * heads), block_sizes=sizes,
+                                 head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _local(q, k, v, segments, *, causal: bool):
+  """One shard: [b, T, n, H] tensors, [b, T] segment ids (or None)."""
+  _, length, heads, head_dim = q.shape
+  kernel = _kernel(heads, length, causal, jax.default_backend() != "tpu")
+  to_heads_first = lambda x: x.swapaxes(1, 2)   # noqa: E731 - the kernel takes [N, T, H]
+  q = to_heads_first(q * jnp.asarray(head_dim ** -0.5, q.dtype))
+  k, v = to_heads_first(k), to_heads_first(v)
+  if segments is None:
+    out = jax.vmap(kernel)(q, k, v)
+  else:
+    out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=kernels.SegmentIds(q=s, kv=s))
+                   )(q, k, v, segments)
+  return out.swapaxes(1, 2)
+
+
+def attention(q, k, v, segments: jax.Array | None, *, causal: bool) -> jax.Array:
+  """[B, T, N, H] q, k, v -> [B, T, N, H]; tokens attend within equal `segments` ids."""
+  rules_mesh = active()
+  run = functools.partial(_local, causal=causal)
+  if rules_mesh is None:
+    return run(q, k, v, segments)
+  rules, mesh = rules_mesh
+  qkv_spec = logical_to_spec(("batch", "length", "heads", "kv"), rules)
+  qkv_spec = PartitionSpec(qkv_spec[0], None, qkv_spec[2], None)   # whole sequences per shard
+  seg_spec = PartitionSpec(qkv_spec[0], None)
+  if segments is None:
+    fn = jax.shard_map(lambda q, k, v: run(q, k, v, None), mesh=mesh,
+                       in_specs=(qkv_spec,) * 3, out_specs=qkv_spec, check_vma=False)
+    return fn(q, k, v)
+  fn = jax.shard_map(run, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec,),
+                     out_specs=qkv_spec, check_vma=False)
+  return fn(q, k, v, segments)
