@@ -1,24 +1,35 @@
-"""`plm-jax bench`: time the real train step on synthetic batches.
+"""`plm-jax bench`: compile and time the train step of `plm-jax train` on synthetic batches.
 
-Reports step time, tokens/s and sequences/s, MFU (model FLOPs as in `plm_jax.flops` over the
-device's datasheet peak), compile time and peak device memory. Nothing is written to disk.
+The step is the one training runs (same Trainer, same settings: what "auto" resolves to on this
+machine is printed first). Reported: compile time (the CLI leaves the persistent compilation
+cache off for bench, so it is a real compile), the compiled step's memory (temporaries, arguments, outputs), step
+time, tokens/s and sequences/s, model FLOPs per token in the PyTorch references' convention and
+as computed (with the LM head: see plm_jax/flops.py), MFU both ways over the device's datasheet
+peak, and peak device memory. `--compile-only` stops after the compile (any size, on a CPU too).
+Nothing is written to disk.
 """
 
+import glob
+import gzip
 import json
+import os
 import time
 
 import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import checks, families, parallel
+from plm_jax import accelerator, checks, families, parallel
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.flops import peak_flops
+from plm_jax.flops import flops_as_computed, peak_flops
 from plm_jax.generate import SamplingConfig, generate
 from plm_jax.metrics_writer import console
 from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.objectives.masking import max_predictions_for
 from plm_jax.trainer import Trainer
+
+GIB = 2 ** 30
 
 
 def peak_memory_bytes() -> int | None:
@@ -27,18 +38,100 @@ def peak_memory_bytes() -> int | None:
   return max(peaks) if peaks and all(p is not None for p in peaks) else None
 
 
-def bench(config) -> dict:
+def compiled_memory(compiled) -> dict:
+  """Per-device bytes of the compiled step, as XLA planned them (GiB)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - not every backend implements it
+    m = None
+  if m is None:
+    return {}
+  return {"temp_gib": round(m.temp_size_in_bytes / GIB, 2),
+          "argument_gib": round(m.argument_size_in_bytes / GIB, 2),
+          "output_gib": round(m.output_size_in_bytes / GIB, 2),
+          "alias_gib": round(m.alias_size_in_bytes / GIB, 2)}
+
+
+def slowest_ops(trace_dir: str, steps: int, top: int = 12) -> list[dict]:
+  """The ops that took longest in the newest trace under `trace_dir`, summed by name: on a GPU
+  or TPU the device's streams, on a CPU its XLA compute threads."""
+  traces = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True),
+                  key=os.path.getmtime)
+  if not traces:
+    return []
+  with gzip.open(traces[-1], "rt", encoding="utf-8") as f:
+    data = json.load(f)
+  events = data.get("traceEvents", []) if isinstance(data, dict) else data
+  names = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") in ("process_name", "thread_name")}
+  processes = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+  device = {pid for pid, name in processes.items() if name.startswith("/device:")}
+
+  def counted(e) -> bool:
+    if device:
+      return e.get("pid") in device
+    return names.get((e.get("pid"), e.get("tid")), "").startswith("tf_XLA")
+
+  total: dict[str, float] = {}
+  for e in events:
+    if e.get("ph") == "X" and counted(e):
+      total[e.get("name", "?")] = total.get(e.get("name", "?"), 0.0) + float(e.get("dur", 0))
+  whole = sum(total.values()) or 1.0
+  ranked = sorted(total.items(), key=lambda kv: -kv[1])[:top]
+  return [{"name": name, "ms_per_step": round(us / 1e3 / steps, 3), "share": round(us / whole, 4)}
+          for name, us in ranked]
+
+
+def model_flops(config, n_params: int, vocab: int) -> tuple[float, float]:
+  """(per token in the references' convention, per token as plm-jax computes the step)."""
+  m, t = config.model, config.data.max_seq_length
+  family = families.get(m.family)
+  reference = family.flops_per_token(n_params, vocab=vocab, hidden=m.hidden_size,
+                                     layers=m.num_layers, seq_len=t, max_position=m.max_position)
+  predictions = (0 if family.decoder
+                 else max_predictions_for(t, config.objective.mlm_probability))
+  computed = flops_as_computed(reference, decoder=family.decoder, vocab=vocab,
+                               hidden=m.hidden_size, embed=m.embedding_size or m.hidden_size,
+                               predictions_per_token=predictions / t)
+  return reference, computed
+
+
+def bench(config, compile_only: bool = False, profile: str = "") -> dict:
   checks.validate(config, jax.device_count())
   mesh = parallel.mesh_for(config)
   vocab = padded_vocab(config, config.data.vocab_size)
   trainer = Trainer.create(config, mesh, vocab)
-  state = trainer.init_state(config.train.seed)
+  b, t = config.train.batch_size, config.data.max_seq_length
+  kind = jax.devices()[0].device_kind
+  console(f"bench {config.model.family} {config.model.size} on {jax.device_count()} x {kind}, "
+          f"B={b} T={t}: {accelerator.describe(config)}, output layer in chunks of "
+          f"{config.objective.loss_chunk or 'all'} tokens")
+  # A real compile: the CLI leaves the persistent compilation cache off for bench.
   t0 = time.perf_counter()
   train_step = trainer.compile_train_step()
   compile_s = time.perf_counter() - t0
+  n_params = trainer.num_params
+  reference, computed = model_flops(config, n_params, vocab)
+  result = {"figure": "plm_jax_bench", "family": config.model.family, "size": config.model.size,
+            "device": kind, "devices": jax.device_count(), "mesh": dict(mesh.shape),
+            **accelerator.resolved(config), "loss_chunk": config.objective.loss_chunk,
+            "params_m": round(n_params / 1e6, 1), "B": b, "T": t,
+            "compile_s": round(compile_s, 1), **compiled_memory(train_step),
+            "flops_per_token": round(reference), "flops_per_token_with_head": round(computed),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            # launch/bench_vs_reference.sh names the A/B runs (the flag under test)
+            "tag": os.environ.get("PLM_JAX_BENCH_TAG", "")}
+  memory = (f"temporaries {result.get('temp_gib', 'n/a')} GiB, arguments "
+            f"{result.get('argument_gib', 'n/a')} GiB")
+  if compile_only:
+    console(f"compiled in {result['compile_s']} s; per device: {memory}")
+    console(json.dumps(result))
+    return result
 
   synthetic = loader.synthetic_batch(config, config.data.vocab_size)
   batch = loader.to_global(loader.local_rows(synthetic), trainer.batch_shardings)
+  state = trainer.init_state(config.train.seed)
   for _ in range(config.bench.warmup_steps):
     state, metrics = train_step(state, batch)
   jax.block_until_ready(state)
@@ -47,33 +140,34 @@ def bench(config) -> dict:
     state, metrics = train_step(state, batch)
   loss = float(metrics["loss"])          # waits for the last step
   step_s = (time.perf_counter() - t0) / max(config.bench.steps, 1)
+  if profile:                             # after the timing, which tracing would slow
+    with jax.profiler.trace(profile):
+      for _ in range(3):
+        state, metrics = train_step(state, batch)
+      jax.block_until_ready(metrics)
+    console(f"profile of 3 steps in {profile} (TensorBoard's profile plugin or Perfetto); "
+            "the slowest ops, per step:")
+    result_ops = slowest_ops(profile, steps=3)
+    for op in result_ops:
+      console(f"  {op['ms_per_step']:9.3f} ms  {op['share']:6.1%}  {op['name']}")
 
-  b, t = config.train.batch_size, config.data.max_seq_length
-  n_params = trainer.num_params
-  per_token = families.get(config.model.family).flops_per_token(
-      n_params, vocab=vocab, hidden=config.model.hidden_size,
-      layers=config.model.num_layers, seq_len=t, max_position=config.model.max_position)
   tokens_per_s = b * t / step_s
-  kind = jax.devices()[0].device_kind
   peak = peak_flops(kind)
+  mfu = lambda per_token: (None if peak is None  # noqa: E731
+                           else round(tokens_per_s * per_token / (peak * jax.device_count()), 4))
   mem = peak_memory_bytes()
-  result = {
-      "figure": "plm_jax_bench", "family": config.model.family, "size": config.model.size,
-      "device": kind, "devices": jax.device_count(), "mesh": dict(mesh.shape),
-      "dtype": config.model.dtype, "attention": config.model.attention_impl,
-      "params_m": round(n_params / 1e6, 1), "B": b, "T": t, "step_ms": round(step_s * 1e3, 2),
-      "tokens_per_s": round(tokens_per_s), "seq_per_s": round(b / step_s, 1),
-      "mfu": (None if peak is None
-              else round(tokens_per_s * per_token / (peak * jax.device_count()), 4)),
-      "compile_s": round(compile_s, 1),
-      "peak_mem_gib": None if mem is None else round(mem / 2**30, 2), "loss": loss,
-  }
-  mfu_text = "n/a (unknown peak)" if peak is None else f"{result['mfu']:.1%}"
-  mem_text = "n/a" if mem is None else f"{result['peak_mem_gib']} GiB"
-  console(f"bench {config.model.family} {config.model.size} on {jax.device_count()} x {kind}, "
-          f"B={b} T={t} {config.model.dtype}: {result['step_ms']} ms/step, "
-          f"{result['tokens_per_s']:,} tokens/s, {result['seq_per_s']:,} seq/s, MFU {mfu_text}, "
-          f"compile {result['compile_s']}s, peak memory {mem_text}")
+  result.update({
+      "step_ms": round(step_s * 1e3, 2), "tokens_per_s": round(tokens_per_s),
+      "seq_per_s": round(b / step_s, 1), "mfu": mfu(reference), "mfu_with_head": mfu(computed),
+      "peak_mem_gib": None if mem is None else round(mem / GIB, 2), "loss": loss})
+  if profile:
+    result["slowest_ops"] = result_ops
+  mfu_text = ("n/a (unknown peak)" if peak is None else
+              f"{result['mfu']:.1%} ({result['mfu_with_head']:.1%} with the LM head)")
+  console(f"{result['step_ms']} ms/step, {result['tokens_per_s']:,} tokens/s, "
+          f"{result['seq_per_s']:,} seq/s, MFU {mfu_text}, compile {result['compile_s']} s, "
+          f"{memory}, peak memory "
+          f"{'n/a' if mem is None else str(result['peak_mem_gib']) + ' GiB'}")
   console(json.dumps(result))
   return result
 

@@ -21,7 +21,7 @@ from typing import Callable
 from absl import flags, logging
 from ml_collections import config_flags
 
-from plm_jax import __version__, distributed, workdir as workdirs
+from plm_jax import __version__, accelerator, distributed, workdir as workdirs
 from plm_jax.bench import bench, bench_decode
 from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
@@ -70,6 +70,8 @@ class Command:
   config: str = NO_CONFIG
   distributed: bool = False    # may span processes (jax.distributed starts before jax is used)
   example: str = ""
+  compile_cache: bool = True   # load compiled steps from the persistent cache (bench times a
+                               # real compile: off)
 
 
 def _workdir(help_text="the run directory: checkpoints, logs, tokenizer") -> Flag:
@@ -165,8 +167,13 @@ COMMANDS = {c.name: c for c in (
              Flag("peak-tflops", "float", "peak bf16 TFLOP/s per device (overrides)", 0.0)),
             FILE, example="plm-jax plan --config configs/gpt.py:1.5b,mesh=tpu-v5e-256 "
             "--topology v5e-256"),
-    Command("bench", "time the real train step on synthetic batches", lambda config, a:
-            bench(config), (), FILE, True, "plm-jax bench --config configs/gpt.py:124m"),
+    Command("bench", "compile and time the train step on synthetic batches", lambda config, a:
+            bench(config, compile_only=a.compile_only, profile=a.profile),
+            (Flag("compile-only", "bool", "print compile time and the compiled step's memory, "
+                  "run no step (any size, on a CPU too)", False),
+             Flag("profile", "string", "after timing, trace 3 steps into this directory "
+                  "(view with TensorBoard's profile plugin or Perfetto)", "")), FILE, True,
+            "plm-jax bench --config configs/gpt.py:124m", compile_cache=False),
     Command("bench-decode", "decode tokens/s with and without the key/value cache",
             lambda config, a: bench_decode(config, _ints(a.batch_sizes, "batch-sizes"),
                                            _ints(a.prompt_lengths, "prompt-lengths"),
@@ -426,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     _define_config(command, fv, early, flag_argv)
     _parse(command, fv, flag_argv)
     args = Args(command, fv)
+    if command.compile_cache:
+      accelerator.enable_compilation_cache()     # a rerun loads its compiled steps
     command.run(_config(command, fv), args)
   except RunStopped as e:
     print(f"plm-jax {command.name}: {e}", file=sys.stderr)

@@ -7,6 +7,10 @@ compared on the same scale (each family's registry entry names its formula):
         (transformers counts the MLM decoder over every position; plm-jax computes it only at
         the ~15% chosen positions, so its *hardware* FLOPs are lower than this model-FLOPs
         figure).
+
+`flops_as_computed` counts instead what plm-jax's step computes: for GPT the tied LM head too
+(6 V d per token, which the nanoGPT convention leaves out), for encoders the MLM decoder only at
+the chosen positions.
 """
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' datasheets.
@@ -36,3 +40,11 @@ def encoder_flops_per_token(n_params: int, *, vocab: int, hidden: int, layers: i
   del max_position      # the position table is counted like any other parameter
   non_embedding = n_params - vocab * hidden
   return 6 * non_embedding + 12 * layers * hidden * seq_len + 6 * vocab * hidden
+
+
+def flops_as_computed(reference: float, *, decoder: bool, vocab: int, hidden: int, embed: int,
+                      predictions_per_token: float) -> float:
+  """Model FLOPs per token counting the output layer as the step computes it."""
+  if decoder:
+    return reference + 6 * vocab * hidden                      # the tied LM head, every token
+  return reference - 6 * vocab * hidden + 6 * vocab * embed * predictions_per_token

@@ -25,7 +25,7 @@ import math
 import jax
 import numpy as np
 
-from plm_jax import checks, families, parallel, topology
+from plm_jax import accelerator, checks, families, parallel, topology
 from plm_jax.errors import ConfigError
 from plm_jax.metrics_writer import console
 from plm_jax.models.config import padded_vocab
@@ -53,17 +53,23 @@ def tree_bytes(state, specs, axis_sizes: dict) -> int:
   return sum(shard_bytes(x.shape, x.dtype, s, axis_sizes) for x, s in zip(leaves, spec_leaves))
 
 
-def activation_bytes(config, micro_batch: int, tensor: int, vocab: int, predictions: int) -> int:
+def activation_bytes(config, micro_batch: int, tensor: int, vocab: int, predictions: int,
+                     platform: str) -> int:
   m = config.model
   s, b, h, a, L = (config.data.max_seq_length, micro_batch, m.hidden_size, m.num_heads,
                    m.num_layers)
-  scores = 0 if m.attention_impl == "cudnn" else 5 * a * s / (h * tensor)
-  per_layer = s * b * h * (10 + 24 / tensor + scores)          # bytes, 16-bit activations
-  width = 1 if m.dtype in ("bfloat16", "float16") else 2
+  per_layer = s * b * h * (10 + 24 / tensor)                   # bytes, 16-bit activations
+  width = 1 if accelerator.compute_dtype(m.dtype, platform) in ("bfloat16", "float16") else 2
   layers = (L * 2 * s * b * h + per_layer) if m.remat else L * per_layer
+  # The fused kernels keep no scores; the XLA path rematerialises them, so one layer's
+  # [B, N, T, T] float32 scores and probabilities exist at a time.
+  fused = accelerator.attention_impl(m.attention_impl, platform) in ("cudnn", "splash")
+  scores = 0 if fused else 2 * b * (a / tensor) * s * s * 4
   logits_rows = b * (s if families.get(config.model.family).decoder else predictions)
+  if config.objective.loss_chunk > 0:                          # one chunk's logits at a time
+    logits_rows = min(logits_rows, config.objective.loss_chunk)
   logits = 2 * logits_rows * -(-vocab // tensor) * 4           # float32 logits + their grad
-  return int(layers * width + logits)
+  return int(layers * width + scores + logits)
 
 
 @dataclasses.dataclass
@@ -127,7 +133,7 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
   per_device = config.train.batch_size / (data * fsdp)
   micro = max(1, config.train.batch_size // (data * fsdp * accum))
   predictions = max_predictions_for(config.data.max_seq_length, config.objective.mlm_probability)
-  acts = activation_bytes(config, micro, tensor, vocab, predictions)
+  acts = activation_bytes(config, micro, tensor, vocab, predictions, t.platform)
   # Gradients live in the parameters' dtype and sharding (summed in place over micro-batches).
   total = params + params + opt + acts
   m = config.model

@@ -28,7 +28,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from plm_jax import checkpoint, distributed, workdir as workdirs
+from plm_jax import accelerator, checkpoint, distributed, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import CheckpointError
 from plm_jax.lock import WorkdirLock
@@ -141,6 +141,7 @@ class Run:
     mesh = self.trainer.mesh
     console(f"model: {what}, {self.trainer.num_params / 1e6:.2f}M parameters; mesh "
             f"{dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} device(s)")
+    console(f"settings: {accelerator.describe(self.config)}")
 
   def compile(self):
     t0 = time.time()

@@ -65,7 +65,8 @@ def test_bert_large_on_8_h100_by_hand():
 
 def test_plans_that_cannot_run_are_refused():
   with pytest.raises(ConfigError, match=r"does not fit: .* GiB per device .* 16 GiB"):
-    make_plan(config_of("gpt", "1.5b,mesh=tpu-v5e-256"), "v5e-256")     # float32, no remat
+    make_plan(config_of("gpt", "1.5b,mesh=tpu-v5e-256", **{         # float32, no remat
+        "model.dtype": "float32", "train.batch_size": 1024}), "v5e-256")
   with pytest.raises(ConfigError, match="num_heads=25 is not divisible by mesh.tensor=2"):
     make_plan(config_of("gpt", "1.5b,mesh=gpu8-tp2"), "8xh100")
   with pytest.raises(ConfigError, match="train.batch_size=100 is not divisible by 8"):
@@ -88,3 +89,15 @@ def test_plan_command_on_a_device_count_and_multislice(capsys):
   assert "mesh {'data': 32, 'fsdp': 16, 'tensor': 1}" in out and "128 process(es)" in out
   assert cli.main(["plm-jax", "plan", "--config", f"{gpt}:124m"]) == 2
   assert "--topology NAME or --devices N" in capsys.readouterr().err
+
+
+def test_activations_follow_the_attention_kernel_and_the_loss_chunks():
+  """On GPUs "auto" is cuDNN (no scores kept) and the output layer goes in chunks of
+  objective.loss_chunk tokens; the XLA kernel keeps one layer's scores and probabilities."""
+  auto = make_plan(config_of("gpt", "124m,mesh=gpu8"), "8xh100")
+  plain = make_plan(config_of("gpt", "124m,mesh=gpu8", **{"model.attention_impl": "xla",
+                                                         "objective.loss_chunk": 0}), "8xh100")
+  b, heads, t, vocab, chunk = 512 // 8, 12, 1024, 50304, 8192
+  scores = 2 * b * heads * t * t * 4
+  logits = 2 * (b * t - chunk) * vocab * 4
+  assert plain.activation_bytes - auto.activation_bytes == scores + logits

@@ -172,8 +172,12 @@ class Prefetcher:
   def get_state(self) -> dict:
     return {"next_index": self._next}
 
-  def close(self) -> None:
+  def close(self, timeout: float = 30.0) -> None:
+    """Stops the thread and waits for the batch it is making: a daemon thread still inside
+    native code when the interpreter exits aborts the process (exit status 134)."""
     self._stop.set()
+    if self._thread is not threading.current_thread():
+      self._thread.join(timeout)
 
 
 class Batches:
