@@ -1,7 +1,9 @@
 """The launchers: shell scripts pass shellcheck; the local launcher's environments; local.sh."""
 
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,3 +51,50 @@ def test_local_sh_runs_a_two_process_benchmark():
                      capture_output=True, text=True, env=env, timeout=300)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
   assert "[process 1/2]" in r.stdout and "of 4" in r.stdout and "tokens/s" in r.stdout
+
+
+def _bench_line(**kw):
+  return json.dumps({"figure": "plm_jax_bench", "step_ms": 1.0, "compile_s": 9.0, "tag": "",
+                     **kw})
+
+
+def test_bench_table_pairs_each_work_with_its_reference(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import bench_table
+  (tmp_path / "plm.log").write_text("noise\n" + "\n".join([
+      _bench_line(family="gpt", T=1024, B=32, tokens_per_s=800000),
+      _bench_line(family="bert", T=128, B=256, seq_per_s=5000.0),
+      _bench_line(family="gpt", T=1024, B=32, tokens_per_s=840000,
+                  tag="--xla_gpu_enable_latency_hiding_scheduler=true")]))
+  (tmp_path / "ref.log").write_text("\n".join(json.dumps(r) for r in [
+      {"figure": "torch_gpt2_124m", "T": 1024, "B": 32, "tokens_per_s": 500000},
+      {"figure": "hf_bert_base_pretrain", "T": 128, "B": 256, "seq_per_s": 2000.0},
+      {"figure": "hf_bert_base_pretrain", "T": 512, "B": 64, "seq_per_s": 600.0}]))
+  lines, missing = bench_table.table(bench_table.records(
+      [str(tmp_path / "plm.log"), str(tmp_path / "ref.log")]))
+  text = "\n".join(lines)
+  assert "| GPT-2 124M tokens/s, T=1024 B=32 | 800000 | 500000 | 1.60x | >= 1.4x met |" in text
+  assert "| BERT-base MLM+NSP seq/s, T=128 B=256 | 5000.0 | 2000.0 | 2.50x | >= 2.0x met |" in text
+  assert "T=512 B=64 | missing | 600.0 |" in text and missing == 1     # the failed run counts
+  assert "| `--xla_gpu_enable_latency_hiding_scheduler=true` | 840000 | +5.0% |" in text
+  assert bench_table.main(["x", str(tmp_path / "plm.log"), str(tmp_path / "ref.log")]) == 1
+
+
+def test_bench_vs_reference_without_the_reference_folder_says_how(tmp_path):
+  r = subprocess.run(["bash", os.path.join(ROOT, "launch", "bench_vs_reference.sh")],
+                     env={**os.environ, "REF": str(tmp_path / "none"), "OUT": str(tmp_path)},
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and "cp -r ../shared/bench" in r.stderr
+
+
+def test_every_gpu_xla_flag_in_the_launchers_exists_in_this_xla():
+  """XLA aborts on a flag it does not know: each candidate must parse (GPU flags parse on CPU)."""
+  text = "".join(open(os.path.join(ROOT, "launch", name)).read()
+                 for name in ("bench_vs_reference.sh", "gpu_host.sh"))
+  found = sorted(set(re.findall(r"--xla_gpu_[a-z_]+=[a-z]*", text)))
+  assert len(found) >= 5
+  for flag in found:
+    r = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
+                       env={**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (flag, r.stderr[-500:])
