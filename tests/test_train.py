@@ -28,7 +28,7 @@ def run(tmp_path, name, config, devices=None):
 # Hugging Face parity are tested at the unit level, their commands end to end.
 @pytest.mark.parametrize("family,steps,margin", [
     ("bert", 200, 2.0), ("gpt", 200, 2.5),
-    pytest.param("roberta", 150, 1.5, marks=pytest.mark.slow),
+    pytest.param("roberta", 200, 1.4, marks=pytest.mark.slow),
     pytest.param("albert", 150, 1.5, marks=pytest.mark.slow)])
 def test_tiny_models_learn(tmp_path, tokenizers_dir, family, steps, margin):
   overrides = {"train.steps": steps, "train.eval_steps": 4, "train.log_every": 10}
