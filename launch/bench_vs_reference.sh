@@ -31,9 +31,10 @@ if ! python3 -c "import ml_collections, grain" 2>/dev/null; then
       "no wheels to install" >&2
     exit 1
   fi
+  site=$(cd "$REF" && pwd)/site
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$REF/site" "$REF"/wheels-py312/*.whl || exit 1
-  export PYTHONPATH="$PWD/$REF/site${PYTHONPATH:+:$PYTHONPATH}"
+    --target "$site" "$REF"/wheels-py312/*.whl || exit 1
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
@@ -43,8 +44,11 @@ run() {   # run NAME COMMAND...: its output to $OUT/NAME.log; a failure is count
   local name=$1
   shift
   echo "== $name" >&2
-  if ! timeout "$LIMIT" "$@" >"$OUT/$name.log" 2>&1; then
-    echo "FAILED: $name (exit $?; $OUT/$name.log ends:)" >&2
+  local rc=0
+  timeout "$LIMIT" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "FAILED: $name (exit $rc$([ "$rc" = 124 ] && echo ": over ${LIMIT}s"); $OUT/$name.log" \
+      "ends:)" >&2
     tail -n 5 "$OUT/$name.log" >&2
     failed=$((failed + 1))
   fi

@@ -18,9 +18,9 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 # (AB=1 bash launch/bench_vs_reference.sh measures each; README "GPU XLA flags" has the
 # results). The latency-hiding scheduler overlaps collectives with compute (JAX's and NVIDIA's
 # recommended default for multi-GPU runs). PLM_JAX_GPU_XLA_FLAGS="" runs without any; flags
-# already in XLA_FLAGS come first and are kept.
+# already in XLA_FLAGS come after them, so they win (XLA takes the last of a repeated flag).
 GPU_XLA_FLAGS=${PLM_JAX_GPU_XLA_FLAGS---xla_gpu_enable_latency_hiding_scheduler=true}
-export XLA_FLAGS="${XLA_FLAGS:-} $GPU_XLA_FLAGS"
+export XLA_FLAGS="$GPU_XLA_FLAGS ${XLA_FLAGS:-}"
 if [ "${PROCESS_PER_GPU:-0}" = 1 ]; then
   exec python3 -m plm_jax.launch_local --platform gpu --num-processes "$gpus" \
     --devices-per-process 1 --heartbeat-timeout 60 -- python3 -m plm_jax.cli "$@"

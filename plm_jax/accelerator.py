@@ -9,7 +9,9 @@ fast on a GPU or TPU and exact on a laptop:
 | attention kernel   | xla          | cudnn      | splash |
 | dropout PRNG       | threefry2x32 | rbg        | rbg    |
 
-An explicit value in the config always wins. rbg draws its bits with the device's own generator
+An explicit value in the config always wins; with float32 compute "auto" attention on a GPU is
+xla (cuDNN's flash kernel takes 16-bit inputs only), and splash falls back to xla for a sequence
+length that is not a multiple of 128 (its tile). rbg draws its bits with the device's own generator
 (several times cheaper than threefry for dropout masks); its bits depend on the mesh, threefry's
 do not.
 """
@@ -28,7 +30,8 @@ PRNGS = ("threefry2x32", "rbg", "unsafe_rbg")
 def platform() -> str:
   """"cpu", "gpu" (NVIDIA), "rocm" or "tpu": the kind of the devices this process drives."""
   device = jax.devices()[0]
-  if device.platform == "gpu" and "nvidia" not in device.device_kind.lower():
+  version = str(getattr(device.client, "platform_version", "")).lower()
+  if device.platform == "gpu" and "rocm" in version:
     return "rocm"
   return device.platform
 
@@ -52,12 +55,15 @@ def compute_dtype(value: str, where: str | None = None) -> str:
   return "bfloat16" if _accelerated(where) else "float32"
 
 
-def attention_impl(value: str | None, where: str | None = None) -> str:
+def attention_impl(value: str | None, where: str | None = None, dtype: str = "bfloat16"
+                   ) -> str:
+  """`dtype`: the resolved compute dtype (cuDNN's flash kernel takes only 16-bit inputs)."""
   if value in (None, ""):
     value = "xla"
   if _check("model.attention_impl", value, ATTENTION) != "auto":
     return value
-  return {"gpu": "cudnn", "tpu": "splash"}.get(where or platform(), "xla")
+  kernel = {"gpu": "cudnn", "tpu": "splash"}.get(where or platform(), "xla")
+  return "xla" if kernel == "cudnn" and dtype == "float32" else kernel
 
 
 def prng_impl(value: str, where: str | None = None) -> str:
@@ -68,9 +74,9 @@ def prng_impl(value: str, where: str | None = None) -> str:
 
 def resolved(config) -> dict:
   """What a run of `config` uses on this machine (printed by train and bench)."""
-  return {"platform": platform(), "dtype": compute_dtype(config.model.dtype),
-          "param_dtype": config.model.param_dtype,
-          "attention": attention_impl(config.model.attention_impl),
+  dtype = compute_dtype(config.model.dtype)
+  return {"platform": platform(), "dtype": dtype, "param_dtype": config.model.param_dtype,
+          "attention": attention_impl(config.model.attention_impl, dtype=dtype),
           "prng": prng_impl(config.train.prng_impl), "scan_layers": config.model.scan_layers,
           "remat": config.model.remat}
 

@@ -36,10 +36,14 @@ def validate(config, num_devices: int, num_processes: int | None = None
 
 def _kernels_here(config) -> None:
   """A kernel named explicitly must exist on this machine's devices."""
-  attention, here = accelerator.attention_impl(config.model.attention_impl), accelerator.platform()
-  if attention == "cudnn" and here != "gpu":
+  m, here = config.model, accelerator.platform()
+  if m.attention_impl == "cudnn" and here != "gpu":
     raise ConfigError(f"model.attention_impl='cudnn' needs an NVIDIA GPU and this run has {here} "
                       "devices; use --config.model.attention_impl=auto")
+  if m.attention_impl == "splash" and here != "tpu":
+    raise ConfigError(f"model.attention_impl='splash' is the TPU kernel and this run has {here} "
+                      "devices (elsewhere it would run in Pallas interpret mode, a slow "
+                      "reference); use --config.model.attention_impl=auto")
 
 
 def validate_data(config) -> None:
@@ -84,6 +88,10 @@ def _model(config, shape, num_devices: int) -> None:
                       f"{', '.join(accelerator.DTYPES)}")
   accelerator.compute_dtype(m.dtype)             # each raises for a value it does not know
   accelerator.attention_impl(m.attention_impl)
+  if m.attention_impl == "cudnn" and m.dtype == "float32":
+    raise ConfigError("model.attention_impl='cudnn' needs 16-bit compute (cuDNN's flash kernel "
+                      "takes bfloat16 or float16); use --config.model.dtype=bfloat16, or "
+                      "attention_impl=auto")
   if config.objective.loss_chunk < 0:
     raise ConfigError(f"objective.loss_chunk={config.objective.loss_chunk} must be >= 0 "
                       "(0: the output layer in one chunk)")

@@ -202,14 +202,14 @@ def hf_tensors(params: dict, mcfg: ModelConfig, fetch: Callable = None
   fetch = fetch or _fetch
   spec = families.get(mcfg.family).hf
   body, heads = spec.entries(mcfg, spec.prefix)
-  fetched: tuple = ((), None)                    # the last tensor fetched: slices share one
   for key, table_path, kind in body + heads:
     if _not_exported(spec, key):
       continue                                   # e.g. RobertaForMaskedLM has no pooler
     path, index = _locate(params, table_path, kind)
-    if fetched[0] != path:
-      fetched = (path, fetch(_get(params, path)))
-    yield key, to_hf(fetched[1] if index is None else fetched[1][index], kind)
+    tensor = _get(params, path)
+    # A slice (one layer of stacked ones, one of q / k / v) is cut where the tensor lives, so
+    # only the slice comes to this host.
+    yield key, to_hf(fetch(tensor if index is None else tensor[index]), kind)
 
 
 def _fetch(x) -> np.ndarray:

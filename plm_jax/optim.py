@@ -23,9 +23,18 @@ def make_schedule(o, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([warm, decay], [warmup])
 
 
+# The parameters weight decay applies to: the matrices (Dense / DenseIn kernels, embedding
+# tables). Decided by name, not by rank: stacked layers (model.scan_layers) give biases and
+# LayerNorm a leading layers axis, and the fused q/k/v bias is [3, heads, head_dim].
+DECAYED = ("kernel", "embedding")
+
+
 def decay_mask(params):
-  """Weight decay on matrices (kernels, embeddings) only; biases and LayerNorm are vectors."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices (kernels, embeddings) only, never on biases or LayerNorm."""
+  def decayed(path, _):
+    last = path[-1] if path else None
+    return str(getattr(last, "key", getattr(last, "name", last))) in DECAYED
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def lr_factors(params, depth, num_layers: int, layer_decay: float, head_factor: float):

@@ -59,11 +59,12 @@ def activation_bytes(config, micro_batch: int, tensor: int, vocab: int, predicti
   s, b, h, a, L = (config.data.max_seq_length, micro_batch, m.hidden_size, m.num_heads,
                    m.num_layers)
   per_layer = s * b * h * (10 + 24 / tensor)                   # bytes, 16-bit activations
-  width = 1 if accelerator.compute_dtype(m.dtype, platform) in ("bfloat16", "float16") else 2
+  dtype = accelerator.compute_dtype(m.dtype, platform)
+  width = 1 if dtype in ("bfloat16", "float16") else 2
   layers = (L * 2 * s * b * h + per_layer) if m.remat else L * per_layer
   # The fused kernels keep no scores; the XLA path rematerialises them, so one layer's
   # [B, N, T, T] float32 scores and probabilities exist at a time.
-  fused = accelerator.attention_impl(m.attention_impl, platform) in ("cudnn", "splash")
+  fused = accelerator.attention_impl(m.attention_impl, platform, dtype) in ("cudnn", "splash")
   scores = 0 if fused else 2 * b * (a / tensor) * s * s * 4
   logits_rows = b * (s if families.get(config.model.family).decoder else predictions)
   if config.objective.loss_chunk > 0:                          # one chunk's logits at a time

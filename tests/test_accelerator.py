@@ -32,6 +32,9 @@ def test_auto_on_an_accelerator_is_bfloat16_and_its_kernel(monkeypatch):
     assert accelerator.prng_impl("auto") == "rbg"
     assert accelerator.compute_dtype("float32") == "float32"       # explicit wins
     assert accelerator.prng_impl("threefry2x32") == "threefry2x32"
+  # cuDNN's flash kernel takes 16-bit inputs: float32 compute on a GPU attends with XLA.
+  monkeypatch.setattr(accelerator, "platform", lambda: "gpu")
+  assert accelerator.attention_impl("auto", dtype="float32") == "xla"
 
 
 @pytest.mark.parametrize("field,value", [("model.dtype", "fp8"),
@@ -43,11 +46,17 @@ def test_unknown_values_are_config_errors(field, value):
     checks.validate(config, jax.device_count())
 
 
-def test_cudnn_on_a_machine_without_a_gpu_names_the_fix():
+def test_kernels_of_another_machine_name_the_fix():
   config = family_config("gpt", **{"model.attention_impl": "cudnn"})
   with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*attention_impl=auto"):
     checks.validate(config, jax.device_count())
   checks.validate(config, 8, num_processes=1)     # planning a GPU run here is fine
+  config = family_config("gpt", **{"model.attention_impl": "splash"})
+  with pytest.raises(ConfigError, match="'splash' is the TPU kernel.*attention_impl=auto"):
+    checks.validate(config, jax.device_count())
+  config = family_config("gpt", **{"model.attention_impl": "cudnn", "model.dtype": "float32"})
+  with pytest.raises(ConfigError, match="needs 16-bit compute"):
+    checks.validate(config, 8, num_processes=1)
 
 
 def test_compilation_cache_directory(monkeypatch, tmp_path):

@@ -59,6 +59,15 @@ def test_kernels_equal_the_written_out_softmax(impl, form):
   np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-5)
 
 
+def test_splash_falls_back_to_xla_off_its_tile():
+  """The kernel's tiles are multiples of 128: a 64-token sequence goes to XLA, not an error."""
+  q, k, v = (x[:, :64] for x in qkv())
+  mask = AttentionMask(causal=True)
+  out = attention(q, k, v, mask, implementation="splash", dropout_rate=0.0, keys=None)
+  expected = attention(q, k, v, mask, implementation="xla", dropout_rate=0.0, keys=None)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+
+
 def test_splash_gradients_match_xla():
   q, k, v = qkv()
   mask = AttentionMask(causal=True)

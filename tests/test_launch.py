@@ -98,3 +98,22 @@ def test_every_gpu_xla_flag_in_the_launchers_exists_in_this_xla():
                        env={**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (flag, r.stderr[-500:])
+
+
+@pytest.mark.e2e
+def test_bench_vs_reference_tiny_prints_the_table_and_counts_a_failed_run(tmp_path):
+  """TINY=1 on a CPU: both plm-jax benches run and pair up in the table; the reference script
+  here fails (exit 3), which is reported with its status and makes the script exit 1."""
+  ref = tmp_path / "ref"
+  ref.mkdir()
+  (ref / "reference_h200.py").write_text("import sys\nsys.exit(3)\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}    # one CPU device
+  env.update(REF=str(ref), OUT=str(tmp_path / "out"), TINY="1",
+             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+  r = subprocess.run(["bash", os.path.join(ROOT, "launch", "bench_vs_reference.sh")], env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+  assert "FAILED: reference (exit 3;" in r.stderr
+  assert "| GPT-2 124M tokens/s, T=64 B=4 |" in r.stdout
+  assert "| BERT-base MLM+NSP seq/s, T=32 B=4 |" in r.stdout and "| missing |" in r.stdout
+  assert os.path.isdir(tmp_path / "out" / "profile_gpt")

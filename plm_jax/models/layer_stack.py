@@ -81,7 +81,8 @@ def _scan(block_of, state, x, mask, layer_keys, remat: bool, length: int | None 
 
 def decode(layers, x, cache, index, key_valid):
   """Incremental decoding through every block: cache is one {"k", "v"} of [L, B, S, N, H]
-  (stacked) or a list of per-block dicts; returns (x, the updated cache)."""
+  (stacked) or a list of per-block dicts; returns (x, the updated cache). Stacked, the whole
+  cache is the scan's carry and each layer writes its new slots into it in place."""
   if not is_stacked(layers):
     new_cache = []
     for block, layer_cache in zip(layers, cache):
@@ -90,8 +91,12 @@ def decode(layers, x, cache, index, key_valid):
     return x, new_cache
   graphdef, state = nnx.split(layers)
 
-  def body(h, per_layer):
-    layer_state, layer_cache = per_layer
-    return nnx.merge(graphdef, layer_state).decode(h, layer_cache, index, key_valid)
+  def body(carry, per_layer):
+    h, whole = carry
+    layer_state, layer = per_layer
+    h, whole = nnx.merge(graphdef, layer_state).decode(h, {**whole, "layer": layer}, index,
+                                                       key_valid)
+    return (h, {"k": whole["k"], "v": whole["v"]}), None
 
-  return jax.lax.scan(body, x, (state, cache))
+  (x, cache), _ = jax.lax.scan(body, (x, cache), (state, jnp.arange(cache["k"].shape[0])))
+  return x, cache

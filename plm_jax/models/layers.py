@@ -159,8 +159,9 @@ def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
 
   implementation: "xla" (any device), "cudnn" (the fused flash kernel on NVIDIA GPUs, through
   `jax.nn.dot_product_attention`) or "splash" (the Pallas splash-attention kernel of TPUs,
-  plm_jax/models/splash.py). Attention-probability dropout is in none of the fused kernels: when
-  it is active (training with attention_dropout > 0) an explicit softmax path is used instead.
+  plm_jax/models/splash.py; a sequence length that is not a multiple of 128 goes to XLA).
+  Attention-probability dropout is in none of the fused kernels: when it is active (training
+  with attention_dropout > 0) an explicit softmax path is used instead.
   """
   key = keys.next() if (keys is not None and dropout_rate > 0) else None
   if key is not None:
@@ -176,7 +177,7 @@ def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
     probs = dropout(probs, dropout_rate, KeyStream(key))
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
-  if implementation == "splash":
+  if implementation == "splash" and splash.supports(q.shape[1]):
     return splash.attention(q, k, v, mask.segments(), causal=mask.causal)
   if implementation == "cudnn" and mask.segment_ids is None:
     # The fused kernel takes padding as sequence lengths (rows are right-padded), and a row
@@ -256,19 +257,32 @@ class SelfAttention(nnx.Module):
     """Incremental attention: writes the keys/values of the t new tokens into cache slots
     [index, index + t) and attends over the cache.
 
-    cache: {"k", "v"} of [B, L, N, H]; key_valid: [B, L] bool, the slots that hold real tokens
-    (new ones included). A query in slot index + i sees valid slots <= index + i.
+    cache: {"k", "v"} of [B, S, N, H], or of every layer's [L, B, S, N, H] with "layer" the
+    index of this one (stacked layers: the new slots are written in place into the whole
+    cache, never a copy of it); key_valid: [B, S] bool, the slots that hold real tokens (new
+    ones included). A query in slot index + i sees valid slots <= index + i.
     """
     q, k, v = self.project(x)
-    start = (0, index, 0, 0)
-    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-             "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
-    t, length = x.shape[1], cache["k"].shape[1]
+    layer = cache.get("layer")
+    if layer is None:
+      start = (0, index, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+               "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+      keys, values = cache["k"], cache["v"]
+    else:
+      start = (layer, 0, index, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype),
+                                                 start),
+               "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype),
+                                                 start),
+               "layer": layer}
+      keys = jax.lax.dynamic_index_in_dim(cache["k"], layer, keepdims=False)
+      values = jax.lax.dynamic_index_in_dim(cache["v"], layer, keepdims=False)
+    t, length = x.shape[1], keys.shape[1]
     query_slot = index + jnp.arange(t)
-    causal = jnp.arange(length)[None, :] <= query_slot[:, None]                 # [t, L]
-    mask = causal[None, None] & key_valid[:, None, None, :]                       # [B, 1, t, L]
-    y = jax.nn.dot_product_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype),
-                                     mask=mask)
+    causal = jnp.arange(length)[None, :] <= query_slot[:, None]                 # [t, S]
+    mask = causal[None, None] & key_valid[:, None, None, :]                       # [B, 1, t, S]
+    y = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask)
     return self.out(y), cache
 
 

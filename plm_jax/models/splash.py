@@ -18,14 +18,21 @@ from jax.sharding import PartitionSpec
 from plm_jax.models.partitioning import active, logical_to_spec
 
 BLOCK = 512     # the kernel's tile along the sequence (smaller for shorter sequences)
+MIN_BLOCK = 128  # the kernel's tiles are multiples of this
+
+
+def supports(length: int) -> bool:
+  """Whether the kernel takes this sequence length (else attention falls back to XLA)."""
+  return length % MIN_BLOCK == 0
 
 
 def block_size(length: int) -> int:
-  """The largest tile <= BLOCK that divides the sequence length."""
-  for block in (BLOCK, 256, 128):
+  """The largest tile <= BLOCK that divides the sequence length (a multiple of 128)."""
+  for block in (BLOCK, 256, MIN_BLOCK):
     if length % block == 0:
       return block
-  return length
+  raise ValueError(f"splash attention needs a sequence length divisible by {MIN_BLOCK}, "
+                   f"not {length}")
 
 
 @functools.lru_cache(maxsize=32)

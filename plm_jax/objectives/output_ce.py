@@ -107,13 +107,15 @@ def _ce_bwd(c, residuals, cotangents):
     vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
     d_logits = ((probs - (vocab == y[..., None])) * row_scale[..., None]).astype(h.dtype)
     d_h = jnp.einsum("bcv,vd->bcd", d_logits, table_c)
-    d_table = d_table + jnp.einsum("bcv,bcd->vd", d_logits, h,
-                                   preferred_element_type=jnp.float32)
+    # The float32 accumulator is sharded like the table (vocab x embed), not replicated.
+    d_table = constrain(d_table + jnp.einsum("bcv,bcd->vd", d_logits, h,
+                                             preferred_element_type=jnp.float32),
+                        ("vocab", "embed"))
     if d_bias is not None:
       d_bias = d_bias + jnp.sum(d_logits.astype(jnp.float32), axis=(0, 1))
     return (d_table, d_bias), d_h
 
-  zeros = (jnp.zeros(table.shape, jnp.float32),
+  zeros = (constrain(jnp.zeros(table.shape, jnp.float32), ("vocab", "embed")),
            None if bias is None else jnp.zeros(bias.shape, jnp.float32))
   (d_table, d_bias), d_hidden = jax.lax.scan(
       body, zeros, (_chunks(hidden, c), _chunks(labels, c), _chunks(lse, c), _chunks(scale, c)))
@@ -128,7 +130,8 @@ def output_stats(hidden: jax.Array, table: jax.Array, bias: jax.Array | None,
                  labels: jax.Array, weights: jax.Array, *, chunk_tokens: int) -> dict:
   """Cross-entropy statistics of the output layer `hidden @ table.T + bias`.
 
-  hidden: [B, T, D] in the compute dtype; table: [V, D] (the tied word embeddings); bias: [V]
+  hidden: [B, T, D] in the compute dtype; table: [V, D] (the tied word embeddings, logical axes
+  vocab x embed); bias: [V]
   or None; labels: [B, T] int; weights: [B, T]. chunk_tokens: tokens per device in one chunk
   (<= 0: one chunk). Returns {"loss_sum", "correct", "count"} as classification_stats does.
   """
