@@ -16,7 +16,7 @@ from plm_jax.errors import ConfigError, DataError
 from plm_jax.parallel import resolve_mesh_shape
 from plm_jax.tasks import validate_classify
 
-SCHEDULES = ("linear", "cosine", "constant")
+SCHEDULES = ("linear", "cosine", "constant", "linear_total")
 NONFINITE = ("stop", "skip")
 
 

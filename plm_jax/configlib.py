@@ -159,7 +159,9 @@ def optim_group(values: dict) -> ml_collections.ConfigDict:
   op = ml_collections.ConfigDict()
   op.learning_rate = 1e-4            # peak learning rate
   op.warmup_steps = 100              # linear warmup from 0
-  op.schedule = "linear"             # decay after warmup: "linear" (to 0), "cosine", "constant"
+  op.schedule = "linear"             # decay after warmup: "linear" (to 0), "cosine", "constant";
+                                     # "linear_total": BERT's own (linear decay counted from 0, so
+                                     # the rate after warmup is peak x (1 - warmup / steps))
   op.end_lr_fraction = 0.0           # final lr as a fraction of the peak (linear/cosine)
   op.weight_decay = 0.01             # AdamW decoupled decay (not on biases or LayerNorm)
   op.b1 = 0.9

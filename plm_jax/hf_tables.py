@@ -179,14 +179,29 @@ def expected_hf_shape(shape: tuple, kind) -> tuple:
 
 # --- config.json, both ways ----------------------------------------------------------------------
 
+# transformers' activation names that are GELU, exact (erf) or its tanh approximation; any
+# other activation is refused rather than imported as something it is not.
+EXACT_GELU = ("gelu", "gelu_python")
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def _activation(hf: dict, field: str, default: str) -> str:
+  act = hf.get(field, default)
+  if act in EXACT_GELU:
+    return "gelu"
+  if act in TANH_GELU:
+    return "gelu_new"
+  raise CheckpointError(f"config.json: {field}={act!r} is not supported (plm-jax's models use "
+                        f"GELU: one of {', '.join(EXACT_GELU + TANH_GELU)})")
+
+
 def _encoder_from_hf(hf: dict) -> dict:
   size = dict(hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
               num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
               max_position=hf["max_position_embeddings"],
               layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
               type_vocab_size=hf.get("type_vocab_size", 2),
-              hidden_act="gelu_new" if hf.get("hidden_act") in ("gelu_new", "gelu_pytorch_tanh")
-              else "gelu")
+              hidden_act=_activation(hf, "hidden_act", "gelu"))
   return {"size": size, "max_seq_length": 128, "dropout": hf.get("hidden_dropout_prob", 0.1)}
 
 
@@ -203,6 +218,9 @@ def _roberta_from_hf(hf: dict) -> dict:
 
 
 def _gpt2_from_hf(hf: dict) -> dict:
+  if _activation(hf, "activation_function", "gelu_new") != "gelu_new":
+    raise CheckpointError(f"config.json: activation_function={hf['activation_function']!r}; "
+                          "plm-jax's GPT-2 uses the tanh GELU (gelu_new)")
   d = hf["n_embd"]
   size = dict(hidden_size=d, num_layers=hf["n_layer"], num_heads=hf["n_head"],
               mlp_dim=hf.get("n_inner") or 4 * d, max_position=hf["n_positions"],

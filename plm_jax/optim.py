@@ -2,13 +2,19 @@
 fine-tuning, layer-wise learning-rate decay and a learning rate of the head's own."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 
 def make_schedule(o, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to the peak, then linear / cosine decay to end_lr_fraction x peak."""
+  """Linear warmup from 0 to the peak, then linear / cosine decay to end_lr_fraction x peak
+  over the steps after the warmup; or "linear_total", the original BERT code's: the warmup
+  rate peak x step / w, and after it the linear decay counted over all T steps from step 0, so
+  the rate at the end of the warmup is peak x (1 - w / T)."""
   peak, warmup = o.learning_rate, min(o.warmup_steps, max(total_steps, 1))
+  if o.schedule == "linear_total":
+    return _linear_total_schedule(peak, peak * o.end_lr_fraction, warmup, max(total_steps, 1))
   decay_steps = max(total_steps - warmup, 1)
   end = peak * o.end_lr_fraction
   warm = optax.linear_schedule(0.0, peak, max(warmup, 1))
@@ -21,6 +27,19 @@ def make_schedule(o, total_steps: int) -> optax.Schedule:
   if warmup <= 0:
     return decay
   return optax.join_schedules([warm, decay], [warmup])
+
+
+def _linear_total_schedule(peak: float, end: float, warmup: int, total: int) -> optax.Schedule:
+  """google-research/bert optimization.py: polynomial_decay(power=1) over all steps, replaced
+  by peak x step / warmup while step < warmup."""
+  decay = optax.linear_schedule(peak, end, total)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak * step / max(warmup, 1)
+    return jnp.where(step < warmup, warm, decay(step))
+
+  return schedule
 
 
 # The parameters weight decay applies to: the matrices (Dense / DenseIn kernels, embedding

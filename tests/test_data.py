@@ -205,6 +205,25 @@ def test_bert_true_next_segments_continue_the_document():
   assert seen_true > 10
 
 
+def test_sentence_order_pairs_come_from_one_document_swapped_half_the_time():
+  """ALBERT's SOP: both segments from the same document; label 0 keeps their order, label 1
+  swaps them; about half are swapped. Token 1000 d + k is the k-th token of document d."""
+  docs = [[[1000 * d + 10 * s + k for k in range(4)] for s in range(12)] for d in range(1, 200)]
+  ex = examples.bert_examples(docs, max_seq_length=48, short_seq_prob=0.1, dupe_factor=3,
+                              cls_id=2, sep_id=3, pad_id=0, rng=np.random.default_rng(0),
+                              sentence_order=True)
+  assert "nsp_labels" not in ex and len(ex["sop_labels"]) > 300
+  for ids, seg, label in zip(ex["input_ids"], ex["segment_ids"], ex["sop_labels"]):
+    real = ids[(ids >= 1000)]
+    a, b = ids[(seg == 0) & (ids >= 1000)], ids[(seg == 1) & (ids >= 1000)]
+    assert len(set(real // 1000)) == 1                      # one document
+    if label == 0:
+      assert a.max() < b.min()                              # A before B, as written
+    else:
+      assert a.min() > b.max()                              # swapped
+  assert abs(ex["sop_labels"].mean() - 0.5) < 0.06
+
+
 def test_short_sequence_rate():
   # Long documents, so that the short leftover chunk at each document's end is rare (~3%).
   docs = [[[i % 50 + 5] * 8 for i in range(400)] for _ in range(40)]

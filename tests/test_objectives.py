@@ -2,8 +2,9 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from plm_jax.objectives import CausalLM, MaskedLMWithNSP
+from plm_jax.objectives import CausalLM, MaskedLMWithNSP, MaskedLMWithSOP
 from plm_jax.objectives.losses import classification_stats
 
 
@@ -61,6 +62,29 @@ def test_bert_loss_is_mean_mlm_over_chosen_plus_nsp():
   metrics = objective.metrics(stats)
   np.testing.assert_allclose(float(metrics["mlm_loss"]), mlm_loss, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["nsp_loss"]), nsp_loss, rtol=1e-5)
+
+
+def test_albert_loss_adds_sentence_order_and_its_accuracy():
+  rng = np.random.default_rng(3)
+  mlm, sop = rng.normal(size=(3, 2, 5)), np.array([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]])
+  batch = {"input_ids": np.zeros((3, 8), np.int32), "segment_ids": np.zeros((3, 8), np.int32),
+           "attention_mask": np.ones((3, 8), np.int32),
+           "masked_positions": np.zeros((3, 2), np.int32),
+           "masked_labels": np.array([[1, 2], [3, 4], [0, 0]]),
+           "masked_weights": np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]], np.float32),
+           "sop_labels": np.array([0, 1, 1])}
+  objective = MaskedLMWithSOP()
+  stats = objective.stats(FakeBert(mlm, sop), batch)
+  metrics = objective.metrics(stats)
+  lq = log_softmax(sop)
+  sop_loss = -(lq[0, 0] + lq[1, 1] + lq[2, 1]) / 3
+  np.testing.assert_allclose(float(metrics["sop_loss"]), sop_loss, rtol=1e-5)
+  assert float(metrics["sop_accuracy"]) == pytest.approx(2 / 3)   # rows 0 and 1 right, 2 wrong
+  assert "nsp_accuracy" not in metrics
+  lp = log_softmax(mlm)
+  mlm_loss = -(lp[0, 0, 1] + lp[0, 1, 2] + lp[1, 0, 3]) / 3
+  np.testing.assert_allclose(float(objective.loss(stats, objective.totals(batch))),
+                             mlm_loss + sop_loss, rtol=1e-5)
 
 
 class FakeGPT:
