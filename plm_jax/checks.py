@@ -13,6 +13,7 @@ import jax
 from plm_jax import accelerator, families
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
+from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
 from plm_jax.tasks import validate_classify
 
@@ -124,6 +125,13 @@ def _schedule(config) -> None:
     raise ConfigError("train.max_consecutive_skips, train.step_timeout_s and "
                       "checkpoint.every_seconds must be >= 0")
   accelerator.prng_impl(t.prng_impl)             # raises for a value it does not know
+  if config.optim.optimizer not in ("adamw", "lamb"):
+    raise ConfigError(f"optim.optimizer={config.optim.optimizer!r} is not 'adamw' or 'lamb'")
+  o = config.objective
+  if o.masking not in SPANS:
+    raise ConfigError(f"objective.masking={o.masking!r} is not one of {', '.join(SPANS)}")
+  if o.max_ngram < 1:
+    raise ConfigError(f"objective.max_ngram={o.max_ngram} must be >= 1")
   if config.optim.schedule not in SCHEDULES:
     raise ConfigError(f"optim.schedule={config.optim.schedule!r} is not one of "
                       f"{', '.join(SCHEDULES)}")

@@ -117,6 +117,10 @@ def objective_group(objective: str) -> ml_collections.ConfigDict:
                                      # (fine-tuning; see the classify group); the
                                      # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
+  o.masking = "token"                # what is chosen: "token" (BERT, RoBERTa), "word" (whole
+                                     # words: BERT's whole-word masking) or "ngram" (ALBERT:
+                                     # spans of n <= max_ngram words, p(n) ~ 1/n)
+  o.max_ngram = 3                    # "ngram": the longest span, in words
   o.loss_chunk = 8192                # tokens per device in each chunk of the output layer's
                                      # cross-entropy (no [B, T, V] float32 tensor); 0 = one chunk
   return o
@@ -157,6 +161,7 @@ def data_group(builder: str, values: dict) -> ml_collections.ConfigDict:
 def optim_group(values: dict) -> ml_collections.ConfigDict:
   """AdamW and its learning-rate schedule (plm_jax/optim.py)."""
   op = ml_collections.ConfigDict()
+  op.optimizer = "adamw"             # "adamw", or "lamb" (You et al., 2019; ALBERT's)
   op.learning_rate = 1e-4            # peak learning rate
   op.warmup_steps = 100              # linear warmup from 0
   op.schedule = "linear"             # decay after warmup: "linear" (to 0), "cosine", "constant";

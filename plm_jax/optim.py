@@ -1,4 +1,4 @@
-"""AdamW with warmup + decay, global-norm clipping, and no decay on biases or LayerNorm; for
+"""AdamW (or LAMB) with warmup + decay, global-norm clipping, and no decay on biases or LayerNorm; for
 fine-tuning, layer-wise learning-rate decay and a learning rate of the head's own."""
 
 import jax
@@ -90,8 +90,9 @@ def make_optimizer(o, total_steps: int, factors=None
   parts = []
   if o.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(o.clip_norm))
-  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=decay_mask))
+  make = optax.lamb if o.get("optimizer", "adamw") == "lamb" else optax.adamw
+  parts.append(make(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                    mask=decay_mask))
   if factors is not None:
     parts.append(scale_by_factors(factors))
   return optax.chain(*parts), schedule

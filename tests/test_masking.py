@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, hashed_uniforms,
-                                        mask_tokens, max_predictions_for, rng_uniforms)
+                                        mask_tokens, max_predictions_for, ngram_length,
+                                        rng_uniforms)
 
 VOCAB = 1000
 SPECIALS = np.array([0, 1, 2, 3, 4])     # [PAD] [UNK] [CLS] [SEP] [MASK]
@@ -111,3 +112,84 @@ def test_hashed_uniforms_are_uniform_and_independent():
 def test_max_predictions_cap():
   assert max_predictions_for(128, 0.15) == 20
   assert max_predictions_for(512, 0.15) == 77
+
+
+# --- whole words and ALBERT's n-grams -------------------------------------------------------------
+
+def words_batch(rng, b=400, t=128):
+  """Rows of words of 1-3 pieces: ids >= 500 are continuations ("##..."), below start a word."""
+  ids, special = make_batch(rng, b, t)
+  cont = (rng.random((b, t)) < 0.4) & ~special
+  ids = np.where(cont, rng.integers(500, VOCAB, (b, t)), np.where(special, ids, ids % 495 + 5))
+  starts = np.arange(VOCAB) < 500
+  return ids, special, starts
+
+
+def word_of(ids_row, special_row, starts):
+  """Word number of each position (-1 for specials), written out independently."""
+  out, w, prev_ok = np.full(len(ids_row), -1), -1, False
+  for i, (x, sp) in enumerate(zip(ids_row, special_row)):
+    if sp:
+      prev_ok = False
+      continue
+    if starts[x] or not prev_ok:
+      w += 1
+    out[i], prev_ok = w, True
+  return out
+
+
+@pytest.mark.parametrize("span", ["word", "ngram"])
+def test_whole_words_are_chosen_together_and_counts_hold(span):
+  rng = np.random.default_rng(5)
+  ids, special, starts = words_batch(rng)
+  cfg = MaskingConfig(mask_id=MASK_ID, random_token_ids=np.arange(5, VOCAB),
+                      max_predictions=max_predictions_for(128, 0.15), span=span,
+                      word_starts=starts)
+  out = mask_tokens(ids, special, example_uniforms(2, 0, np.arange(len(ids)), 128,
+                                                   cfg.max_predictions), cfg)
+  targets = np.rint((~special).sum(1) * 0.15)
+  got = out["masked_weights"].sum(1)
+  assert (got <= targets).all() and got.mean() > 0.9 * targets.mean()
+  for r in range(len(ids)):
+    chosen = out["masked_positions"][r][out["masked_weights"][r] == 1]
+    assert len(set(chosen.tolist())) == len(chosen) and not special[r][chosen].any()
+    words = word_of(ids[r], special[r], starts)
+    picked = set(words[chosen].tolist())
+    assert set(np.flatnonzero(np.isin(words, list(picked))).tolist()) == set(chosen.tolist())
+    np.testing.assert_array_equal(out["masked_labels"][r][:len(chosen)], ids[r][chosen])
+
+
+def test_ngram_lengths_follow_one_over_n():
+  u = np.random.default_rng(0).random(60000)
+  n = np.array([ngram_length(x, 3) for x in u])
+  expected = np.array([1, 1 / 2, 1 / 3]) / (1 + 1 / 2 + 1 / 3)
+  np.testing.assert_allclose(np.bincount(n, minlength=4)[1:] / len(n), expected, atol=0.01)
+  assert ngram_length(0.999, 1) == 1
+
+
+def test_ngrams_make_longer_runs_than_single_words():
+  """Spans of consecutive words: runs of chosen words are longer than whole-word masking's."""
+  rng = np.random.default_rng(6)
+  ids, special, starts = words_batch(rng, b=600)
+  uniforms = example_uniforms(3, 0, np.arange(len(ids)), 128, max_predictions_for(128, 0.15))
+
+  def mean_run(span):
+    cfg = MaskingConfig(mask_id=MASK_ID, random_token_ids=np.arange(5, VOCAB),
+                        max_predictions=max_predictions_for(128, 0.15), span=span,
+                        word_starts=starts)
+    out = mask_tokens(ids, special, uniforms, cfg)
+    runs = []
+    for r in range(len(ids)):
+      words = sorted(set(word_of(ids[r], special[r], starts)[
+          out["masked_positions"][r][out["masked_weights"][r] == 1]].tolist()))
+      length = 1
+      for a, b in zip(words, words[1:]):
+        if b == a + 1:
+          length += 1
+        else:
+          runs.append(length)
+          length = 1
+      runs.append(length)
+    return np.mean(runs)
+
+  assert mean_run("ngram") > mean_run("word") + 0.3

@@ -94,3 +94,23 @@ def test_every_parameter_of_every_family_decays_by_role(family, classify, scan):
     assert decays == roles[name], path
     seen.add(name)
   assert seen == set(roles)
+
+
+def test_lamb_scales_each_update_by_its_trust_ratio():
+  """optim.optimizer=lamb (ALBERT's): the AdamW direction (with decoupled decay on matrices)
+  rescaled per parameter by ||w|| / ||direction||."""
+  lr, b1, b2, eps, wd = 0.01, 0.9, 0.99, 1e-6, 0.1
+  o = optim(optimizer="lamb", learning_rate=lr, warmup_steps=0, schedule="constant", b1=b1,
+            b2=b2, eps=eps, weight_decay=wd)
+  tx, _ = make_optimizer(o, 10)
+  params = {"w": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]])},
+            "b": {"bias": jnp.array([0.5, 1.0])}}
+  grads = {"w": {"kernel": jnp.array([[0.3, 0.1], [-0.2, 0.4]])},
+           "b": {"bias": jnp.array([0.2, -0.1])}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for key, leaf, decays in (("w", "kernel", True), ("b", "bias", False)):
+    w, g = np.asarray(params[key][leaf]), np.asarray(grads[key][leaf])
+    direction = g / (np.abs(g) + eps) + (wd * w if decays else 0.0)   # first step: m/v = g/|g|
+    ratio = np.linalg.norm(w) / np.linalg.norm(direction)
+    np.testing.assert_allclose(np.asarray(updates[key][leaf]), -lr * ratio * direction,
+                               rtol=1e-4)

@@ -79,11 +79,12 @@ def process_rows(mesh, process_index: int, global_batch: int) -> np.ndarray:
 
 
 def masking_config(config, tokenizer) -> MaskingConfig:
+  o = config.objective
   return MaskingConfig(
       mask_id=tokenizer.mask_id, random_token_ids=tokenizer.regular_ids(),
-      max_predictions=max_predictions_for(config.data.max_seq_length,
-                                          config.objective.mlm_probability),
-      mlm_probability=config.objective.mlm_probability)
+      max_predictions=max_predictions_for(config.data.max_seq_length, o.mlm_probability),
+      mlm_probability=o.mlm_probability, span=o.masking, max_ngram=o.max_ngram,
+      word_starts=None if o.masking == "token" else tokenizer.word_starts())
 
 
 class Server:

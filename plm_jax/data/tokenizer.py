@@ -101,6 +101,19 @@ class TextTokenizer:
     """Every id that is not a special token (what MLM's "random token" is drawn from)."""
     return np.setdiff1d(np.arange(self.vocab_size, dtype=np.int32), self.special_ids())
 
+  def word_starts(self) -> np.ndarray:
+    """[vocab] bool: True for a token that begins a word (whole-word and n-gram masking
+    group a word's pieces): WordPiece marks continuations with "##", byte-level BPE marks word
+    starts with "Ġ" (a leading space)."""
+    vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+    starts = np.ones(self.vocab_size, bool)
+    for token, i in vocab.items():
+      if i < self.vocab_size:
+        starts[i] = (not token.startswith("##")) if self.kind == "wordpiece" else \
+            token.startswith("\u0120")
+    starts[self.special_ids()] = True
+    return starts
+
   # --- text ---------------------------------------------------------------------------------
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     """Ids without any special tokens (the example builders add them). Runs on all cores."""

@@ -5,6 +5,11 @@ at most `max_predictions`), as in the original BERT data creation. Of the chosen
 become [MASK], 10% a random token drawn from the non-special vocabulary, 10% stay unchanged.
 Special tokens ([CLS], [SEP], [PAD], ...) are never chosen.
 
+What is chosen (`MaskingConfig.span`): single tokens (BERT, RoBERTa); whole words, every piece of
+a word together (BERT's whole-word masking); or ALBERT's n-grams: spans of n whole words,
+n <= max_ngram drawn with p(n) proportional to 1/n, shortened when a span would overshoot the
+number of predictions (Lan et al., 2019, and ALBERT's create_pretraining_data.py).
+
 The random numbers are a counter-based hash of (seed, stream, example index, position)
 (`example_uniforms`): a batch is masked in a few vectorised numpy calls, the mask of an example
 depends only on its index in the data stream -- not on the batch it lands in nor on the number
@@ -24,6 +29,12 @@ class MaskingConfig:
   mlm_probability: float = 0.15
   mask_token_fraction: float = 0.8
   random_token_fraction: float = 0.1
+  span: str = "token"               # "token", "word" (whole words) or "ngram" (ALBERT)
+  word_starts: np.ndarray | None = None   # [vocab] bool, for "word" and "ngram"
+  max_ngram: int = 3
+
+
+SPANS = ("token", "word", "ngram")
 
 
 def max_predictions_for(seq_len: int, mlm_probability: float) -> int:
@@ -55,14 +66,16 @@ def example_uniforms(seed: int, split: int, index: np.ndarray, seq_len: int,
   """The three draws `mask_tokens` needs for examples `index` of a data stream."""
   return {"select": hashed_uniforms(seed, 3 * split, index, seq_len),
           "action": hashed_uniforms(seed, 3 * split + 1, index, max_predictions),
-          "replace": hashed_uniforms(seed, 3 * split + 2, index, max_predictions)}
+          "replace": hashed_uniforms(seed, 3 * split + 2, index, max_predictions),
+          # span lengths of n-gram masking: streams of their own, after every split's three
+          "length": hashed_uniforms(seed, 1_000_003 + split, index, seq_len)}
 
 
 def rng_uniforms(rng: np.random.Generator, batch: int, seq_len: int,
                  max_predictions: int) -> dict[str, np.ndarray]:
   """The same draws from a numpy Generator (for tests and one-off use)."""
   return {"select": rng.random((batch, seq_len)), "action": rng.random((batch, max_predictions)),
-          "replace": rng.random((batch, max_predictions))}
+          "replace": rng.random((batch, max_predictions)), "length": rng.random((batch, seq_len))}
 
 
 def mask_tokens(input_ids: np.ndarray, special: np.ndarray, uniforms: dict[str, np.ndarray],
@@ -85,12 +98,15 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, uniforms: dict[str, 
   num = np.minimum(p, np.maximum(1, np.rint(candidates * cfg.mlm_probability))).astype(np.int64)
   num = np.minimum(num, candidates)      # a sequence without candidates predicts nothing
 
-  # A uniformly random subset of size num per row: sort random keys, specials pushed to the end.
-  keys = np.where(special, 2.0, uniforms["select"])
-  order = np.argsort(keys, axis=1, kind="stable")[:, :p] if p <= t else np.pad(
-      np.argsort(keys, axis=1, kind="stable"), ((0, 0), (0, p - t)))
-  valid = np.arange(p)[None, :] < num[:, None]
-  positions = np.where(valid, order, 0)
+  if cfg.span == "token":
+    # A uniformly random subset of size num per row: sort random keys, specials to the end.
+    keys = np.where(special, 2.0, uniforms["select"])
+    order = np.argsort(keys, axis=1, kind="stable")[:, :p] if p <= t else np.pad(
+        np.argsort(keys, axis=1, kind="stable"), ((0, 0), (0, p - t)))
+    valid = np.arange(p)[None, :] < num[:, None]
+    positions = np.where(valid, order, 0)
+  else:
+    positions, valid = _span_positions(input_ids, special, uniforms, num, cfg)
 
   labels = np.take_along_axis(input_ids, positions, axis=1)
   action = uniforms["action"]
@@ -111,3 +127,49 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, uniforms: dict[str, 
       "masked_labels": np.where(valid, labels, 0).astype(np.int32),
       "masked_weights": valid.astype(np.float32),
   }
+
+
+def ngram_length(u: float, max_ngram: int) -> int:
+  """n in 1..max_ngram with p(n) proportional to 1/n, from a uniform u in [0, 1)."""
+  weights = 1.0 / np.arange(1, max_ngram + 1)
+  return int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right")) + 1
+
+
+def _span_positions(input_ids, special, uniforms, num, cfg: MaskingConfig):
+  """Positions [B, P] and valid [B, P] of whole-word or n-gram masking: words (a start piece
+  and its continuations) are visited in a random order; each adds itself (or, for n-grams, the
+  n words from it, n shortened while the span would overshoot) unless it would overshoot the
+  row's number of predictions or overlap a span already chosen."""
+  b, t = input_ids.shape
+  p = cfg.max_predictions
+  positions = np.zeros((b, p), np.int64)
+  valid = np.zeros((b, p), bool)
+  longest = cfg.max_ngram if cfg.span == "ngram" else 1
+  starts_vocab = cfg.word_starts
+  for r in range(b):
+    ok = ~special[r]
+    starts = ok & (starts_vocab[input_ids[r]] | np.concatenate([[True], ~ok[:-1]]))
+    first = np.flatnonzero(starts)                              # each word's first piece
+    if len(first) == 0:
+      continue
+    cuts = np.flatnonzero(starts | ~ok)                         # where a word ends
+    after = np.searchsorted(cuts, first, side="right")
+    ends = np.where(after < len(cuts), cuts[np.minimum(after, len(cuts) - 1)], t)
+    lengths = ends - first
+    chosen: list[int] = []
+    taken = np.zeros(len(first), bool)
+    for w in np.argsort(uniforms["select"][r, first], kind="stable"):
+      n = min(ngram_length(uniforms["length"][r, first[w]], longest), len(first) - w)
+      while n > 1 and len(chosen) + int(lengths[w:w + n].sum()) > num[r]:
+        n -= 1
+      if len(chosen) + int(lengths[w:w + n].sum()) > num[r] or taken[w:w + n].any():
+        continue
+      taken[w:w + n] = True
+      for x in range(w, w + n):
+        chosen.extend(range(first[x], ends[x]))
+      if len(chosen) == num[r]:
+        break
+    k = len(chosen)
+    positions[r, :k] = chosen
+    valid[r, :k] = True
+  return positions, valid
