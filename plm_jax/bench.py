@@ -2,8 +2,8 @@
 
 The step is the one training runs (same Trainer, same settings: what "auto" resolves to on this
 machine is printed first). Reported: compile time (the CLI leaves the persistent compilation
-cache off for bench, so it is a real compile), the compiled step's memory (temporaries, arguments, outputs), step
-time, tokens/s and sequences/s, model FLOPs per token in the PyTorch references' convention and
+cache off for bench, so it is a real compile), the compiled step's memory (temporaries,
+arguments, outputs), step time, tokens/s and sequences/s, model FLOPs per token in the PyTorch references' convention and
 as computed (with the LM head: see plm_jax/flops.py), MFU both ways over the device's datasheet
 peak, and peak device memory. `--compile-only` stops after the compile (any size, on a CPU too).
 Nothing is written to disk.

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, hashed_uniforms,
-                                        mask_tokens, max_predictions_for, ngram_length,
+                                        mask_tokens, max_predictions_for, ngram_cdf,
+                                        ngram_length,
                                         rng_uniforms)
 
 VOCAB = 1000
@@ -146,7 +147,8 @@ def test_whole_words_are_chosen_together_and_counts_hold(span):
                       max_predictions=max_predictions_for(128, 0.15), span=span,
                       word_starts=starts)
   out = mask_tokens(ids, special, example_uniforms(2, 0, np.arange(len(ids)), 128,
-                                                   cfg.max_predictions), cfg)
+                                                   cfg.max_predictions,
+                                                   span_lengths=span == "ngram"), cfg)
   targets = np.rint((~special).sum(1) * 0.15)
   got = out["masked_weights"].sum(1)
   assert (got <= targets).all() and got.mean() > 0.9 * targets.mean()
@@ -161,17 +163,18 @@ def test_whole_words_are_chosen_together_and_counts_hold(span):
 
 def test_ngram_lengths_follow_one_over_n():
   u = np.random.default_rng(0).random(60000)
-  n = np.array([ngram_length(x, 3) for x in u])
+  n = np.array([ngram_length(x, ngram_cdf(3)) for x in u])
   expected = np.array([1, 1 / 2, 1 / 3]) / (1 + 1 / 2 + 1 / 3)
   np.testing.assert_allclose(np.bincount(n, minlength=4)[1:] / len(n), expected, atol=0.01)
-  assert ngram_length(0.999, 1) == 1
+  assert ngram_length(0.999, ngram_cdf(1)) == 1
 
 
 def test_ngrams_make_longer_runs_than_single_words():
   """Spans of consecutive words: runs of chosen words are longer than whole-word masking's."""
   rng = np.random.default_rng(6)
   ids, special, starts = words_batch(rng, b=600)
-  uniforms = example_uniforms(3, 0, np.arange(len(ids)), 128, max_predictions_for(128, 0.15))
+  uniforms = example_uniforms(3, 0, np.arange(len(ids)), 128, max_predictions_for(128, 0.15),
+                              span_lengths=True)
 
   def mean_run(span):
     cfg = MaskingConfig(mask_id=MASK_ID, random_token_ids=np.arange(5, VOCAB),

@@ -114,7 +114,8 @@ class Server:
       ids = batch["input_ids"]
       special = np.isin(ids, self.special) | (batch["attention_mask"] == 0)
       uniforms = example_uniforms(self.seed, self.split, index, ids.shape[1],
-                                  self.masking.max_predictions)
+                                  self.masking.max_predictions,
+                                  span_lengths=self.masking.span == "ngram")
       return {**batch, **mask_tokens(ids, special, uniforms, self.masking)}
     tokens = batch["tokens"]
     out = {"input_ids": tokens[:, :-1].astype(np.int32),

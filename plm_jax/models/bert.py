@@ -121,7 +121,6 @@ class MaskedLMHead(nnx.Module):
     return self.norm(jax.nn.gelu(self.transform(hidden), approximate=self.approximate))
 
 
-
 def gather_positions(sequence: jax.Array, positions: jax.Array) -> jax.Array:
   """[B, T, H] x [B, P] -> [B, P, H]: the hidden states at the masked positions only."""
   return jnp.take_along_axis(sequence, positions[..., None].astype(jnp.int32), axis=1)
@@ -159,7 +158,6 @@ class BertForPreTraining(nnx.Module):
     """Returns {"mlm_logits": [B, P, V], "pair_logits": [B, 2]} (float32): the sentence-pair
     head is NSP for BERT and SOP for ALBERT; absent when the model has none."""
     out = self.features(input_ids, segment_ids, attention_mask, masked_positions, dropout_rng)
-    table, bias = self.lm_output()
     h = out.pop("mlm_features")
-    logits = jnp.dot(h, table.astype(h.dtype).T) + bias.astype(h.dtype)
+    logits = self.encoder.embeddings.word.attend(h) + self.mlm.bias[...].astype(h.dtype)
     return {"mlm_logits": logits.astype(jnp.float32), **out}

@@ -72,15 +72,15 @@ def padded_vocab(config, tokenizer_vocab: int) -> int:
 def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
   """The frozen ModelConfig of a run's ml_collections config (the models never see the latter)."""
   m = config.model
+  dtype = accelerator.compute_dtype(m.dtype)
   return ModelConfig(
       family=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
       num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
       max_position=m.max_position, type_vocab_size=m.type_vocab_size,
       dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
       layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
-      attention_impl=accelerator.attention_impl(m.attention_impl,
-                                                dtype=accelerator.compute_dtype(m.dtype)),
-      dtype=accelerator.compute_dtype(m.dtype), param_dtype=m.param_dtype, remat=m.remat,
+      attention_impl=accelerator.attention_impl(m.attention_impl, dtype=dtype),
+      dtype=dtype, param_dtype=m.param_dtype, remat=m.remat,
       scan_layers=m.scan_layers,
       nsp_head=config.objective.name in ("mlm_nsp", "mlm_sop"),
       embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,

@@ -40,10 +40,6 @@ def is_stacked(layers) -> bool:
   return not isinstance(layers, (list, tuple, nnx.List))
 
 
-def depth(stacked: nnx.Module) -> int:
-  return jax.tree.leaves(nnx.state(stacked))[0].shape[0]
-
-
 def run(layers, x, mask, keys, *, num_layers: int, remat: bool, scan: bool):
   """Applies the blocks in order, each with its own dropout key (the same keys, in the same
   order, whatever the layout: scanned and unrolled agree to float rounding).

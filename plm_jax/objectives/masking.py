@@ -62,13 +62,15 @@ def hashed_uniforms(seed: int, stream: int, index: np.ndarray, width: int) -> np
 
 
 def example_uniforms(seed: int, split: int, index: np.ndarray, seq_len: int,
-                     max_predictions: int) -> dict[str, np.ndarray]:
-  """The three draws `mask_tokens` needs for examples `index` of a data stream."""
-  return {"select": hashed_uniforms(seed, 3 * split, index, seq_len),
-          "action": hashed_uniforms(seed, 3 * split + 1, index, max_predictions),
-          "replace": hashed_uniforms(seed, 3 * split + 2, index, max_predictions),
-          # span lengths of n-gram masking: streams of their own, after every split's three
-          "length": hashed_uniforms(seed, 1_000_003 + split, index, seq_len)}
+                     max_predictions: int, span_lengths: bool = False) -> dict[str, np.ndarray]:
+  """The draws `mask_tokens` needs for examples `index` of a data stream; `span_lengths` adds
+  those of n-gram masking (a stream of their own, after every split's three)."""
+  out = {"select": hashed_uniforms(seed, 3 * split, index, seq_len),
+         "action": hashed_uniforms(seed, 3 * split + 1, index, max_predictions),
+         "replace": hashed_uniforms(seed, 3 * split + 2, index, max_predictions)}
+  if span_lengths:
+    out["length"] = hashed_uniforms(seed, 1_000_003 + split, index, seq_len)
+  return out
 
 
 def rng_uniforms(rng: np.random.Generator, batch: int, seq_len: int,
@@ -129,10 +131,15 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, uniforms: dict[str, 
   }
 
 
-def ngram_length(u: float, max_ngram: int) -> int:
-  """n in 1..max_ngram with p(n) proportional to 1/n, from a uniform u in [0, 1)."""
+def ngram_cdf(max_ngram: int) -> np.ndarray:
+  """The cumulative distribution of n in 1..max_ngram with p(n) proportional to 1/n."""
   weights = 1.0 / np.arange(1, max_ngram + 1)
-  return int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right")) + 1
+  return np.cumsum(weights) / weights.sum()
+
+
+def ngram_length(u: float, cdf: np.ndarray) -> int:
+  """n drawn from `cdf` (ngram_cdf) by a uniform u in [0, 1)."""
+  return int(np.searchsorted(cdf, u, side="right")) + 1
 
 
 def _span_positions(input_ids, special, uniforms, num, cfg: MaskingConfig):
@@ -144,7 +151,7 @@ def _span_positions(input_ids, special, uniforms, num, cfg: MaskingConfig):
   p = cfg.max_predictions
   positions = np.zeros((b, p), np.int64)
   valid = np.zeros((b, p), bool)
-  longest = cfg.max_ngram if cfg.span == "ngram" else 1
+  cdf = ngram_cdf(cfg.max_ngram if cfg.span == "ngram" else 1)
   starts_vocab = cfg.word_starts
   for r in range(b):
     ok = ~special[r]
@@ -159,7 +166,8 @@ def _span_positions(input_ids, special, uniforms, num, cfg: MaskingConfig):
     chosen: list[int] = []
     taken = np.zeros(len(first), bool)
     for w in np.argsort(uniforms["select"][r, first], kind="stable"):
-      n = min(ngram_length(uniforms["length"][r, first[w]], longest), len(first) - w)
+      n = 1 if len(cdf) == 1 else ngram_length(uniforms["length"][r, first[w]], cdf)
+      n = min(n, len(first) - w)
       while n > 1 and len(chosen) + int(lengths[w:w + n].sum()) > num[r]:
         n -= 1
       if len(chosen) + int(lengths[w:w + n].sum()) > num[r] or taken[w:w + n].any():
