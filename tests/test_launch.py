@@ -100,7 +100,7 @@ def test_every_gpu_xla_flag_in_the_launchers_exists_in_this_xla():
     assert r.returncode == 0, (flag, r.stderr[-500:])
 
 
-@pytest.mark.e2e
+@pytest.mark.slow      # 25 s of two benches: left out of CI, which runs near its 15 minutes
 def test_bench_vs_reference_tiny_prints_the_table_and_counts_a_failed_run(tmp_path):
   """TINY=1 on a CPU: both plm-jax benches run and pair up in the table; the reference script
   here fails (exit 3), which is reported with its status and makes the script exit 1."""
