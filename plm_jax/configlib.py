@@ -51,7 +51,7 @@ def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size
   return out
 
 
-DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences",
+DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences", "plm": "plm",
                     "causal_lm": "blocks", "classify": "classify"}
 
 
@@ -107,6 +107,8 @@ def model_group(family: str, size_name: str, size: dict) -> ml_collections.Confi
   m.shared_layers = size.get("shared_layers", False)  # ALBERT: one layer's weights for all
   m.hidden_act = size.get("hidden_act", "gelu")       # encoders: "gelu" or "gelu_new" (tanh)
   m.position_offset = size.get("position_offset", False)  # RoBERTa: positions past padding id
+  m.mem_len = size.get("mem_len", 0)  # XLNet: positions of the previous segment kept as memory
+  m.clamp_len = size.get("clamp_len", -1)  # XLNet: relative distances clipped (-1: never)
   return m
 
 
@@ -120,7 +122,16 @@ def objective_group(objective: str) -> ml_collections.ConfigDict:
   o.masking = "token"                # what is chosen: "token" (BERT, RoBERTa), "word" (whole
                                      # words: BERT's whole-word masking) or "ngram" (ALBERT:
                                      # spans of n <= max_ngram words, p(n) ~ 1/n)
-  o.max_ngram = 3                    # "ngram": the longest span, in words
+  o.max_ngram = 3                    # "ngram" (and XLNet's spans): the longest span, in words
+  # XLNet's permutation LM ("plm"), as its data pipeline made examples:
+  o.reuse_len = 0                    # leading tokens of each segment kept as the next one's
+                                     # memory; they come first in the factorisation order
+  o.plm_k = 6                        # partial prediction: the last 1/K of the order (about
+                                     # max_seq_length / K tokens a segment) is predicted
+  o.plm_segments = 2                 # consecutive segments of one text in an example; memory
+                                     # carries from each to the next
+  o.span_alpha = 6                   # spans of n words are chosen in contexts of
+  o.span_beta = 1                    # n * alpha / beta tokens
   o.loss_chunk = 8192                # tokens per device in each chunk of the output layer's
                                      # cross-entropy (no [B, T, V] float32 tensor); 0 = one chunk
   return o

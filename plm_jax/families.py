@@ -25,6 +25,7 @@ from plm_jax.models.bert import BertForPreTraining
 from plm_jax.models.classifier import HEAD_PARAMS, EncoderClassifier, GPTClassifier
 from plm_jax.models.config import ModelConfig
 from plm_jax.models.gpt import GPTLMHeadModel
+from plm_jax.models.xlnet import XLNetClassifier, XLNetLMHeadModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,8 @@ class PairLayout:
   middle: tuple[str, ...]            # between a and b (pairs only)
   suffix: tuple[str, ...]
   b_segment: int
+  last_segment: int | None = None    # the segment id of the suffix's last token, if its own
+                                     # (XLNet's <cls>: 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            tokenizer_kind="bpe", decoder=True, pair_layout=PairLayout((), ("eos",), ("eos",), 0),
            hf=hf_tables.GPT2, flops_per_token=flops.decoder_flops_per_token,
            embeddings=("wte", "wpe")),
+    # a <sep> b <sep> <cls>: <cls> (segment 2) ends the text, and the classifier reads it
+    Family("xlnet", model=XLNetLMHeadModel, classifier=XLNetClassifier, objectives=("plm",),
+           tokenizer_kind="unigram", decoder=False,
+           pair_layout=PairLayout((), ("sep",), ("sep", "cls"), 1, last_segment=2),
+           hf=hf_tables.XLNET, flops_per_token=flops.xlnet_flops_per_token,
+           embeddings=("word", "mask"), body_root=("transformer",)),
 )}
 
 

@@ -48,3 +48,16 @@ def flops_as_computed(reference: float, *, decoder: bool, vocab: int, hidden: in
   if decoder:
     return reference + 6 * vocab * hidden                      # the tied LM head, every token
   return reference - 6 * vocab * hidden + 6 * vocab * embed * predictions_per_token
+
+
+def xlnet_flops_per_token(n_params: int, *, vocab: int, hidden: int, layers: int,
+                          seq_len: int, max_position: int) -> float:
+  """XLNet: the encoder's count for the content stream, plus what relative attention adds
+  (scores against ~2T position encodings, 12 L d T, and their projection, 12 L d^2), plus the
+  query stream over the 1/K = 1/6 of positions it predicts (its layers and attention)."""
+  del max_position      # relative positions: no table
+  non_embedding = n_params - vocab * hidden
+  attention = 12 * layers * hidden * seq_len
+  content = 6 * non_embedding + 2 * attention + 12 * layers * hidden * hidden
+  query = (6 * non_embedding + 2 * attention) / 6
+  return content + query + 6 * vocab * hidden

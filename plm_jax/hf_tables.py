@@ -134,6 +134,25 @@ def gpt2_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
   return body + _norm(f"{p}ln_f", ("final_norm",)), []     # the LM head is tied to wte
 
 
+def xlnet_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  body = [(f"{p}word_embedding.weight", ("transformer", "word", "embedding"), "same"),
+          (f"{p}mask_emb", ("transformer", "mask", "embedding"), "same")]
+  for i in range(mcfg.num_layers):
+    h, o = f"{p}layer.{i}", ("transformer", "layers", i)
+    a, oa = f"{h}.rel_attn", (*o, "attention")
+    body += [(f"{a}.{name}", (*oa, "qkv", "kernel"), ("part", 1, j, "same"))
+             for j, name in enumerate("qkv")]
+    body += [(f"{a}.o", (*oa, "out", "kernel"), "heads_out"),
+             (f"{a}.r", (*oa, "r", "kernel"), "same"),
+             (f"{a}.seg_embed", (*oa, "segment", "embedding"), "same")]
+    body += [(f"{a}.{b}", (*oa, b), "same") for b in ("r_r_bias", "r_s_bias", "r_w_bias")]
+    body += _norm(f"{a}.layer_norm", (*oa, "norm"))
+    body += _norm(f"{h}.ff.layer_norm", (*o, "mlp_norm"))
+    body += _dense(f"{h}.ff.layer_1", (*o, "mlp", "wi"), "linear")
+    body += _dense(f"{h}.ff.layer_2", (*o, "mlp", "wo"), "linear_in")
+  return body, [("lm_loss.bias", ("lm_bias",), "same")]     # lm_loss.weight is the embedding
+
+
 # --- layouts -------------------------------------------------------------------------------------
 
 def part_index(kind) -> tuple | None:
@@ -152,6 +171,8 @@ def to_ours(value: np.ndarray, kind, shape: tuple) -> np.ndarray:
   kind = base_kind(kind)
   if kind in ("linear", "linear_in"):
     value = value.T
+  if kind == "heads_out":                   # XLNet's o [E, N, H] -> our DenseIn [N, H, E]
+    value = np.moveaxis(value, 0, -1)
   if int(np.prod(value.shape)) != int(np.prod(shape)):
     raise ValueError(value.shape)
   return np.ascontiguousarray(value.reshape(shape))
@@ -168,6 +189,8 @@ def to_hf(value: np.ndarray, kind) -> np.ndarray:
     value = value.reshape(-1)
   if kind in ("linear", "linear_in"):
     value = value.T
+  if kind == "heads_out":
+    value = np.moveaxis(value, -1, 0)
   return np.ascontiguousarray(value)
 
 
@@ -279,6 +302,34 @@ def _albert_check(hf: dict, path: str) -> None:
                           "is not supported (all published ALBERT models use 1)")
 
 
+def _xlnet_from_hf(hf: dict) -> dict:
+  if hf.get("attn_type", "bi") != "bi" or hf.get("bi_data"):
+    raise CheckpointError("config.json: XLNet with attn_type='uni' or bi_data=true is not "
+                          "supported (the published models use 'bi' and no bi_data)")
+  act = hf.get("ff_activation", "gelu")
+  size = dict(hidden_size=hf["d_model"], num_layers=hf["n_layer"], num_heads=hf["n_head"],
+              mlp_dim=hf["d_inner"], max_position=512,
+              layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+              hidden_act=_activation({"ff_activation": act}, "ff_activation", "gelu"),
+              mem_len=hf.get("mem_len") or 0, clamp_len=hf.get("clamp_len", -1))
+  return {"size": size, "max_seq_length": 512, "dropout": hf.get("dropout", 0.1)}
+
+
+def _xlnet_to_hf(m, vocab_size: int, tokenizer) -> dict:
+  role = lambda r, default: (tokenizer.role_id(r)  # noqa: E731
+                             if tokenizer is not None and tokenizer.role_token(r) else default)
+  return {"architectures": [XLNET.architecture], "model_type": XLNET.model_type,
+          "vocab_size": vocab_size, "d_model": m.hidden_size, "n_layer": m.num_layers,
+          "n_head": m.num_heads, "d_head": m.hidden_size // m.num_heads, "d_inner": m.mlp_dim,
+          "ff_activation": m.hidden_act, "attn_type": "bi", "bi_data": False,
+          "layer_norm_eps": m.layer_norm_eps, "dropout": m.dropout_rate,
+          "initializer_range": m.initializer_range, "mem_len": m.mem_len or None,
+          "reuse_len": None, "clamp_len": m.clamp_len, "same_length": False,
+          "summary_type": "last", "summary_use_proj": True, "summary_activation": "tanh",
+          "summary_last_dropout": m.dropout_rate, "tie_word_embeddings": True,
+          "pad_token_id": role("pad", 5), "bos_token_id": 1, "eos_token_id": 2}
+
+
 ENCODER_WORDS = ("encoder", "embeddings", "word", "embedding")
 BERT = HFSpec("bert", "bert.", "BertForPreTraining", bert_entries, _encoder_from_hf,
               _bert_to_hf, ENCODER_WORDS)
@@ -288,3 +339,5 @@ ALBERT = HFSpec("albert", "albert.", "AlbertForPreTraining", albert_entries, _al
                 _albert_to_hf, ENCODER_WORDS, check=_albert_check)
 GPT2 = HFSpec("gpt2", "transformer.", "GPT2LMHeadModel", gpt2_entries, _gpt2_from_hf,
               _gpt2_to_hf, ("wte", "embedding"))
+XLNET = HFSpec("xlnet", "transformer.", "XLNetLMHeadModel", xlnet_entries, _xlnet_from_hf,
+               _xlnet_to_hf, ("transformer", "word", "embedding"))

@@ -117,11 +117,14 @@ def fill_mask(restored: Loaded, text: str, top_k: int = 5) -> list[list[tuple[st
   """For each mask token in `text`, the top-k tokens and their probabilities."""
   _not_a_classifier(restored, "fill-mask")
   if families.get(restored.config.model.family).decoder:
-    raise ConfigError("fill-mask needs an encoder (BERT, RoBERTa, ALBERT); this is a decoder "
+    raise ConfigError("fill-mask needs an encoder (BERT, RoBERTa, ALBERT) or XLNet; this is a "
+                      "decoder "
                       f"({restored.config.model.family}: use generate)")
   tok = restored.tokenizer
   mask_token = tok.role_token("mask")
-  ids = [tok.cls_id, *tok.encode_batch([text])[0], tok.sep_id]
+  layout = families.get(restored.config.model.family).pair_layout   # [CLS] text [SEP], ...
+  ids = [*(tok.role_id(r) for r in layout.prefix), *tok.encode_batch([text])[0],
+         *(tok.role_id(r) for r in layout.suffix)]
   where = [i for i, t in enumerate(ids) if t == tok.mask_id]
   if not where:
     raise ConfigError(f"--text has no {mask_token} token to fill, e.g. "
@@ -131,8 +134,11 @@ def fill_mask(restored: Loaded, text: str, top_k: int = 5) -> list[list[tuple[st
   if len(ids) > limit:
     raise ConfigError(f"--text is {len(ids)} tokens long; the model takes {limit}")
   input_ids = np.array([ids], np.int32)
-  out = restored.module()(input_ids, np.zeros_like(input_ids), np.ones_like(input_ids),
-                       np.array([where], np.int32))
+  segment_ids = np.zeros_like(input_ids)
+  if layout.last_segment is not None:
+    segment_ids[:, -1] = layout.last_segment
+  out = restored.module()(input_ids, segment_ids, np.ones_like(input_ids),
+                          np.array([where], np.int32))
   probs = np.asarray(jax.nn.softmax(out["mlm_logits"][0], axis=-1))
   probs = probs[:, :tok.vocab_size]                  # never propose padded vocabulary rows
   results = []

@@ -22,12 +22,12 @@ from helpers import family_config  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tokenizers_dir(tmp_path_factory):
-  """One WordPiece and one BPE tokenizer trained on the built-in corpus, shared by all tests
+  """One WordPiece, one BPE and one Unigram tokenizer trained on the built-in corpus, shared by all tests
   (HF tokenizers' training is not bit-reproducible, so runs compared to each other share one)."""
   from plm_jax.data import pipeline, sources
   base = tmp_path_factory.mktemp("tokenizers")
   out = {}
-  for family in ("bert", "gpt"):
+  for family in ("bert", "gpt", "xlnet"):
     config = family_config(family)
     docs = sources.load_documents(sources.specs_from_config(config.data)[0], config.data)
     directory = base / family

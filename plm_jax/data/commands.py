@@ -9,7 +9,7 @@ import jax
 
 from plm_jax import checks
 from plm_jax.data import loader, pipeline, sources
-from plm_jax.data.tokenizer import train_tokenizer
+from plm_jax.data.tokenizer import KINDS, train_tokenizer
 from plm_jax.errors import DataError
 from plm_jax.metrics_writer import console
 
@@ -18,8 +18,8 @@ def tokenizer_train(input_glob: str, kind: str, vocab_size: int, out: str, *,
                     lowercase: bool, text_field: str = "text") -> dict:
   """Trains a vocabulary on text files (.txt/.gz: blank-line separated documents) or JSON lines
   (.jsonl/.jsonl.gz, the text in `text_field`) and writes OUT/tokenizer.json."""
-  if kind not in ("wordpiece", "bpe"):
-    raise DataError(f"--kind={kind!r} is not 'wordpiece' (BERT) or 'bpe' (GPT-2)")
+  if kind not in KINDS:
+    raise DataError(f"--kind={kind!r} is not one of {', '.join(KINDS)}")
   if vocab_size < 300:
     raise DataError(f"--vocab-size={vocab_size} is too small (byte-level BPE alone needs 256 "
                     "entries); use e.g. 8000 or 30522")

@@ -203,3 +203,83 @@ def gpt_packed_examples(docs: list[list[int]], *, max_seq_length: int, eos_id: i
       positions[r, at:at + len(piece)] = np.arange(len(piece))
       at += len(piece)
   return {"tokens": tokens, "segment_ids": segments, "positions": positions}
+
+
+def _split_a_and_b(data: np.ndarray, sentence: np.ndarray, begin: int, total: int,
+                   rng: np.random.Generator):
+  """XLNet's two segments after the reused part (the reference's `_split_a_and_b`): A is whole
+  sentences from `begin`; B continues A (50%) or is whole sentences from a random place of the
+  stream; both trimmed from the right to `total` tokens together. None past the stream's end."""
+  n = len(data)
+  if begin + total >= n:
+    return None
+  end = begin + 1
+  cuts = []
+  while end < n:
+    if sentence[end] != sentence[end - 1]:
+      if end - begin >= total:
+        break
+      cuts.append(end)
+    end += 1
+  if not cuts or rng.random() < 0.5:
+    a_end = end if not cuts else int(rng.choice(cuts))
+    b_len = max(1, total - (a_end - begin))
+    b_begin = int(rng.integers(0, max(1, n - 1 - b_len)))
+    b_end = b_begin + b_len
+    while b_begin > 0 and sentence[b_begin - 1] == sentence[b_begin]:
+      b_begin -= 1
+    while b_end < n - 1 and sentence[b_end - 1] == sentence[b_end]:
+      b_end += 1
+  else:
+    a_end = int(rng.choice(cuts))
+    b_begin, b_end = a_end, end
+  while (a_end - begin) + (b_end - b_begin) > total:
+    if a_end - begin > b_end - b_begin:
+      a_end -= 1
+    else:
+      b_end -= 1
+  return data[begin:a_end], data[b_begin:b_end]
+
+
+def xlnet_examples(docs: list[TokenDoc], *, max_seq_length: int, reuse_len: int,
+                   segments: int, sep_id: int, cls_id: int, rng: np.random.Generator
+                   ) -> dict[str, np.ndarray]:
+  """XLNet's pretraining examples (the reference's create_tfrecords), each `segments`
+  consecutive segments of the joined text: [reused part, A, <sep>, B, <sep>, <cls>], segment
+  ids 0 / 1 / 2. The reused part of segment k + 1 is the text right after that of segment k,
+  so the memory of segment k (its reused part) is the context that precedes it.
+
+  Returns input_ids, segment_ids and attention_mask of [N, segments, max_seq_length] (int32).
+  """
+  parts = [(np.asarray(s, np.int32), i % 2) for d in docs for i, s in enumerate(d) if s]
+  if not parts:
+    return {"input_ids": np.zeros((0, segments, max_seq_length), np.int32)}
+  data = np.concatenate([p for p, _ in parts])
+  # sentence parity flips at every sentence (documents start a new one too)
+  flips = np.concatenate([np.full(len(p), k % 2, np.int32) for k, (p, _) in enumerate(parts)])
+  total = max_seq_length - reuse_len - 3
+  rows, row = [], []
+  i = 0
+  while i + max_seq_length <= len(data):
+    pair = _split_a_and_b(data, flips, i + reuse_len, total, rng)
+    if pair is None:
+      break
+    a, b = pair
+    ids = np.concatenate([data[i:i + reuse_len], a, [sep_id], b, [sep_id, cls_id]])
+    if len(ids) != max_seq_length:       # a stream too short to fill A and B
+      break
+    seg = np.concatenate([np.zeros(reuse_len + len(a) + 1, np.int32),
+                          np.ones(len(b) + 1, np.int32), [2]])
+    row.append((ids.astype(np.int32), seg))
+    if len(row) == segments:
+      rows.append(row)
+      row = []
+    i += reuse_len if reuse_len > 0 else max_seq_length
+  n = len(rows)
+  input_ids = np.zeros((n, segments, max_seq_length), np.int32)
+  segment_ids = np.zeros_like(input_ids)
+  for r, chain in enumerate(rows):
+    for s, (ids, seg) in enumerate(chain):
+      input_ids[r, s], segment_ids[r, s] = ids, seg
+  return {"input_ids": input_ids, "segment_ids": segment_ids,
+          "attention_mask": np.ones_like(input_ids)}

@@ -27,6 +27,8 @@ from plm_jax.data.pipeline import PreparedData
 from plm_jax.models.partitioning import BATCH_AXES
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, mask_tokens,
                                         max_predictions_for)
+from plm_jax.objectives.permutation import (PermutationConfig, num_predict_for,
+                                            permutation_targets)
 
 TRAIN, EVAL = 0, 1
 
@@ -87,6 +89,15 @@ def masking_config(config, tokenizer) -> MaskingConfig:
       word_starts=None if o.masking == "token" else tokenizer.word_starts())
 
 
+def permutation_config(config, tokenizer) -> PermutationConfig:
+  o, t = config.objective, config.data.max_seq_length
+  return PermutationConfig(
+      seq_len=t, reuse_len=o.reuse_len, num_predict=num_predict_for(t, o.plm_k),
+      word_starts=tokenizer.word_starts(),
+      functional_ids=np.array([tokenizer.sep_id, tokenizer.cls_id]), max_ngram=o.max_ngram,
+      alpha=o.span_alpha, beta=o.span_beta)
+
+
 class Server:
   """Turns a batch of stored examples into what the model is fed (the per-serving step).
 
@@ -100,6 +111,7 @@ class Server:
     self.masking = masking_config(config, tok) if self.builder in ("nsp", "sop",
                                                                     "full_sentences") else None
     self.special = tok.special_ids()
+    self.permutation = permutation_config(config, tok) if self.builder == "plm" else None
     # Classification eval splits are served once, padded to whole batches: rows past the end
     # of the split repeat earlier ones with weight 0.
     self.rows = len(Rows(prepared.eval)) if split == EVAL else None
@@ -110,6 +122,9 @@ class Server:
       weights = np.ones(len(index), np.float32) if self.rows is None else \
           (index < self.rows).astype(np.float32)
       return {**batch, "example_weights": weights}
+    if self.permutation is not None:
+      return {**batch, **permutation_targets(batch["input_ids"], index, self.seed, self.split,
+                                             self.permutation)}
     if self.masking is not None:
       ids = batch["input_ids"]
       special = np.isin(ids, self.special) | (batch["attention_mask"] == 0)
@@ -245,6 +260,12 @@ def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
             "attention_mask": ((b, t), np.int32),
             "labels": ((b,), np.float32 if regression else np.int32),
             "example_weights": ((b,), np.float32), "example_index": ((b,), np.int32)}
+  if config.objective.name == "plm":
+    s, p = config.objective.plm_segments, num_predict_for(t, config.objective.plm_k)
+    return {**{k: ((b, s, t), np.int32) for k in ("input_ids", "segment_ids", "attention_mask",
+                                                  "perm_ranks", "perm_targets")},
+            "target_positions": ((b, s, p), np.int32), "target_labels": ((b, s, p), np.int32),
+            "target_weights": ((b, s, p), np.float32)}
   if config.objective.name in ("mlm_nsp", "mlm_sop", "mlm"):
     p = max_predictions_for(t, config.objective.mlm_probability)
     shapes = {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
@@ -266,6 +287,8 @@ def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndar
   rng = np.random.default_rng(seed)
   out = {}
   t = config.data.max_seq_length
+  if config.objective.name == "plm":
+    return _synthetic_plm(config, vocab_size, rng)
   for name, (shape, dtype) in batch_shapes(config).items():
     if name in ("input_ids", "labels", "masked_labels"):
       out[name] = rng.integers(5, vocab_size, shape).astype(dtype)
@@ -284,6 +307,22 @@ def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndar
     elif name in ("nsp_labels", "sop_labels"):
       out[name] = rng.integers(0, 2, shape).astype(dtype)
   return out
+
+
+def _synthetic_plm(config, vocab_size: int, rng) -> dict[str, np.ndarray]:
+  """Random XLNet segments ([reused part, A, B] layout) with targets drawn as in training."""
+  shapes = batch_shapes(config)
+  b, s, t = shapes["input_ids"][0]
+  ids = rng.integers(10, vocab_size, (b, s, t)).astype(np.int32)
+  seg = np.zeros((b, s, t), np.int32)
+  seg[..., (t + config.objective.reuse_len) // 2:] = 1
+  seg[..., -1] = 2
+  cfg = PermutationConfig(seq_len=t, reuse_len=config.objective.reuse_len,
+                          num_predict=shapes["target_positions"][0][2],
+                          word_starts=np.ones(vocab_size, bool), functional_ids=np.array([]),
+                          max_ngram=config.objective.max_ngram)
+  return {"input_ids": ids, "segment_ids": seg, "attention_mask": np.ones_like(ids),
+          **permutation_targets(ids, np.arange(b), seed=0, split=TRAIN, cfg=cfg)}
 
 
 def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

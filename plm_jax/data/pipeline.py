@@ -10,7 +10,7 @@ corpora are simply kept in memory by `plm-jax train`.
 Builders (`data.builder`): "nsp" (BERT pairs + NSP labels), "sop" (ALBERT pairs, swapped in
 half the examples, + SOP labels), "full_sentences" (RoBERTa-style MLM-only packing), "blocks"
 (GPT: fixed blocks of the joined stream), "packed" (GPT: whole documents packed with segment ids
-and position resets).
+and position resets), "plm" (XLNet: chains of consecutive segments, reused part + A + B).
 """
 
 import dataclasses
@@ -39,6 +39,7 @@ BUILDERS = {
     "full_sentences": ("mlm", True),
     "blocks": ("causal_lm", False),
     "packed": ("causal_lm", False),
+    "plm": ("plm", True),
 }
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -172,6 +173,10 @@ def build_examples(documents, tokenizer: TextTokenizer, config, builder: str,
                             dupe_factor=config.data.dupe_factor, cls_id=tokenizer.cls_id,
                             sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id, rng=rng,
                             sentence_order=builder == "sop")
+  if builder == "plm":
+    return ex.xlnet_examples(docs, max_seq_length=seq, reuse_len=config.objective.reuse_len,
+                             segments=config.objective.plm_segments, sep_id=tokenizer.sep_id,
+                             cls_id=tokenizer.cls_id, rng=rng)
   if builder == "full_sentences":
     return ex.full_sentence_examples(docs, max_seq_length=seq, cls_id=tokenizer.cls_id,
                                      sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)

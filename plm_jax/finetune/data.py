@@ -8,6 +8,8 @@ Layouts, as the pretrained models saw them (each family's `pair_layout` in plm_j
   BERT / ALBERT   [CLS] a [SEP] b [SEP], segment ids 0 for "[CLS] a [SEP]" and 1 for "b [SEP]"
   RoBERTa         <s> a </s></s> b </s>, one segment
   GPT-2           a <eos> b <eos>; the classifier reads the last (<eos>) token
+  XLNet           a <sep> b <sep> <cls>, segment ids 0 / 1 / 2 (<cls>); the classifier reads
+                  <cls>, the last real token
 Pairs too long for data.max_seq_length lose tokens from the end of the longer text first.
 """
 
@@ -321,13 +323,14 @@ def is_labeled(labels: np.ndarray) -> np.ndarray:
 
 # --- encoding --------------------------------------------------------------------------------------
 
-def _layout(tok: TextTokenizer, family: str, pair: bool) -> tuple[list, list, list, int]:
-  """(prefix, middle, suffix) special ids around a / b, and b's segment id: the family's
-  pair layout (plm_jax/families.py) in this tokenizer's ids."""
+def _layout(tok: TextTokenizer, family: str, pair: bool) -> tuple[list, list, list, int,
+                                                                 int | None]:
+  """(prefix, middle, suffix) special ids around a / b, b's segment id and the last token's
+  (None: its text's): the family's pair layout (plm_jax/families.py) in this tokenizer's ids."""
   layout = families.get(family).pair_layout
   ids = lambda roles: [tok.role_id(r) for r in roles]  # noqa: E731
   return ids(layout.prefix), ids(layout.middle) if pair else [], ids(layout.suffix), \
-      layout.b_segment
+      layout.b_segment, layout.last_segment
 
 
 def truncate_longest_first(a: list[int], b: list[int] | None, budget: int) -> bool:
@@ -346,7 +349,7 @@ def truncate_longest_first(a: list[int], b: list[int] | None, budget: int) -> bo
 def encode(tok: TextTokenizer, family: str, texts: list[str], pairs: list[str] | None,
            max_seq_length: int) -> tuple[dict[str, np.ndarray], int]:
   """Texts (and pairs) -> input_ids, segment_ids, attention_mask; and how many were cut."""
-  prefix, middle, suffix, b_segment = _layout(tok, family, pairs is not None)
+  prefix, middle, suffix, b_segment, last_segment = _layout(tok, family, pairs is not None)
   overhead = len(prefix) + len(middle) + len(suffix)
   if max_seq_length <= overhead:
     raise DataError(f"data.max_seq_length={max_seq_length} leaves no room for text")
@@ -365,6 +368,8 @@ def encode(tok: TextTokenizer, family: str, texts: list[str], pairs: list[str] |
     attention_mask[r, :len(ids)] = 1
     if b is not None:
       segment_ids[r, len(first):len(ids)] = b_segment
+    if last_segment is not None:
+      segment_ids[r, len(ids) - 1] = last_segment
   return {"input_ids": input_ids, "segment_ids": segment_ids,
           "attention_mask": attention_mask}, truncated
 

@@ -37,6 +37,10 @@ class ModelConfig:
   hidden_act: str = "gelu"            # encoders: "gelu" (exact erf) or "gelu_new" (tanh approx.)
   pad_token_id: int = 0               # RoBERTa: positions are counted past the padding id
   position_offset: bool = False       # RoBERTa: position = padding_id + 1 + index of real token
+  mem_len: int = 0                    # XLNet: memory positions kept from the previous segment
+  reuse_len: int = 0                  # XLNet: the leading tokens of a segment kept as memory
+                                      # (0 = all)
+  clamp_len: int = -1                 # XLNet: relative distances clipped to this (-1: never)
   num_labels: int = 0                 # > 0: a sequence classifier with this many outputs
                                       # (1 = regression) instead of the pretraining heads
 
@@ -85,4 +89,6 @@ def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
       nsp_head=config.objective.name in ("mlm_nsp", "mlm_sop"),
       embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,
       position_offset=m.position_offset, pad_token_id=pad_token_id,
+      mem_len=m.mem_len, reuse_len=config.objective.reuse_len if m.mem_len else 0,
+      clamp_len=m.clamp_len,
       num_labels=config.classify.num_classes if config.objective.name == "classify" else 0)

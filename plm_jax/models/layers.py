@@ -72,16 +72,18 @@ class DenseIn(nnx.Module):
   """Output projection that contracts several trailing axes of x (e.g. heads x kv -> embed)."""
 
   def __init__(self, in_shape: tuple[int, ...], out_features: int, axes: tuple[str, ...], *,
-               init: Initializer, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               init: Initializer, use_bias: bool = True, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.dtype = dtype
     self.kernel = nnx.Param(init(rngs.params(), (*in_shape, out_features), param_dtype), axes=axes)
-    self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype), axes=axes[-1:])
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype), axes=axes[-1:])
+                 if use_bias else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     n = self.kernel.ndim - 1
     contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
     y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=contract)
-    return y + self.bias[...].astype(self.dtype)
+    return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):

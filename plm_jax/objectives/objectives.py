@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from plm_jax.objectives.losses import classification_stats, safe_div
 from plm_jax.objectives.output_ce import output_stats
+from plm_jax.objectives.permutation import perm_mask
 
 # Tokens per device in one chunk of the output layer's cross-entropy (objective.loss_chunk).
 LOSS_CHUNK = 8192
@@ -122,6 +123,46 @@ class CausalLM:
     }
 
 
+class PermutationLM:
+  """XLNet: permutation LM with partial prediction, over S consecutive segments of a text; each
+  segment attends to the memory of the one before (no gradient through it). The loss is the
+  mean cross-entropy of every target of every segment (plm_jax/objectives/permutation.py
+  draws them)."""
+
+  name = "plm"
+  train_keys = ("loss", "plm_accuracy", "learning_rate")
+  eval_keys = ("loss", "plm_loss", "perplexity", "plm_accuracy")
+
+  def __init__(self, loss_chunk: int = LOSS_CHUNK, reuse_len: int = 0):
+    self.loss_chunk, self.reuse_len = loss_chunk, reuse_len
+
+  def stats(self, model, batch: dict, dropout_rng=None) -> dict:
+    table, bias = model.lm_output()
+    mems, total = None, None
+    for s in range(batch["input_ids"].shape[1]):
+      part = {k: v[:, s] for k, v in batch.items()}
+      mask = perm_mask(part["perm_ranks"], part["perm_targets"] > 0, self.reuse_len)
+      key = None if dropout_rng is None else jax.random.fold_in(dropout_rng, s)
+      hidden, mems = model.features(part["input_ids"], part["segment_ids"],
+                                    part["attention_mask"], mask, part["target_positions"],
+                                    mems=mems, dropout_rng=key)
+      stats = output_stats(hidden, table, bias, part["target_labels"], part["target_weights"],
+                           chunk_tokens=self.loss_chunk)
+      total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    return _prefixed("plm", total)
+
+  def totals(self, batch: dict) -> dict:
+    return {"plm_count": jnp.sum(batch["target_weights"])}
+
+  def loss(self, stats: dict, totals: dict) -> jax.Array:
+    return safe_div(stats["plm_loss_sum"], totals["plm_count"])
+
+  def metrics(self, stats: dict) -> dict:
+    loss = safe_div(stats["plm_loss_sum"], stats["plm_count"])
+    return {"loss": loss, "plm_loss": loss, "perplexity": jnp.exp(loss),
+            "plm_accuracy": safe_div(stats["plm_correct"], stats["plm_count"])}
+
+
 class Classification:
   """Fine-tuning: cross-entropy over classes, or mean squared error when there is one output
   (regression). `example_weights` is 0 for the rows that only pad the last eval batch."""
@@ -157,7 +198,7 @@ class Classification:
 
 
 OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
-              "causal_lm": CausalLM(), "classify": Classification()}
+              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification()}
 
 
 def get(name: str):
@@ -168,4 +209,6 @@ def for_config(config):
   """The objective of a config (a classifier with one output is a regression)."""
   if config.objective.name == "classify":
     return Classification(regression=config.classify.num_classes == 1)
+  if config.objective.name == "plm":
+    return PermutationLM(config.objective.loss_chunk, config.objective.reuse_len)
   return type(get(config.objective.name))(loss_chunk=config.objective.loss_chunk)
