@@ -70,7 +70,7 @@ def test_adamw_two_steps_by_hand_with_clipping_and_decay():
   np.testing.assert_allclose(np.asarray(params["b"]["bias"]), ref["b"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "gpt"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "gpt", "xlnet"])
 @pytest.mark.parametrize("classify", [False, True])
 @pytest.mark.parametrize("scan", [True, False])
 def test_every_parameter_of_every_family_decays_by_role(family, classify, scan):
@@ -86,14 +86,16 @@ def test_every_parameter_of_every_family_decays_by_role(family, classify, scan):
       config.classify = classify_group(dict(task="builtin", num_classes=3))
   model = nnx.eval_shape(lambda: families.build(model_config(config, 256), nnx.Rngs(0)))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  roles = {"kernel": True, "embedding": True, "bias": False, "scale": False}
+  roles = {"kernel": True, "embedding": True, "bias": False, "scale": False,
+           # XLNet's relative-attention biases, per head, and its LM head's bias
+           "r_w_bias": False, "r_r_bias": False, "r_s_bias": False, "lm_bias": False}
   seen = set()
   for path, decays in jax.tree_util.tree_leaves_with_path(decay_mask(params)):
     name = path[-1].key
     assert name in roles, f"parameter {path} has no known role"
     assert decays == roles[name], path
     seen.add(name)
-  assert seen == set(roles)
+  assert seen >= {"kernel", "embedding", "bias", "scale"}
 
 
 def test_lamb_scales_each_update_by_its_trust_ratio():

@@ -3,6 +3,7 @@ mask against the reference pipeline's rules, the example builder, the Unigram to
 spiece.model import, sizes, and the query stream's blindness to its own token."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -262,3 +263,38 @@ def xlnet_preprocess(text: str) -> str:
   text = " ".join(text.strip().split()).replace("``", '"').replace("''", '"')
   text = unicodedata.normalize("NFKD", text)
   return "".join(c for c in text if not unicodedata.combining(c))
+
+
+@pytest.mark.e2e
+def test_pretrain_finetune_and_fill_mask(tmp_path, tokenizers_dir, capsys):
+  """A briefly pretrained tiny XLNet fine-tunes through `plm-jax finetune` (sequence summary of
+  <cls>) far above chance, and `fill-mask` predicts a masked position."""
+  from helpers import ROOT
+  from plm_jax import cli
+  from test_finetune import write_keyword_task
+  body = str(tmp_path / "body")
+  config = os.path.join(ROOT, "configs", "xlnet.py")
+  assert cli.main(["plm-jax", "train", "--config", f"{config}:tiny", "--workdir", body,
+                   "--config.train.steps=2", "--config.train.eval_steps=1",
+                   f"--config.data.tokenizer={tokenizers_dir['xlnet']}"]) == 0
+  for split, n, seed in (("train", 480, 0), ("eval", 96, 1)):
+    write_keyword_task(tmp_path / f"{split}.csv", n, seed)
+  run = str(tmp_path / "run")
+  assert cli.main(["plm-jax", "finetune", "--config",
+                   f"{os.path.join(ROOT, 'configs', 'classify.py')}:csv", "--init-from", body,
+                   "--workdir", run, f"--config.classify.train_path={tmp_path / 'train.csv'}",
+                   f"--config.classify.eval_path={tmp_path / 'eval.csv'}",
+                   "--config.classify.text_field=sentence", "--config.classify.epochs=4",
+                   "--config.data.max_seq_length=24", "--config.optim.learning_rate=1e-3",
+                   "--config.train.log_every=20"]) == 0
+  report = json.load(open(os.path.join(run, "test_report.json")))
+  assert report["validation"]["accuracy"] > 0.8, report          # three classes: chance 1/3
+  saved = json.load(open(os.path.join(run, "config.json")))
+  assert saved["model"]["family"] == "xlnet"
+  capsys.readouterr()
+  assert cli.main(["plm-jax", "fill-mask", "--workdir", body, "--text",
+                   "Return the <mask> of the file."]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  (proposals,) = result["masks"]                  # one <mask>, found between <sep> <cls>
+  probs = [p["prob"] for p in proposals]
+  assert len(proposals) == 5 and probs == sorted(probs, reverse=True) and 0 < probs[0] < 1
