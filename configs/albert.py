@@ -6,7 +6,7 @@ sentence-order prediction instead of NSP, tanh-approximate GELU. Each row of SIZ
 model's shape and the data / train / optim values of that size.
 """
 
-from plm_jax.configlib import make_config, parse_arg
+from plm_jax.configlib import make_config, paper_recipes, parse_arg
 
 MODEL = dict(shared_layers=True, hidden_act="gelu_new", max_position=512, layer_norm_eps=1e-12)
 # As the paper ran it (Lan et al., 2019, section 4.1 and appendix): 125k steps of 4096 sequences
@@ -30,6 +30,11 @@ SIZES = {
     "xlarge": dict(model=dict(hidden_size=2048, num_layers=24, num_heads=16, mlp_dim=8192,
                               embedding_size=128), **PAPER),
 }
+
+# `base-paper`, `large-paper`, `xlarge-paper`: the rows above are the paper's recipe already
+# (Lan et al., 2019, section 4.1: batch 4096, LAMB lr 0.00176, 125k steps, 512 tokens with 10%
+# shorter sequences, n-gram masking, no dropout); the names say so.
+SIZES = paper_recipes(SIZES, {"base": {}, "large": {}, "xlarge": {}})
 
 
 def get_config(arg=None):

@@ -4,7 +4,7 @@ Sizes follow Radford et al. (2019); `tiny` is for tests and the CPU demo. Each r
 the model's shape and the data / train / optim values of that size.
 """
 
-from plm_jax.configlib import make_config, parse_arg
+from plm_jax.configlib import make_config, paper_recipes, parse_arg
 
 # 1024-token contexts, 512 sequences a step (the batch of the GPT-2 paper), lr 6e-4;
 # GPT-2's byte-level BPE has 50,257 entries (padded to 50,304 in the model).
@@ -28,6 +28,20 @@ SIZES = {
     "1.5b": dict(model=dict(hidden_size=1600, num_layers=48, num_heads=25, mlp_dim=6400,
                             max_position=1024), **PAPER),
 }
+
+# `<size>-paper`: the GPT-2 paper (Radford et al., 2019) gives the contexts (1024) and the batch
+# (512) but not its learning rates ("manually tuned"); these rows take the published recipe of
+# the GPT-3 paper's nearest sizes (Brown et al., 2020, Table 2.1 and appendix B): 300B tokens,
+# warmup over 375M tokens, cosine decay to 10%, AdamW beta2 0.95, eps 1e-8, weight decay 0.1,
+# clipping at 1.0; lr 6e-4 (125M), 3e-4 (350M), 2.5e-4 (760M), 2e-4 (1.3B, batch 1M tokens).
+def _gpt3(lr: float, batch: int) -> dict:
+  tokens = batch * 1024
+  return dict(train=dict(steps=300_000_000_000 // tokens, batch_size=batch),
+              optim=dict(learning_rate=lr, warmup_steps=375_000_000 // tokens))
+
+
+SIZES = paper_recipes(SIZES, {"124m": _gpt3(6e-4, 512), "355m": _gpt3(3e-4, 512),
+                              "774m": _gpt3(2.5e-4, 512), "1.5b": _gpt3(2e-4, 1024)})
 
 
 def get_config(arg=None):

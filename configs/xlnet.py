@@ -6,13 +6,13 @@ kept as the next segment's memory, mem_len 3T/4, spans of up to 5 words in conte
 per word, the last 1/K = 1/6 of each factorisation order predicted, a SentencePiece-style
 Unigram vocabulary, dropout and attention dropout 0.1.
 
-`large` is the paper's recipe (Yang et al., 2019, appendix A.3, Table 7): 500K steps of 8192
+`large` (and its name `large-paper`) is the paper's recipe (Yang et al., 2019, appendix A.3, Table 7): 500K steps of 8192
 sequences of 512 tokens, Adam(W) lr 4e-4, 40K warmup steps, linear decay, eps 1e-6, weight decay
 0.01. The paper gives no full recipe for `base`; it takes the same settings with BERT-Base's
 batch of 256 (the base ablations of section 3.2 match BERT's data and compute).
 """
 
-from plm_jax.configlib import make_config, parse_arg
+from plm_jax.configlib import make_config, paper_recipes, parse_arg
 
 # 32,000-entry SentencePiece vocabulary, as the released models.
 PAPER = dict(data=dict(max_seq_length=512, vocab_size=32000),
@@ -30,6 +30,8 @@ SIZES = {
     "large": dict(model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
                              max_position=512, mem_len=384), **PAPER),
 }
+
+SIZES = paper_recipes(SIZES, {"large": {}})
 
 
 def get_config(arg=None):

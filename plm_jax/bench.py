@@ -26,7 +26,6 @@ from plm_jax.flops import flops_as_computed, peak_flops
 from plm_jax.generate import SamplingConfig, generate
 from plm_jax.metrics_writer import console
 from plm_jax.models.config import model_config, padded_vocab
-from plm_jax.objectives.masking import max_predictions_for
 from plm_jax.trainer import Trainer
 
 GIB = 2 ** 30
@@ -89,8 +88,7 @@ def model_flops(config, n_params: int, vocab: int) -> tuple[float, float]:
   family = families.get(m.family)
   reference = family.flops_per_token(n_params, vocab=vocab, hidden=m.hidden_size,
                                      layers=m.num_layers, seq_len=t, max_position=m.max_position)
-  predictions = (0 if family.decoder
-                 else max_predictions_for(t, config.objective.mlm_probability))
+  predictions = 0 if family.decoder else loader.predictions_per_sequence(config)
   computed = flops_as_computed(reference, decoder=family.decoder, vocab=vocab,
                                hidden=m.hidden_size, embed=m.embedding_size or m.hidden_size,
                                predictions_per_token=predictions / t)
@@ -151,7 +149,7 @@ def bench(config, compile_only: bool = False, profile: str = "") -> dict:
     for op in result_ops:
       console(f"  {op['ms_per_step']:9.3f} ms  {op['share']:6.1%}  {op['name']}")
 
-  tokens_per_s = b * t / step_s
+  tokens_per_s = b * t * loader.segments_per_row(config) / step_s
   peak = peak_flops(kind)
   mfu = lambda per_token: (None if peak is None  # noqa: E731
                            else round(tokens_per_s * per_token / (peak * jax.device_count()), 4))

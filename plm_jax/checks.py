@@ -70,6 +70,22 @@ def _objective(config) -> None:
     pipeline.check_builder(config)      # data.builder must build that objective
   except DataError as e:
     raise ConfigError(str(e)) from None
+  if name == "plm":
+    _permutation(config)
+
+
+def _permutation(config) -> None:
+  """XLNet's segments: a reused part, then A <sep> B <sep> <cls> with room for A and B."""
+  o, t = config.objective, config.data.max_seq_length
+  if not 0 <= o.reuse_len <= t - 5:
+    raise ConfigError(f"objective.reuse_len={o.reuse_len} must be in [0, {t - 5}] (the rest of "
+                      f"a {t}-token segment holds A <sep> B <sep> <cls>); XLNet used "
+                      f"{t // 2}: --config.objective.reuse_len={t // 2}")
+  for field in ("plm_k", "plm_segments", "span_alpha", "span_beta"):
+    if o[field] < 1:
+      raise ConfigError(f"objective.{field}={o[field]} must be >= 1")
+  if config.model.mem_len < 0:
+    raise ConfigError(f"model.mem_len={config.model.mem_len} must be >= 0 (0: no memory)")
 
 
 def _model(config, shape, num_devices: int) -> None:

@@ -51,6 +51,30 @@ def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size
   return out
 
 
+def paper_recipes(sizes: dict, recipes: dict) -> dict:
+  """`sizes` plus a `<size>-paper` row for each size in `recipes`: the size's row with the
+  published recipe over it. A recipe gives group dicts (data / train / optim) and, under
+  "extra", dotted fields of any group ({"model.attention_dropout_rate": 0.1})."""
+  out = dict(sizes)
+  for size, recipe in recipes.items():
+    row = {group: dict(values) for group, values in sizes[size].items()}
+    for group, values in recipe.items():
+      row[group] = {**row.get(group, {}), **values}
+    out[f"{size}-paper"] = row
+  return out
+
+
+def apply_extra(config, row: dict) -> ml_collections.ConfigDict:
+  """Sets a size row's "extra" dotted fields ({"objective.max_ngram": 5}) on `config`."""
+  for dotted, value in row.get("extra", {}).items():
+    node = config
+    *path, leaf = dotted.split(".")
+    for key in path:
+      node = node[key]
+    node[leaf] = value
+  return config
+
+
 DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences", "plm": "plm",
                     "causal_lm": "blocks", "classify": "classify"}
 

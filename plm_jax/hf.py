@@ -1,4 +1,5 @@
-"""Hugging Face interop: transformers checkpoints of BERT, RoBERTa, ALBERT and GPT-2, both ways.
+"""Hugging Face interop: transformers checkpoints of BERT, RoBERTa, ALBERT, GPT-2 and XLNet,
+both ways.
 
   pretrained = plm_jax.hf.from_pretrained("path/to/hf-dir")    # model, config, tokenizer
   pretrained.model(ids, segment_ids, attention_mask, masked_positions)
@@ -238,7 +239,7 @@ def from_pretrained(directory: str, dtype: str = "float32") -> Pretrained:
 
 
 def _maybe_tokenizer(directory: str) -> TextTokenizer | None:
-  names = ("tokenizer.json", "vocab.json", "vocab.txt")
+  names = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model")
   if not any(os.path.exists(os.path.join(directory, n)) for n in names):
     return None
   return load_tokenizer(directory)

@@ -26,10 +26,10 @@ import jax
 import numpy as np
 
 from plm_jax import accelerator, checks, families, parallel, topology
+from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.metrics_writer import console
 from plm_jax.models.config import padded_vocab
-from plm_jax.objectives.masking import max_predictions_for
 from plm_jax.trainer import AbstractState
 
 GIB = 1024 ** 3
@@ -133,15 +133,17 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
   accum = config.optim.grad_accum_steps
   per_device = config.train.batch_size / (data * fsdp)
   micro = max(1, config.train.batch_size // (data * fsdp * accum))
-  predictions = max_predictions_for(config.data.max_seq_length, config.objective.mlm_probability)
-  acts = activation_bytes(config, micro, tensor, vocab, predictions, t.platform)
+  # XLNet's examples are several segments, all of whose activations the backward pass keeps
+  rows = loader.segments_per_row(config)
+  acts = activation_bytes(config, micro * rows, tensor, vocab,
+                          loader.predictions_per_sequence(config), t.platform)
   # Gradients live in the parameters' dtype and sharding (summed in place over micro-batches).
   total = params + params + opt + acts
   m = config.model
   per_token = families.get(m.family).flops_per_token(n_params, vocab=vocab, hidden=m.hidden_size,
                                     layers=m.num_layers, seq_len=config.data.max_seq_length,
                                     max_position=m.max_position)
-  step_flops = per_token * config.train.batch_size * config.data.max_seq_length
+  step_flops = per_token * config.train.batch_size * config.data.max_seq_length * rows
   step_time = step_flops / (t.num_devices * t.peak_flops * mfu) if t.peak_flops else None
   plan = Plan(topology_name or f"{num_devices} devices", t.num_devices, t.num_processes,
               dict(axis_sizes), config.train.batch_size, per_device, micro, n_params, params,

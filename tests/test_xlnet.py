@@ -19,7 +19,7 @@ from plm_jax import hf  # noqa: E402
 from plm_jax.data import examples  # noqa: E402
 from plm_jax.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from plm_jax.models.config import model_config  # noqa: E402
-from plm_jax.models.xlnet import XLNetLMHeadModel  # noqa: E402
+from plm_jax.models.xlnet import XLNetLMHeadModel, positions_from_target_mapping  # noqa: E402
 from plm_jax.objectives.permutation import (PermutationConfig, perm_mask,  # noqa: E402
                                             segment_targets)
 
@@ -68,7 +68,9 @@ def test_parity_two_streams_padding_and_memory(tmp_path):
                            perm_mask=t(perm), target_mapping=t(mapping), use_mems=True)
     out = ref(t(ids), token_type_ids=t(seg), attention_mask=t(att), perm_mask=t(perm),
               target_mapping=t(mapping), use_mems=True)
-  hidden, mems = model.features(*map(jnp.asarray, (ids, seg, att, perm, pos)))
+  # transformers' own inputs: the one-hot target_mapping becomes positions
+  hidden, mems = model.features(*map(jnp.asarray, (ids, seg, att, perm)),
+                                positions_from_target_mapping(mapping))
   valid = (mapping.sum(-1) > 0)[..., None]
   np.testing.assert_allclose(np.asarray(hidden), body.last_hidden_state.numpy(), atol=1e-4)
   np.testing.assert_allclose(np.asarray(model.logits(hidden)) * valid,
@@ -298,3 +300,16 @@ def test_pretrain_finetune_and_fill_mask(tmp_path, tokenizers_dir, capsys):
   (proposals,) = result["masks"]                  # one <mask>, found between <sep> <cls>
   probs = [p["prob"] for p in proposals]
   assert len(proposals) == 5 and probs == sorted(probs, reverse=True) and 0 < probs[0] < 1
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("objective.reuse_len", 62, "objective.reuse_len=62 must be in [0, 59]"),
+    ("objective.plm_k", 0, "objective.plm_k=0 must be >= 1"),
+    ("model.mem_len", -1, "model.mem_len=-1 must be >= 0"),
+    ("objective.name", "mlm", "does not fit model.family='xlnet'")])
+def test_bad_xlnet_configs_are_named(field, value, says):
+  from plm_jax import checks
+  from plm_jax.errors import ConfigError
+  config = family_config("xlnet", **{field: value})
+  with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
+    checks.validate(config, 1)

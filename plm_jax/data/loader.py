@@ -251,6 +251,19 @@ def to_global(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Ar
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
 
+def segments_per_row(config) -> int:
+  """Sequences of max_seq_length in one example: XLNet's chain of segments, else one."""
+  return config.objective.plm_segments if config.objective.name == "plm" else 1
+
+
+def predictions_per_sequence(config) -> int:
+  """Positions an encoder predicts in a sequence (the width of its targets)."""
+  t = config.data.max_seq_length
+  if config.objective.name == "plm":
+    return num_predict_for(t, config.objective.plm_k)
+  return max_predictions_for(t, config.objective.mlm_probability)
+
+
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every field of a global batch (for synthetic batches and shardings)."""
   b, t = config.train.batch_size, config.data.max_seq_length

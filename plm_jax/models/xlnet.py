@@ -135,6 +135,12 @@ def relative_positions(d_model: int, qlen: int, klen: int, clamp_len: int, dtype
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
 
 
+def positions_from_target_mapping(target_mapping):
+  """transformers' one-hot target_mapping [B, P, T] -> target_positions [B, P] (a row of zeros,
+  a padding prediction, becomes position 0: predicted, then ignored by its zero weight)."""
+  return jnp.argmax(jnp.asarray(target_mapping), axis=-1).astype(jnp.int32)
+
+
 class XLNetModel(nnx.Module):
   """The XLNet body: word embeddings, the mask embedding of the query stream, the layers."""
 

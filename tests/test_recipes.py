@@ -1,0 +1,55 @@
+"""The published pretraining recipes (`configs/<family>.py:<size>-paper`), value by value
+against the papers (numbers copied from them here, not from the configs)."""
+
+import pytest
+
+from configs import albert, bert, gpt, roberta, xlnet
+
+PAPERS = {
+    # Devlin et al. (2018), A.2: 1M steps x 256 sequences, phase 1 at 128 tokens, Adam 1e-4
+    # (b1 0.9, b2 0.999), L2 weight decay 0.01, 10k warmup, linear decay, dropout 0.1.
+    (bert, "base-paper"): {"train.steps": 1_000_000, "train.batch_size": 256,
+                           "data.max_seq_length": 128, "optim.learning_rate": 1e-4,
+                           "optim.b2": 0.999, "optim.weight_decay": 0.01,
+                           "optim.warmup_steps": 10_000, "optim.schedule": "linear_total",
+                           "model.dropout_rate": 0.1, "model.hidden_size": 768},
+    (bert, "large-paper"): {"model.num_layers": 24, "optim.learning_rate": 1e-4},
+    # Liu et al. (2019), Table 9.
+    (roberta, "base-paper"): {"train.steps": 500_000, "train.batch_size": 8192,
+                              "data.max_seq_length": 512, "optim.learning_rate": 6e-4,
+                              "optim.warmup_steps": 24_000, "optim.b2": 0.98,
+                              "optim.eps": 1e-6, "optim.weight_decay": 0.01,
+                              "optim.clip_norm": 0.0, "model.attention_dropout_rate": 0.1},
+    (roberta, "large-paper"): {"optim.learning_rate": 4e-4, "optim.warmup_steps": 30_000,
+                               "model.num_layers": 24},
+    # Lan et al. (2019), 4.1.
+    (albert, "base-paper"): {"train.steps": 125_000, "train.batch_size": 4096,
+                             "data.max_seq_length": 512, "optim.optimizer": "lamb",
+                             "optim.learning_rate": 0.00176, "objective.masking": "ngram",
+                             "objective.max_ngram": 3, "model.dropout_rate": 0.0,
+                             "model.embedding_size": 128},
+    # Brown et al. (2020), Table 2.1: 125M, lr 6e-4, 0.5M-token batches, 300B tokens.
+    (gpt, "124m-paper"): {"optim.learning_rate": 6e-4, "train.batch_size": 512,
+                          "train.steps": 572_204, "optim.warmup_steps": 715,
+                          "optim.b2": 0.95, "optim.weight_decay": 0.1,
+                          "optim.end_lr_fraction": 0.1, "optim.schedule": "cosine"},
+    (gpt, "1.5b-paper"): {"optim.learning_rate": 2e-4, "train.batch_size": 1024},
+    # Yang et al. (2019), Table 7.
+    (xlnet, "large-paper"): {"train.steps": 500_000, "train.batch_size": 8192,
+                             "data.max_seq_length": 512, "model.mem_len": 384,
+                             "objective.reuse_len": 256, "objective.plm_k": 6,
+                             "optim.learning_rate": 4e-4, "optim.warmup_steps": 40_000,
+                             "optim.eps": 1e-6, "optim.weight_decay": 0.01,
+                             "model.dropout_rate": 0.1, "model.attention_dropout_rate": 0.1,
+                             "model.hidden_size": 1024, "model.num_layers": 24},
+}
+
+
+@pytest.mark.parametrize("module,size", list(PAPERS), ids=lambda x: getattr(x, "__name__", x))
+def test_paper_recipes_hold_the_published_values(module, size):
+  config = module.get_config(size)
+  for dotted, expected in PAPERS[(module, size)].items():
+    group, field = dotted.split(".")
+    assert config[group][field] == pytest.approx(expected) if isinstance(expected, float) \
+        else config[group][field] == expected, dotted
+  assert config.model.size == size
