@@ -147,7 +147,7 @@ def test_only_the_registry_tells_families_apart():
   assert named == []
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "gpt"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "gpt", "xlnet"])
 def test_size_tables_have_a_tiny_row_and_no_branches(family):
   """Each family's config is a table (a `tiny` row among the published sizes), read without
   `if ... else` expressions."""

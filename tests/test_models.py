@@ -76,7 +76,7 @@ def test_mlm_decoder_is_tied_to_word_embeddings():
                  for p, _ in nnx.to_flat_state(nnx.state(gpt, nnx.Param)))
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt"])
+@pytest.mark.parametrize("family", ["bert", "gpt", "xlnet"])
 def test_every_parameter_has_logical_axes(family):
   model = nnx.eval_shape(lambda: families.build(small(family), nnx.Rngs(0)))
   for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):

@@ -51,10 +51,10 @@ def test_tiny_models_learn(tmp_path, tokenizers_dir, family, steps, margin):
 
 
 @pytest.mark.parametrize("family,shapes", [
-    ("bert", ((8, 1, 1), (2, 2, 2), (1, 4, 2))), ("gpt", ((8, 1, 1), (2, 2, 2), (1, 4, 2))),
-    # XLNet: one mesh that uses every axis (its layers are the same blocks' weights, sharded
-    # by the same rules; the memory and the query stream are batch-sharded activations)
-    ("xlnet", ((2, 2, 2),))])
+    ("bert", ((8, 1, 1), (2, 2, 2), (1, 4, 2))),
+    # GPT and XLNet: one mesh that uses every axis (the sharding rules are the same code; BERT
+    # checks each axis alone too), for the CI suite's time
+    ("gpt", ((2, 2, 2),)), ("xlnet", ((2, 2, 2),))])
 def test_meshes_give_the_same_losses_as_one_device(tmp_path, tokenizers_dir, family, shapes):
   def cfg(data, fsdp, tensor):
     return family_config(family, **{"train.steps": 5, "data.tokenizer": tokenizers_dir[family],

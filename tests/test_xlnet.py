@@ -279,14 +279,14 @@ def test_pretrain_finetune_and_fill_mask(tmp_path, tokenizers_dir, capsys):
   assert cli.main(["plm-jax", "train", "--config", f"{config}:tiny", "--workdir", body,
                    "--config.train.steps=2", "--config.train.eval_steps=1",
                    f"--config.data.tokenizer={tokenizers_dir['xlnet']}"]) == 0
-  for split, n, seed in (("train", 480, 0), ("eval", 96, 1)):
+  for split, n, seed in (("train", 384, 0), ("eval", 96, 1)):
     write_keyword_task(tmp_path / f"{split}.csv", n, seed)
   run = str(tmp_path / "run")
   assert cli.main(["plm-jax", "finetune", "--config",
                    f"{os.path.join(ROOT, 'configs', 'classify.py')}:csv", "--init-from", body,
                    "--workdir", run, f"--config.classify.train_path={tmp_path / 'train.csv'}",
                    f"--config.classify.eval_path={tmp_path / 'eval.csv'}",
-                   "--config.classify.text_field=sentence", "--config.classify.epochs=4",
+                   "--config.classify.text_field=sentence", "--config.classify.epochs=3",
                    "--config.data.max_seq_length=24", "--config.optim.learning_rate=1e-3",
                    "--config.train.log_every=20"]) == 0
   report = json.load(open(os.path.join(run, "test_report.json")))

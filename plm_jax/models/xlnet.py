@@ -12,6 +12,9 @@
   segment of the same text.
 - The LM head is tied to the word embeddings, with its own bias.
 
+Not supported (as in transformers' defaults and the released models): `attn_type="uni"`,
+`bi_data` (the reference's reversed streams for half the batch), `same_length`.
+
 Tensors are batch-first here (transformers' XLNet is [length, batch] inside); parameter
 layouts follow plm-jax's: one fused q/k/v projection, heads as their own axis.
 
@@ -68,13 +71,15 @@ class RelativeAttention(nnx.Module):
   def _scores(self, q, k, k_r, rel_index, seg_other, mask):
     """Masked, scaled scores [B, N, Q, K] of queries q [B, Q, N, H] over keys k [B, K, N, H].
 
-    k_r: [P, N, H] the position keys of distances klen .. -qlen + 1; rel_index: [B or 1, Q, K]
-    which of them each (query, key) pair is; seg_other: [B, Q, K] keys in another segment.
+    k_r: [P, N, H] the position keys of distances klen .. -qlen + 1; rel_index: [B, Q, K]
+    which of them each (query, key) pair is, or None for the content stream (query i is token
+    i: Transformer-XL's shift, no gather); seg_other: [B, Q, K] keys in another segment.
     """
     dt = q.dtype
     ac = jnp.einsum("bqnh,bknh->bnqk", q + self.r_w_bias[...].astype(dt), k)
     bd = jnp.einsum("bqnh,pnh->bnqp", q + self.r_r_bias[...].astype(dt), k_r)
-    bd = jnp.take_along_axis(bd, rel_index[:, None], axis=-1)
+    bd = (relative_shift(bd, k.shape[1]) if rel_index is None
+          else jnp.take_along_axis(bd, rel_index[:, None], axis=-1))
     seg = self.segment.embedding[...].astype(dt)                  # same / other segment
     ef = jnp.einsum("bqnh,snh->bnqs", q + self.r_s_bias[...].astype(dt), seg)
     ef = jnp.where(seg_other[:, None], ef[..., 1:2], ef[..., 0:1])
@@ -116,13 +121,26 @@ class XLNetBlock(nnx.Module):
                               param_dtype=cfg.param_dtype)
 
   def _ff(self, x, keys):
-    y = dropout(self.mlp(x), self.cfg.dropout_rate, keys)
+    """LN(x + dropout(W2 dropout(act(W1 x)))): XLNet drops out inside the FFN too."""
+    rate = self.cfg.dropout_rate
+    h = jax.nn.gelu(self.mlp.wi(x), approximate=self.mlp.approximate_gelu)
+    h = dropout(constrain(h, ("batch", "length", "mlp")), rate, keys)
+    y = dropout(constrain(self.mlp.wo(h), _ACT), rate, keys)
     return constrain(self.mlp_norm(x + y), _ACT)
 
   def __call__(self, h, g, memory, ctx, key):
     keys = KeyStream(key)
     h, g = self.attention(h, g, memory, ctx, keys)
     return self._ff(h, keys), (None if g is None else self._ff(g, keys))
+
+
+def relative_shift(scores, klen: int):
+  """[B, N, T, klen + T] scores against distances klen .. -T + 1 -> [B, N, T, klen]: row i
+  shifted left by T - i, so column j holds distance (klen - T) + i - j (Transformer-XL's
+  rel_shift: two reshapes and a slice instead of a gather)."""
+  b, n, t, p = scores.shape
+  shifted = scores.reshape(b, n, p, t)[:, :, 1:].reshape(b, n, t, p - 1)
+  return shifted[..., :klen]
 
 
 def relative_positions(d_model: int, qlen: int, klen: int, clamp_len: int, dtype):
@@ -165,9 +183,9 @@ class XLNetModel(nnx.Module):
     klen = mlen + t
     ctx = {"pos_emb": relative_positions(cfg.hidden_size, t, klen, cfg.clamp_len,
                                          cfg.compute_dtype)}
-    # Key j of query i (index i of this segment) is distance mlen + i - j, encoding t - i + j.
-    query = jnp.arange(t)
-    ctx["rel_h"] = (t - query[:, None] + jnp.arange(klen)[None, :])[None]
+    # Key j of query i (index i of this segment) is distance mlen + i - j, encoding t - i + j
+    # (the content stream's queries are every token in order: relative_shift finds them).
+    ctx["rel_h"] = None
     seg = jnp.zeros_like(input_ids) if segment_ids is None else segment_ids
     key_seg = jnp.concatenate([jnp.zeros((b, mlen), seg.dtype), seg], axis=1)
     ctx["seg_h"] = seg[:, :, None] != key_seg[:, None, :]
