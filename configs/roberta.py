@@ -1,43 +1,6 @@
-"""RoBERTa pretraining (masked LM with full-sentence packing, no NSP).
-`--config configs/roberta.py:SIZE[,mesh=PRESET]`. Sizes follow Liu et al. (2019).
+"""RoBERTa pretraining (masked LM with full-sentence packing, no NSP): the packaged preset
+plm_jax/configs/roberta.py. `--config roberta:ARG` names it from any directory; this file keeps
+`--config configs/roberta.py:ARG` working in a checkout."""
 
-RoBERTa is BERT's network with byte-level BPE (<s> <pad> </s> <unk> <mask>), one segment type,
-and positions numbered past the padding id (so imported fairseq/transformers weights line up).
-Each row of SIZES gives the model's shape and the data / train / optim values of that size.
-"""
-
-from plm_jax.configlib import apply_extra, make_config, paper_recipes, parse_arg
-
-MODEL = dict(type_vocab_size=1, position_offset=True, layer_norm_eps=1e-5)
-OPTIM = dict(b2=0.98, weight_decay=0.01)
-# 500k steps of 8k sequences of 512 tokens; the published models use a 50,265-entry
-# byte-level BPE vocabulary.
-PAPER = dict(data=dict(max_seq_length=512, vocab_size=50265),
-             train=dict(steps=500_000, batch_size=8192, log_every=50),
-             optim=dict(learning_rate=6e-4, warmup_steps=24_000))
-SIZES = {
-    "tiny": dict(model=dict(hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512,
-                            max_position=130),
-                 data=dict(max_seq_length=64, vocab_size=4096),
-                 train=dict(steps=1500, batch_size=32, log_every=100),
-                 optim=dict(learning_rate=1e-3, warmup_steps=60)),
-    "base": dict(model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
-                            max_position=514), **PAPER),
-    "large": dict(model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
-                             max_position=514),
-                  **{**PAPER, "optim": dict(learning_rate=4e-4, warmup_steps=30_000)}),
-}
-# `base-paper`, `large-paper`: Liu et al. (2019), appendix Table 9: the rows above (large: lr
-# 4e-4 after 30k warmup steps) with Adam eps 1e-6, beta2 0.98, weight decay 0.01, no gradient
-# clipping, dropout and attention dropout 0.1.
-RECIPE = dict(optim=dict(eps=1e-6, clip_norm=0.0),
-              extra={"model.attention_dropout_rate": 0.1})
-SIZES = paper_recipes(SIZES, {"base": RECIPE, "large": RECIPE})
-
-
-def get_config(arg=None):
-  a = parse_arg(arg, SIZES, "tiny")
-  row = SIZES[a["size"]]
-  return apply_extra(make_config(family="roberta", size_name=a["size"], mesh=a["mesh"],
-                                 model={**row["model"], **MODEL}, data=row["data"],
-                                 train=row["train"], optim={**OPTIM, **row["optim"]}), row)
+from plm_jax.configs.roberta import *  # noqa: F401,F403
+from plm_jax.configs.roberta import get_config  # noqa: F401

@@ -22,6 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from plm_jax import __version__, accelerator, distributed, workdir as workdirs
+from plm_jax import configs as presets
 from plm_jax.bench import bench, bench_decode
 from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
@@ -29,7 +30,9 @@ from plm_jax.evaluate import evaluate
 from plm_jax.finetune.run import finetune
 from plm_jax.generate import SamplingConfig
 from plm_jax.hf_workdir import export_hf, import_hf
-from plm_jax.inference import fill_mask, fit_to_devices, generate_text, load_params
+from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_text,
+                               load_params, untrained_heads)
+from plm_jax.metrics_writer import console
 from plm_jax.plan import plan
 from plm_jax.pretrain import train
 from plm_jax.stopping import RunStopped
@@ -117,16 +120,25 @@ def _generate(config, a):
   for prompt, samples in zip(prompts, outputs):
     for sample in samples:
       print(f"{prompt}\033[1m{sample}\033[0m" if sys.stdout.isatty() else prompt + sample)
-  print(json.dumps([{"prompt": p, "samples": s} for p, s in zip(prompts, outputs)]))
+  if a.json:
+    print(json.dumps([{"prompt": p, "samples": s} for p, s in zip(prompts, outputs)]))
   return outputs
 
 
 def _fill_mask(config, a):
-  results = fill_mask(load_params(a.workdir, a.step), a.text, a.top_k)
+  restored = load_params(a.workdir, a.step)
+  untrained = [h for h in untrained_heads(restored, a.workdir) if h.startswith("mlm")]
+  if untrained:
+    console(f"warning: the masked-LM head of {a.workdir} was never trained (imported without "
+            f"it: {', '.join(untrained)}); its proposals are random until the model is "
+            "pretrained further (plm-jax train --workdir ...)")
+  results = fill_mask(restored, a.text, a.top_k)
+  print(filled_text(restored, a.text, results))
   for i, candidates in enumerate(results, 1):
-    print(f"mask {i}: " + ", ".join(f"{t} {p:.4f}" for t, p in candidates))
-  print(json.dumps({"text": a.text, "masks": [[{"token": t, "prob": p} for t, p in c]
-                                              for c in results]}))
+    print(f"  mask {i}: " + ", ".join(f"{t} {p:.4f}" for t, p in candidates))
+  if a.json:
+    print(json.dumps({"text": a.text, "filled": filled_text(restored, a.text, results),
+                      "masks": [[{"token": t, "prob": p} for t, p in c] for c in results]}))
   return results
 
 
@@ -224,13 +236,15 @@ COMMANDS = {c.name: c for c in (
              Flag("top-k", "integer", "sample from the k best tokens (0 = all)", 0),
              Flag("top-p", "float", "nucleus sampling mass", 1.0),
              Flag("seed", "integer", "sampling seed", 0),
-             Flag("num-samples", "integer", "continuations per prompt", 1)),
+             Flag("num-samples", "integer", "continuations per prompt", 1),
+             Flag("json", "bool", "also print the results as one JSON line", False)),
             example="plm-jax generate --workdir runs/gpt-tiny --prompt 'Return the'"),
     Command("fill-mask", "the most likely tokens for each mask of a text (encoders)",
             _fill_mask,
             (_workdir("the run to restore"), STEP,
              Flag("text", "string", "text with one or more mask tokens", required=True),
-             Flag("top-k", "integer", "tokens printed per mask", 5)),
+             Flag("top-k", "integer", "tokens printed per mask", 5),
+             Flag("json", "bool", "also print the results as one JSON line", False)),
             example="plm-jax fill-mask --workdir runs/bert-tiny --text 'the [MASK] of a list'"),
     Command("config", "print every field of a config (a file's, or a workdir's) with its value",
             _print_config, (Flag("workdir", "string", "print this run's saved config"),),
@@ -255,11 +269,15 @@ def _normalise(argv: list[str], command: Command) -> list[str]:
   names = {f.name for f in command.flags + DISTRIBUTED_FLAGS}
   names |= {f"no{f.name}" for f in command.flags if f.kind == "bool"}
   out = []
-  for arg in argv:
+  for i, arg in enumerate(argv):
     if arg.startswith("--") and not arg.startswith("--config"):
       name, eq, value = arg[2:].partition("=")
       if name.replace("_", "-") in names:
         arg = f"--{name.replace('_', '-')}{eq}{value}"
+    elif arg.startswith("--config="):
+      arg = "--config=" + presets.resolve(arg[len("--config="):])
+    elif i and argv[i - 1] == "--config":
+      arg = presets.resolve(arg)          # a preset's name: its packaged file
     out.append(arg)
   return out
 
@@ -324,8 +342,9 @@ def _config(command: Command, fv: flags.FlagValues):
     config.keys()
   except OSError as e:   # ml_collections defers a failed load until first access
     detail = " ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
-    raise UsageError(f"cannot load --config: {detail or e}; give a config file such as "
-                     "configs/bert.py:tiny or configs/gpt.py:tiny") from None
+    raise UsageError(f"cannot load --config: {detail or e}; give a preset "
+                     f"({', '.join(presets.PRESETS)}: e.g. --config bert:tiny) or a config file "
+                     "with get_config(arg)") from None
   return config
 
 

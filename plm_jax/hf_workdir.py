@@ -1,5 +1,6 @@
 """`plm-jax import-hf` and `plm-jax export-hf`: Hugging Face directories <-> plm-jax workdirs."""
 
+import json
 import os
 
 import jax
@@ -7,7 +8,7 @@ import numpy as np
 
 from plm_jax import checkpoint, checks, hf, parallel, workdir as workdirs
 from plm_jax.errors import CheckpointError
-from plm_jax.inference import fit_to_devices, load_params
+from plm_jax.inference import UNTRAINED_HEADS_FILE, fit_to_devices, load_params
 from plm_jax.metrics_writer import console
 from plm_jax.trainer import Trainer
 
@@ -19,8 +20,9 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
     raise CheckpointError(f"--workdir {workdir!r} already holds a run; import into a new one")
   pretrained = hf.from_pretrained(hf_dir)
   if pretrained.tokenizer is None:
-    raise CheckpointError(f"{hf_dir} has no tokenizer files (tokenizer.json, vocab.txt or "
-                          "vocab.json + merges.txt); plm-jax needs one to train or evaluate")
+    raise CheckpointError(f"{hf_dir} has no tokenizer files (tokenizer.json, vocab.txt, "
+                          "vocab.json + merges.txt or spiece.model); plm-jax needs one to train "
+                          "or evaluate")
   config = fit_to_devices(pretrained.config)
   checks.validate(config, jax.device_count())
   trainer = Trainer.create(config, parallel.mesh_for(config), config.model.vocab_size,
@@ -29,6 +31,10 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   workdirs.save_config(workdir, config)
   if jax.process_index() == 0:
     pretrained.tokenizer.save(workdir)
+  if jax.process_index() == 0 and pretrained.fresh:
+    # fill-mask warns that these heads are random until the run is pretrained further
+    with open(os.path.join(workdir, UNTRAINED_HEADS_FILE), "w", encoding="utf-8") as f:
+      json.dump(pretrained.fresh, f)
   with checkpoint.make_manager(workdir, keep=config.checkpoint.keep) as manager:
     checkpoint.save(manager, 0, state, {"tokens_seen": 0,
                                         "imported_from": os.path.abspath(hf_dir)})

@@ -3,6 +3,7 @@
 generation and fill-mask."""
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -146,3 +147,28 @@ def fill_mask(restored: Loaded, text: str, top_k: int = 5) -> list[list[tuple[st
     best = np.argsort(-row)[:top_k]
     results.append([(tok.tokenizer.id_to_token(int(i)), float(row[i])) for i in best])
   return results
+
+
+def filled_text(restored: Loaded, text: str, results: list) -> str:
+  """`text` with each mask replaced by its most likely token (decoded as the tokenizer joins
+  pieces: "##" continuations, byte-level spaces, SentencePiece's "▁")."""
+  tok = restored.tokenizer
+  best = iter(tok.id_of(candidates[0][0]) for candidates in results)
+  ids = [next(best) if t == tok.mask_id else t for t in tok.encode_batch([text])[0]]
+  return tok.decode(ids)
+
+
+UNTRAINED_HEADS_FILE = "untrained_heads.json"
+
+
+def untrained_heads(restored: Loaded, workdir: str) -> list[str]:
+  """The heads that an import left at their initial values, while the restored step is still
+  the import's (a later step of continued pretraining has trained them)."""
+  path = os.path.join(workdir, UNTRAINED_HEADS_FILE)
+  if restored.step != 0 or not os.path.exists(path):
+    return []
+  try:
+    with open(path, encoding="utf-8") as f:
+      return list(json.load(f))
+  except (OSError, ValueError):
+    return []

@@ -28,7 +28,7 @@ def snapshot(directory) -> dict:
 
 def family_config(family: str, **overrides):
   """The tiny config of a family, made small enough for quick CPU tests."""
-  from configs import albert, bert, gpt, roberta, xlnet
+  from plm_jax.configs import albert, bert, gpt, roberta, xlnet
   families = {"bert": bert, "gpt": gpt, "roberta": roberta, "albert": albert, "xlnet": xlnet}
   config = families[family].get_config("tiny")
   config.train.log_every = 1

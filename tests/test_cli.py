@@ -211,6 +211,9 @@ def test_import_minilm_continue_mlm_pretraining_and_export(tmp_path, capsys):
   before = snapshot(workdir)
   assert run_cli("import-hf", "--hf-dir", MINILM, "--workdir", workdir) == 2
   assert "already holds a run" in capsys.readouterr().err and snapshot(workdir) == before
+  # BertModel has no MLM head: fill-mask says its proposals are random until pretrained
+  assert run_cli("fill-mask", "--workdir", workdir, "--text", "Paris is the [MASK].") == 0
+  assert "masked-LM head of" in capsys.readouterr().out
   # No --config: the run continues with the config saved by import-hf (plus overrides).
   assert run_cli("train", "--workdir", workdir, "--config.train.steps=12",
                  "--config.train.log_every=4", "--config.train.batch_size=8",
@@ -220,6 +223,9 @@ def test_import_minilm_continue_mlm_pretraining_and_export(tmp_path, capsys):
   losses = [json.loads(l)["mlm_loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))
             if '"train"' in l]
   assert losses[-1] < losses[0] - 1.0, losses
+  capsys.readouterr()
+  assert run_cli("fill-mask", "--workdir", workdir, "--text", "Paris is the [MASK].") == 0
+  assert "never trained" not in capsys.readouterr().out        # step 12 trained the head
   assert run_cli("evaluate", "--workdir", workdir) == 0
   out = str(tmp_path / "exported")
   assert run_cli("export-hf", "--workdir", workdir, "--out", out) == 0
@@ -236,16 +242,25 @@ def test_generate_and_fill_mask_commands(tmp_path, tokenizers_dir, bert_workdir,
   (tmp_path / "prompts.txt").write_text("The module\nReturn the\n")
   assert run_cli("generate", "--workdir", gpt_dir, "--prompts-file", str(tmp_path / "prompts.txt"),
                  "--max-new-tokens", "5", "--temperature", "0.8", "--top-k", "10",
-                 "--num-samples", "2", "--seed", "1") == 0
+                 "--num-samples", "2", "--seed", "1", "--json") == 0
   results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert [r["prompt"] for r in results] == ["The module", "Return the"]
   assert all(len(r["samples"]) == 2 for r in results)
   assert run_cli("fill-mask", "--workdir", bert_workdir, "--text",
-                 "Return the [MASK] of the object.", "--top-k", "3") == 0
-  masks = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["masks"]
+                 "Return the [MASK] of the object.", "--top-k", "3", "--json") == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  result = json.loads(lines[-1])
+  masks = result["masks"]
   assert len(masks) == 1 and len(masks[0]) == 3
+  # the sentence first, the mask filled with the best token (pieces joined by the tokenizer)
+  best = masks[0][0]["token"].removeprefix("##")
+  assert lines[0] == result["filled"] and "[MASK]" not in lines[0] and best in lines[0]
+  assert lines[0].startswith("return the") and lines[0].endswith("of the object.")
   probs = [c["prob"] for c in masks[0]]
   assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+  # without --json: text for people only
+  assert run_cli("fill-mask", "--workdir", bert_workdir, "--text", "the [MASK] of it") == 0
+  assert not any(l.startswith("{") for l in capsys.readouterr().out.splitlines())
   assert run_cli("fill-mask", "--workdir", bert_workdir, "--text", "No mask here.") == 2
   assert "has no [MASK] token" in capsys.readouterr().err
   assert run_cli("generate", "--workdir", bert_workdir, "--prompt", "Hi") == 2

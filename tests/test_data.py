@@ -113,6 +113,8 @@ def test_trained_tokenizers_special_tokens_and_round_trip(tmp_path):
   bpe.save(str(tmp_path))
   again = TextTokenizer.load(str(tmp_path))
   assert again.encode_batch(texts[:1])[0] == ids and again.eos_id == bpe.eos_id
+  # callable, with encode / decode for one text
+  assert bpe(texts[0]) == bpe.encode(texts[0]) == ids and bpe.decode(bpe(texts[0])) == texts[0]
 
 
 def test_wordpiece_training_is_reproducible():

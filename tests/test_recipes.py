@@ -3,7 +3,7 @@ against the papers (numbers copied from them here, not from the configs)."""
 
 import pytest
 
-from configs import albert, bert, gpt, roberta, xlnet
+from plm_jax.configs import albert, bert, gpt, roberta, xlnet
 
 PAPERS = {
     # Devlin et al. (2018), A.2: 1M steps x 256 sequences, phase 1 at 128 tokens, Adam 1e-4

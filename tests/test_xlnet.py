@@ -120,7 +120,7 @@ def test_export_loads_in_transformers_and_round_trips_exactly(tmp_path):
 
 @pytest.mark.parametrize("size", ["base", "large"])
 def test_parameter_counts_equal_transformers(size):
-  from configs import xlnet
+  from plm_jax.configs import xlnet
   config = xlnet.get_config(size)
   mcfg = model_config(config, 32000)
   abstract = nnx.eval_shape(lambda: XLNetLMHeadModel(mcfg, rngs=nnx.Rngs(0)))
@@ -295,7 +295,7 @@ def test_pretrain_finetune_and_fill_mask(tmp_path, tokenizers_dir, capsys):
   assert saved["model"]["family"] == "xlnet"
   capsys.readouterr()
   assert cli.main(["plm-jax", "fill-mask", "--workdir", body, "--text",
-                   "Return the <mask> of the file."]) == 0
+                   "Return the <mask> of the file.", "--json"]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   (proposals,) = result["masks"]                  # one <mask>, found between <sep> <cls>
   probs = [p["prob"] for p in proposals]

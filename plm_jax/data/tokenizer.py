@@ -125,6 +125,14 @@ class TextTokenizer:
     return starts
 
   # --- text ---------------------------------------------------------------------------------
+  def __call__(self, text: str) -> list[int]:
+    """tok("some text") -> ids, without special tokens (as `encode`)."""
+    return self.encode(text)
+
+  def encode(self, text: str) -> list[int]:
+    """The ids of one text, without special tokens."""
+    return self.encode_batch([text])[0]
+
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     """Ids without any special tokens (the example builders add them). Runs on all cores."""
     return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
