@@ -2,5 +2,6 @@
 plm_jax/configs/albert.py. `--config albert:ARG` names it from any directory; this file keeps
 `--config configs/albert.py:ARG` working in a checkout."""
 
-from plm_jax.configs.albert import *  # noqa: F401,F403
-from plm_jax.configs.albert import get_config  # noqa: F401
+from plm_jax.configs.albert import SIZES, get_config
+
+__all__ = ["SIZES", "get_config"]

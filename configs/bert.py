@@ -2,5 +2,6 @@
 names it from any directory; this file keeps `--config configs/bert.py:ARG` working in a
 checkout."""
 
-from plm_jax.configs.bert import *  # noqa: F401,F403
-from plm_jax.configs.bert import get_config  # noqa: F401
+from plm_jax.configs.bert import SIZES, get_config
+
+__all__ = ["SIZES", "get_config"]

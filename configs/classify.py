@@ -2,5 +2,6 @@
 `--config classify:ARG` names it from any directory; this file keeps `--config
 configs/classify.py:ARG` working in a checkout."""
 
-from plm_jax.configs.classify import *  # noqa: F401,F403
-from plm_jax.configs.classify import get_config  # noqa: F401
+from plm_jax.configs.classify import get_config
+
+__all__ = ["get_config"]

@@ -2,5 +2,6 @@
 names it from any directory; this file keeps `--config configs/gpt.py:ARG` working in a
 checkout."""
 
-from plm_jax.configs.gpt import *  # noqa: F401,F403
-from plm_jax.configs.gpt import get_config  # noqa: F401
+from plm_jax.configs.gpt import SIZES, get_config
+
+__all__ = ["SIZES", "get_config"]

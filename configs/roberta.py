@@ -2,5 +2,6 @@
 plm_jax/configs/roberta.py. `--config roberta:ARG` names it from any directory; this file keeps
 `--config configs/roberta.py:ARG` working in a checkout."""
 
-from plm_jax.configs.roberta import *  # noqa: F401,F403
-from plm_jax.configs.roberta import get_config  # noqa: F401
+from plm_jax.configs.roberta import SIZES, get_config
+
+__all__ = ["SIZES", "get_config"]

@@ -2,5 +2,6 @@
 xlnet:ARG` names it from any directory; this file keeps `--config configs/xlnet.py:ARG` working
 in a checkout."""
 
-from plm_jax.configs.xlnet import *  # noqa: F401,F403
-from plm_jax.configs.xlnet import get_config  # noqa: F401
+from plm_jax.configs.xlnet import SIZES, get_config
+
+__all__ = ["SIZES", "get_config"]

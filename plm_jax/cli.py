@@ -34,6 +34,7 @@ from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_
                                load_params, untrained_heads)
 from plm_jax.metrics_writer import console
 from plm_jax.plan import plan
+from plm_jax.plots import plot_runs
 from plm_jax.pretrain import train
 from plm_jax.stopping import RunStopped
 from plm_jax.topology import TOPOLOGIES
@@ -73,6 +74,7 @@ class Command:
   config: str = NO_CONFIG
   distributed: bool = False    # may span processes (jax.distributed starts before jax is used)
   example: str = ""
+  positional: str = ""         # the attribute that takes the arguments after the flags
   compile_cache: bool = True   # load compiled steps from the persistent cache (bench times a
                                # real compile: off)
 
@@ -246,6 +248,12 @@ COMMANDS = {c.name: c for c in (
              Flag("top-k", "integer", "tokens printed per mask", 5),
              Flag("json", "bool", "also print the results as one JSON line", False)),
             example="plm-jax fill-mask --workdir runs/bert-tiny --text 'the [MASK] of a list'"),
+    Command("plot", "draw one metric of one or more runs into one PNG (train: lines, eval: "
+            "points)", lambda config, a: console(f"wrote {plot_runs(a.workdirs, a.out, a.metric)}"),
+            (Flag("out", "string", "the PNG file to write", "curves.png"),
+             Flag("metric", "string", "the metric to draw (as in metrics.jsonl)", "loss")),
+            positional="workdirs",
+            example="plm-jax plot runs/bert-tiny runs/xlnet-tiny --out compare.png"),
     Command("config", "print every field of a config (a file's, or a workdir's) with its value",
             _print_config, (Flag("workdir", "string", "print this run's saved config"),),
             FILE_OR_WORKDIR, example="plm-jax config --config configs/bert.py:base"),
@@ -314,7 +322,7 @@ def _define_config(command: Command, fv: flags.FlagValues, early: flags.FlagValu
                                     sys_argv=argv)
 
 
-def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> None:
+def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> list[str]:
   try:
     rest = fv(argv)
   except (AttributeError, KeyError) as e:
@@ -323,8 +331,9 @@ def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> None:
         "\n", "; ").replace("\\'", "").replace("'", "")
     raise UsageError(f"unknown config field in a --config.<field> override: {message}; list "
                      f"the fields with `plm-jax config --config FILE:ARG`") from None
-  if len(rest) > 1:
+  if len(rest) > 1 and not command.positional:
     raise UsageError(f"unexpected arguments {rest[1:]}")
+  return rest[1:]
 
 
 def _config(command: Command, fv: flags.FlagValues):
@@ -351,7 +360,9 @@ def _config(command: Command, fv: flags.FlagValues):
 class Args:
   """The command's flag values by Python name (--max-new-tokens -> args.max_new_tokens)."""
 
-  def __init__(self, command: Command, fv: flags.FlagValues):
+  def __init__(self, command: Command, fv: flags.FlagValues, positional: list[str] = ()):
+    if command.positional:
+      setattr(self, command.positional, list(positional))
     for f in command.flags:
       value = fv[f.name].value
       if f.required and value in (None, ""):
@@ -451,8 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     fv = flags.FlagValues()
     _define(command, fv)
     _define_config(command, fv, early, flag_argv)
-    _parse(command, fv, flag_argv)
-    args = Args(command, fv)
+    positional = _parse(command, fv, flag_argv)
+    args = Args(command, fv, positional)
     if command.compile_cache:
       accelerator.enable_compilation_cache()     # a rerun loads its compiled steps
     command.run(_config(command, fv), args)

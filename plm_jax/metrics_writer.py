@@ -1,4 +1,5 @@
-"""Where metrics go: the console (progress lines), TensorBoard event files, metrics.jsonl.
+"""Where metrics go: the console (progress lines), TensorBoard event files, metrics.jsonl, and
+at the end the curves as a PNG (plm_jax/plots.py).
 
 Only process 0 writes; other processes get a writer that does nothing.
 """
@@ -11,6 +12,8 @@ import time
 
 import jax
 from tensorboardX import SummaryWriter
+
+from plm_jax import plots
 
 
 def format_duration(seconds: float) -> str:
@@ -29,6 +32,7 @@ class MetricsWriter:
   def __init__(self, workdir: str | None, *, tensorboard: bool = True,
                resume_step: int | None = None):
     self.enabled = jax.process_index() == 0 and workdir is not None
+    self.workdir = workdir
     self._jsonl = None
     self._tb = None
     if not self.enabled:
@@ -63,6 +67,11 @@ class MetricsWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+    if self.enabled:
+      try:                  # the curves of what the run logged, even if it stopped early
+        plots.plot_run(self.workdir)
+      except Exception as e:  # noqa: BLE001 - a picture must never fail the run
+        console(f"warning: could not draw {self.workdir}/plots ({e})")
 
 
 def console(message: str) -> None:

@@ -34,8 +34,11 @@ def bert_workdir(tmp_path_factory, tokenizers_dir):
 
 def test_train_writes_checkpoint_logs_and_tokenizer(bert_workdir):
   files = os.listdir(bert_workdir)
-  for name in ("config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "tensorboard"):
+  for name in ("config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "tensorboard",
+               "plots"):
     assert name in files
+  # the run's curves, drawn at its end: loss, the accuracies, learning rate, gradient norm
+  assert os.path.getsize(os.path.join(bert_workdir, "plots", "curves.png")) > 10_000
   assert any(f.startswith("events.out.tfevents") for f in
              os.listdir(os.path.join(bert_workdir, "tensorboard")))
   lines = [json.loads(l) for l in open(os.path.join(bert_workdir, "metrics.jsonl"))]

@@ -19,7 +19,7 @@ LAYERS = [
     # 1: the runtime (processes, topologies, console) and the logical axes
     ("plm_jax.distributed", "plm_jax.topology", "plm_jax.metrics_writer",
      "plm_jax.models.partitioning", "plm_jax.accelerator", "plm_jax.lock", "plm_jax.watchdog",
-     "plm_jax.stopping"),
+     "plm_jax.stopping", "plm_jax.plots"),
     # 2: models, objectives, reading and tokenising text, pure tables and formulas
     ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",
      "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.sources", "plm_jax.data.examples",
