@@ -30,9 +30,11 @@ class MetricsWriter:
   so each step has one record."""
 
   def __init__(self, workdir: str | None, *, tensorboard: bool = True,
-               resume_step: int | None = None):
+               resume_step: int | None = None, config=None):
     self.enabled = jax.process_index() == 0 and workdir is not None
     self.workdir = workdir
+    self._hparams: dict = {}
+    self._last_eval: dict = {}
     self._jsonl = None
     self._tb = None
     if not self.enabled:
@@ -49,6 +51,11 @@ class MetricsWriter:
       # purge_step: TensorBoard discards the events of steps >= it written before this restart.
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                purge_step=None if resume_step is None else resume_step + 1)
+      if config is not None:
+        self._hparams = flat_config(config)
+        table = "\n".join(f"| {k} | {v} |" for k, v in self._hparams.items())
+        self._tb.add_text("config", "| field | value |\n| --- | --- |\n" + table,
+                          resume_step or 0)
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:
@@ -61,17 +68,38 @@ class MetricsWriter:
       for k, v in clean.items():
         self._tb.add_scalar(f"{split}/{k}", v, step)
       self._tb.flush()
+    if split in ("eval", "validation"):
+      self._last_eval = clean
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:
+      if self._hparams and self._last_eval:
+        # TensorBoard's HParams tab: this run's settings beside its last evaluation
+        self._tb.add_hparams(self._hparams,
+                             {f"hparams/{k}": v for k, v in self._last_eval.items()
+                              if v == v and abs(v) != float("inf")}, name="hparams")
       self._tb.close()
     if self.enabled:
       try:                  # the curves of what the run logged, even if it stopped early
         plots.plot_run(self.workdir)
       except Exception as e:  # noqa: BLE001 - a picture must never fail the run
         console(f"warning: could not draw {self.workdir}/plots ({e})")
+
+
+def flat_config(config) -> dict:
+  """{"model.hidden_size": 128, ...}: every scalar field of a config (lists as text)."""
+  out = {}
+  for group, fields in config.to_dict().items():
+    if not isinstance(fields, dict):
+      continue
+    for key, value in fields.items():
+      if isinstance(value, (bool, int, float, str)):
+        out[f"{group}.{key}"] = value
+      elif isinstance(value, (list, tuple)):
+        out[f"{group}.{key}"] = str(value)
+  return out
 
 
 def console(message: str) -> None:
@@ -85,7 +113,9 @@ def format_metrics(metrics: dict, keys: tuple[str, ...]) -> str:
   for k in keys:
     if k in metrics:
       v = float(metrics[k])
-      parts.append(f"{k} {v:.4f}" if abs(v) < 1e4 else f"{k} {v:.3e}")
+      # small values (a learning rate of 1e-5) in scientific notation, never as 0.0000
+      plain = v == 0 or 1e-3 <= abs(v) < 1e4
+      parts.append(f"{k} {v:.4f}" if plain else f"{k} {v:.3e}")
   return " | ".join(parts)
 
 

@@ -49,4 +49,6 @@ def train(config, workdir: str, devices=None) -> dict:
       return metrics
 
     state = run.loop(train_step, state, meta, run.batches(train_batches, meta), evaluate)
-    return evaluate(state, int(state["step"]))
+    final = evaluate(state, int(state["step"]))
+  run.summary(int(state["step"]))
+  return final

@@ -135,13 +135,20 @@ class Run:
     workdirs.save_config(self.path, self.config)
     if jax.process_index() == 0:
       tokenizer.save(self.path)
-    self.writer = MetricsWriter(self.path, resume_step=self.resume_step or 0)
+    self.writer = MetricsWriter(self.path, resume_step=self.resume_step or 0,
+                                config=self.config)
 
   def describe(self, what: str) -> None:
     mesh = self.trainer.mesh
     console(f"model: {what}, {self.trainer.num_params / 1e6:.2f}M parameters; mesh "
             f"{dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} device(s)")
     console(f"settings: {accelerator.describe(self.config)}")
+    o, steps = self.config.optim, self.config.train.steps
+    if o.warmup_steps >= steps > 0:
+      console(f"warning: optim.warmup_steps={o.warmup_steps} >= train.steps={steps}: the "
+              f"warm-up is cut to the run, whose learning rate climbs to its peak "
+              f"({o.learning_rate:g}) only at the last step and never decays; e.g. "
+              f"--config.optim.warmup_steps={max(1, steps // 10)}")
 
   def compile(self):
     t0 = time.time()
@@ -193,6 +200,13 @@ class Run:
                      "space or fix the filesystem, then run the same command to resume"
                      ) from None
 
+  def summary(self, step: int) -> None:
+    """Where the run's results are (called once it is closed: its files are complete)."""
+    w = self.path
+    console(f"done at step {step}: checkpoints {checkpoint.checkpoint_dir(w)}, metrics "
+            f"{os.path.join(w, 'metrics.jsonl')}, curves {os.path.join(w, 'plots', 'curves.png')}"
+            f"; TensorBoard: tensorboard --logdir {os.path.join(w, 'tensorboard')}")
+
   # --- the loop ----------------------------------------------------------------------------------
   def loop(self, train_step, state: dict, meta: dict, batches,
            on_eval: Callable[[dict, int], None]) -> dict:
@@ -202,8 +216,8 @@ class Run:
     next), and calls `on_eval(state, step)` every train.eval_every steps (not at the last: the
     caller evaluates). Stops short as the module's doc says."""
     config, trainer = self.config, self.trainer
-    keys = trainer.objective.train_keys + (("skipped_steps",) if config.train.nonfinite == "skip"
-                                           else ())
+    keys = trainer.objective.train_keys + ("grad_norm",) + (
+        ("skipped_steps",) if config.train.nonfinite == "skip" else ())
     total, start = config.train.steps, int(state["step"])
     log_every, ckpt_every = max(1, config.train.log_every), config.checkpoint.every
     every_s, eval_every = config.checkpoint.every_seconds, config.train.eval_every

@@ -1,6 +1,7 @@
 """The command line: train / evaluate / bench, and bad input that must fail cleanly."""
 
 import json
+import re
 import os
 
 import pytest
@@ -41,6 +42,13 @@ def test_train_writes_checkpoint_logs_and_tokenizer(bert_workdir):
   assert os.path.getsize(os.path.join(bert_workdir, "plots", "curves.png")) > 10_000
   assert any(f.startswith("events.out.tfevents") for f in
              os.listdir(os.path.join(bert_workdir, "tensorboard")))
+  # TensorBoard has the config as a table, and the HParams tab its settings beside the last
+  # evaluation (the event files hold the names as bytes)
+  events = b"".join(open(os.path.join(root, f), "rb").read()
+                    for root, _, names in os.walk(os.path.join(bert_workdir, "tensorboard"))
+                    for f in names if f.startswith("events.out.tfevents"))
+  assert b"model.hidden_size" in events and b"optim.learning_rate" in events
+  assert b"hparams/mlm_accuracy" in events
   lines = [json.loads(l) for l in open(os.path.join(bert_workdir, "metrics.jsonl"))]
   train_lines = [l for l in lines if l["split"] == "train"]
   assert [l["step"] for l in train_lines] == [2, 4]
@@ -241,7 +249,14 @@ def test_generate_and_fill_mask_commands(tmp_path, tokenizers_dir, bert_workdir,
   gpt_dir = str(tmp_path / "gpt")
   assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", gpt_dir,
                  *small_train_args(tokenizers_dir["gpt"], steps=2)) == 0
-  capsys.readouterr()
+  out = capsys.readouterr().out
+  # a warm-up longer than the run is flagged; lines show the gradient norm and small values
+  # in scientific notation; the end says where everything is
+  assert "warning: optim.warmup_steps=60 >= train.steps=2" in out
+  step_line = next(l for l in out.splitlines() if l.startswith("step 2/2"))
+  assert "grad_norm" in step_line and re.search(r"learning_rate \d\.\d{3}e-0\d", step_line)
+  assert f"done at step 2: checkpoints {gpt_dir}/checkpoints" in out
+  assert f"tensorboard --logdir {gpt_dir}/tensorboard" in out
   (tmp_path / "prompts.txt").write_text("The module\nReturn the\n")
   assert run_cli("generate", "--workdir", gpt_dir, "--prompts-file", str(tmp_path / "prompts.txt"),
                  "--max-new-tokens", "5", "--temperature", "0.8", "--top-k", "10",

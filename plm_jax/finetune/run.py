@@ -77,6 +77,7 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
     state = run.loop(train_step, state, meta, run.batches(train_batches, meta), on_eval)
     if best.step != int(state["step"]):
       on_eval(state, int(state["step"]))
+  run.summary(int(state["step"]))
   return test_report(workdir, config, trainer, predictor, data, best.step, task.metric)
 
 
