@@ -55,6 +55,19 @@ def test_classification_metrics_by_hand():
   assert metrics.classification_metrics(y, np.eye(2)[p])["mcc"] == pytest.approx(expected)
 
 
+def test_per_class_report_by_hand():
+  labels = np.array([0, 0, 1, 1, 1, 2])
+  predictions = np.array([0, 1, 1, 1, 0, 2])
+  report = metrics.per_class_report(labels, np.eye(3)[predictions], ("a", "b", "c"))
+  assert report["confusion_matrix"] == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+  a, b, c = report["per_class"]
+  assert (a["label"], a["precision"], a["recall"], a["support"]) == ("a", 0.5, 0.5, 2)
+  assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == pytest.approx(2 / 3)
+  assert c["f1"] == 1.0 and c["support"] == 1
+  lines = metrics.format_per_class(report)
+  assert lines[1].split()[0] == "a" and lines[-2].split() == ["1", "2", "0"]
+
+
 def test_regression_metrics_match_scipy():
   rng = np.random.default_rng(0)
   y = np.round(rng.uniform(0, 5, 200), 1)              # ties, as STS-B scores have
@@ -197,6 +210,11 @@ def test_finetuned_classifier_beats_chance_by_far(keyword_run):
   assert report["validation"]["accuracy"] > 0.9, report
   assert report["test"]["accuracy"] > 0.9, report
   assert report["test"]["macro_f1"] > 0.85 and report["test"]["mcc"] > 0.8
+  # per class: names, and a confusion matrix consistent with the accuracy
+  test = report["test"]
+  assert [r["label"] for r in test["per_class"]] == ["blue", "green", "red"]
+  m = np.array(test["confusion_matrix"])
+  assert m.sum() == test["examples"] and np.trace(m) / m.sum() == pytest.approx(test["accuracy"])
   saved = json.load(open(os.path.join(keyword_run["workdir"], "config.json")))
   assert saved["classify"]["label_names"] == ["blue", "green", "red"]
   assert saved["classify"]["num_classes"] == 3 and saved["model"]["family"] == "bert"

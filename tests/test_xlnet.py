@@ -293,7 +293,8 @@ def test_pretrain_finetune_and_fill_mask(tmp_path, tokenizers_dir, capsys):
   assert report["validation"]["accuracy"] > 0.8, report          # three classes: chance 1/3
   saved = json.load(open(os.path.join(run, "config.json")))
   assert saved["model"]["family"] == "xlnet"
-  capsys.readouterr()
+  out = capsys.readouterr().out       # the label map at start-up, per-class figures at the end
+  assert "labels: 0 = blue, 1 = green, 2 = red" in out and "precision  recall" in out
   assert cli.main(["plm-jax", "fill-mask", "--workdir", body, "--text",
                    "Return the <mask> of the file.", "--json"]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

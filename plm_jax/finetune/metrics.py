@@ -61,6 +61,35 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
           "macro_f1": macro, "mcc": matthews(m)}
 
 
+def per_class_report(labels: np.ndarray, logits: np.ndarray, names: tuple[str, ...] = ()
+                     ) -> dict:
+  """{"per_class": [{"label", "precision", "recall", "f1", "support"}, ...],
+  "confusion_matrix": [[count of true class i predicted as j]]}."""
+  num_classes = logits.shape[-1]
+  m = confusion(labels.astype(np.int64), np.argmax(logits, axis=-1), num_classes)
+  tp = np.diag(m).astype(np.float64)
+  predicted, support = m.sum(0), m.sum(1)
+  precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+  recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+  rows = [{"label": names[c] if c < len(names) and names[c] else str(c),
+           "precision": float(precision[c]), "recall": float(recall[c]),
+           "f1": float(f1_scores(m)[c]), "support": int(support[c])}
+          for c in range(num_classes)]
+  return {"per_class": rows, "confusion_matrix": m.tolist()}
+
+
+def format_per_class(report: dict) -> list[str]:
+  """The per-class table and the confusion matrix as console lines."""
+  rows = report["per_class"]
+  width = max(8, *(len(r["label"]) for r in rows))
+  lines = [f"  {'class':<{width}}  precision  recall     f1  support"]
+  lines += [f"  {r['label']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:.4f}"
+            f"  {r['support']:7d}" for r in rows]
+  lines.append("  confusion (rows: true, columns: predicted, in the order above)")
+  lines += ["    " + " ".join(f"{n:6d}" for n in row) for row in report["confusion_matrix"]]
+  return lines
+
+
 def regression_metrics(labels: np.ndarray, outputs: np.ndarray) -> dict:
   """pearson, spearman and mse of one output per example."""
   y, x = labels.astype(np.float64), outputs.reshape(-1).astype(np.float64)

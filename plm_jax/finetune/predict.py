@@ -14,7 +14,7 @@ from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.errors import ConfigError, DataError
 from plm_jax.finetune import data as cdata
-from plm_jax.finetune.metrics import split_metrics
+from plm_jax.finetune.metrics import format_per_class, per_class_report, split_metrics
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
 from plm_jax.models.partitioning import axis_rules
@@ -104,6 +104,13 @@ def test_report(workdir, config, trainer, predictor, data, best_step: int, metri
     console(f"{name} ({data.descriptions[split]}) @ best step {best_step}: "
             + (format_metrics(report[name], keys) if data.labeled[split] else
                f"{report[name]['examples']:,} examples without labels: predictions only"))
+    labeled = cdata.is_labeled(pred["labels"])
+    if not regression and data.labeled[split] and labeled.any():
+      classes = per_class_report(pred["labels"][labeled], pred["logits"][labeled],
+                                 tuple(data.label_names))
+      report[name].update(classes)
+      for line in format_per_class(classes):
+        console(line)
     if split == cdata.TEST and jax.process_index() == 0:
       write_predictions(os.path.join(workdir, "test_predictions.tsv"), pred, regression,
                         data.label_names if task_of(config).submit_names else (),

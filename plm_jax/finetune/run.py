@@ -62,6 +62,9 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
     run.describe(f"{config.model.family} {config.model.size} classifier with "
                  f"{data.num_classes} output(s); {config.train.steps} steps "
                  f"({config.classify.epochs:g} epochs), best by {task.metric}")
+    if data.num_classes > 1:
+      console("labels: " + ", ".join(f"{i} = {name or i}" for i, name in enumerate(
+          data.label_names or [""] * data.num_classes)))
     train_step = run.compile()
 
     def on_eval(state, step):
