@@ -98,6 +98,12 @@ def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
   c.mesh = mesh_group(mesh)
   if objective == "classify":
     c.classify = classify_group(classify or {})
+  if objective == "plm":
+    # XLNet's own settings, for every XLNet config (its presets and imported models alike):
+    # half of each segment reused as memory, spans of up to 5 words, attention dropout
+    c.objective.reuse_len = c.data.max_seq_length // 2
+    c.objective.max_ngram = 5
+    c.model.attention_dropout_rate = 0.1
   c.bench = bench_group()
   return c
 

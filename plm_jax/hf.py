@@ -83,7 +83,8 @@ def plm_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
   config.model.vocab_size = hf["vocab_size"]
   config.model.vocab_pad_multiple = 1
   config.model.dropout_rate = fields["dropout"]
-  config.model.attention_dropout_rate = 0.0  # the fused-kernel default; see the model group
+  # the fused-kernel default (see the model group); XLNet drops out attention as it was trained
+  config.model.attention_dropout_rate = fields.get("attention_dropout", 0.0)
   config.model.initializer_range = hf.get("initializer_range", 0.02)
   return config
 

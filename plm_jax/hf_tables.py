@@ -32,7 +32,8 @@ class HFSpec:
   prefix: str                        # the body's name in *ForPreTraining checkpoints
   architecture: str                  # the class an export is written as
   entries: Callable[[ModelConfig, str], tuple[list[Entry], list[Entry]]]
-  from_hf: Callable[[dict], dict]    # -> {"size": model fields, "max_seq_length", "dropout"}
+  from_hf: Callable[[dict], dict]    # -> {"size": model fields, "max_seq_length", "dropout"
+                                     # and, if its own, "attention_dropout"}
   to_hf: Callable[..., dict]         # (model group, vocab_size, tokenizer) -> config.json
   word_embedding: tuple[str, ...]    # our path of the word embedding table
   not_exported: tuple[str, ...] = ()  # tensors (by name part) the exported class lacks, and
@@ -312,7 +313,8 @@ def _xlnet_from_hf(hf: dict) -> dict:
               layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
               hidden_act=_activation({"ff_activation": act}, "ff_activation", "gelu"),
               mem_len=hf.get("mem_len") or 0, clamp_len=hf.get("clamp_len", -1))
-  return {"size": size, "max_seq_length": 512, "dropout": hf.get("dropout", 0.1)}
+  return {"size": size, "max_seq_length": 512, "dropout": hf.get("dropout", 0.1),
+          "attention_dropout": hf.get("dropout", 0.1)}     # one rate for both, as XLNet has
 
 
 def _xlnet_to_hf(m, vocab_size: int, tokenizer) -> dict:

@@ -314,3 +314,19 @@ def test_bad_xlnet_configs_are_named(field, value, says):
   config = family_config("xlnet", **{field: value})
   with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
     checks.validate(config, 1)
+
+
+def test_imported_xlnet_configs_train_as_xlnet_and_refuse_what_they_lack(tmp_path):
+  from plm_jax.errors import CheckpointError
+  make_hf(tmp_path)
+  config = hf.from_pretrained(str(tmp_path)).config
+  assert config.objective.name == "plm" and config.model.mem_len == 6
+  assert config.objective.reuse_len == config.data.max_seq_length // 2
+  assert config.objective.max_ngram == 5
+  assert config.model.attention_dropout_rate == config.model.dropout_rate == 0.0   # HF's dropout
+  hf_config = json.load(open(tmp_path / "config.json"))
+  for field, value in (("bi_data", True), ("attn_type", "uni")):
+    with open(tmp_path / "config.json", "w") as f:
+      json.dump({**hf_config, field: value}, f)
+    with pytest.raises(CheckpointError, match="bi_data=true is not supported"):
+      hf.from_pretrained(str(tmp_path))

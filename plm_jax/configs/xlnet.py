@@ -41,8 +41,4 @@ def get_config(arg=None):
                        model={**row["model"], "layer_norm_eps": 1e-12},
                        data={**row["data"], "lowercase": False},
                        train=row["train"], optim={**row["optim"], "weight_decay": 0.01})
-  config.model.attention_dropout_rate = 0.1
-  o = config.objective
-  o.reuse_len = config.data.max_seq_length // 2
-  o.max_ngram = 5
-  return config
+  return config          # reuse_len T/2, spans of 5 words, attention dropout: make_config
