@@ -220,7 +220,8 @@ COMMANDS = {c.name: c for c in (
             example="plm-jax data bench --config configs/bert.py:tiny"),
     Command("import-hf", "turn a local Hugging Face model directory into a workdir",
             lambda config, a: import_hf(a.hf_dir, a.workdir),
-            (Flag("hf-dir", "string", "a Hugging Face model directory", required=True),
+            (Flag("hf-dir", "string", "a Hugging Face model directory, or a model id "
+                  "(org/name) in the local Hugging Face cache", required=True),
              _workdir("the new plm-jax workdir")),
             example="plm-jax import-hf --hf-dir path/to/bert --workdir runs/imported"),
     Command("export-hf", "write a checkpoint as a directory transformers loads",

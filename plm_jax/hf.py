@@ -52,15 +52,43 @@ class Pretrained:
 
 # --- config ---------------------------------------------------------------------------------------
 
+def hub_cache_dir() -> str:
+  """Where huggingface_hub keeps downloaded models: $HF_HUB_CACHE, else $HF_HOME/hub, else
+  ~/.cache/huggingface/hub."""
+  return os.environ.get("HF_HUB_CACHE") or os.path.join(
+      os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                 "huggingface"), "hub")
+
+
+def resolve_model(name: str) -> str:
+  """A local directory as given, or a model id ("org/name") found in the local Hugging Face
+  cache (its `main` snapshot; nothing is downloaded, as transformers' local_files_only)."""
+  if os.path.isdir(name) or name.count("/") != 1 or name.startswith((".", "/", "~")):
+    return name
+  repo = os.path.join(hub_cache_dir(), "models--" + name.replace("/", "--"))
+  try:
+    with open(os.path.join(repo, "refs", "main"), encoding="utf-8") as f:
+      revision = f.read().strip()
+  except OSError:
+    return name                       # not cached: read_hf_config names what is missing
+  snapshot = os.path.join(repo, "snapshots", revision)
+  return snapshot if os.path.isdir(snapshot) else name
+
+
 def read_hf_config(directory: str) -> dict:
   path = os.path.join(directory, "config.json")
   try:
     with open(path, encoding="utf-8") as f:
       hf = json.load(f)
   except FileNotFoundError:
+    nested = next((os.path.join(directory, d) for d in ("model", "hf", "checkpoint")
+                   if os.path.exists(os.path.join(directory, d, "config.json"))), None)
+    hint = (f"; did you mean {nested}?" if nested else
+            f" (nor is {directory!r} a model id in the local Hugging Face cache "
+            f"{hub_cache_dir()})" if directory.count("/") == 1 else "")
     raise CheckpointError(f"{path} does not exist: --hf-dir must be a Hugging Face model "
-                          "directory (config.json + model.safetensors or pytorch_model.bin)"
-                          ) from None
+                          "directory (config.json + model.safetensors or pytorch_model.bin) or "
+                          f"a model id in the local Hugging Face cache{hint}") from None
   except ValueError as e:
     raise CheckpointError(f"{path} is not valid JSON ({e})") from None
   kind = hf.get("model_type")
@@ -224,7 +252,9 @@ def _fetch(x) -> np.ndarray:
 # --- public API -----------------------------------------------------------------------------------
 
 def from_pretrained(directory: str, dtype: str = "float32") -> Pretrained:
-  """Reads a local Hugging Face directory into a plm-jax model (and its tokenizer, if any)."""
+  """Reads a local Hugging Face directory, or a model id ("org/name") already in the local
+  Hugging Face cache, into a plm-jax model (and its tokenizer, if any)."""
+  directory = resolve_model(directory)
   hf = read_hf_config(directory)
   config = plm_config_from_hf(hf)
   config.model.dtype = dtype
@@ -262,7 +292,11 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
   if jax.process_index() != 0:
     return
   os.makedirs(directory, exist_ok=True)
-  save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  weights = os.path.join(directory, "model.safetensors")
+  save_file(tensors, weights, metadata={"format": "pt"})
+  umask = os.umask(0)                     # safetensors writes 0600; the other files follow
+  os.umask(umask)                         # the umask, and so do the weights
+  os.chmod(weights, 0o666 & ~umask)
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_config_from_plm(config, mcfg.vocab_size, tokenizer), f, indent=2)
   if tokenizer is not None:

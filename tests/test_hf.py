@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -230,3 +231,37 @@ def test_unrolled_layers_import_and_export_the_same_tensors(kind, tmp_path):
   for k, v in exported[False].items():
     np.testing.assert_array_equal(v, exported[True][k], err_msg=k)
     np.testing.assert_array_equal(v, weights[k], err_msg=k)
+
+
+def test_a_model_id_is_read_from_the_local_hub_cache(tmp_path, monkeypatch):
+  """As transformers' local_files_only: models--org--name/refs/main names the snapshot."""
+  import shutil
+  make("bert", tmp_path / "saved")
+  repo = tmp_path / "hub" / "models--someone--tiny-bert"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text("0123abcd")
+  shutil.copytree(tmp_path / "saved", repo / "snapshots" / "0123abcd")
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+  by_id = hf.from_pretrained("someone/tiny-bert")
+  by_dir = hf.from_pretrained(str(tmp_path / "saved"))
+  for a, b in zip(jax.tree.leaves(by_id.params), jax.tree.leaves(by_dir.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(CheckpointError, match="nor is 'someone/other' a model id in the local"):
+    hf.from_pretrained("someone/other")
+
+
+def test_a_package_folder_gets_did_you_mean(tmp_path):
+  make("bert", tmp_path / "package" / "model")
+  with pytest.raises(CheckpointError, match=f"did you mean {tmp_path / 'package' / 'model'}"):
+    hf.from_pretrained(str(tmp_path / "package"))
+
+
+def test_exported_files_follow_the_umask(tmp_path):
+  make("bert", tmp_path / "hf")
+  old = os.umask(0o022)
+  try:
+    hf.save_pretrained(hf.from_pretrained(str(tmp_path / "hf")), str(tmp_path / "out"))
+  finally:
+    os.umask(old)
+  modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+  assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
