@@ -135,11 +135,12 @@ def _fill_mask(config, a):
             f"it: {', '.join(untrained)}); its proposals are random until the model is "
             "pretrained further (plm-jax train --workdir ...)")
   results = fill_mask(restored, a.text, a.top_k)
-  print(filled_text(restored, a.text, results))
+  filled = filled_text(restored, a.text, results)
+  print(filled)
   for i, candidates in enumerate(results, 1):
     print(f"  mask {i}: " + ", ".join(f"{t} {p:.4f}" for t, p in candidates))
   if a.json:
-    print(json.dumps({"text": a.text, "filled": filled_text(restored, a.text, results),
+    print(json.dumps({"text": a.text, "filled": filled,
                       "masks": [[{"token": t, "prob": p} for t, p in c] for c in results]}))
   return results
 

@@ -244,14 +244,17 @@ class XLNetModel(nnx.Module):
     return out, new_mems
 
   def _layers(self, h, g, mems, ctx, layer_keys):
-    """Runs the blocks; also returns every block's content input [L, B, T, E] (the memory)."""
+    """Runs the blocks; also returns every block's content input [L, B, T, E] (the memory;
+    None when the model keeps none, so fine-tuning does not hold L copies of the activations)."""
+    keep = self.cfg.mem_len > 0           # the inputs are the memory: kept only if one is
     if not layer_stack.is_stacked(self.layers):
       inputs = []
       for i, block in enumerate(self.layers):
-        inputs.append(h)
+        if keep:
+          inputs.append(h)
         call = nnx.remat(lambda b, *a: b(*a)) if self.cfg.remat else (lambda b, *a: b(*a))
         h, g = call(block, h, g, None if mems is None else mems[i], ctx, layer_keys[i])
-      return h, g, jnp.stack(inputs)
+      return h, g, (jnp.stack(inputs) if keep else None)
     graphdef, state = nnx.split(self.layers)
     keys = None if layer_keys[0] is None else jnp.stack(layer_keys)
 
@@ -259,7 +262,7 @@ class XLNetModel(nnx.Module):
       h, g = carry
       layer_state, memory, key = per_layer
       new_h, new_g = nnx.merge(graphdef, layer_state)(h, g, memory, ctx, key)
-      return (new_h, new_g), h
+      return (new_h, new_g), (h if keep else None)
 
     if self.cfg.remat:
       body = jax.checkpoint(body)
