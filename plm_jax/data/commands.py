@@ -21,8 +21,9 @@ def tokenizer_train(input_glob: str, kind: str, vocab_size: int, out: str, *,
   if kind not in KINDS:
     raise DataError(f"--kind={kind!r} is not one of {', '.join(KINDS)}")
   if vocab_size < 300:
-    raise DataError(f"--vocab-size={vocab_size} is too small (byte-level BPE alone needs 256 "
-                    "entries); use e.g. 8000 or 30522")
+    raise DataError(f"--vocab-size={vocab_size} is too small (a vocabulary of the kinds here "
+                    "needs hundreds of entries; byte-level BPE 256 for its bytes alone); use e.g. "
+                    "8000 or 30522")
   stats = sources.SourceStats()
   jsonl = [p for p in sources.expand_glob(input_glob) if ".jsonl" in os.path.basename(p)]
   spec = sources.SourceSpec("jsonl" if jsonl else "text", input_glob)
