@@ -10,7 +10,7 @@ import math
 
 import jax
 
-from plm_jax import accelerator, families
+from plm_jax import accelerator, families, trackers
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
 from plm_jax.objectives.masking import SPANS
@@ -19,6 +19,7 @@ from plm_jax.tasks import validate_classify
 
 SCHEDULES = ("linear", "cosine", "constant", "linear_total")
 NONFINITE = ("stop", "skip")
+PROGRESS_BAR = ("auto", "on", "off")
 
 
 def validate(config, num_devices: int, num_processes: int | None = None
@@ -32,6 +33,7 @@ def validate(config, num_devices: int, num_processes: int | None = None
   _schedule(config)
   if num_processes is None:                     # a run here (not a plan for another machine)
     _kernels_here(config)
+    trackers.check(config)                      # W&B / MLflow asked for, and installed here
   return shape
 
 
@@ -141,6 +143,9 @@ def _schedule(config) -> None:
     raise ConfigError("train.max_consecutive_skips, train.step_timeout_s and "
                       "checkpoint.every_seconds must be >= 0")
   accelerator.prng_impl(t.prng_impl)             # raises for a value it does not know
+  if t.progress_bar not in PROGRESS_BAR:
+    raise ConfigError(f"train.progress_bar={t.progress_bar!r} is not one of "
+                      f"{', '.join(PROGRESS_BAR)}")
   if config.optim.optimizer not in ("adamw", "lamb"):
     raise ConfigError(f"optim.optimizer={config.optim.optimizer!r} is not 'adamw' or 'lamb'")
   o = config.objective

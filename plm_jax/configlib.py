@@ -228,6 +228,17 @@ def train_group(values: dict) -> ml_collections.ConfigDict:
                                      # CPU), "threefry2x32" (identical on any mesh) or
                                      # "rbg" (much cheaper on GPU/TPU, mesh-dependent bits)
   t.log_every = 50                   # steps between console / TensorBoard / metrics.jsonl lines
+                                     # (and always at step 1)
+  t.progress_bar = "auto"            # a bar over the steps: "auto" (when stderr is a terminal),
+                                     # "on" or "off" (plain lines only)
+  t.wandb_project = ""               # Weights & Biases project to log to; "" = off (needs
+                                     # pip install 'plm-jax[wandb]')
+  t.wandb_entity = ""                # W&B team or user ("" = the account's default)
+  t.wandb_mode = "online"            # "online", or "offline": kept in WORKDIR/wandb, uploaded
+                                     # later with `wandb sync`
+  t.mlflow_tracking_uri = ""         # MLflow tracking server (http://host:5000, databricks,
+                                     # file:...); "" = off (pip install 'plm-jax[mlflow]')
+  t.mlflow_experiment = "plm-jax"    # the MLflow experiment runs are logged under
   t.eval_every = 0                   # steps between evaluations during training; 0 = at the end
   t.eval_steps = 20                  # eval batches per evaluation (0 = the whole eval split)
   t.nonfinite = "stop"               # a step whose loss or gradient norm is not finite is never

@@ -36,7 +36,7 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   if eval_steps is not None:
     with config.unlocked():
       config.train.eval_steps = eval_steps
-  eval_data = loader.Batches(config, load_data(config, loaded.tokenizer), loader.EVAL,
+  eval_data = loader.Batches(config, load_data(config, loaded.tokenizer, eval_only=True), loader.EVAL,
                              mesh=trainer.mesh)
   steps = eval_data.eval_steps(config.train.eval_steps)
   metrics = evaluate_params(trainer, loaded.params, eval_data, steps)

@@ -1,9 +1,11 @@
-"""Where metrics go: the console (progress lines), TensorBoard event files, metrics.jsonl, and
-at the end the curves as a PNG (plm_jax/plots.py).
+"""Where metrics go: the console (progress lines, and a progress bar in a terminal),
+TensorBoard event files, metrics.jsonl, the optional external trackers (plm_jax/trackers.py),
+and at the end the curves as a PNG (plm_jax/plots.py).
 
 Only process 0 writes; other processes get a writer that does nothing.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -12,8 +14,9 @@ import time
 
 import jax
 from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
-from plm_jax import plots
+from plm_jax import plots, trackers
 
 
 def format_duration(seconds: float) -> str:
@@ -33,10 +36,11 @@ class MetricsWriter:
                resume_step: int | None = None, config=None):
     self.enabled = jax.process_index() == 0 and workdir is not None
     self.workdir = workdir
-    self._hparams: dict = {}
+    self._hparams: dict = flat_config(config) if config is not None else {}
     self._last_eval: dict = {}
     self._jsonl = None
     self._tb = None
+    self._trackers: list = []
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -52,10 +56,12 @@ class MetricsWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                purge_step=None if resume_step is None else resume_step + 1)
       if config is not None:
-        self._hparams = flat_config(config)
         table = "\n".join(f"| {k} | {v} |" for k, v in self._hparams.items())
         self._tb.add_text("config", "| field | value |\n| --- | --- |\n" + table,
                           resume_step or 0)
+    if config is not None:
+      self._trackers = trackers.open_trackers(config, workdir, self._hparams,
+                                              resume=bool(resume_step), warn=console)
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.enabled:
@@ -68,10 +74,14 @@ class MetricsWriter:
       for k, v in clean.items():
         self._tb.add_scalar(f"{split}/{k}", v, step)
       self._tb.flush()
+    for tracker in self._trackers:
+      tracker.log(step, split, clean)
     if split in ("eval", "validation"):
       self._last_eval = clean
 
   def close(self) -> None:
+    for tracker in self._trackers:
+      tracker.close()
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:
@@ -102,10 +112,63 @@ def flat_config(config) -> dict:
   return out
 
 
+_bar: tqdm | None = None       # the live progress bar, while a training loop shows one
+
+
 def console(message: str) -> None:
-  """A line on stdout from process 0, flushed at once (progress must be visible live)."""
-  if jax.process_index() == 0:
+  """A line on stdout from process 0, flushed at once (progress must be visible live); above
+  the progress bar when one is shown, so the bar stays the last line."""
+  if jax.process_index() != 0:
+    return
+  if _bar is not None:
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+  else:
     print(message, file=sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def timed(done: str):
+  """A start-up phase: `with timed("built the model"):` prints "built the model in 1.2s" when
+  it ends, so a slow start says where its time goes."""
+  t0 = time.time()
+  yield
+  console(f"{done} in {time.time() - t0:.1f}s")
+
+
+def wants_bar(mode: str, stream=None) -> bool:
+  """train.progress_bar: "on", "off", or "auto" (a bar when the stream is a terminal: logs,
+  pipes and batch jobs get plain lines only)."""
+  if mode != "auto":
+    return mode == "on"
+  stream = stream or sys.stderr
+  return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class ProgressBar:
+  """The training loop's bar: a tqdm bar over the steps (on stderr by default) when `enabled`
+  on process 0, else nothing. The periodic step lines still print (above the bar): they are
+  the record of the run."""
+
+  def __init__(self, enabled: bool, total: int, initial: int, stream=None):
+    global _bar
+    self.bar = None
+    if enabled and jax.process_index() == 0:
+      self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                      file=stream or sys.stderr, smoothing=0.1)
+      _bar = self.bar
+
+  def advance(self, steps: int = 1, postfix: str | None = None) -> None:
+    if self.bar is not None:
+      self.bar.update(steps)
+      if postfix is not None:
+        self.bar.set_postfix_str(postfix, refresh=False)
+
+  def close(self) -> None:
+    global _bar
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = _bar = None
 
 
 def format_metrics(metrics: dict, keys: tuple[str, ...]) -> str:

@@ -7,7 +7,7 @@ from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.metrics_writer import console, format_metrics
 from plm_jax.models.config import padded_vocab
-from plm_jax.run_data import load_data
+from plm_jax.run_data import load_data, record_prepared_fields
 from plm_jax.scaffold import Run
 from plm_jax.trainer import Trainer, evaluate_params
 
@@ -19,6 +19,7 @@ def train(config, workdir: str, devices=None) -> dict:
   """
   devices = jax.devices() if devices is None else list(devices)
   checks.validate(config, len(devices))
+  record_prepared_fields(config)          # before the workdir's config is compared with it
   found = workdirs.inspect(workdir)
   workdirs.check_same_model(workdir, found, config)
   if config.train.steps == 0 and found.step is None:

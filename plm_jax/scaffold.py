@@ -32,7 +32,8 @@ from plm_jax import accelerator, checkpoint, distributed, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import CheckpointError
 from plm_jax.lock import WorkdirLock
-from plm_jax.metrics_writer import MetricsWriter, console, format_duration, format_metrics
+from plm_jax.metrics_writer import (MetricsWriter, console, format_duration, format_metrics,
+                                    ProgressBar, timed, wants_bar)
 from plm_jax.stopping import Diverged, Preempted, SaveFailed, StopRequests
 from plm_jax.trainer import Trainer, max_nonfinite_run
 from plm_jax.watchdog import Watchdog
@@ -115,7 +116,10 @@ class Run:
   def start(self, init: Callable[[], dict]) -> tuple[dict, dict]:
     """(state, checkpoint meta): the latest checkpoint restored, or `init()` for a fresh run."""
     if self.resume_step is None:
-      return init(), {}
+      with timed(f"initialised {self.trainer.num_params / 1e6:.2f}M parameters and the "
+                 "optimizer state"):
+        return init(), {}
+    t0 = time.time()
     try:
       state, meta = self.trainer.restore_state(self.manager, self.resume_step)
     except checkpoint.OptimizerMismatch as e:
@@ -126,7 +130,8 @@ class Run:
           f"{e}; the checkpoint is intact: the config changed "
           f"{'; '.join(changed) if changed else 'the optimizer'} - resume with the saved "
           "values (or fine-tune from it with plm-jax finetune / a fresh --workdir)") from None
-    console(f"resumed from step {self.resume_step} in {checkpoint.checkpoint_dir(self.path)}")
+    console(f"resumed from step {self.resume_step} in {checkpoint.checkpoint_dir(self.path)} "
+            f"in {time.time() - t0:.1f}s")
     return state, meta
 
   def accept(self, tokenizer) -> None:
@@ -151,10 +156,8 @@ class Run:
               f"--config.optim.warmup_steps={max(1, steps // 10)}")
 
   def compile(self):
-    t0 = time.time()
-    train_step = self.trainer.compile_train_step()
-    console(f"compiled the train step in {time.time() - t0:.1f}s")
-    return train_step
+    with timed("compiled the train step"):
+      return self.trainer.compile_train_step()
 
   def batches(self, train: loader.Batches, meta: dict):
     """The train batches from the restored loader position (or the state's step), prefetched;
@@ -210,8 +213,8 @@ class Run:
   # --- the loop ----------------------------------------------------------------------------------
   def loop(self, train_step, state: dict, meta: dict, batches,
            on_eval: Callable[[dict, int], None]) -> dict:
-    """Steps from the state's step to train.steps: logs every train.log_every steps,
-    checkpoints every checkpoint.every steps (and checkpoint.every_seconds; with the loader's
+    """Steps from the state's step to train.steps: logs at step 1 and every train.log_every
+    steps (under a progress bar in a terminal), checkpoints every checkpoint.every steps (and checkpoint.every_seconds; with the loader's
     position: a resumed run continues with the very batch an uninterrupted run would have seen
     next), and calls `on_eval(state, step)` every train.eval_every steps (not at the last: the
     caller evaluates). Stops short as the module's doc says."""
@@ -228,6 +231,7 @@ class Run:
     watchdog = Watchdog(config.train.step_timeout_s,
                         describe=lambda: f"after step {done} of {self.path}").start()
     done = start
+    bar = ProgressBar(wants_bar(config.train.progress_bar), total, start)
     try:
       for step in range(start, total):
         t_wait = time.perf_counter()
@@ -240,14 +244,18 @@ class Run:
           in_flight.popleft().block_until_ready()
         done = step + 1
         watchdog.beat()
-        if done % log_every == 0 or done == total:
+        logged = None
+        # Step 1 too: a new run shows its first loss without waiting log_every steps.
+        if done % log_every == 0 or done == total or done == 1:
           # The only place the host waits for the device: fetching the interval's metrics.
           fetched = jax.device_get(pending)
           self._check_finite(fetched, done - len(fetched) + 1, state, tokens_seen)
-          tokens_seen = self._log(fetched, done, tokens_seen, time.time() - t_last, waited, keys)
+          tokens_seen, logged = self._log(fetched, done, tokens_seen, time.time() - t_last,
+                                          waited, keys)
           watchdog.beat(measured=s_last != start)   # the first interval includes warm-up
           pending, waited, t_last, s_last = [], 0.0, time.time(), done
           self.check_saves()
+        bar.advance(1, logged)
         stop = stops.reached(done)
         by_time = every_s > 0 and self._time_to_save(t_saved, every_s, done, log_every)
         if done % ckpt_every == 0 or done == total or by_time or stop:
@@ -271,6 +279,7 @@ class Run:
           with _paused(watchdog):
             on_eval(state, done)
     finally:
+      bar.close()
       watchdog.stop()
       stops.uninstall()
     if start >= total:
@@ -279,9 +288,9 @@ class Run:
     return state
 
   def _log(self, fetched: list, done: int, tokens_seen: int, seconds: float, waited: float,
-           keys: tuple[str, ...]) -> int:
+           keys: tuple[str, ...]) -> tuple[int, str]:
     """One progress line (and metrics record) for the interval ending at `done`; returns the
-    tokens seen so far."""
+    tokens seen so far and the progress bar's summary of the interval."""
     tokens = float(np.sum([m["tokens"] for m in fetched]))
     mean = _means(fetched)
     mean["tokens_per_s"] = tokens / max(seconds, 1e-9)
@@ -293,7 +302,7 @@ class Run:
     console(f"step {done}/{total} | {format_metrics(mean, keys)} | "
             f"{mean['tokens_per_s']:,.0f} tok/s | data wait {mean['data_wait_s'] * 1e3:.1f} "
             f"ms/step | ETA {format_duration((total - done) * mean['step_time_s'])}")
-    return tokens_seen + int(tokens)
+    return tokens_seen + int(tokens), format_metrics(mean, ("loss",))
 
   def _time_to_save(self, t_saved: float, every_s: float, done: int, log_every: int) -> bool:
     """checkpoint.every_seconds: decided every step by one process; by process 0 at each log

@@ -27,10 +27,22 @@ def small_train_args(tokenizer_dir, steps=4):
 
 @pytest.fixture(scope="module")
 def bert_workdir(tmp_path_factory, tokenizers_dir):
+  """A small run that also logs to W&B (offline) and to MLflow (a local file store)."""
   workdir = str(tmp_path_factory.mktemp("cli") / "bert")
-  assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", workdir,
-                 *small_train_args(tokenizers_dir["bert"])) == 0
+  mlruns = mlflow_store(workdir)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")   # MLflow 3 wants a server or a database
+    mp.setenv("WANDB_SILENT", "true")
+    assert run_cli("train", "--config", f"{BERT}:tiny", "--workdir", workdir,
+                   *small_train_args(tokenizers_dir["bert"]),
+                   "--config.train.wandb_project=plm-jax-test",
+                   "--config.train.wandb_mode=offline",
+                   f"--config.train.mlflow_tracking_uri={mlruns}") == 0
   return workdir
+
+
+def mlflow_store(workdir: str) -> str:
+  return "file://" + os.path.join(os.path.dirname(workdir), "mlruns")
 
 
 def test_train_writes_checkpoint_logs_and_tokenizer(bert_workdir):
@@ -51,11 +63,39 @@ def test_train_writes_checkpoint_logs_and_tokenizer(bert_workdir):
   assert b"hparams/mlm_accuracy" in events
   lines = [json.loads(l) for l in open(os.path.join(bert_workdir, "metrics.jsonl"))]
   train_lines = [l for l in lines if l["split"] == "train"]
-  assert [l["step"] for l in train_lines] == [2, 4]
+  assert [l["step"] for l in train_lines] == [1, 2, 4]    # step 1, then every log_every
   for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "tokens_seen",
               "tokens_per_s", "learning_rate", "grad_norm", "data_wait_s"):
     assert key in train_lines[-1], key
   assert train_lines[-1]["tokens_seen"] > train_lines[0]["tokens_seen"] > 0
+
+
+def test_trackers_got_what_metrics_jsonl_has(bert_workdir):
+  """W&B (offline) and MLflow logged the same values as metrics.jsonl, config included."""
+  import mlflow
+  workdir, mlruns = bert_workdir, mlflow_store(bert_workdir)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train = {l["step"]: l["loss"] for l in lines if l["split"] == "train"}
+  final_eval = [l for l in lines if l["split"] == "eval"][-1]
+  client = mlflow.tracking.MlflowClient(tracking_uri=mlruns)
+  run_id = open(os.path.join(workdir, "mlflow_run_id")).read().strip()
+  assert {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")} == train
+  assert client.get_metric_history(run_id, "eval/mlm_accuracy")[-1].value == pytest.approx(
+      final_eval["mlm_accuracy"])
+  run = client.get_run(run_id)
+  assert run.data.params["model.family"] == "bert" and run.info.status == "FINISHED"
+  # W&B offline: one run file whose records hold the metric names, values and config
+  # (protobuf strings are stored as plain bytes)
+  runs = [d for d in os.listdir(os.path.join(workdir, "wandb")) if d.startswith("offline-run")]
+  assert len(runs) == 1
+  folder = os.path.join(workdir, "wandb", runs[0])
+  record = b"".join(open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder)
+                    if f.endswith(".wandb"))
+  run_id = open(os.path.join(workdir, "wandb_run_id")).read().strip()
+  assert run_id in runs[0]
+  assert b"train/loss" in record and b"eval/mlm_accuracy" in record
+  assert json.dumps(train[4]).encode() in record       # the value, as W&B encodes it
+  assert b"optim.learning_rate" in record
 
 
 def test_evaluate_restores_and_reports(bert_workdir, capsys):
@@ -180,14 +220,31 @@ def test_data_prepare_then_train_on_it(tmp_path, tokenizers_dir, capsys):
   prepared = str(tmp_path / "prepared")
   assert run_cli("data", "prepare", "--config", f"{GPT}:tiny", "--out", prepared,
                  f"--config.data.tokenizer={tokenizers_dir['gpt']}",
-                 "--config.data.builder=packed", "--config.data.chunk_documents=1000") == 0
+                 "--config.data.builder=packed", "--config.data.chunk_documents=1000",
+                 "--config.data.vocab_size=3000") == 0
   out = capsys.readouterr().out
   summary = json.loads(out.strip().splitlines()[-1])
   assert summary["documents"] > 2000 and summary["tokenize_mb_per_s"] > 0
+  stored = sum(os.path.getsize(os.path.join(prepared, f)) for f in os.listdir(prepared)
+               if f.endswith(".npy"))
+  assert stored < 1.1 * summary["shard_bytes"]        # .npy headers aside
+  assert f"shards: {summary['shard_bytes'] / 1e6:.1f} MB for" in out
   assert len([f for f in os.listdir(prepared) if f.startswith("train-")]) >= 3 * 3
-  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "run"),
+  run = str(tmp_path / "run")
+  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", run,
                  f"--config.data.prepared={prepared}", "--config.data.builder=packed",
                  *small_train_args(tokenizers_dir["gpt"], steps=3)) == 0
+  assert "packed examples" in capsys.readouterr().out
+  # the saved config says what the data was made with (the run gave neither field)
+  saved = json.load(open(os.path.join(run, "config.json")))["data"]
+  assert saved["chunk_documents"] == 1000 and saved["vocab_size"] == 3000
+  assert saved["prepared"] == prepared
+  # and a resumed run is compared with it: the same command resumes
+  assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", run,
+                 f"--config.data.prepared={prepared}", "--config.data.builder=packed",
+                 *small_train_args(tokenizers_dir["gpt"], steps=4)) == 0
+  assert "resumed from step 3" in capsys.readouterr().out
+  assert run_cli("evaluate", "--workdir", run, "--eval_steps", "1") == 0
   assert "packed examples" in capsys.readouterr().out
   # Prepared for another builder: refused with the reason.
   assert run_cli("train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "run2"),

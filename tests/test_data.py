@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import family_config
-from plm_jax.data import examples, loader, pipeline, sources
+from plm_jax.data import compact, examples, loader, pipeline, sources
 from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from plm_jax.errors import DataError
 
@@ -378,6 +378,16 @@ def test_mixture_weights(tmp_path, tokenizers_dir):
   assert 0.65 < alpha / (alpha + beta) < 0.85, (alpha, beta)
 
 
+def test_eval_only_builds_the_same_eval_examples(bert_data):
+  """Evaluating a checkpoint tokenises the held-out documents only, into the same examples."""
+  config, memory = bert_data
+  evaluation = pipeline.prepare_in_memory(config, memory.tokenizer, eval_only=True)
+  assert evaluation.stats.examples == 0 and evaluation.stats.tokens < memory.stats.tokens / 5
+  assert evaluation.eval.keys() == memory.eval.keys()
+  for k, values in memory.eval.items():
+    np.testing.assert_array_equal(evaluation.eval[k], values)
+
+
 def test_prepared_on_disk_serves_the_same_batches(tmp_path, tokenizers_dir, bert_data):
   config, memory = bert_data
   meta = pipeline.prepare_to_disk(config, str(tmp_path / "prep"), log=lambda *_: None)
@@ -390,6 +400,19 @@ def test_prepared_on_disk_serves_the_same_batches(tmp_path, tokenizers_dir, bert
   b = loader.Batches(config, disk, loader.TRAIN).batch(5)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
+  # compact shards: every stored row reads back as the int32 row that was built
+  for built, read in ((memory.train[0], disk.train[0]), (memory.eval, disk.eval)):
+    for k, values in built.items():
+      rows = np.stack([read[k][i] for i in range(len(values))])
+      assert rows.dtype == np.int32, k
+      np.testing.assert_array_equal(rows, values)
+  files = {f.split(".")[1]: np.load(tmp_path / "prep" / f) for f in os.listdir(tmp_path / "prep")
+           if f.startswith("train-") and f.endswith(".npy")}
+  assert files["input_ids"].dtype == np.uint16 and files["segment_ids"].dtype == np.uint8
+  assert files["attention_mask"].ndim == 1              # the mask is stored as row lengths
+  size = meta["bytes"]
+  assert size["int32"] == sum(v.nbytes for d in (memory.train[0], memory.eval) for v in d.values())
+  assert size["int32"] / size["shards"] > 3.5
   with pytest.raises(DataError, match="already holds prepared data"):
     pipeline.prepare_to_disk(config, str(tmp_path / "prep"), log=lambda *_: None)
   other = family_config("bert", **{"data.max_seq_length": 32})
@@ -420,3 +443,25 @@ def test_each_process_reads_the_rows_its_devices_hold():
     assert d.process_index == 0
   # one process: every row, in order (what jax.make_array_from_process_local_data expects)
   assert list(loader.process_rows(parallel.make_mesh((2, 4, 1)), 0, 32)) == list(range(32))
+
+
+def test_compact_encoding_round_trips_any_shape():
+  """Smallest types, masks as lengths (also [n, segments, T] as XLNet's), other masks cast."""
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(0, 9, (5, 2))
+  arrays = {"input_ids": rng.integers(0, 70_000, (5, 2, 8)).astype(np.int32),
+            "attention_mask": (np.arange(8) < lengths[..., None]).astype(np.int32),
+            "offsets": rng.integers(-100, 100, (5, 8)).astype(np.int32)}
+  holes = arrays["attention_mask"][0].copy()
+  holes[0, 0] = 0                                 # not ones-then-zeros: stored as it is
+  stored, how = compact.encode(arrays)
+  assert stored["input_ids"].dtype == np.uint32 and stored["offsets"].dtype == np.int8
+  assert stored["attention_mask"].shape == (5, 2) and stored["attention_mask"].dtype == np.uint8
+  for k, values in arrays.items():
+    view = compact.decode(stored[k], how[k])
+    np.testing.assert_array_equal(np.stack([view[i] for i in range(5)]), values)
+    assert view[3].dtype == np.int32 and view.shape == values.shape
+  stored, how = compact.encode({"attention_mask": holes})
+  assert how["attention_mask"]["kind"] == "cast"
+  np.testing.assert_array_equal(compact.decode(stored["attention_mask"], how["attention_mask"])[1],
+                                holes[1])

@@ -19,10 +19,10 @@ LAYERS = [
     # 1: the runtime (processes, topologies, console) and the logical axes
     ("plm_jax.distributed", "plm_jax.topology", "plm_jax.metrics_writer",
      "plm_jax.models.partitioning", "plm_jax.accelerator", "plm_jax.lock", "plm_jax.watchdog",
-     "plm_jax.stopping", "plm_jax.plots"),
+     "plm_jax.stopping", "plm_jax.plots", "plm_jax.trackers"),
     # 2: models, objectives, reading and tokenising text, pure tables and formulas
     ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",
-     "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.sources", "plm_jax.data.examples",
+     "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources", "plm_jax.data.examples",
      "plm_jax.data.builtin_corpus", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
      "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.metrics"),
     # 3: the family registry
@@ -47,7 +47,7 @@ LAYERS = [
 ]
 CONFIG_LAYER = 4         # configs/*.py import the config layer and below only
 # Imports allowed inside functions: optional dependencies, absent from a plain install.
-OPTIONAL = ("tensorflow_datasets", "torch")
+OPTIONAL = ("tensorflow_datasets", "torch", "wandb", "mlflow")
 FAMILY_NAMES = {"bert", "roberta", "albert", "gpt", "gpt2", "xlnet"}
 # Only the registry and the Hugging Face tables spell family names (configs name their own).
 NAMES_FAMILIES = {"plm_jax.families", "plm_jax.hf_tables"}     # and the presets, plm_jax.configs.*

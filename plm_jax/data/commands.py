@@ -56,7 +56,12 @@ def data_prepare(config, out: str) -> dict:
           f"{s['bad_record_examples'] or ''}, {s['undecodable_documents']} documents with "
           f"undecodable bytes; {s['one_sentence_documents']} one-sentence documents, "
           f"{s['long_sentences']} sentences longer than a sequence")
-  console(json.dumps({"figure": "data_prepare", **s}))
+  size = meta["bytes"]
+  console(f"shards: {size['shards'] / 1e6:.1f} MB for {size['text'] / 1e6:.1f} MB of text "
+          f"({size['shards'] / max(size['text'], 1):.1f}x the text; stored as int32 they would "
+          f"take {size['int32'] / 1e6:.1f} MB, {size['int32'] / max(size['shards'], 1):.1f}x "
+          "more)")
+  console(json.dumps({"figure": "data_prepare", **s, "shard_bytes": size["shards"]}))
   return meta
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import tokenizers
 
 from plm_jax import families
+from plm_jax.data import compact
 from plm_jax.data import examples as ex
 from plm_jax.data import sources
 from plm_jax.data.tokenizer import LM_ROLES, MLM_ROLES, TOKENIZER_FILE, TextTokenizer, \
@@ -42,7 +43,7 @@ BUILDERS = {
     "plm": ("plm", True),
 }
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2            # 2: compact shards (plm_jax/data/compact.py); 1 read as well
 
 
 @dataclasses.dataclass
@@ -84,15 +85,15 @@ def required_roles(builder: str) -> tuple[str, ...]:
   return MLM_ROLES if BUILDERS[builder][1] else LM_ROLES
 
 
-def tokenizer_for(config, sample_documents) -> TextTokenizer:
+def tokenizer_for(config, sample_documents, log=None) -> TextTokenizer:
   """data.tokenizer if given, else a vocabulary trained on `sample_documents` (or the one
-  trained on the same documents before: see `cached_training`)."""
+  trained on the same documents before: see `cached_training`); `log(line)` hears which."""
   builder = check_builder(config)
   if config.data.tokenizer:
     tok = load_tokenizer(config.data.tokenizer)
   else:
     tok = cached_training(sample_documents, families.get(config.model.family).tokenizer_kind,
-                          config.data.vocab_size, config.data.lowercase)
+                          config.data.vocab_size, config.data.lowercase, log=log)
   tok.require(required_roles(builder))
   return tok
 
@@ -104,13 +105,16 @@ def cache_dir() -> str:
       "plm-jax")
 
 
-def cached_training(documents, kind: str, vocab_size: int, lowercase: bool) -> TextTokenizer:
+def cached_training(documents, kind: str, vocab_size: int, lowercase: bool,
+                    log=None) -> TextTokenizer:
   """A vocabulary trained on `documents`, reused when the same documents and settings come
   again. HF tokenizers breaks ties between equally frequent merges in hash-map order, which
   changes from process to process: two trainings on one corpus differ in a few rare tokens, and
   so would two runs with the same seed. Keyed by the documents' text and the settings, the
   first vocabulary trained is the one every later run on this machine gets (to reproduce a run
-  elsewhere, give its tokenizer.json as data.tokenizer)."""
+  elsewhere, give its tokenizer.json as data.tokenizer). `log(line)`, if given, hears whether
+  it was trained (and how long it took) or found."""
+  log = log or (lambda line: None)
   key = hashlib.sha256(json.dumps([kind, vocab_size, lowercase,
                                    tokenizers.__version__]).encode("utf-8"))
   for document in documents:
@@ -120,11 +124,16 @@ def cached_training(documents, kind: str, vocab_size: int, lowercase: bool) -> T
   path = os.path.join(cache_dir(), "tokenizers", f"{kind}-{vocab_size}-{key.hexdigest()[:24]}")
   if os.path.exists(os.path.join(path, TOKENIZER_FILE)):
     try:
-      return load_tokenizer(path)
+      tok = load_tokenizer(path)
+      log(f"tokenizer: the {kind} vocabulary of {tok.vocab_size:,} trained before on the "
+              f"same documents ({path})")
+      return tok
     except DataError:
       pass                                 # a damaged cache entry is trained again
-  tok = train_tokenizer((s for d in documents for s in d), kind, vocab_size,
-                        lowercase=lowercase)
+  t0 = time.time()
+  tok = train_tokenizer((s for d in documents for s in d), kind, vocab_size, lowercase=lowercase)
+  log(f"tokenizer: trained a {kind} vocabulary of {vocab_size:,} on {len(documents):,} "
+      f"documents in {time.time() - t0:.1f}s")
   tmp = None
   try:
     tmp = tempfile.mkdtemp(prefix=".partial-", dir=_made(os.path.dirname(path)))
@@ -215,8 +224,12 @@ class PreparedData:
   descriptions: list[str]
 
 
-def _process(config, tokenizer, builder, specs, sink) -> BuildStats:
-  """Streams every source chunk by chunk into `sink(source_index, split, chunk_index, arrays)`."""
+
+def _process(config, tokenizer, builder, specs, sink,
+             splits: tuple[str, ...] = ("train", "eval")) -> BuildStats:
+  """Streams every source chunk by chunk into `sink(source_index, split, chunk_index, arrays)`;
+  the documents of a split not in `splits` are read but not tokenised (each split's examples
+  are the same whichever others are built)."""
   stats = BuildStats()
   t0 = time.perf_counter()
   every = max(2, round(1 / config.data.eval_fraction)) if config.data.eval_fraction > 0 else 0
@@ -229,7 +242,7 @@ def _process(config, tokenizer, builder, specs, sink) -> BuildStats:
       held = (index % every == every - 1) if every else np.zeros(len(chunk), bool)
       for split, keep in (("train", ~held), ("eval", held)):
         docs = [d for d, k in zip(chunk, keep) if k]
-        if not docs:
+        if not docs or split not in splits:
           continue
         rng = np.random.default_rng([config.train.seed, s, c, split == "eval"])
         arrays = build_examples(docs, tokenizer, config, builder, rng, stats)
@@ -257,15 +270,17 @@ def _sample_documents(config, specs, limit: int):
   return out
 
 
-def corpus_tokenizer(config) -> TextTokenizer:
+def corpus_tokenizer(config, log=None) -> TextTokenizer:
   """data.tokenizer, or a vocabulary trained on the first documents of the sources."""
   specs = sources.specs_from_config(config.data)
   return tokenizer_for(config, _sample_documents(config, specs,
-                                                 config.data.tokenizer_sample_documents))
+                                                 config.data.tokenizer_sample_documents), log)
 
 
-def prepare_in_memory(config, tokenizer: TextTokenizer | None = None) -> PreparedData:
-  """Reads, tokenises and builds everything now (small corpora; `plm-jax train`)."""
+def prepare_in_memory(config, tokenizer: TextTokenizer | None = None, *,
+                      eval_only: bool = False) -> PreparedData:
+  """Reads, tokenises and builds everything now (small corpora; `plm-jax train`); with
+  `eval_only`, the held-out documents only (evaluating a checkpoint: no train examples)."""
   builder = check_builder(config)
   specs = sources.specs_from_config(config.data)
   if tokenizer is None:
@@ -273,10 +288,16 @@ def prepare_in_memory(config, tokenizer: TextTokenizer | None = None) -> Prepare
   tokenizer.require(required_roles(builder))
   parts: dict = {}
   stats = _process(config, tokenizer, builder, specs,
-                   lambda s, split, c, a: parts.setdefault((s, split), []).append(a))
+                   lambda s, split, c, a: parts.setdefault((s, split), []).append(a),
+                   splits=("eval",) if eval_only else ("train", "eval"))
+  evaluation = _concat([a for (s, split), v in sorted(parts.items()) if split == "eval" for a in v])
+  if eval_only and evaluation:
+    return PreparedData(tokenizer, builder, [{} for _ in specs], [s.weight for s in specs],
+                        evaluation, stats, [s.describe() for s in specs])
+  if eval_only:            # nothing held out: the eval rows are train rows, built below
+    return prepare_in_memory(config, tokenizer)
   train = [_concat(parts.get((s, "train"), [])) for s in range(len(specs))]
   _check_not_empty(config, specs, train)
-  evaluation = _concat([a for (s, split), v in sorted(parts.items()) if split == "eval" for a in v])
   if not evaluation:       # too few documents to hold any out: evaluate on the first train rows
     evaluation = {k: v[:config.train.batch_size] for k, v in train[0].items()}
   return PreparedData(tokenizer, builder, train, [s.weight for s in specs], evaluation, stats,
@@ -302,7 +323,8 @@ def prepare_to_disk(config, out_dir: str, log=print) -> dict:
     raise DataError(f"{out_dir} already holds prepared data; choose another --out or delete it")
   t0 = time.perf_counter()
   tokenizer = tokenizer_for(config, _sample_documents(config, specs,
-                                                      config.data.tokenizer_sample_documents))
+                                                      config.data.tokenizer_sample_documents),
+                            log)
   log(f"tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} entries "
       f"({time.perf_counter() - t0:.1f}s)")
   tmp = out_dir.rstrip("/") + ".partial"
@@ -311,12 +333,18 @@ def prepare_to_disk(config, out_dir: str, log=print) -> dict:
   tokenizer.save(tmp)
   shards: list[dict] = []
 
+  sizes = {"stored": 0, "built": 0}
+
   def sink(s, split, c, arrays):
     name = f"{split}-s{s:02d}-c{c:05d}"
-    for field, values in arrays.items():
+    stored, encoding = compact.encode(arrays)
+    for field, values in stored.items():
       np.save(os.path.join(tmp, f"{name}.{field}.npy"), values)
+    sizes["stored"] += sum(v.nbytes for v in stored.values())
+    sizes["built"] += sum(v.nbytes for v in arrays.values())
     rows = len(next(iter(arrays.values())))
-    shards.append({"name": name, "source": s, "split": split, "rows": rows})
+    shards.append({"name": name, "source": s, "split": split, "rows": rows,
+                   "encoding": encoding})
     log(f"  wrote {name}: {rows:,} examples")
 
   stats = _process(config, tokenizer, builder, specs, sink)
@@ -329,6 +357,7 @@ def prepare_to_disk(config, out_dir: str, log=print) -> dict:
       "sources": [{"spec": sp.describe(), "weight": sp.weight} for sp in specs],
       "shards": shards, "summary": stats.summary(),
       "data_config": config.data.to_dict(),
+      "bytes": {"text": stats.bytes, "shards": sizes["stored"], "int32": sizes["built"]},
   }
   with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=2)
@@ -337,17 +366,22 @@ def prepare_to_disk(config, out_dir: str, log=print) -> dict:
   return meta
 
 
-def load_prepared(config, directory: str) -> PreparedData:
-  """Memory-maps a prepared directory (nothing is read until rows are served)."""
+def prepared_meta(directory: str) -> dict:
+  """The meta.json of a prepared directory (what it holds and how it was made)."""
   path = os.path.join(directory, META_FILE)
   try:
     with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
+      return json.load(f)
   except FileNotFoundError:
     raise DataError(f"data.prepared={directory!r} holds no {META_FILE}; write it with "
                     "`plm-jax data prepare --config ... --out DIR`") from None
   except (OSError, ValueError) as e:
     raise DataError(f"{path} is unreadable ({e}); prepare the data again") from None
+
+
+def load_prepared(config, directory: str) -> PreparedData:
+  """Memory-maps a prepared directory (nothing is read until rows are served)."""
+  meta = prepared_meta(directory)
   builder = check_builder(config)
   if meta.get("builder") != builder or meta.get("max_seq_length") != config.data.max_seq_length:
     raise DataError(
@@ -359,15 +393,16 @@ def load_prepared(config, directory: str) -> PreparedData:
   def arrays(shard_list):
     parts = []
     for sh in shard_list:
-      fields = {}
+      fields, encoding = {}, sh.get("encoding", {})       # format 1: stored in full
       for file in sorted(os.listdir(directory)):
         if file.startswith(sh["name"] + ".") and file.endswith(".npy"):
           field = file[len(sh["name"]) + 1:-4]
           try:
-            fields[field] = np.load(os.path.join(directory, file), mmap_mode="r")
+            stored = np.load(os.path.join(directory, file), mmap_mode="r")
           except (OSError, ValueError) as e:
             raise DataError(f"{os.path.join(directory, file)} is corrupt ({e}); prepare the "
                             "data again") from None
+          fields[field] = compact.decode(stored, encoding.get(field))
       parts.append(fields)
     return _concat_lazy(parts)
 
