@@ -57,11 +57,20 @@ def paper_recipes(sizes: dict, recipes: dict) -> dict:
   "extra", dotted fields of any group ({"model.attention_dropout_rate": 0.1})."""
   out = dict(sizes)
   for size, recipe in recipes.items():
-    row = {group: dict(values) for group, values in sizes[size].items()}
+    row = {group: dict(values) if isinstance(values, dict) else values
+           for group, values in sizes[size].items()}
     for group, values in recipe.items():
       row[group] = {**row.get(group, {}), **values}
     out[f"{size}-paper"] = row
   return out
+
+
+def sized_for(target: str, row: dict, accum: int = 1) -> dict:
+  """`row` with the hardware it is sized for: `target` names a topology of plm_jax/topology.py
+  (run with the mesh preset mesh_presets.for_topology gives it), and `accum` micro-batches a
+  step (optim.grad_accum_steps) make the paper's global batch fit there unchanged. `plm-jax
+  plan` accepts every sized row on its target (tests/test_plan.py)."""
+  return {**row, "target": target, "optim": {**row.get("optim", {}), "grad_accum_steps": accum}}
 
 
 def apply_extra(config, row: dict) -> ml_collections.ConfigDict:

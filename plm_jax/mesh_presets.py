@@ -35,3 +35,11 @@ PRESETS = {
     "tpu-2xv5e-256": dict(ici=dict(data=16, fsdp=16, tensor=1),
                           dcn=dict(data=2, fsdp=1, tensor=1), topology="2xv5e-256"),
 }
+
+
+def for_topology(name: str) -> str:
+  """The mesh a config sized for topology `name` runs with: the preset for it whose axes span
+  slices / nodes (DCN sizes), if one is; else "auto" (FSDP over one host's or slice's
+  devices)."""
+  spanning = [p for p, v in PRESETS.items() if v.get("topology") == name and "dcn" in v]
+  return spanning[0] if spanning else "auto"

@@ -1,9 +1,14 @@
-"""`plm-jax plan`: per-device bytes checked against hand computations; layouts refused."""
+"""`plm-jax plan`: per-device bytes checked against hand computations; layouts refused with
+values that fit; every preset fits the hardware it is sized for."""
+
+import importlib
+import re
 
 import pytest
 
-from plm_jax import cli
+from plm_jax import cli, configs
 from plm_jax.errors import ConfigError
+from plm_jax.mesh_presets import for_topology
 from plm_jax.plan import make_plan
 
 
@@ -66,7 +71,8 @@ def test_bert_large_on_8_h100_by_hand():
 def test_plans_that_cannot_run_are_refused():
   with pytest.raises(ConfigError, match=r"does not fit: .* GiB per device .* 16 GiB"):
     make_plan(config_of("gpt", "1.5b,mesh=tpu-v5e-256", **{         # float32, no remat
-        "model.dtype": "float32", "train.batch_size": 1024}), "v5e-256")
+        "model.dtype": "float32", "train.batch_size": 1024, "optim.grad_accum_steps": 1}),
+        "v5e-256")
   with pytest.raises(ConfigError, match="num_heads=25 is not divisible by mesh.tensor=2"):
     make_plan(config_of("gpt", "1.5b,mesh=gpu8-tp2"), "8xh100")
   with pytest.raises(ConfigError, match="train.batch_size=100 is not divisible by 8"):
@@ -83,8 +89,10 @@ def test_plan_command_on_a_device_count_and_multislice(capsys):
                    "--hbm-gib", "24", "--peak-tflops", "100", "--config.train.batch_size=32"]) == 0
   out = capsys.readouterr().out
   assert "4 devices" in out and "per device 8" in out and "step time" in out
+  # 124m's 4 micro-batches are for one H100; 512 chips take one sequence each in one
   assert cli.main(["plm-jax", "plan", "--config", f"{gpt}:124m,mesh=tpu-2xv5e-256",
-                   "--topology", "2xv5e-256", "--config.model.dtype=bfloat16"]) == 0
+                   "--topology", "2xv5e-256", "--config.model.dtype=bfloat16",
+                   "--config.optim.grad_accum_steps=1"]) == 0
   out = capsys.readouterr().out
   assert "mesh {'data': 32, 'fsdp': 16, 'tensor': 1}" in out and "128 process(es)" in out
   assert cli.main(["plm-jax", "plan", "--config", f"{gpt}:124m"]) == 2
@@ -97,7 +105,83 @@ def test_activations_follow_the_attention_kernel_and_the_loss_chunks():
   auto = make_plan(config_of("gpt", "124m,mesh=gpu8"), "8xh100")
   plain = make_plan(config_of("gpt", "124m,mesh=gpu8", **{"model.attention_impl": "xla",
                                                          "objective.loss_chunk": 0}), "8xh100")
-  b, heads, t, vocab, chunk = 512 // 8, 12, 1024, 50304, 8192
+  b, heads, t, vocab, chunk = 512 // 8 // 4, 12, 1024, 50304, 8192     # 4 micro-batches
+  assert auto.micro_batch == plain.micro_batch == b
   scores = 2 * b * heads * t * t * 4
   logits = 2 * (b * t - chunk) * vocab * 4
   assert plain.activation_bytes - auto.activation_bytes == scores + logits
+
+
+def test_attention_dropout_keeps_every_layers_scores():
+  """No fused kernel has attention dropout: the explicit softmax path keeps each layer's
+  float32 softmax output, the probabilities in the compute dtype and the dropout mask
+  (Korthikanti et al.'s 5as^2b, with the softmax in float32: 7 bytes in bfloat16)."""
+  base = make_plan(config_of("gpt", "124m,mesh=gpu8"), "8xh100")
+  dropped = make_plan(config_of("gpt", "124m,mesh=gpu8",
+                                **{"model.attention_dropout_rate": 0.1}), "8xh100")
+  b, heads, t, layers = 16, 12, 1024, 12
+  assert dropped.activation_bytes - base.activation_bytes == layers * b * heads * t * t * 7
+
+
+def sized_presets() -> list[tuple[str, str, str]]:
+  """(config file, size, topology) of every size row that names its target hardware (a
+  `-paper` row identical to its size's row but for the name is the same plan)."""
+  out = []
+  for name in configs.PRESETS:
+    sizes = getattr(importlib.import_module(f"plm_jax.configs.{name}"), "SIZES", {})
+    for size, row in sizes.items():
+      plain = sizes[size.removesuffix("-paper")]
+      if row.get("target") and (plain is row or plain != row):
+        out.append((name, size, row["target"]))
+  return out
+
+
+SIZED = sized_presets()
+
+
+def test_the_sized_presets_cover_every_family_file_with_sizes():
+  assert {name for name, _, _ in SIZED} == {
+      n for n in configs.PRESETS
+      if hasattr(importlib.import_module(f"plm_jax.configs.{n}"), "SIZES")}
+  assert len(SIZED) >= 20
+
+
+@pytest.mark.parametrize("name,size,target", SIZED, ids=[f"{n}:{s}@{t}" for n, s, t in SIZED])
+def test_every_sized_preset_fits_its_target(name, size, target):
+  """As a user runs it: `plm-jax plan --config NAME:SIZE,mesh=M --topology TARGET`, with the
+  paper's global batch and the row's micro-batches."""
+  config = importlib.import_module(f"plm_jax.configs.{name}").get_config(
+      f"{size},mesh={for_topology(target)}")
+  p = make_plan(config, target)
+  assert p.total_bytes <= 0.9 * p.device_bytes
+
+
+def proposed(message: str) -> list[list[str]]:
+  """The flag sets of a refusal's "fits with A (...), or B (...)"."""
+  tail = message.split("fits with ", 1)[1]
+  return [re.findall(r"--config\.\w+\.\w+=\S+", part) for part in tail.split(", or ")]
+
+
+@pytest.mark.parametrize("args,first", [
+    # the reported case: the paper's 512 x 1024 tokens on one H100 in one micro-batch
+    (["gpt:124m", "--topology", "1xh100", "--config.optim.grad_accum_steps=1"],
+     ["--config.optim.grad_accum_steps=4"]),
+    # a batch that does not split into the preset's micro-batches over 512 chips
+    (["gpt:124m,mesh=tpu-2xv5e-256", "--topology", "2xv5e-256"],
+     ["--config.optim.grad_accum_steps=1"]),
+    # states, not activations: only a wider fsdp axis helps
+    (["gpt:774m,mesh=dp", "--topology", "8xh100", "--hbm-gib", "12",
+      "--config.train.batch_size=8", "--config.optim.grad_accum_steps=1"],
+     ["--config.mesh.data=4", "--config.mesh.fsdp=2"]),
+])
+def test_a_refusal_proposes_values_that_plan_accepts(capsys, args, first):
+  config, *rest = args
+  command = ["plm-jax", "plan", "--config", config, *rest]
+  assert cli.main(command) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "fits with" in err, err
+  flag_sets = proposed(err)
+  assert flag_sets[0] == first
+  for flags in flag_sets:                              # each proposal, applied, is accepted
+    assert cli.main(command + flags) == 0, (flags, capsys.readouterr().err)
+    capsys.readouterr()

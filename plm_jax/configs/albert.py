@@ -3,10 +3,13 @@
 
 Factorised embeddings (E=128 projected to H), one set of layer weights shared by all layers,
 sentence-order prediction instead of NSP, tanh-approximate GELU. Each row of SIZES gives the
-model's shape and the data / train / optim values of that size.
+model's shape and the data / train / optim values of that size, and the hardware it is sized
+for (`target`, configlib.sized_for): base and large one 8-GPU H100 host (`--topology 8xh100`),
+xlarge a TPU v5p-128 (`v5p-128`); the paper's batch of 4096 is the global batch, in as many
+micro-batches as that hardware needs. `tiny` is for tests and the CPU demo (any one device).
 """
 
-from plm_jax.configlib import make_config, paper_recipes, parse_arg
+from plm_jax.configlib import make_config, paper_recipes, parse_arg, sized_for
 
 MODEL = dict(shared_layers=True, hidden_act="gelu_new", max_position=512, layer_norm_eps=1e-12)
 # As the paper ran it (Lan et al., 2019, section 4.1 and appendix): 125k steps of 4096 sequences
@@ -23,12 +26,16 @@ SIZES = {
                  data=dict(max_seq_length=64, vocab_size=4096),
                  train=dict(steps=1500, batch_size=32, log_every=100),
                  optim=dict(learning_rate=1e-3, warmup_steps=60)),
-    "base": dict(model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
-                            embedding_size=128), **PAPER),
-    "large": dict(model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
-                             embedding_size=128), **PAPER),
-    "xlarge": dict(model=dict(hidden_size=2048, num_layers=24, num_heads=16, mlp_dim=8192,
-                              embedding_size=128), **PAPER),
+    # micro-batches: the fewest that fit (`plm-jax plan` on the target proposes them)
+    "base": sized_for("8xh100", accum=2, row=dict(
+        model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                   embedding_size=128), **PAPER)),
+    "large": sized_for("8xh100", accum=4, row=dict(
+        model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
+                   embedding_size=128), **PAPER)),
+    "xlarge": sized_for("v5p-128", dict(
+        model=dict(hidden_size=2048, num_layers=24, num_heads=16, mlp_dim=8192,
+                   embedding_size=128), **PAPER)),
 }
 
 # `base-paper`, `large-paper`, `xlarge-paper`: the rows above are the paper's recipe already

@@ -1,10 +1,12 @@
 """BERT pretraining (MLM + NSP). `--config bert:SIZE[,mesh=PRESET]`.
 
-Sizes follow Devlin et al. (2018); `tiny` is for tests and the CPU demo. Each row of SIZES gives
-the model's shape and the data / train / optim values of that size.
+Sizes follow Devlin et al. (2018); `tiny` is for tests and the CPU demo (any one device). Each
+row of SIZES gives the model's shape and the data / train / optim values of that size, and the
+hardware it is sized for (`target`, configlib.sized_for): mini and base one H100 (`--topology
+1xh100`), large one 8-GPU H100 host (`8xh100`); the paper's batch fits there whole.
 """
 
-from plm_jax.configlib import apply_extra, make_config, paper_recipes, parse_arg
+from plm_jax.configlib import apply_extra, make_config, paper_recipes, parse_arg, sized_for
 
 # The paper's recipe: 1M steps of 256 sequences of 128 tokens, lr 1e-4 after 10k warmup steps;
 # the published models use a 30,522-entry uncased WordPiece vocabulary.
@@ -17,12 +19,15 @@ SIZES = {
                  data=dict(max_seq_length=64, vocab_size=4096),
                  train=dict(steps=1500, batch_size=32, log_every=100),
                  optim=dict(learning_rate=1e-3, warmup_steps=60)),
-    "mini": dict(model=dict(hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024,
-                            max_position=512), **PAPER),
-    "base": dict(model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
-                            max_position=512), **PAPER),
-    "large": dict(model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
-                             max_position=512), **PAPER),
+    "mini": sized_for("1xh100", dict(
+        model=dict(hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024,
+                   max_position=512), **PAPER)),
+    "base": sized_for("1xh100", dict(
+        model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                   max_position=512), **PAPER)),
+    "large": sized_for("8xh100", dict(
+        model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
+                   max_position=512), **PAPER)),
 }
 # `base-paper`, `large-paper`: Devlin et al. (2018), appendix A.2 and the reference
 # optimization.py: 1M steps of 256 sequences, Adam(W) lr 1e-4 (beta2 0.999, eps 1e-6, weight

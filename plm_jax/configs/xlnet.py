@@ -10,9 +10,13 @@ Unigram vocabulary, dropout and attention dropout 0.1.
 sequences of 512 tokens, Adam(W) lr 4e-4, 40K warmup steps, linear decay, eps 1e-6, weight decay
 0.01. The paper gives no full recipe for `base`; it takes the same settings with BERT-Base's
 batch of 256 (the base ablations of section 3.2 match BERT's data and compute).
+
+Each row's `target` (configlib.sized_for) is the hardware it is sized for: base one 8-GPU H100
+host (`--topology 8xh100`), large a TPU v5p-128 (`v5p-128`; the paper used 512 TPU v3 chips),
+its batch of 8192 in 8 micro-batches. `tiny` is for tests and the CPU demo (any one device).
 """
 
-from plm_jax.configlib import make_config, paper_recipes, parse_arg
+from plm_jax.configlib import make_config, paper_recipes, parse_arg, sized_for
 
 # 32,000-entry SentencePiece vocabulary, as the released models.
 PAPER = dict(data=dict(max_seq_length=512, vocab_size=32000),
@@ -24,11 +28,13 @@ SIZES = {
                  data=dict(max_seq_length=64, vocab_size=4096),
                  train=dict(steps=600, batch_size=32, log_every=100),
                  optim=dict(learning_rate=1e-3, warmup_steps=60)),
-    "base": dict(model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
-                            max_position=512, mem_len=384),
-                 **{**PAPER, "train": dict(steps=500_000, batch_size=256, log_every=50)}),
-    "large": dict(model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
-                             max_position=512, mem_len=384), **PAPER),
+    "base": sized_for("8xh100", dict(
+        model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                   max_position=512, mem_len=384),
+        **{**PAPER, "train": dict(steps=500_000, batch_size=256, log_every=50)})),
+    "large": sized_for("v5p-128", accum=8, row=dict(
+        model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
+                   max_position=512, mem_len=384), **PAPER)),
 }
 
 SIZES = paper_recipes(SIZES, {"large": {}})
