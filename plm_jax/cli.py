@@ -84,6 +84,7 @@ def _workdir(help_text="the run directory: checkpoints, logs, tokenizer") -> Fla
 
 
 STEP = Flag("step", "integer", "checkpoint step (default: the latest)")
+BEST = Flag("best", "bool", "fine-tuned runs: the best checkpoint (best/), not the latest", False)
 DISTRIBUTED_FLAGS = (
     Flag("coordinator", "string", "multi-process: HOST:PORT of process 0's coordinator (or "
          f"{distributed.ENV_COORDINATOR})"),
@@ -167,8 +168,7 @@ COMMANDS = {c.name: c for c in (
             (_workdir(), STEP,
              Flag("eval-steps", "integer", "eval batches (default: the run's "
                   "train.eval_steps; 0 = the whole eval split)"),
-             Flag("best", "bool", "fine-tuned runs: the best checkpoint (best/), not the latest",
-                  False),
+             BEST,
              Flag("split", "enum", "fine-tuned runs: the split to evaluate", "validation",
                   choices=("validation", "test", "train"))), WORKDIR, True,
             "plm-jax evaluate --workdir runs/bert-tiny --config.mesh.tensor=2"),
@@ -225,11 +225,12 @@ COMMANDS = {c.name: c for c in (
                   "(org/name) in the local Hugging Face cache", required=True),
              _workdir("the new plm-jax workdir")),
             example="plm-jax import-hf --hf-dir path/to/bert --workdir runs/imported"),
-    Command("export-hf", "write a checkpoint as a directory transformers loads",
-            lambda config, a: export_hf(a.workdir, a.out, a.step),
+    Command("export-hf", "write a checkpoint (a fine-tuned classifier's too) as a directory "
+            "transformers loads",
+            lambda config, a: export_hf(a.workdir, a.out, a.step, a.best),
             (_workdir("the run to export"),
              Flag("out", "string", "directory to write the transformers model to",
-                  required=True), STEP),
+                  required=True), STEP, BEST),
             example="plm-jax export-hf --workdir runs/bert-tiny --out hf/bert-tiny"),
     Command("generate", "continue prompts with a GPT model (key/value cache)", _generate,
             (_workdir("the run to restore"), STEP,

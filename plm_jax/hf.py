@@ -12,7 +12,9 @@ explicit table (plm_jax/hf_tables.py, one per family); an unsupported architectu
 tensor or a shape mismatch is an error naming the tensor and the shape expected. A checkpoint without pretraining heads
 (e.g. `BertModel`) is imported with freshly initialised heads, listed in `Pretrained.fresh`.
 Export converts and gathers one tensor at a time, so a sharded model never needs a second full
-copy on the writing host.
+copy on the writing host. A fine-tuned classifier (config.objective.name == "classify") is
+written as its family's `*ForSequenceClassification`, with its labels in config.json and a
+tokenizer that lays out texts and pads them as the classifier expects (`classifier_tokenizer`).
 """
 
 import dataclasses
@@ -27,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
+from tokenizers import AddedToken, Tokenizer, processors
 
 from plm_jax import families
 from plm_jax.configlib import make_config
@@ -117,8 +120,26 @@ def plm_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
   return config
 
 
-def hf_config_from_plm(config, vocab_size: int, tokenizer: TextTokenizer | None) -> dict:
-  return families.get(config.model.family).hf.to_hf(config.model, vocab_size, tokenizer)
+def hf_config_from_plm(config, vocab_size: int, tokenizer: TextTokenizer | None,
+                       pad_id: int | None = None) -> dict:
+  """transformers' config.json; a classifier's (config.objective.name == "classify") names its
+  class, its labels and `pad_id`, the padding token of its exported tokenizer."""
+  spec = families.get(config.model.family).hf
+  out = spec.to_hf(config.model, vocab_size, tokenizer)
+  if config.objective.name != "classify":
+    return out
+  k = config.classify
+  names = list(k.label_names or ())
+  id2label = {i: names[i] if i < len(names) and names[i] else f"LABEL_{i}"
+              for i in range(k.num_classes)}
+  out.update(architectures=[spec.classifier], num_labels=k.num_classes,
+             id2label={str(i): n for i, n in id2label.items()},
+             label2id={n: i for i, n in id2label.items()},
+             # finetune trains one output with mean squared error, more with cross-entropy
+             problem_type="regression" if k.num_classes == 1 else "single_label_classification")
+  if pad_id is not None:
+    out["pad_token_id"] = pad_id
+  return out
 
 
 # --- weights on disk ------------------------------------------------------------------------------
@@ -286,11 +307,70 @@ def save_pretrained(pretrained: Pretrained, directory: str) -> None:
                      model_config(pretrained.config, vocab, pad), pretrained.tokenizer)
 
 
+# The padding token a GPT-2 classifier's exported tokenizer gets (the first name not taken).
+OWN_PAD_NAMES = ("<|pad|>", "<|padding|>", "<|plm_jax_pad|>")
+
+
+def classifier_tokenizer(tokenizer: TextTokenizer, family_name: str) -> tuple[TextTokenizer, int]:
+  """(the tokenizer of an exported classifier, its padding id): a copy of the run's that adds the
+  special tokens of the family's pair layout around one text or a pair, with the segment ids the
+  classifier was fine-tuned with (plm_jax/finetune/data.py, encode), so that `tokenizer(texts)`
+  or `tokenizer(texts, pairs)` in transformers gives the inputs plm-jax classified.
+
+  GPT-2: plm-jax pads with <|endoftext|>, and its classifier reads the last real token, the
+  <|endoftext|> that ends every example (`a <eos>`, `a <eos> b <eos>`). transformers'
+  GPT2ForSequenceClassification ignores the attention mask there and reads the rightmost token
+  that is not config.pad_token_id: with pad = <|endoftext|> it would read the token before the
+  closing one, and with no pad it refuses batches. So the export adds a padding token of its own
+  (<|pad|>, after the vocabulary: never produced from text), pads on the right with it (GPT-2's
+  positions are absolute: left padding would move them) and makes it config.pad_token_id; the
+  rightmost non-pad token is then the closing <|endoftext|>, as in plm-jax."""
+  family = families.get(family_name)
+  tok = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+  pad_token = tokenizer.role_token("pad") or tokenizer.role_token("eos")
+  if family.hf.own_pad:
+    pad_token = next(n for n in OWN_PAD_NAMES if tok.token_to_id(n) is None)
+    tok.add_special_tokens([AddedToken(pad_token, special=True)])
+  layout = family.pair_layout
+
+  def part(roles, segment, last=None):
+    marks = [f"{tokenizer.role_token(r)}:{segment}" for r in roles]
+    if marks and last is not None:
+      marks[-1] = f"{tokenizer.role_token(roles[-1])}:{last}"
+    return marks
+
+  single = [*part(layout.prefix, 0), "$A:0", *part(layout.suffix, 0, layout.last_segment)]
+  pair = [*part(layout.prefix, 0), "$A:0", *part(layout.middle, 0), f"$B:{layout.b_segment}",
+          *part(layout.suffix, layout.b_segment, layout.last_segment)]
+  roles = {*layout.prefix, *layout.middle, *layout.suffix}
+  template = processors.TemplateProcessing(
+      single=" ".join(single), pair=" ".join(pair),
+      special_tokens=sorted((tokenizer.role_token(r), tokenizer.role_id(r)) for r in roles))
+  # byte-level BPE keeps its offset processing; any template it had is replaced by the layout
+  keep = tok.post_processor if isinstance(tok.post_processor, processors.ByteLevel) else None
+  tok.post_processor = processors.Sequence([keep, template]) if keep else template
+  exported = TextTokenizer(tok, tokenizer.kind, source=tokenizer.source)
+  return exported, exported.id_of(pad_token)
+
+
 def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
                        tokenizer: TextTokenizer | None) -> None:
   tensors = dict(hf_tensors(params, mcfg))
   if jax.process_index() != 0:
     return
+  classifier = config.objective.name == "classify"
+  vocab_size, pad_id, spec = mcfg.vocab_size, None, families.get(config.model.family).hf
+  if classifier:
+    if tokenizer is None:
+      raise CheckpointError("a classifier is exported with its tokenizer; none was given")
+    tokenizer, pad_id = classifier_tokenizer(tokenizer, config.model.family)
+    if pad_id >= vocab_size:          # a padding token of its own, past the embedding table:
+      vocab_size = pad_id + 1         # a zero row (only ever at padded positions, never read)
+      key = next(k for k, path, _ in spec.entries(mcfg, spec.prefix)[0]
+                 if path == spec.word_embedding)
+      table = tensors[key]
+      tensors[key] = np.concatenate(
+          [table, np.zeros((vocab_size - len(table), table.shape[1]), table.dtype)])
   os.makedirs(directory, exist_ok=True)
   weights = os.path.join(directory, "model.safetensors")
   save_file(tensors, weights, metadata={"format": "pt"})
@@ -298,7 +378,7 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
   os.umask(umask)                         # the umask, and so do the weights
   os.chmod(weights, 0o666 & ~umask)
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(hf_config_from_plm(config, mcfg.vocab_size, tokenizer), f, indent=2)
+    json.dump(hf_config_from_plm(config, vocab_size, tokenizer, pad_id), f, indent=2)
   if tokenizer is not None:
     tokenizer.save(directory)
     specials = {f"{r}_token": tokenizer.role_token(r) for r in ("pad", "unk", "cls", "sep",
@@ -307,5 +387,17 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
     if families.get(config.model.family).decoder:
       eos = tokenizer.role_token("eos")           # GPT-2 uses <|endoftext|> for all three
       specials = {"bos_token": eos, "eos_token": eos, "unk_token": eos}
+    # RoBERTa's positions start after padding_idx (<pad> = 1: 514 rows, 512 tokens)
+    longest = config.model.max_position - (tokenizer.pad_id + 1 if config.model.position_offset
+                                           else 0)
+    settings = {"model_max_length": longest, **specials}
+    if classifier:
+      # tokenizer.json as saved, template included: transformers' per-model tokenizer classes
+      # would rebuild normalisation and special tokens their own way
+      settings.update(
+          tokenizer_class="PreTrainedTokenizerFast", pad_token=tokenizer.tokenizer.id_to_token(
+              pad_id), padding_side=spec.classifier_padding,
+          model_input_names=["input_ids", *(["token_type_ids"] if spec.token_type_ids else []),
+                             "attention_mask"])
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-      json.dump({"model_max_length": config.model.max_position, **specials}, f, indent=2)
+      json.dump(settings, f, indent=2)

@@ -2,7 +2,8 @@
 
 One `HFSpec` per family (the registry, plm_jax/families.py, points each family at its spec):
 - `entries(mcfg, prefix)`: every tensor, as (transformers name, our parameter path, kind), split
-  into the body and the pretraining heads (a `BertModel` checkpoint has no heads);
+  into the body and the heads: the pretraining heads (a `BertModel` checkpoint has none), or,
+  for a fine-tuned classifier (mcfg.num_labels > 0), those of `*ForSequenceClassification`;
 - `from_hf(hf_config)`: the plm-jax model fields of a transformers config.json;
 - `to_hf(model_group, vocab_size, tokenizer)`: the config.json transformers reads back.
 
@@ -39,6 +40,15 @@ class HFSpec:
   not_exported: tuple[str, ...] = ()  # tensors (by name part) the exported class lacks, and
                                       # an import may miss
   check: Callable[[dict, str], None] = lambda hf, path: None   # refuses unsupported variants
+  # A fine-tuned classifier is written as `classifier` (AutoModelForSequenceClassification). Its
+  # tokenizer pads on `classifier_padding`: the side where transformers' head does not look for
+  # the token it classifies. `token_type_ids`: whether the model takes segment ids (GPT-2 adds
+  # them as word embeddings, so its tokenizer must not return them); `own_pad`: whether the
+  # tokenizer needs a padding token of its own (see plm_jax/hf.py, classifier_tokenizer).
+  classifier: str = ""
+  classifier_padding: str = "right"
+  token_type_ids: bool = True
+  own_pad: bool = False
 
 
 # --- building blocks of the tables ---------------------------------------------------------------
@@ -98,6 +108,8 @@ def _bert_body(mcfg: ModelConfig, p: str) -> list[Entry]:
 # --- the tables ----------------------------------------------------------------------------------
 
 def bert_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  if mcfg.num_labels:
+    return _bert_body(mcfg, p), _dense("classifier", ("classifier",), "linear")
   heads = _mlm_head("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
                     "cls.predictions.bias")
   if mcfg.nsp_head:
@@ -106,6 +118,13 @@ def bert_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
 
 
 def roberta_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  if mcfg.num_labels:
+    # RobertaForSequenceClassification has no pooler; its head is dense + tanh + out_proj over
+    # <s>, which is our pooler (tanh of a dense over the first token) + classifier: the same
+    # function, dropout aside. So the pooler is written as the head's dense (the body's pooler
+    # entry is skipped: not_exported).
+    return _bert_body(mcfg, p), (_dense("classifier.dense", ("encoder", "pooler"), "linear")
+                                 + _dense("classifier.out_proj", ("classifier",), "linear"))
   return _bert_body(mcfg, p), _mlm_head("lm_head.dense", "lm_head.layer_norm", "lm_head.bias")
 
 
@@ -115,6 +134,8 @@ def albert_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]
   body += _post_ln_layer(f"{p}encoder.albert_layer_groups.0.albert_layers.0",
                          ("encoder", "layers", 0), ALBERT_LAYER)
   body += _dense(f"{p}pooler", ("encoder", "pooler"), "linear")
+  if mcfg.num_labels:
+    return body, _dense("classifier", ("classifier",), "linear")
   heads = _mlm_head("predictions.dense", "predictions.LayerNorm", "predictions.bias")
   if mcfg.nsp_head:
     heads += _dense("sop_classifier.classifier", ("nsp",), "linear")
@@ -132,7 +153,10 @@ def gpt2_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
     body += _norm(f"{h}.ln_2", (*o, "mlp_norm"))
     body += _dense(f"{h}.mlp.c_fc", (*o, "mlp", "wi"), "conv1d")
     body += _dense(f"{h}.mlp.c_proj", (*o, "mlp", "wo"), "conv1d_in")
-  return body + _norm(f"{p}ln_f", ("final_norm",)), []     # the LM head is tied to wte
+  body += _norm(f"{p}ln_f", ("final_norm",))
+  if mcfg.num_labels:
+    return body, [("score.weight", ("score", "kernel"), "linear")]     # no bias, as ours
+  return body, []     # the LM head is tied to wte
 
 
 def xlnet_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
@@ -151,6 +175,11 @@ def xlnet_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
     body += _norm(f"{h}.ff.layer_norm", (*o, "mlp_norm"))
     body += _dense(f"{h}.ff.layer_1", (*o, "mlp", "wi"), "linear")
     body += _dense(f"{h}.ff.layer_2", (*o, "mlp", "wo"), "linear_in")
+  if mcfg.num_labels:
+    # summary (E -> E), tanh, then logits_proj: our SequenceSummary (summary_proj_to_labels
+    # false in the config, so transformers' summary keeps E outputs)
+    return body, (_dense("sequence_summary.summary", ("classifier", "summary"), "linear")
+                  + _dense("logits_proj", ("classifier", "logits"), "linear"))
   return body, [("lm_loss.bias", ("lm_bias",), "same")]     # lm_loss.weight is the embedding
 
 
@@ -328,18 +357,28 @@ def _xlnet_to_hf(m, vocab_size: int, tokenizer) -> dict:
           "initializer_range": m.initializer_range, "mem_len": m.mem_len or None,
           "reuse_len": None, "clamp_len": m.clamp_len, "same_length": False,
           "summary_type": "last", "summary_use_proj": True, "summary_activation": "tanh",
-          "summary_last_dropout": m.dropout_rate, "tie_word_embeddings": True,
+          "summary_proj_to_labels": False, "summary_last_dropout": m.dropout_rate,
+          "tie_word_embeddings": True,
           "pad_token_id": role("pad", 5), "bos_token_id": 1, "eos_token_id": 2}
 
 
 ENCODER_WORDS = ("encoder", "embeddings", "word", "embedding")
 BERT = HFSpec("bert", "bert.", "BertForPreTraining", bert_entries, _encoder_from_hf,
-              _bert_to_hf, ENCODER_WORDS)
+              _bert_to_hf, ENCODER_WORDS, classifier="BertForSequenceClassification")
 ROBERTA = HFSpec("roberta", "roberta.", "RobertaForMaskedLM", roberta_entries, _roberta_from_hf,
-                 _roberta_to_hf, ENCODER_WORDS, not_exported=("pooler",))
+                 _roberta_to_hf, ENCODER_WORDS, not_exported=("pooler",),
+                 classifier="RobertaForSequenceClassification")
 ALBERT = HFSpec("albert", "albert.", "AlbertForPreTraining", albert_entries, _albert_from_hf,
-                _albert_to_hf, ENCODER_WORDS, check=_albert_check)
+                _albert_to_hf, ENCODER_WORDS, check=_albert_check,
+                classifier="AlbertForSequenceClassification")
+# GPT-2's head reads the rightmost token that is not config.pad_token_id; our classifier reads
+# the last real token, the closing <|endoftext|>, which is also what GPT-2 pads with: the
+# exported tokenizer pads with a token of its own (own_pad), on the right (absolute positions).
 GPT2 = HFSpec("gpt2", "transformer.", "GPT2LMHeadModel", gpt2_entries, _gpt2_from_hf,
-              _gpt2_to_hf, ("wte", "embedding"))
+              _gpt2_to_hf, ("wte", "embedding"), classifier="GPT2ForSequenceClassification",
+              token_type_ids=False, own_pad=True)
+# XLNet's summary_type "last" reads position -1: padding goes on the left (relative positions
+# and masked padding keys make that the same function as ours on right-padded inputs).
 XLNET = HFSpec("xlnet", "transformer.", "XLNetLMHeadModel", xlnet_entries, _xlnet_from_hf,
-               _xlnet_to_hf, ("transformer", "word", "embedding"))
+               _xlnet_to_hf, ("transformer", "word", "embedding"),
+               classifier="XLNetForSequenceClassification", classifier_padding="left")

@@ -46,15 +46,26 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   return {"workdir": workdir, "fresh": pretrained.fresh}
 
 
-def export_hf(workdir: str, out: str, step: int | None = None) -> dict:
-  """Writes the parameters of `step` (default: the latest) as a transformers directory."""
-  if workdirs.load_config(workdir).objective.name == "classify":
-    raise CheckpointError(f"export-hf writes pretraining models; {workdir!r} holds a fine-tuned "
-                          "classifier (export its pretraining run, or use its test_predictions)")
-  loaded = load_params(workdir, step)
+def export_hf(workdir: str, out: str, step: int | None = None, best: bool = False) -> dict:
+  """Writes the parameters of `step` (default: the latest; `best`: a fine-tuning run's best
+  checkpoint, in best/) as a transformers directory: a pretraining run as its family's
+  pretraining model, a fine-tuned classifier as its *ForSequenceClassification (labels, and a
+  tokenizer that lays out and pads texts as the classifier expects)."""
+  config = workdirs.load_config(workdir)
+  classifier = config.objective.name == "classify"
+  if best and not classifier:
+    raise CheckpointError(f"--best picks a fine-tuning run's best checkpoint; {workdir!r} holds "
+                          "a pretraining run: drop --best (the latest) or give --step N")
+  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
+  if best and not checkpoint.complete_steps(workdir, subdir):
+    raise CheckpointError(f"--workdir {workdir!r} holds no best checkpoint ({subdir}/ is empty: "
+                          "the run has not been evaluated yet); let plm-jax finetune reach its "
+                          "first evaluation, or export the latest checkpoint without --best")
+  loaded = load_params(workdir, step, subdir=subdir)
   mcfg = loaded.trainer.model_cfg
   hf.write_hf_directory(out, loaded.params, loaded.config, mcfg, loaded.tokenizer)
-  console(f"exported {workdir} @ step {loaded.step} to {out} "
-          f"({hf.hf_config_from_plm(loaded.config, mcfg.vocab_size, None)['model_type']}, "
-          f"vocab {mcfg.vocab_size:,})")
+  kind = hf.hf_config_from_plm(loaded.config, mcfg.vocab_size, None)["architectures"][0]
+  labels = f", {mcfg.num_labels} output(s)" if classifier else ""
+  console(f"exported {workdir} @ {'best ' if best else ''}step {loaded.step} to {out} "
+          f"({kind}{labels}, vocab {mcfg.vocab_size:,})")
   return {"out": out, "step": loaded.step}

@@ -240,6 +240,28 @@ def test_best_checkpoint_kept_beside_the_latest(keyword_run):
 
 
 @pytest.mark.e2e
+def test_best_classifier_in_transformers_predicts_as_plm_jax(keyword_run, tmp_path):
+  """export-hf --best of the run: transformers' BertForSequenceClassification, on the test
+  file's sentences tokenized by the exported tokenizer, predicts test_predictions.tsv's labels."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  out = str(tmp_path / "hf")
+  assert run_cli("export-hf", "--workdir", keyword_run["workdir"], "--out", out, "--best") == 0
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  with open(keyword_run["dir"] / "test.csv", encoding="utf-8") as f:
+    texts = [row["sentence"] for row in csv.DictReader(f)]
+  with torch.no_grad():
+    logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=24,
+                               return_tensors="pt")).logits
+  predicted = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+  with open(os.path.join(keyword_run["workdir"], "test_predictions.tsv"), encoding="utf-8") as f:
+    rows = sorted(list(csv.reader(f, delimiter="\t"))[1:], key=lambda r: int(r[0]))
+  assert predicted == [label for _, label in rows]
+  assert sorted(model.config.label2id) == ["blue", "green", "red"]
+
+
+@pytest.mark.e2e
 def test_evaluate_best_on_test_split_and_another_mesh(keyword_run, capsys):
   workdir = keyword_run["workdir"]
   report = json.load(open(os.path.join(workdir, "test_report.json")))
