@@ -45,8 +45,11 @@ def load_data(config, tokenizer: TextTokenizer | None = None, *,
     data = pipeline.prepare_in_memory(config, tokenizer or shared_tokenizer(config),
                                       eval_only=eval_only)
   s = data.stats
-  train = "" if eval_only and not config.data.prepared else f"{s.examples:,} train / "
-  console(f"data: {', '.join(data.descriptions)}: {s.documents:,} documents, {s.tokens:,} tokens "
+  held_out = eval_only and not config.data.prepared       # only those documents were tokenised
+  documents = (f"the held-out documents of {s.documents:,}" if held_out
+               else f"{s.documents:,} documents")
+  train = "" if held_out else f"{s.examples:,} train / "
+  console(f"data: {', '.join(data.descriptions)}: {documents}, {s.tokens:,} tokens "
           f"-> {train}{s.eval_examples:,} eval {data.builder} examples of "
           f"{config.data.max_seq_length} tokens; vocab {data.tokenizer.vocab_size:,}; skipped: "
           f"{s.empty_documents} empty, {s.bad_records} bad records, {s.undecodable_documents} "
