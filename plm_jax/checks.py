@@ -13,6 +13,7 @@ import jax
 from plm_jax import accelerator, families, trackers
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
+from plm_jax.models.config import FINETUNED
 from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
 from plm_jax.tasks import validate_classify
@@ -62,7 +63,7 @@ def validate_data(config) -> None:
 def _objective(config) -> None:
   family = families.get(config.model.family)
   name = config.objective.name
-  if name == "classify":
+  if name in FINETUNED:
     validate_classify(config)           # fine-tuning: the classify group instead of a builder
     return
   if name not in family.objectives:

@@ -85,7 +85,8 @@ def apply_extra(config, row: dict) -> ml_collections.ConfigDict:
 
 
 DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences", "plm": "plm",
-                    "causal_lm": "blocks", "classify": "classify"}
+                    "causal_lm": "blocks", "classify": "classify",
+                    "tag": "classify"}
 
 
 def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
@@ -105,7 +106,7 @@ def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
   c.train = train_group(train or {})
   c.checkpoint = checkpoint_group()
   c.mesh = mesh_group(mesh)
-  if objective == "classify":
+  if objective in ("classify", "tag"):       # tag: token tagging shares the group
     c.classify = classify_group(classify or {})
   if objective == "plm":
     # XLNet's own settings, for every XLNet config (its presets and imported models alike):
@@ -323,5 +324,7 @@ def classify_group(values: dict) -> ml_collections.ConfigDict:
   k.text_pair_field = ""             # the second text of sentence-pair tasks ("" = the task's /
                                      # none)
   k.label_field = ""                 # the label column ("" = the task's / "label")
+  k.tag_column = -1                  # tag (plm_jax/configs/tag.py): the column of the tags in
+                                     # CoNLL files (0 = the word; -1 = the last)
   k.update(values)
   return k

@@ -9,6 +9,7 @@ from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.finetune.predict import evaluate_classifier
+from plm_jax.finetune.tag_run import evaluate_tagger
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
 from plm_jax.run_data import load_data
@@ -25,6 +26,8 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   `split`, of the latest, `step` or (`best`) the best checkpoint.
   """
   saved = workdirs.load_config(workdir)
+  if saved.objective.name == "tag":
+    return evaluate_tagger(workdir, step, best=best, split=split, devices=devices, config=config)
   if saved.objective.name == "classify":
     return evaluate_classifier(workdir, step, best=best, split=split, devices=devices,
                                config=config)

@@ -25,6 +25,7 @@ from plm_jax.models.bert import BertForPreTraining
 from plm_jax.models.classifier import HEAD_PARAMS, EncoderClassifier, GPTClassifier
 from plm_jax.models.config import ModelConfig
 from plm_jax.models.gpt import GPTLMHeadModel
+from plm_jax.models.tagger import EncoderTagger, GPTTagger, XLNetTagger
 from plm_jax.models.xlnet import XLNetClassifier, XLNetLMHeadModel
 
 
@@ -53,9 +54,13 @@ class Family:
   flops_per_token: Callable[..., float]
   embeddings: tuple[str, ...]        # top-level parameter names of the embeddings (depth 0)
   body_root: tuple[str, ...] = ()    # the body's parameters live under this path
+  tagger: type | None = None         # the token classifier on the same body
 
   def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-    """The pretraining model, or the classifier when cfg.num_labels > 0."""
+    """The pretraining model, or the classifier when cfg.num_labels > 0 (the tagger with
+    cfg.token_labels)."""
+    if cfg.num_labels and cfg.token_labels:
+      return self.tagger(cfg, rngs=rngs)
     return (self.classifier if cfg.num_labels else self.model)(cfg, rngs=rngs)
 
   def layer_depth(self, path: tuple[str, ...], num_layers: int, shared_layers: bool
@@ -78,7 +83,8 @@ class Family:
 
 
 _CLS_A_SEP_B_SEP = PairLayout(("cls",), ("sep",), ("sep",), 1)
-_ENCODER = dict(model=BertForPreTraining, classifier=EncoderClassifier, decoder=False,
+_ENCODER = dict(model=BertForPreTraining, classifier=EncoderClassifier, tagger=EncoderTagger,
+                decoder=False,
                 flops_per_token=flops.encoder_flops_per_token,
                 embeddings=("embeddings", "projection"), body_root=("encoder",))
 
@@ -95,13 +101,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gpt", model=GPTLMHeadModel, classifier=GPTClassifier, objectives=("causal_lm",),
            tokenizer_kind="bpe", decoder=True, pair_layout=PairLayout((), ("eos",), ("eos",), 0),
            hf=hf_tables.GPT2, flops_per_token=flops.decoder_flops_per_token,
-           embeddings=("wte", "wpe")),
+           embeddings=("wte", "wpe"), tagger=GPTTagger),
     # a <sep> b <sep> <cls>: <cls> (segment 2) ends the text, and the classifier reads it
     Family("xlnet", model=XLNetLMHeadModel, classifier=XLNetClassifier, objectives=("plm",),
            tokenizer_kind="unigram", decoder=False,
            pair_layout=PairLayout((), ("sep",), ("sep", "cls"), 1, last_segment=2),
            hf=hf_tables.XLNET, flops_per_token=flops.xlnet_flops_per_token,
-           embeddings=("word", "mask"), body_root=("transformer",)),
+           embeddings=("word", "mask"), body_root=("transformer",), tagger=XLNetTagger),
 )}
 
 

@@ -49,6 +49,16 @@ class HFSpec:
   classifier_padding: str = "right"
   token_type_ids: bool = True
   own_pad: bool = False
+  tagger: str = ""                   # a fine-tuned token tagger's class (*ForTokenClassification)
+
+  def table(self, mcfg: ModelConfig, prefix: str) -> tuple[list[Entry], list[Entry]]:
+    """`entries`, or for a token tagger (mcfg.token_labels) *ForTokenClassification's: the
+    body without the pooler (transformers builds those bodies without one) and `classifier`."""
+    if not (mcfg.num_labels and mcfg.token_labels):
+      return self.entries(mcfg, prefix)
+    body, _ = self.entries(dataclasses.replace(mcfg, num_labels=0, token_labels=False), prefix)
+    return ([e for e in body if "pooler" not in e[1]],
+            _dense("classifier", ("classifier",), "linear"))
 
 
 # --- building blocks of the tables ---------------------------------------------------------------
@@ -364,21 +374,26 @@ def _xlnet_to_hf(m, vocab_size: int, tokenizer) -> dict:
 
 ENCODER_WORDS = ("encoder", "embeddings", "word", "embedding")
 BERT = HFSpec("bert", "bert.", "BertForPreTraining", bert_entries, _encoder_from_hf,
-              _bert_to_hf, ENCODER_WORDS, classifier="BertForSequenceClassification")
+              _bert_to_hf, ENCODER_WORDS, classifier="BertForSequenceClassification",
+              tagger="BertForTokenClassification")
 ROBERTA = HFSpec("roberta", "roberta.", "RobertaForMaskedLM", roberta_entries, _roberta_from_hf,
                  _roberta_to_hf, ENCODER_WORDS, not_exported=("pooler",),
-                 classifier="RobertaForSequenceClassification")
+                 classifier="RobertaForSequenceClassification",
+                 tagger="RobertaForTokenClassification")
 ALBERT = HFSpec("albert", "albert.", "AlbertForPreTraining", albert_entries, _albert_from_hf,
                 _albert_to_hf, ENCODER_WORDS, check=_albert_check,
-                classifier="AlbertForSequenceClassification")
+                classifier="AlbertForSequenceClassification",
+                tagger="AlbertForTokenClassification")
 # GPT-2's head reads the rightmost token that is not config.pad_token_id; our classifier reads
 # the last real token, the closing <|endoftext|>, which is also what GPT-2 pads with: the
 # exported tokenizer pads with a token of its own (own_pad), on the right (absolute positions).
 GPT2 = HFSpec("gpt2", "transformer.", "GPT2LMHeadModel", gpt2_entries, _gpt2_from_hf,
               _gpt2_to_hf, ("wte", "embedding"), classifier="GPT2ForSequenceClassification",
+              tagger="GPT2ForTokenClassification",
               token_type_ids=False, own_pad=True)
 # XLNet's summary_type "last" reads position -1: padding goes on the left (relative positions
 # and masked padding keys make that the same function as ours on right-padded inputs).
 XLNET = HFSpec("xlnet", "transformer.", "XLNetLMHeadModel", xlnet_entries, _xlnet_from_hf,
                _xlnet_to_hf, ("transformer", "word", "embedding"),
-               classifier="XLNetForSequenceClassification", classifier_padding="left")
+               classifier="XLNetForSequenceClassification",
+               tagger="XLNetForTokenClassification", classifier_padding="left")

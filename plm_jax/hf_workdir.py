@@ -10,6 +10,7 @@ from plm_jax import checkpoint, checks, hf, parallel, workdir as workdirs
 from plm_jax.errors import CheckpointError
 from plm_jax.inference import UNTRAINED_HEADS_FILE, fit_to_devices, load_params
 from plm_jax.metrics_writer import console
+from plm_jax.models.config import FINETUNED
 from plm_jax.trainer import Trainer
 
 
@@ -52,7 +53,7 @@ def export_hf(workdir: str, out: str, step: int | None = None, best: bool = Fals
   pretraining model, a fine-tuned classifier as its *ForSequenceClassification (labels, and a
   tokenizer that lays out and pads texts as the classifier expects)."""
   config = workdirs.load_config(workdir)
-  classifier = config.objective.name == "classify"
+  classifier = config.objective.name in FINETUNED
   if best and not classifier:
     raise CheckpointError(f"--best picks a fine-tuning run's best checkpoint; {workdir!r} holds "
                           "a pretraining run: drop --best (the latest) or give --step N")

@@ -69,9 +69,34 @@ TASKS = {
 }
 
 
+# --- token tagging (plm_jax/configs/tag.py): the same Task record, read as sentences -----------
+# text_field holds a sentence's words and label_field its tags, one per word; the metric is "f1"
+# (entity-level, IOB / IOBES tags) or "accuracy" (of words: part of speech); "" = "f1" when the
+# tags name entities, else "accuracy" (local files).
+TAG_METRICS = ("f1", "accuracy")
+TAG_TASKS = {
+    # CoNLL-2003 English (Tjong Kim Sang & De Meulder, 2003): named entities (IOB2 in TFDS),
+    # or its part-of-speech column.
+    "conll2003": Task("tfds", "conll2003", text_field="tokens", label_field="ner", metric="f1",
+                      eval_split="dev"),
+    "conll2003_pos": Task("tfds", "conll2003", text_field="tokens", label_field="pos",
+                          metric="accuracy", eval_split="dev"),
+    # WikiANN English (Pan et al., 2017), XTREME's NER set; XTREME's English UD part of speech.
+    "wikiann": Task("tfds", "wikiann/en", text_field="tokens", label_field="tags", metric="f1"),
+    "xtreme_pos": Task("tfds", "xtreme_pos/xtreme_pos_en", text_field="tokens",
+                       label_field="upos", metric="accuracy", eval_split="dev"),
+    # Local files: CoNLL columns (word first; classify.tag_column picks the tags) or JSON lines
+    # {"tokens": [...], "tags": [...]}.
+    "conll": Task("conll", metric=""),
+    "jsonl": Task("jsonl", text_field="tokens", label_field="tags", metric=""),
+}
+
+
 def task_of(config) -> Task:
   """The config's task with the classify group's non-empty fields over the task's defaults."""
   k = config.classify
+  if config.objective.name == "tag":
+    return _tag_task_of(k)
   if k.task not in TASKS:
     raise ConfigError(f"classify.task={k.task!r} is not one of {sorted(TASKS)}; e.g. "
                       "--config configs/classify.py:sst2 (or :csv with classify.train_path)")
@@ -87,8 +112,37 @@ def task_of(config) -> Task:
   return dataclasses.replace(task, **overrides)
 
 
+def _tag_task_of(k) -> Task:
+  if k.task not in TAG_TASKS:
+    raise ConfigError(f"classify.task={k.task!r} is not a tagging task: one of "
+                      f"{sorted(TAG_TASKS)}; e.g. --config tag:conll2003 (or tag:conll with "
+                      "classify.train_path)")
+  overrides = {f: k[f] for f in ("tfds_name", "text_field", "label_field", "train_split",
+                                 "eval_split", "test_split", "metric") if k[f]}
+  if k.label_names:
+    overrides["label_names"] = tuple(k.label_names)
+  return dataclasses.replace(TAG_TASKS[k.task], **overrides)
+
+
+def _validate_tag(config) -> None:
+  k, task = config.classify, task_of(config)
+  if task.metric not in ("", *TAG_METRICS):
+    raise ConfigError(f"classify.metric={task.metric!r}: a tagger's best checkpoint is chosen "
+                      "by f1 (of entities) or accuracy (of words)")
+  if k.num_classes < 0 or k.epochs < 0 or not 0 <= k.warmup_fraction < 1 or \
+      not 0 < k.layer_decay <= 1 or k.head_learning_rate < 0:
+    raise ConfigError("classify.num_classes, epochs and head_learning_rate must be >= 0, "
+                      "classify.warmup_fraction in [0, 1), classify.layer_decay in (0, 1]")
+  if task.source in ("conll", "jsonl") and not k.train_path:
+    raise ConfigError(f"classify.task={k.task!r} reads local files: give "
+                      f"--config.classify.train_path=train.{task.source} (and eval_path, "
+                      "test_path)")
+
+
 def validate_classify(config) -> None:
   """Checks the classify group (called by plm_jax.checks before anything is built)."""
+  if config.objective.name == "tag":
+    return _validate_tag(config)
   k = config.classify
   task = task_of(config)
   if k.num_classes < 0:

@@ -24,7 +24,7 @@ from flax import nnx
 
 from plm_jax import accelerator, checkpoint, families, objectives, parallel
 from plm_jax.data import loader
-from plm_jax.models.config import ModelConfig, model_config
+from plm_jax.models.config import FINETUNED, ModelConfig, model_config
 from plm_jax.models.partitioning import axis_rules
 from plm_jax.optim import lr_factors, make_optimizer
 
@@ -218,7 +218,7 @@ def max_nonfinite_run(config) -> int:
 
 def _lr_factors(config, abstract_params):
   """Fine-tuning's layer-wise decay and head learning rate (None when both are off)."""
-  if config.objective.name != "classify":
+  if config.objective.name not in FINETUNED:
     return None
   k, lr, m = config.classify, config.optim.learning_rate, config.model
   head = k.head_learning_rate / lr if k.head_learning_rate > 0 and lr > 0 else 1.0

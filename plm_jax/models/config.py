@@ -7,6 +7,10 @@ import jax.numpy as jnp
 from plm_jax import accelerator
 from plm_jax.models.layers import BlockConfig
 
+# The objectives of fine-tuning runs (a pretrained body, a new head, the config's classify
+# group): sequence classification and token tagging.
+FINETUNED = ("classify", "tag")
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -43,6 +47,7 @@ class ModelConfig:
   clamp_len: int = -1                 # XLNet: relative distances clipped to this (-1: never)
   num_labels: int = 0                 # > 0: a sequence classifier with this many outputs
                                       # (1 = regression) instead of the pretraining heads
+  token_labels: bool = False          # with num_labels: a token tagger (one label a position)
 
   @property
   def embed_dim(self) -> int:
@@ -91,4 +96,5 @@ def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
       position_offset=m.position_offset, pad_token_id=pad_token_id,
       mem_len=m.mem_len, reuse_len=config.objective.reuse_len if m.mem_len else 0,
       clamp_len=m.clamp_len,
-      num_labels=config.classify.num_classes if config.objective.name == "classify" else 0)
+      num_labels=config.classify.num_classes if config.objective.name in FINETUNED else 0,
+      token_labels=config.objective.name == "tag")

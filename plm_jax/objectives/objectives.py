@@ -197,8 +197,38 @@ class Classification:
     return {"loss": loss, "accuracy": safe_div(stats["cls_correct"], stats["cls_count"])}
 
 
+class TokenClassification:
+  """Fine-tuning a tagger: cross-entropy over the tags of the positions that carry one (a
+  word's first sub-token; labels -1 elsewhere), in rows of weight 1 (`example_weights` is 0 for
+  the rows that only pad the last eval batch)."""
+
+  name = "tag"
+  train_keys = ("loss", "accuracy", "learning_rate")
+  eval_keys = ("loss", "accuracy", "precision", "recall", "f1")
+
+  def _weights(self, batch: dict) -> jax.Array:
+    return (batch["labels"] >= 0).astype(jnp.float32) * batch["example_weights"][:, None]
+
+  def stats(self, model, batch: dict, dropout_rng=None) -> dict:
+    logits = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                   dropout_rng=dropout_rng)["logits"]
+    labels = jnp.maximum(batch["labels"], 0).astype(jnp.int32)
+    return _prefixed("tok", classification_stats(logits, labels, self._weights(batch)))
+
+  def totals(self, batch: dict) -> dict:
+    return {"tok_count": jnp.sum(self._weights(batch))}
+
+  def loss(self, stats: dict, totals: dict) -> jax.Array:
+    return safe_div(stats["tok_loss_sum"], totals["tok_count"])
+
+  def metrics(self, stats: dict) -> dict:
+    return {"loss": safe_div(stats["tok_loss_sum"], stats["tok_count"]),
+            "accuracy": safe_div(stats["tok_correct"], stats["tok_count"])}
+
+
 OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
-              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification()}
+              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification(),
+              "tag": TokenClassification()}
 
 
 def get(name: str):
@@ -209,6 +239,8 @@ def for_config(config):
   """The objective of a config (a classifier with one output is a regression)."""
   if config.objective.name == "classify":
     return Classification(regression=config.classify.num_classes == 1)
+  if config.objective.name == "tag":
+    return TokenClassification()
   if config.objective.name == "plm":
     return PermutationLM(config.objective.loss_chunk, config.objective.reuse_len)
   return type(get(config.objective.name))(loss_chunk=config.objective.loss_chunk)
