@@ -15,6 +15,7 @@ from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
 from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
+from plm_jax.qa_tasks import validate_qa
 from plm_jax.tasks import validate_classify
 
 SCHEDULES = ("linear", "cosine", "constant", "linear_total")
@@ -64,6 +65,9 @@ def _objective(config) -> None:
   name = config.objective.name
   if name == "classify":
     validate_classify(config)           # fine-tuning: the classify group instead of a builder
+    return
+  if name == "qa":
+    validate_qa(config)                 # question answering: the qa and classify groups
     return
   if name not in family.objectives:
     raise ConfigError(f"objective.name={name!r} does not fit model.family={family.name!r}; use "

@@ -35,8 +35,10 @@ from plm_jax import families
 from plm_jax.configlib import make_config
 from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer
 from plm_jax.errors import CheckpointError
-from plm_jax.hf_tables import base_kind, expected_hf_shape, part_index, to_hf, to_ours
+from plm_jax.hf_tables import (base_kind, entries_of, expected_hf_shape, part_index, to_hf,
+                               to_ours)
 from plm_jax.models.config import ModelConfig, model_config
+from plm_jax.objectives import FINETUNED
 
 
 @dataclasses.dataclass
@@ -126,6 +128,9 @@ def hf_config_from_plm(config, vocab_size: int, tokenizer: TextTokenizer | None,
   class, its labels and `pad_id`, the padding token of its exported tokenizer."""
   spec = families.get(config.model.family).hf
   out = spec.to_hf(config.model, vocab_size, tokenizer)
+  if config.objective.name == "qa":
+    return {**out, "architectures": [spec.span_model],
+            **({"pad_token_id": pad_id} if pad_id is not None else {})}
   if config.objective.name != "classify":
     return out
   k = config.classify
@@ -219,7 +224,7 @@ def params_from_hf(weights: dict, mcfg: ModelConfig, template: dict) -> tuple[di
   """Fills `template` (a pure dict of arrays with the right shapes) from HF `weights`;
   returns the params and the paths left at their initial values (absent heads)."""
   spec = families.get(mcfg.family).hf
-  body, heads = spec.entries(mcfg, _prefix(weights, spec))
+  body, heads = entries_of(spec, mcfg, _prefix(weights, spec))
   params = jax.tree.map(np.array, template)         # writable copies: slices are set in place
   has_heads = any(_lookup(weights, k) is not None for k, _, _ in heads)
   fresh = []
@@ -252,7 +257,7 @@ def hf_tensors(params: dict, mcfg: ModelConfig, fetch: Callable = None
   when it is its turn)."""
   fetch = fetch or _fetch
   spec = families.get(mcfg.family).hf
-  body, heads = spec.entries(mcfg, spec.prefix)
+  body, heads = entries_of(spec, mcfg, spec.prefix)
   for key, table_path, kind in body + heads:
     if _not_exported(spec, key):
       continue                                   # e.g. RobertaForMaskedLM has no pooler
@@ -358,7 +363,8 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
   tensors = dict(hf_tensors(params, mcfg))
   if jax.process_index() != 0:
     return
-  classifier = config.objective.name == "classify"
+  # fine-tuned models (classifiers, question answering) come with the tokenizer of their layout
+  classifier = config.objective.name in FINETUNED
   vocab_size, pad_id, spec = mcfg.vocab_size, None, families.get(config.model.family).hf
   if classifier:
     if tokenizer is None:

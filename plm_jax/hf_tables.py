@@ -49,6 +49,9 @@ class HFSpec:
   classifier_padding: str = "right"
   token_type_ids: bool = True
   own_pad: bool = False
+  # A fine-tuned question-answering model (mcfg.span_head) is written as `span_model`
+  # (AutoModelForQuestionAnswering): the body without its pooler, and `qa_outputs`.
+  span_model: str = ""
 
 
 # --- building blocks of the tables ---------------------------------------------------------------
@@ -181,6 +184,17 @@ def xlnet_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
     return body, (_dense("sequence_summary.summary", ("classifier", "summary"), "linear")
                   + _dense("logits_proj", ("classifier", "logits"), "linear"))
   return body, [("lm_loss.bias", ("lm_bias",), "same")]     # lm_loss.weight is the embedding
+
+
+def entries_of(spec: HFSpec, mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  """The family's table, or for a question-answering model (mcfg.span_head) its body without
+  the [CLS] pooler (the *ForQuestionAnswering classes have none) and the span head, one Linear
+  (hidden -> 2: start, end) as every family's `qa_outputs`."""
+  body, heads = spec.entries(mcfg, p)
+  if not mcfg.span_head:
+    return body, heads
+  return ([e for e in body if e[1][:2] != ("encoder", "pooler")],
+          _dense("qa_outputs", ("qa_outputs",), "linear"))
 
 
 # --- layouts -------------------------------------------------------------------------------------
@@ -364,13 +378,16 @@ def _xlnet_to_hf(m, vocab_size: int, tokenizer) -> dict:
 
 ENCODER_WORDS = ("encoder", "embeddings", "word", "embedding")
 BERT = HFSpec("bert", "bert.", "BertForPreTraining", bert_entries, _encoder_from_hf,
-              _bert_to_hf, ENCODER_WORDS, classifier="BertForSequenceClassification")
+              _bert_to_hf, ENCODER_WORDS, classifier="BertForSequenceClassification",
+              span_model="BertForQuestionAnswering")
 ROBERTA = HFSpec("roberta", "roberta.", "RobertaForMaskedLM", roberta_entries, _roberta_from_hf,
                  _roberta_to_hf, ENCODER_WORDS, not_exported=("pooler",),
-                 classifier="RobertaForSequenceClassification")
+                 classifier="RobertaForSequenceClassification",
+                 span_model="RobertaForQuestionAnswering")
 ALBERT = HFSpec("albert", "albert.", "AlbertForPreTraining", albert_entries, _albert_from_hf,
                 _albert_to_hf, ENCODER_WORDS, check=_albert_check,
-                classifier="AlbertForSequenceClassification")
+                classifier="AlbertForSequenceClassification",
+                span_model="AlbertForQuestionAnswering")
 # GPT-2's head reads the rightmost token that is not config.pad_token_id; our classifier reads
 # the last real token, the closing <|endoftext|>, which is also what GPT-2 pads with: the
 # exported tokenizer pads with a token of its own (own_pad), on the right (absolute positions).
@@ -381,4 +398,5 @@ GPT2 = HFSpec("gpt2", "transformer.", "GPT2LMHeadModel", gpt2_entries, _gpt2_fro
 # and masked padding keys make that the same function as ours on right-padded inputs).
 XLNET = HFSpec("xlnet", "transformer.", "XLNetLMHeadModel", xlnet_entries, _xlnet_from_hf,
                _xlnet_to_hf, ("transformer", "word", "embedding"),
-               classifier="XLNetForSequenceClassification", classifier_padding="left")
+               classifier="XLNetForSequenceClassification", classifier_padding="left",
+               span_model="XLNetForQuestionAnsweringSimple")

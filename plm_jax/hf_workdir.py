@@ -10,6 +10,7 @@ from plm_jax import checkpoint, checks, hf, parallel, workdir as workdirs
 from plm_jax.errors import CheckpointError
 from plm_jax.inference import UNTRAINED_HEADS_FILE, fit_to_devices, load_params
 from plm_jax.metrics_writer import console
+from plm_jax.objectives import FINETUNED
 from plm_jax.trainer import Trainer
 
 
@@ -52,7 +53,7 @@ def export_hf(workdir: str, out: str, step: int | None = None, best: bool = Fals
   pretraining model, a fine-tuned classifier as its *ForSequenceClassification (labels, and a
   tokenizer that lays out and pads texts as the classifier expects)."""
   config = workdirs.load_config(workdir)
-  classifier = config.objective.name == "classify"
+  classifier = config.objective.name in FINETUNED
   if best and not classifier:
     raise CheckpointError(f"--best picks a fine-tuning run's best checkpoint; {workdir!r} holds "
                           "a pretraining run: drop --best (the latest) or give --step N")
@@ -65,7 +66,7 @@ def export_hf(workdir: str, out: str, step: int | None = None, best: bool = Fals
   mcfg = loaded.trainer.model_cfg
   hf.write_hf_directory(out, loaded.params, loaded.config, mcfg, loaded.tokenizer)
   kind = hf.hf_config_from_plm(loaded.config, mcfg.vocab_size, None)["architectures"][0]
-  labels = f", {mcfg.num_labels} output(s)" if classifier else ""
+  labels = f", {mcfg.num_labels} output(s)" if mcfg.num_labels else ""
   console(f"exported {workdir} @ {'best ' if best else ''}step {loaded.step} to {out} "
           f"({kind}{labels}, vocab {mcfg.vocab_size:,})")
   return {"out": out, "step": loaded.step}

@@ -15,6 +15,7 @@ from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.generate import SamplingConfig, generate
 from plm_jax.models.config import padded_vocab
+from plm_jax.objectives import FINETUNED
 from plm_jax.trainer import Trainer
 
 
@@ -74,9 +75,10 @@ def load_params(workdir: str, step: int | None = None, devices=None, config=None
 
 
 def _not_a_classifier(restored: Loaded, command: str) -> None:
-  if restored.config.objective.name == "classify":
+  if restored.config.objective.name in FINETUNED:
     raise ConfigError(f"{command} needs a pretrained model with its language-model head; this "
-                      "workdir holds a fine-tuned classifier (use plm-jax evaluate), or give "
+                      f"workdir holds a fine-tuned {FINETUNED[restored.config.objective.name]} "
+                      "(use plm-jax evaluate), or give "
                       f"its pretraining run: {restored.config.classify.init_from}")
 
 

@@ -218,7 +218,7 @@ def max_nonfinite_run(config) -> int:
 
 def _lr_factors(config, abstract_params):
   """Fine-tuning's layer-wise decay and head learning rate (None when both are off)."""
-  if config.objective.name != "classify":
+  if config.objective.name not in objectives.FINETUNED:
     return None
   k, lr, m = config.classify, config.optim.learning_rate, config.model
   head = k.head_learning_rate / lr if k.head_learning_rate > 0 and lr > 0 else 1.0

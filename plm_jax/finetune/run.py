@@ -28,6 +28,7 @@ from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
 from plm_jax.models.classifier import HEAD_PARAMS
 from plm_jax.models.config import padded_vocab
+from plm_jax.objectives import FINETUNED
 from plm_jax.scaffold import Run
 from plm_jax.tasks import task_of
 from plm_jax.trainer import Trainer
@@ -88,9 +89,10 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
 
 def with_body_of(config, body_config):
   """The fine-tuning config with the architecture of `body_config` (a pretraining run's)."""
-  if body_config.objective.name == "classify":
-    raise CheckpointError("--init-from holds a fine-tuned classifier already; start from the "
-                          "pretraining run (or import-hf workdir) it was fine-tuned from")
+  if body_config.objective.name in FINETUNED:
+    raise CheckpointError(f"--init-from holds a fine-tuned {FINETUNED[body_config.objective.name]}"
+                          " already; start from the pretraining run (or import-hf workdir) it "
+                          "was fine-tuned from")
   return _with_model_of(config, body_config)
 
 
@@ -110,10 +112,11 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
   run or from the workdir for one that continues (which must be the same task and body)."""
   if found.config is not None:
     saved = found.config
-    if saved.objective.name != "classify":
+    if saved.objective.name not in FINETUNED:
       raise CheckpointError(f"--workdir {workdir!r} holds a pretraining run; fine-tune into a "
                             "new --workdir (and give that run as --init-from)")
-    if saved.classify.task != config.classify.task:
+    if (saved.objective.name, saved.classify.task) != (config.objective.name,
+                                                       config.classify.task):
       raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of the task "
                             f"{saved.classify.task!r}, not {config.classify.task!r}; use a fresh "
                             "--workdir")

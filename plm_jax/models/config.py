@@ -43,6 +43,8 @@ class ModelConfig:
   clamp_len: int = -1                 # XLNet: relative distances clipped to this (-1: never)
   num_labels: int = 0                 # > 0: a sequence classifier with this many outputs
                                       # (1 = regression) instead of the pretraining heads
+  span_head: bool = False             # extractive question answering: start / end logits per
+                                      # token instead of the pretraining heads
 
   @property
   def embed_dim(self) -> int:
@@ -91,4 +93,5 @@ def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
       position_offset=m.position_offset, pad_token_id=pad_token_id,
       mem_len=m.mem_len, reuse_len=config.objective.reuse_len if m.mem_len else 0,
       clamp_len=m.clamp_len,
-      num_labels=config.classify.num_classes if config.objective.name == "classify" else 0)
+      num_labels=config.classify.num_classes if config.objective.name == "classify" else 0,
+      span_head=config.objective.name == "qa")

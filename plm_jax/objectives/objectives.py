@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from plm_jax.objectives.losses import classification_stats, safe_div
 from plm_jax.objectives.output_ce import output_stats
 from plm_jax.objectives.permutation import perm_mask
+from plm_jax.objectives.span import SpanExtraction
 
 # Tokens per device in one chunk of the output layer's cross-entropy (objective.loss_chunk).
 LOSS_CHUNK = 8192
@@ -198,7 +199,12 @@ class Classification:
 
 
 OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
-              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification()}
+              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification(),
+              "qa": SpanExtraction()}
+
+# The objectives of fine-tuning runs (a pretrained body + a new head), and what such a run
+# holds: the commands that need a pretraining run refuse these by name.
+FINETUNED = {"classify": "classifier", "qa": "question-answering model"}
 
 
 def get(name: str):
@@ -209,6 +215,8 @@ def for_config(config):
   """The objective of a config (a classifier with one output is a regression)."""
   if config.objective.name == "classify":
     return Classification(regression=config.classify.num_classes == 1)
+  if config.objective.name == "qa":
+    return SpanExtraction()
   if config.objective.name == "plm":
     return PermutationLM(config.objective.loss_chunk, config.objective.reuse_len)
   return type(get(config.objective.name))(loss_chunk=config.objective.loss_chunk)
