@@ -325,38 +325,26 @@ def finetune_span_task(base, tok_dir, train: int, dev: int, *extra):
 
 @pytest.fixture(scope="module")
 def span_run(tmp_path_factory, tokenizers_dir):
-  """A short run (4 steps): the whole pipeline, cheaply (CI)."""
-  return finetune_span_task(tmp_path_factory.mktemp("qa"), tokenizers_dir["bert"], 64, 24,
-                            "--config.classify.epochs=0", "--config.train.steps=4")
+  """One epoch of 600 questions, evaluated every 40 steps (about 20 s on two idle cores)."""
+  return finetune_span_task(tmp_path_factory.mktemp("qa"), tokenizers_dir["bert"], 600, 100,
+                            "--config.classify.epochs=1", "--config.train.eval_every=40")
 
 
-@pytest.mark.slow
-def test_span_run_learns_the_task(tmp_path, tokenizers_dir):
-  """One epoch of 600 questions (about 60 s on two cores): well above the baselines, always "no
-  answer" (EM ~30: the unanswerable share) and the first context word (~0)."""
-  run = finetune_span_task(tmp_path, tokenizers_dir["bert"], 600, 100,
-                           "--config.classify.epochs=1", "--config.train.eval_every=40")
-  report = json.load(open(os.path.join(run["workdir"], "test_report.json")))
+@pytest.mark.e2e
+def test_span_run_learns_and_is_evaluated_again(span_run, capsys):
+  """Well above the baselines: always "no answer" (EM ~30: the unanswerable share) and the first
+  context word (~0). The report, the predictions ({id: answer}, the SQuAD script's format) and
+  the null odds; evaluate --best --split validation gives the report's numbers; a finished run
+  resumes to nothing."""
+  workdir = span_run["workdir"]
+  report = json.load(open(os.path.join(workdir, "test_report.json")))
   v = report["validation"]
   assert report["metric"] == "f1" and v["total"] == 100, report
   assert v["exact_match"] > 80 and v["f1"] > 80, report
   assert v["HasAns_exact_match"] > 70 and v["NoAns_exact_match"] > 70, report
-  predictions = json.load(open(os.path.join(run["workdir"], "validation_predictions.json")))
-  assert set(predictions.values()) <= set(ANSWERS) | {""}
-
-
-@pytest.mark.e2e
-def test_span_run_reports_and_is_evaluated_again(span_run, capsys):
-  """The report, the predictions ({id: answer}, the SQuAD script's format) and the null odds;
-  evaluate --best --split validation gives the report's numbers; a finished run resumes to
-  nothing."""
-  workdir = span_run["workdir"]
-  report = json.load(open(os.path.join(workdir, "test_report.json")))
-  v = report["validation"]
-  assert report["metric"] == "f1" and v["total"] == 24, report
-  assert {"exact_match", "f1", "HasAns_f1", "NoAns_f1", "best_f1_thresh"} <= set(v)
+  assert "best_f1_thresh" in v
   predictions = json.load(open(os.path.join(workdir, "validation_predictions.json")))
-  assert len(predictions) == 24 and all(isinstance(a, str) for a in predictions.values())
+  assert len(predictions) == 100 and set(predictions.values()) <= set(ANSWERS) | {""}
   odds = json.load(open(os.path.join(workdir, "validation_null_odds.json")))
   assert set(odds) == set(predictions)
   assert run_cli("evaluate", "--workdir", workdir, "--best", "--split", "validation") == 0
@@ -368,7 +356,6 @@ def test_span_run_reports_and_is_evaluated_again(span_run, capsys):
   assert "nothing to do" in capsys.readouterr().out
 
 
-@pytest.mark.slow           # 15-25 s on two cores: over the CI budget of this feature
 @pytest.mark.e2e
 def test_exported_span_model_gives_plm_jax_logits(span_run, tmp_path):
   """export-hf --best: BertForQuestionAnswering, given the exported tokenizer's encoding of
@@ -411,7 +398,7 @@ def compare_exported(workdir, out, torch, transformers, kind):
     assert np.ptp(want[:, :10]) > 1e-2
 
 
-@pytest.mark.slow           # 5-15 s each on two cores: over the CI budget of this feature
+@pytest.mark.slow           # 3-5 s each (BERT's is in CI above): over this feature's CI budget
 @pytest.mark.parametrize("family", ["roberta", "albert", "xlnet"])
 def test_export_of_every_qa_family(family, tmp_path, tok_dirs):
   """RoBERTa, ALBERT and XLNet span models (random, untrained: the export is what is tested)
