@@ -16,6 +16,7 @@ from plm_jax.errors import ConfigError, DataError
 from plm_jax.models.config import FINETUNED
 from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
+from plm_jax.qa_tasks import validate_qa
 from plm_jax.tasks import validate_classify
 
 SCHEDULES = ("linear", "cosine", "constant", "linear_total")
@@ -63,6 +64,9 @@ def validate_data(config) -> None:
 def _objective(config) -> None:
   family = families.get(config.model.family)
   name = config.objective.name
+  if name == "qa":
+    validate_qa(config)                 # question answering: the qa and classify groups
+    return
   if name in FINETUNED:
     validate_classify(config)           # fine-tuning: the classify group instead of a builder
     return

@@ -27,6 +27,7 @@ from plm_jax.bench import bench, bench_decode
 from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
+from plm_jax.finetune.qa_run import finetune_qa
 from plm_jax.finetune.run import finetune
 from plm_jax.finetune.tag_run import finetune_tagger
 from plm_jax.generate import SamplingConfig
@@ -154,12 +155,16 @@ def _ints(text: str, flag: str) -> list[int]:
     raise UsageError(f"--{flag} {text!r} is not a comma-separated list of integers") from None
 
 
+# `plm-jax finetune` by the config's objective (classification is the default)
+FINETUNERS = {"tag": finetune_tagger, "qa": finetune_qa}
+
 COMMANDS = {c.name: c for c in (
     Command("train", "pretrain, or resume from the workdir's latest checkpoint",
             lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
             "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
-    Command("finetune", "fine-tune a pretrained body with a new classification or tagging head",
-            lambda config, a: (finetune_tagger if config.objective.name == "tag" else finetune)(
+    Command("finetune", "fine-tune a pretrained body with a new classification, tagging or "
+            "question-answering head",
+            lambda config, a: FINETUNERS.get(config.objective.name, finetune)(
                 config, a.workdir, init_from=a.init_from),
             (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "
                               "whose latest checkpoint the body starts from")), FILE, True,

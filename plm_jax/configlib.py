@@ -86,13 +86,16 @@ def apply_extra(config, row: dict) -> ml_collections.ConfigDict:
 
 DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences", "plm": "plm",
                     "causal_lm": "blocks", "classify": "classify",
-                    "tag": "classify"}
+                    "tag": "classify",
+                    "qa": "classify"}       # tagged rows and QA windows are served as
+                                            # classification rows are
 
 
 def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
                 objective: str | None = None, data: dict | None = None,
                 train: dict | None = None, optim: dict | None = None,
-                classify: dict | None = None) -> ml_collections.ConfigDict:
+                classify: dict | None = None, qa: dict | None = None
+                ) -> ml_collections.ConfigDict:
   """The full config: `model` gives the shape (hidden_size, num_layers, num_heads, mlp_dim,
   max_position, layer_norm_eps and any family-specific field), `data` / `train` / `optim` /
   `classify` the values that differ from the defaults below; `objective` defaults to the
@@ -108,6 +111,10 @@ def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
   c.mesh = mesh_group(mesh)
   if objective in ("classify", "tag"):       # tag: token tagging shares the group
     c.classify = classify_group(classify or {})
+  if objective == "qa":
+    # question answering: the fine-tuning fields of the classify group, and its own
+    c.classify = classify_group(classify or {})
+    c.qa = qa_group(qa or {})
   if objective == "plm":
     # XLNet's own settings, for every XLNet config (its presets and imported models alike):
     # half of each segment reused as memory, spans of up to 5 words, attention dropout
@@ -328,3 +335,18 @@ def classify_group(values: dict) -> ml_collections.ConfigDict:
                                      # CoNLL files (0 = the word; -1 = the last)
   k.update(values)
   return k
+
+
+def qa_group(values: dict) -> ml_collections.ConfigDict:
+  """Extractive question answering (`plm-jax finetune --config qa:TASK`, configs/qa.py); the
+  task, schedule and data fields are the classify group's (plm_jax/qa_tasks.py)."""
+  q = ml_collections.ConfigDict()
+  q.max_query_length = 64            # question tokens kept (the rest cut)
+  q.doc_stride = 128                 # a context longer than a window is read in windows that
+                                     # start this many tokens apart (they overlap)
+  q.max_answer_length = 30           # the longest answer predicted, in tokens
+  q.n_best = 20                      # start and end candidates per window
+  q.null_score_diff_threshold = 0.0  # unanswerable tasks: predict no answer when the null score
+                                     # (start + end logit of [CLS]) beats the best span's by more
+  q.update(values)
+  return q

@@ -9,6 +9,7 @@ from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.finetune.predict import evaluate_classifier
+from plm_jax.finetune.qa_run import evaluate_qa
 from plm_jax.finetune.tag_run import evaluate_tagger
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
@@ -31,6 +32,8 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   if saved.objective.name == "classify":
     return evaluate_classifier(workdir, step, best=best, split=split, devices=devices,
                                config=config)
+  if saved.objective.name == "qa":
+    return evaluate_qa(workdir, step, best=best, split=split, devices=devices, config=config)
   if best or split != "validation":
     raise ConfigError("--best and --split are for fine-tuned runs (plm-jax finetune); a "
                       "pretraining run is evaluated on its held-out documents")
@@ -39,8 +42,8 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   if eval_steps is not None:
     with config.unlocked():
       config.train.eval_steps = eval_steps
-  eval_data = loader.Batches(config, load_data(config, loaded.tokenizer, eval_only=True), loader.EVAL,
-                             mesh=trainer.mesh)
+  held_out = load_data(config, loaded.tokenizer, eval_only=True)
+  eval_data = loader.Batches(config, held_out, loader.EVAL, mesh=trainer.mesh)
   steps = eval_data.eval_steps(config.train.eval_steps)
   metrics = evaluate_params(trainer, loaded.params, eval_data, steps)
   console(f"eval of {workdir} @ step {loaded.step} ({steps} batches of "

@@ -25,6 +25,7 @@ from plm_jax.models.bert import BertForPreTraining
 from plm_jax.models.classifier import HEAD_PARAMS, EncoderClassifier, GPTClassifier
 from plm_jax.models.config import ModelConfig
 from plm_jax.models.gpt import GPTLMHeadModel
+from plm_jax.models.span_head import EncoderSpanModel, XLNetSpanModel
 from plm_jax.models.tagger import EncoderTagger, GPTTagger, XLNetTagger
 from plm_jax.models.xlnet import XLNetClassifier, XLNetLMHeadModel
 
@@ -55,10 +56,18 @@ class Family:
   embeddings: tuple[str, ...]        # top-level parameter names of the embeddings (depth 0)
   body_root: tuple[str, ...] = ()    # the body's parameters live under this path
   tagger: type | None = None         # the token classifier on the same body
+  span_model: type | None = None     # extractive question answering (start / end logits) on
+                                     # the same body; None: not a QA family (no bidirectional
+                                     # context of the question for every token)
 
   def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The pretraining model, or the classifier when cfg.num_labels > 0 (the tagger with
-    cfg.token_labels)."""
+    cfg.token_labels), or the span model when cfg.span_head."""
+    if cfg.span_head:
+      if self.span_model is None:
+        raise ConfigError(f"{self.name} has no question-answering head; extractive question "
+                          f"answering fine-tunes {', '.join(span_families())}")
+      return self.span_model(cfg, rngs=rngs)
     if cfg.num_labels and cfg.token_labels:
       return self.tagger(cfg, rngs=rngs)
     return (self.classifier if cfg.num_labels else self.model)(cfg, rngs=rngs)
@@ -86,7 +95,8 @@ _CLS_A_SEP_B_SEP = PairLayout(("cls",), ("sep",), ("sep",), 1)
 _ENCODER = dict(model=BertForPreTraining, classifier=EncoderClassifier, tagger=EncoderTagger,
                 decoder=False,
                 flops_per_token=flops.encoder_flops_per_token,
-                embeddings=("embeddings", "projection"), body_root=("encoder",))
+                embeddings=("embeddings", "projection"), body_root=("encoder",),
+                span_model=EncoderSpanModel)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("bert", objectives=("mlm_nsp", "mlm", "mlm_sop"), tokenizer_kind="wordpiece",
@@ -107,7 +117,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            tokenizer_kind="unigram", decoder=False,
            pair_layout=PairLayout((), ("sep",), ("sep", "cls"), 1, last_segment=2),
            hf=hf_tables.XLNET, flops_per_token=flops.xlnet_flops_per_token,
-           embeddings=("word", "mask"), body_root=("transformer",), tagger=XLNetTagger),
+           embeddings=("word", "mask"), body_root=("transformer",), tagger=XLNetTagger,
+           span_model=XLNetSpanModel),
 )}
 
 
@@ -120,6 +131,11 @@ def get(name: str) -> Family:
 def build(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
   """The model of `cfg` (its family's pretraining model, or classifier when num_labels > 0)."""
   return get(cfg.family).build(cfg, rngs)
+
+
+def span_families() -> list[str]:
+  """The families extractive question answering fine-tunes (those with a span model)."""
+  return [f.name for f in FAMILIES.values() if f.span_model is not None]
 
 
 def by_hf_model_type(model_type: str) -> Family | None:

@@ -35,7 +35,8 @@ from plm_jax import families
 from plm_jax.configlib import make_config
 from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer
 from plm_jax.errors import CheckpointError
-from plm_jax.hf_tables import base_kind, expected_hf_shape, part_index, to_hf, to_ours
+from plm_jax.hf_tables import (base_kind, entries_of, expected_hf_shape, part_index, to_hf,
+                               to_ours)
 from plm_jax.models.config import FINETUNED, ModelConfig, model_config
 
 
@@ -126,6 +127,9 @@ def hf_config_from_plm(config, vocab_size: int, tokenizer: TextTokenizer | None,
   class, its labels and `pad_id`, the padding token of its exported tokenizer."""
   spec = families.get(config.model.family).hf
   out = spec.to_hf(config.model, vocab_size, tokenizer)
+  if config.objective.name == "qa":
+    return {**out, "architectures": [spec.span_model],
+            **({"pad_token_id": pad_id} if pad_id is not None else {})}
   if config.objective.name not in FINETUNED:
     return out
   k = config.classify
@@ -222,7 +226,7 @@ def params_from_hf(weights: dict, mcfg: ModelConfig, template: dict) -> tuple[di
   """Fills `template` (a pure dict of arrays with the right shapes) from HF `weights`;
   returns the params and the paths left at their initial values (absent heads)."""
   spec = families.get(mcfg.family).hf
-  body, heads = spec.table(mcfg, _prefix(weights, spec))
+  body, heads = entries_of(spec, mcfg, _prefix(weights, spec))
   params = jax.tree.map(np.array, template)         # writable copies: slices are set in place
   has_heads = any(_lookup(weights, k) is not None for k, _, _ in heads)
   fresh = []
@@ -255,7 +259,7 @@ def hf_tensors(params: dict, mcfg: ModelConfig, fetch: Callable = None
   when it is its turn)."""
   fetch = fetch or _fetch
   spec = families.get(mcfg.family).hf
-  body, heads = spec.table(mcfg, spec.prefix)
+  body, heads = entries_of(spec, mcfg, spec.prefix)
   for key, table_path, kind in body + heads:
     if _not_exported(spec, key):
       continue                                   # e.g. RobertaForMaskedLM has no pooler
@@ -361,7 +365,9 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
   tensors = dict(hf_tensors(params, mcfg))
   if jax.process_index() != 0:
     return
-  classifier = config.objective.name in FINETUNED     # and taggers: the same tokenizer
+  # fine-tuned models (classifiers, taggers, question answering) come with the tokenizer of
+  # their layout
+  classifier = config.objective.name in FINETUNED
   vocab_size, pad_id, spec = mcfg.vocab_size, None, families.get(config.model.family).hf
   if classifier:
     if tokenizer is None:
@@ -369,7 +375,7 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
     tokenizer, pad_id = classifier_tokenizer(tokenizer, config.model.family)
     if pad_id >= vocab_size:          # a padding token of its own, past the embedding table:
       vocab_size = pad_id + 1         # a zero row (only ever at padded positions, never read)
-      key = next(k for k, path, _ in spec.table(mcfg, spec.prefix)[0]
+      key = next(k for k, path, _ in entries_of(spec, mcfg, spec.prefix)[0]
                  if path == spec.word_embedding)
       table = tensors[key]
       tensors[key] = np.concatenate(

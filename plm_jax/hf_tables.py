@@ -50,15 +50,9 @@ class HFSpec:
   token_type_ids: bool = True
   own_pad: bool = False
   tagger: str = ""                   # a fine-tuned token tagger's class (*ForTokenClassification)
-
-  def table(self, mcfg: ModelConfig, prefix: str) -> tuple[list[Entry], list[Entry]]:
-    """`entries`, or for a token tagger (mcfg.token_labels) *ForTokenClassification's: the
-    body without the pooler (transformers builds those bodies without one) and `classifier`."""
-    if not (mcfg.num_labels and mcfg.token_labels):
-      return self.entries(mcfg, prefix)
-    body, _ = self.entries(dataclasses.replace(mcfg, num_labels=0, token_labels=False), prefix)
-    return ([e for e in body if "pooler" not in e[1]],
-            _dense("classifier", ("classifier",), "linear"))
+  # A fine-tuned question-answering model (mcfg.span_head) is written as `span_model`
+  # (AutoModelForQuestionAnswering): the body without its pooler, and `qa_outputs`.
+  span_model: str = ""
 
 
 # --- building blocks of the tables ---------------------------------------------------------------
@@ -191,6 +185,20 @@ def xlnet_entries(mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
     return body, (_dense("sequence_summary.summary", ("classifier", "summary"), "linear")
                   + _dense("logits_proj", ("classifier", "logits"), "linear"))
   return body, [("lm_loss.bias", ("lm_bias",), "same")]     # lm_loss.weight is the embedding
+
+
+def entries_of(spec: HFSpec, mcfg: ModelConfig, p: str) -> tuple[list[Entry], list[Entry]]:
+  """The family's table; for a fine-tuned token tagger (mcfg.token_labels) or question-answering
+  model (mcfg.span_head), the body without the [CLS] pooler (transformers builds the
+  *ForTokenClassification and *ForQuestionAnswering bodies without one) and the head, one
+  Linear over every token: `classifier` (hidden -> tags) or `qa_outputs` (hidden -> 2: start,
+  end)."""
+  if not (mcfg.span_head or (mcfg.num_labels and mcfg.token_labels)):
+    return spec.entries(mcfg, p)
+  body, _ = spec.entries(dataclasses.replace(mcfg, num_labels=0, token_labels=False,
+                                             span_head=False), p)
+  head = "qa_outputs" if mcfg.span_head else "classifier"
+  return [e for e in body if "pooler" not in e[1]], _dense(head, (head,), "linear")
 
 
 # --- layouts -------------------------------------------------------------------------------------
@@ -375,15 +383,16 @@ def _xlnet_to_hf(m, vocab_size: int, tokenizer) -> dict:
 ENCODER_WORDS = ("encoder", "embeddings", "word", "embedding")
 BERT = HFSpec("bert", "bert.", "BertForPreTraining", bert_entries, _encoder_from_hf,
               _bert_to_hf, ENCODER_WORDS, classifier="BertForSequenceClassification",
-              tagger="BertForTokenClassification")
+              tagger="BertForTokenClassification", span_model="BertForQuestionAnswering")
 ROBERTA = HFSpec("roberta", "roberta.", "RobertaForMaskedLM", roberta_entries, _roberta_from_hf,
                  _roberta_to_hf, ENCODER_WORDS, not_exported=("pooler",),
                  classifier="RobertaForSequenceClassification",
-                 tagger="RobertaForTokenClassification")
+                 tagger="RobertaForTokenClassification",
+                 span_model="RobertaForQuestionAnswering")
 ALBERT = HFSpec("albert", "albert.", "AlbertForPreTraining", albert_entries, _albert_from_hf,
                 _albert_to_hf, ENCODER_WORDS, check=_albert_check,
                 classifier="AlbertForSequenceClassification",
-                tagger="AlbertForTokenClassification")
+                tagger="AlbertForTokenClassification", span_model="AlbertForQuestionAnswering")
 # GPT-2's head reads the rightmost token that is not config.pad_token_id; our classifier reads
 # the last real token, the closing <|endoftext|>, which is also what GPT-2 pads with: the
 # exported tokenizer pads with a token of its own (own_pad), on the right (absolute positions).
@@ -396,4 +405,5 @@ GPT2 = HFSpec("gpt2", "transformer.", "GPT2LMHeadModel", gpt2_entries, _gpt2_fro
 XLNET = HFSpec("xlnet", "transformer.", "XLNetLMHeadModel", xlnet_entries, _xlnet_from_hf,
                _xlnet_to_hf, ("transformer", "word", "embedding"),
                classifier="XLNetForSequenceClassification",
-               tagger="XLNetForTokenClassification", classifier_padding="left")
+               tagger="XLNetForTokenClassification", classifier_padding="left",
+               span_model="XLNetForQuestionAnsweringSimple")

@@ -66,7 +66,7 @@ def export_hf(workdir: str, out: str, step: int | None = None, best: bool = Fals
   mcfg = loaded.trainer.model_cfg
   hf.write_hf_directory(out, loaded.params, loaded.config, mcfg, loaded.tokenizer)
   kind = hf.hf_config_from_plm(loaded.config, mcfg.vocab_size, None)["architectures"][0]
-  labels = f", {mcfg.num_labels} output(s)" if classifier else ""
+  labels = f", {mcfg.num_labels} output(s)" if mcfg.num_labels else ""
   console(f"exported {workdir} @ {'best ' if best else ''}step {loaded.step} to {out} "
           f"({kind}{labels}, vocab {mcfg.vocab_size:,})")
   return {"out": out, "step": loaded.step}

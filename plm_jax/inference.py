@@ -76,7 +76,8 @@ def load_params(workdir: str, step: int | None = None, devices=None, config=None
 def _not_a_classifier(restored: Loaded, command: str) -> None:
   if restored.config.objective.name in FINETUNED:
     raise ConfigError(f"{command} needs a pretrained model with its language-model head; this "
-                      "workdir holds a fine-tuned classifier (use plm-jax evaluate), or give "
+                      f"workdir holds a fine-tuned {FINETUNED[restored.config.objective.name]} "
+                      "(use plm-jax evaluate), or give "
                       f"its pretraining run: {restored.config.classify.init_from}")
 
 

@@ -277,6 +277,11 @@ def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
             "attention_mask": ((b, t), np.int32), "labels": ((b, t), np.int32),
             "example_weights": ((b,), np.float32), "example_index": ((b,), np.int32)}
+  if config.objective.name == "qa":          # question answering: a window's answer span
+    return {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
+            "attention_mask": ((b, t), np.int32), "start_positions": ((b,), np.int32),
+            "end_positions": ((b,), np.int32), "example_weights": ((b,), np.float32),
+            "example_index": ((b,), np.int32)}
   if config.objective.name == "plm":
     s, p = config.objective.plm_segments, num_predict_for(t, config.objective.plm_k)
     return {**{k: ((b, s, t), np.int32) for k in ("input_ids", "segment_ids", "attention_mask",

@@ -89,8 +89,9 @@ def finetune(config, workdir: str, init_from: str | None = None, devices=None) -
 def with_body_of(config, body_config):
   """The fine-tuning config with the architecture of `body_config` (a pretraining run's)."""
   if body_config.objective.name in FINETUNED:
-    raise CheckpointError("--init-from holds a fine-tuned classifier already; start from the "
-                          "pretraining run (or import-hf workdir) it was fine-tuned from")
+    raise CheckpointError(f"--init-from holds a fine-tuned {FINETUNED[body_config.objective.name]}"
+                          " already; start from the pretraining run (or import-hf workdir) it "
+                          "was fine-tuned from")
   return _with_model_of(config, body_config)
 
 

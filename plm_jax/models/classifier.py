@@ -16,8 +16,9 @@ from plm_jax.models.config import ModelConfig
 from plm_jax.models.gpt import GPTLMHeadModel
 from plm_jax.models.layers import Dense, KeyStream, dropout, normal_init
 
-# Top-level parameter names of each head (new at fine-tuning, never taken from pretraining).
-HEAD_PARAMS = ("classifier", "score")
+# Top-level parameter names of each head (new at fine-tuning, never taken from pretraining);
+# "qa_outputs": the start / end head of question answering (plm_jax/models/span_head.py).
+HEAD_PARAMS = ("classifier", "score", "qa_outputs")
 
 
 def _head(cfg: ModelConfig, use_bias: bool, rngs: nnx.Rngs) -> Dense:

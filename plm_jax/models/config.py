@@ -8,8 +8,9 @@ from plm_jax import accelerator
 from plm_jax.models.layers import BlockConfig
 
 # The objectives of fine-tuning runs (a pretrained body, a new head, the config's classify
-# group): sequence classification and token tagging.
-FINETUNED = ("classify", "tag")
+# group), and what such a run holds: the commands that need a pretraining run refuse these by
+# name.
+FINETUNED = {"classify": "classifier", "tag": "token tagger", "qa": "question-answering model"}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -48,6 +49,8 @@ class ModelConfig:
   num_labels: int = 0                 # > 0: a sequence classifier with this many outputs
                                       # (1 = regression) instead of the pretraining heads
   token_labels: bool = False          # with num_labels: a token tagger (one label a position)
+  span_head: bool = False             # extractive question answering: start / end logits per
+                                      # token instead of the pretraining heads
 
   @property
   def embed_dim(self) -> int:
@@ -96,5 +99,7 @@ def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
       position_offset=m.position_offset, pad_token_id=pad_token_id,
       mem_len=m.mem_len, reuse_len=config.objective.reuse_len if m.mem_len else 0,
       clamp_len=m.clamp_len,
-      num_labels=config.classify.num_classes if config.objective.name in FINETUNED else 0,
-      token_labels=config.objective.name == "tag")
+      num_labels=(config.classify.num_classes if config.objective.name in ("classify", "tag")
+                  else 0),
+      token_labels=config.objective.name == "tag",
+      span_head=config.objective.name == "qa")

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from plm_jax.objectives.losses import classification_stats, safe_div
 from plm_jax.objectives.output_ce import output_stats
 from plm_jax.objectives.permutation import perm_mask
+from plm_jax.objectives.span import SpanExtraction
 
 # Tokens per device in one chunk of the output layer's cross-entropy (objective.loss_chunk).
 LOSS_CHUNK = 8192
@@ -228,7 +229,7 @@ class TokenClassification:
 
 OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
               "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification(),
-              "tag": TokenClassification()}
+              "tag": TokenClassification(), "qa": SpanExtraction()}
 
 
 def get(name: str):
@@ -241,6 +242,8 @@ def for_config(config):
     return Classification(regression=config.classify.num_classes == 1)
   if config.objective.name == "tag":
     return TokenClassification()
+  if config.objective.name == "qa":
+    return SpanExtraction()
   if config.objective.name == "plm":
     return PermutationLM(config.objective.loss_chunk, config.objective.reuse_len)
   return type(get(config.objective.name))(loss_chunk=config.objective.loss_chunk)

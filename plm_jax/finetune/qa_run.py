@@ -1,0 +1,219 @@
+"""`plm-jax finetune --config qa:TASK`: a pretrained body + a start / end head trained for
+extractive question answering; the best checkpoint by F1 (or exact match) is kept beside the
+latest, as for classification (plm_jax/finetune/run.py, whose machinery this reuses).
+
+Workdir of a question-answering run (as a classifier's, plus):
+  test_report.json                 SQuAD's metrics of the best checkpoint on the validation (and
+                                   test) split
+  validation_predictions.json      {question id: answer text} of the best checkpoint, the file
+  test_predictions.json            SQuAD's evaluation script takes ("" = no answer)
+  validation_null_odds.json        unanswerable tasks: {id: null score - best span score}, the
+                                   script's na_prob file (its best-threshold sweep)
+"""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from plm_jax import checkpoint, checks, distributed, parallel, workdir as workdirs
+from plm_jax.data import loader
+from plm_jax.errors import CheckpointError, ConfigError, DataError
+from plm_jax.finetune import qa_data
+from plm_jax.finetune.predict import SPLITS, prepared_split
+from plm_jax.finetune.qa_metrics import best_thresholds, squad_metrics
+from plm_jax.finetune.run import (BestCheckpoint, body_and_new_head, resolve_schedule,
+                                  start_config)
+from plm_jax.inference import load_params
+from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.models.config import padded_vocab
+from plm_jax.models.partitioning import axis_rules
+from plm_jax.scaffold import Run
+from plm_jax.trainer import Trainer
+
+# evaluate --split: the names classification takes
+QA_SPLITS = {name: getattr(qa_data, split.upper()) for name, split in SPLITS.items()}
+
+
+def finetune_qa(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
+  """Fine-tunes (or resumes fine-tuning in `workdir`) for question answering; returns the final
+  report."""
+  devices = jax.devices() if devices is None else list(devices)
+  found = workdirs.inspect(workdir)
+  resume_step = distributed.agree(found.step)
+  config, tokenizer = start_config(config, workdir, init_from, found)
+  checks.validate(config, len(devices))          # before any data is read
+  data = load_qa_data(config, tokenizer, workdir, found)
+  metric = config.classify.metric or "f1"
+  mesh = parallel.mesh_for(config, devices)
+  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
+                           tokenizer.pad_id)
+  predictor = SpanPredictor(trainer)
+  eval_batches = loader.Batches(config, prepared_split(data, qa_data.EVAL), loader.EVAL,
+                                mesh=mesh)
+
+  with Run(config, workdir, trainer, resume_step) as run:
+    best = BestCheckpoint(run.extra_manager(checkpoint.BEST_DIR, keep=1), metric,
+                          resuming=resume_step is not None)
+    state, meta = run.start(lambda: body_and_new_head(trainer, config.classify.init_from,
+                                                      devices))
+    run.accept(tokenizer)
+    run.describe(f"{config.model.family} {config.model.size} span extractor (start / end "
+                 f"logits); {config.train.steps} steps ({config.classify.epochs:g} epochs), "
+                 f"best by {metric}")
+    train_step = run.compile()
+
+    def on_eval(state, step):
+      report, _ = split_answers(config, data, qa_data.EVAL,
+                                predictor(state["params"], eval_batches))
+      best.offer(state, step, report)
+      run.writer.write(step, "eval", report)
+      console(f"eval @ step {step}: {format_metrics(report, trainer.objective.eval_keys)} | "
+              f"best {metric} {best.value:.2f} @ step {best.step}")
+
+    train_batches = loader.Batches(config, prepared_split(data, qa_data.EVAL), loader.TRAIN,
+                                   mesh=mesh)
+    state = run.loop(train_step, state, meta, run.batches(train_batches, meta), on_eval)
+    if best.step != int(state["step"]):
+      on_eval(state, int(state["step"]))
+  run.summary(int(state["step"]))
+  return qa_test_report(workdir, config, trainer, predictor, data, best.step, metric)
+
+
+def load_qa_data(config, tokenizer, workdir: str, found: workdirs.Found) -> qa_data.QAData:
+  """The task's windows; sets the schedule (epochs -> steps, counted in train windows)."""
+  t0 = time.time()
+  data = qa_data.load(config, tokenizer)
+  if found.config is not None:
+    diffs = workdirs.identity_mismatches(found.config, config)
+    if diffs:
+      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of another model or "
+                            f"data ({'; '.join(diffs)}); use a fresh --workdir")
+  resolve_schedule(config, len(data.splits[qa_data.TRAIN]["input_ids"]))
+  parts = [f"{len(data.examples[s]):,} {s} questions in {len(a['input_ids']):,} windows"
+           for s, a in data.splits.items()]
+  cut = sum(w.cut_questions for w in data.windows.values())
+  console(f"data: {config.classify.task} ({', '.join(data.descriptions.values())}): "
+          + ", ".join(parts) + f" of {config.data.max_seq_length} tokens"
+          + f"{' (with unanswerable questions)' if data.task.unanswerable else ''}; skipped "
+          + ", ".join(f"{data.skipped[s]} {s}" for s in data.splits)
+          + f"; {cut} questions cut to {config.qa.max_query_length} tokens; "
+          f"{time.time() - t0:.1f}s")
+  return data
+
+
+class SpanPredictor:
+  """Runs the span model over a whole split: start and end logits of every window, in order."""
+
+  def __init__(self, trainer):
+    graphdef, rules, mesh = trainer.graphdef, parallel.rules_dict(trainer.config), trainer.mesh
+
+    def step(params, batch):
+      with axis_rules(rules, mesh):
+        out = nnx.merge(graphdef, params)(batch["input_ids"], batch["segment_ids"],
+                                          batch["attention_mask"])
+        return (out["start_logits"], out["end_logits"], batch["example_weights"],
+                batch["example_index"])
+
+    self.trainer = trainer
+    self.step = jax.jit(step, in_shardings=(trainer.state_shardings["params"],
+                                            trainer.batch_shardings),
+                        out_shardings=parallel.replicated(mesh))
+
+  def __call__(self, params, batches: loader.Batches) -> dict[str, np.ndarray]:
+    parts = [jax.device_get(self.step(params, loader.to_global(
+        batches.batch(i), self.trainer.batch_shardings))) for i in range(batches.eval_steps(0))]
+    if not parts:
+      raise DataError("the split holds no questions to evaluate")
+    start, end, weights, index = (np.concatenate(p) for p in zip(*parts))
+    keep = weights > 0
+    order = np.argsort(index[keep], kind="stable")
+    return {"start_logits": start[keep][order], "end_logits": end[keep][order]}
+
+  def split(self, params, config, data: qa_data.QAData, split: str) -> dict:
+    return self(params, loader.Batches(config, prepared_split(data, split), loader.EVAL,
+                                       mesh=self.trainer.mesh))
+
+
+def split_answers(config, data: qa_data.QAData, split: str, logits: dict) -> tuple[dict, dict]:
+  """(metrics, answers): SQuAD's metrics of the split's questions (only their count when it has
+  no answers), and {"predictions", "null_diffs"} by question id."""
+  q, v2 = config.qa, data.task.unanswerable
+  examples = data.examples[split]
+  predictions, spans, diffs = qa_data.best_answers(
+      examples, data.windows[split], logits["start_logits"], logits["end_logits"], q.n_best,
+      q.max_answer_length, v2, q.null_score_diff_threshold)
+  report = {"examples": len(examples)}
+  if data.labeled[split]:
+    golds = {e.id: e.answers for e in examples}
+    report.update(squad_metrics(golds, predictions, v2))
+    if v2:
+      report.update(best_thresholds(golds, spans, diffs))
+  return report, {"predictions": predictions, "null_diffs": diffs}
+
+
+def qa_test_report(workdir, config, trainer, predictor, data, best_step: int,
+                   metric: str) -> dict:
+  """The best checkpoint on the validation and test splits; writes test_report.json and the
+  predictions files."""
+  with checkpoint.make_manager(workdir, read_only=True, subdir=checkpoint.BEST_DIR) as manager:
+    params = checkpoint.restore(manager, best_step, trainer.abstract_state,
+                                trainer.state_shardings, params_only=True)["params"]
+  report = {"workdir": os.path.abspath(workdir), "task": config.classify.task,
+            "best_step": best_step, "metric": metric}
+  for split, name in ((qa_data.EVAL, "validation"), (qa_data.TEST, "test")):
+    if split not in data.splits:
+      continue
+    report[name], answers = split_answers(config, data, split,
+                                          predictor.split(params, config, data, split))
+    console(f"{name} ({data.descriptions[split]}) @ best step {best_step}: "
+            + (format_metrics(report[name], trainer.objective.eval_keys) if data.labeled[split]
+               else f"{report[name]['examples']:,} questions without answers: predictions only"))
+    write_answers(workdir, name, answers, data.task.unanswerable)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "test_report.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def write_answers(workdir: str, name: str, answers: dict, unanswerable: bool) -> None:
+  """{id: answer} as the SQuAD evaluation script takes it; with unanswerable questions also the
+  null-score differences (its --na-prob-file)."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, f"{name}_predictions.json"), "w", encoding="utf-8") as f:
+    json.dump(answers["predictions"], f, indent=1, ensure_ascii=False)
+  if unanswerable:
+    # a question without any valid span scores +inf: certainly unanswerable (JSON has no inf)
+    odds = {k: float(min(v, 1e9)) for k, v in answers["null_diffs"].items()}
+    with open(os.path.join(workdir, f"{name}_null_odds.json"), "w", encoding="utf-8") as f:
+      json.dump(odds, f, indent=1)
+
+
+def evaluate_qa(workdir: str, step: int | None = None, best: bool = False,
+                split: str = "validation", devices=None, config=None) -> dict:
+  """SQuAD's metrics of a fine-tuned checkpoint (the latest, `step`, or the best) on a split;
+  writes eval_[best_]step_N_SPLIT.json and its predictions."""
+  if split not in QA_SPLITS:
+    raise ConfigError(f"--split {split!r} is not one of {sorted(QA_SPLITS)}")
+  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
+  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
+  data = qa_data.load(loaded.config, loaded.tokenizer)
+  if QA_SPLITS[split] not in data.splits:
+    raise ConfigError(f"the task {loaded.config.classify.task!r} has no {split} split here")
+  logits = SpanPredictor(loaded.trainer).split(loaded.params, loaded.config, data,
+                                               QA_SPLITS[split])
+  report, answers = split_answers(loaded.config, data, QA_SPLITS[split], logits)
+  console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
+          + format_metrics(report, loaded.trainer.objective.eval_keys))
+  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "split": split,
+            "best": best, **report}
+  name = f"eval_{'best_' if best else ''}step_{loaded.step}_{split}"
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"{name}.json"), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+  write_answers(workdir, name, answers, data.task.unanswerable)
+  return result
