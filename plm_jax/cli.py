@@ -27,6 +27,7 @@ from plm_jax.bench import bench, bench_decode
 from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
+from plm_jax.finetune.generation import finetune_generator
 from plm_jax.finetune.run import finetune
 from plm_jax.generate import SamplingConfig
 from plm_jax.hf_workdir import export_hf, import_hf
@@ -146,6 +147,11 @@ def _fill_mask(config, a):
   return results
 
 
+def _finetune_of(config):
+  """Generation fine-tuning (configs seq2seq:TASK) or classification (classify:TASK)."""
+  return finetune_generator if config.objective.name == "seq2seq" else finetune
+
+
 def _ints(text: str, flag: str) -> list[int]:
   try:
     return [int(x) for x in text.split(",")]
@@ -157,8 +163,9 @@ COMMANDS = {c.name: c for c in (
     Command("train", "pretrain, or resume from the workdir's latest checkpoint",
             lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
             "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
-    Command("finetune", "fine-tune a pretrained body with a new classification head",
-            lambda config, a: finetune(config, a.workdir, init_from=a.init_from),
+    Command("finetune", "fine-tune a pretrained body with a new classification head "
+            "(--config classify:TASK), or a GPT on prompt -> completion pairs (seq2seq:TASK)",
+            lambda config, a: _finetune_of(config)(config, a.workdir, init_from=a.init_from),
             (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "
                               "whose latest checkpoint the body starts from")), FILE, True,
             "plm-jax finetune --config configs/classify.py:builtin --init-from runs/bert-tiny "

@@ -8,6 +8,7 @@ import jax
 from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
+from plm_jax.finetune.generation import evaluate_generator
 from plm_jax.finetune.predict import evaluate_classifier
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
@@ -28,6 +29,9 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   if saved.objective.name == "classify":
     return evaluate_classifier(workdir, step, best=best, split=split, devices=devices,
                                config=config)
+  if saved.objective.name == "seq2seq":
+    return evaluate_generator(workdir, step, best=best, split=split, devices=devices,
+                              config=config)
   if best or split != "validation":
     raise ConfigError("--best and --split are for fine-tuned runs (plm-jax finetune); a "
                       "pretraining run is evaluated on its held-out documents")

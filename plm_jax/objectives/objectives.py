@@ -197,8 +197,18 @@ class Classification:
     return {"loss": loss, "accuracy": safe_div(stats["cls_correct"], stats["cls_count"])}
 
 
+class GenerationLM(CausalLM):
+  """Generation fine-tuning (prompt -> completion): the causal LM loss, whose label weights the
+  loader sets on the completion tokens only; evaluations add the scores of decoded text."""
+
+  name = "seq2seq"
+  eval_keys = ("loss", "perplexity", "lm_accuracy", "bleu", "rouge1", "rouge2", "rougeL",
+               "exact_match")
+
+
 OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
-              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification()}
+              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification(),
+              "seq2seq": GenerationLM()}
 
 
 def get(name: str):
