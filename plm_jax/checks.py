@@ -13,6 +13,7 @@ import jax
 from plm_jax import accelerator, families, trackers
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
+from plm_jax.gen_tasks import validate_seq2seq
 from plm_jax.models.config import FINETUNED
 from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
@@ -69,6 +70,9 @@ def _objective(config) -> None:
     return
   if name in FINETUNED:
     validate_classify(config)           # fine-tuning: the classify group instead of a builder
+    return
+  if name == "seq2seq":
+    validate_seq2seq(config)            # generation fine-tuning: the seq2seq group
     return
   if name not in family.objectives:
     raise ConfigError(f"objective.name={name!r} does not fit model.family={family.name!r}; use "

@@ -27,6 +27,7 @@ from plm_jax.bench import bench, bench_decode
 from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
+from plm_jax.finetune.generation import finetune_generator
 from plm_jax.finetune.qa_run import finetune_qa
 from plm_jax.finetune.run import finetune
 from plm_jax.finetune.tag_run import finetune_tagger
@@ -156,14 +157,14 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 # `plm-jax finetune` by the config's objective (classification is the default)
-FINETUNERS = {"tag": finetune_tagger, "qa": finetune_qa}
+FINETUNERS = {"tag": finetune_tagger, "qa": finetune_qa, "seq2seq": finetune_generator}
 
 COMMANDS = {c.name: c for c in (
     Command("train", "pretrain, or resume from the workdir's latest checkpoint",
             lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
             "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
     Command("finetune", "fine-tune a pretrained body with a new classification, tagging or "
-            "question-answering head",
+            "question-answering head, or a GPT on prompt -> completion pairs (seq2seq:TASK)",
             lambda config, a: FINETUNERS.get(config.objective.name, finetune)(
                 config, a.workdir, init_from=a.init_from),
             (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "

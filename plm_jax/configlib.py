@@ -87,15 +87,16 @@ def apply_extra(config, row: dict) -> ml_collections.ConfigDict:
 DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences", "plm": "plm",
                     "causal_lm": "blocks", "classify": "classify",
                     "tag": "classify",
-                    "qa": "classify"}       # tagged rows and QA windows are served as
+                    "qa": "classify",       # tagged rows and QA windows are served as
                                             # classification rows are
+                    "seq2seq": "seq2seq"}
 
 
 def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
                 objective: str | None = None, data: dict | None = None,
                 train: dict | None = None, optim: dict | None = None,
-                classify: dict | None = None, qa: dict | None = None
-                ) -> ml_collections.ConfigDict:
+                classify: dict | None = None, qa: dict | None = None,
+                seq2seq: dict | None = None) -> ml_collections.ConfigDict:
   """The full config: `model` gives the shape (hidden_size, num_layers, num_heads, mlp_dim,
   max_position, layer_norm_eps and any family-specific field), `data` / `train` / `optim` /
   `classify` the values that differ from the defaults below; `objective` defaults to the
@@ -115,6 +116,8 @@ def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
     # question answering: the fine-tuning fields of the classify group, and its own
     c.classify = classify_group(classify or {})
     c.qa = qa_group(qa or {})
+  if objective == "seq2seq":
+    c.seq2seq = seq2seq_group(seq2seq or {})
   if objective == "plm":
     # XLNet's own settings, for every XLNet config (its presets and imported models alike):
     # half of each segment reused as memory, spans of up to 5 words, attention dropout
@@ -163,7 +166,8 @@ def objective_group(objective: str) -> ml_collections.ConfigDict:
   o = ml_collections.ConfigDict()
   o.name = objective                 # "mlm_nsp" (BERT), "mlm_sop" (ALBERT), "mlm" (RoBERTa,
                                      # no sentence-pair task), "causal_lm" (GPT), or "classify"
-                                     # (fine-tuning; see the classify group); the
+                                     # (fine-tuning; see the classify group), "seq2seq" (GPT
+                                     # generation fine-tuning; the seq2seq group); the
                                      # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
   o.masking = "token"                # what is chosen: "token" (BERT, RoBERTa), "word" (whole
@@ -350,3 +354,50 @@ def qa_group(values: dict) -> ml_collections.ConfigDict:
                                      # (start + end logit of [CLS]) beats the best span's by more
   q.update(values)
   return q
+
+
+# --- generation fine-tuning (issue 15) -------------------------------------------------------------
+
+def seq2seq_group(values: dict) -> ml_collections.ConfigDict:
+  """Generation fine-tuning of a GPT (`plm-jax finetune --config seq2seq:TASK`)."""
+  g = ml_collections.ConfigDict()
+  g.task = ""                        # a task of plm_jax/gen_tasks.py (wmt14_de_en, cnn_dailymail,
+                                     # xsum, ...) or "jsonl" / "tsv" (files below)
+  g.init_from = ""                   # the workdir the model was restored from (set by finetune)
+  g.tfds_name = ""                   # TFDS dataset ("" = the task's)
+  g.tfds_data_dir = ""               # TFDS data_dir ("" = TFDS's default)
+  g.train_path = ""                  # jsonl / tsv: the train file
+  g.eval_path = ""                   # the validation file ("" = data.eval_fraction of train)
+  g.test_path = ""                   # the test file ("" = no test report)
+  g.train_split = ""                 # TFDS splits ("" = the task's)
+  g.eval_split = ""
+  g.test_split = ""
+  g.source_field = ""                # the field / column of the source ("" = the task's;
+                                     # files: "source")
+  g.target_field = ""                # of the target ("" = the task's; files: "target")
+  g.template = ""                    # the prompt, "{source}" in it ("" = the task's: "{source} ="
+                                     # for translation, "{source}\nTL;DR:" for summaries)
+  g.target_prefix = "default"        # text put before the target ("default" = the task's: " ")
+  g.metric = ""                      # the best checkpoint's metric: bleu, rouge1, rouge2, rougeL,
+                                     # exact_match, loss ("" = the task's)
+  g.max_target_length = 0            # target tokens kept (0 = as many as data.max_seq_length
+                                     # leaves); the source is cut first
+  g.epochs = 3.0                     # > 0: train.steps = epochs x packed train rows / batch_size
+  g.warmup_fraction = 0.1            # > 0: optim.warmup_steps = this x train.steps
+  g.eval_examples = 256              # validation prompts decoded at each evaluation (0 = no
+                                     # decoding: the best checkpoint by validation loss)
+  g.report_examples = 0              # prompts decoded for the final report and `evaluate`
+                                     # (0 = the whole split)
+  g.decode = "greedy"                # "greedy", "sample" (temperature, top_k, top_p) or "beam"
+  g.beam_size = 4                    # beam: hypotheses kept per prompt
+  g.length_penalty = 0.6             # beam: Wu et al. (2016)'s alpha: log p / ((5+n)/6)^alpha
+  g.temperature = 1.0                # sample: softmax temperature
+  g.top_k = 0                        # sample: the k best tokens only (0 = all)
+  g.top_p = 1.0                      # sample: nucleus mass (1 = all)
+  g.seed = 0                         # sample: its seed
+  g.max_new_tokens = 64              # tokens generated per prompt at most
+  g.decode_batch = 32                # prompts decoded together
+  g.update(values)
+  return g
+
+

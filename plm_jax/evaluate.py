@@ -8,6 +8,7 @@ import jax
 from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
+from plm_jax.finetune.generation import evaluate_generator
 from plm_jax.finetune.predict import evaluate_classifier
 from plm_jax.finetune.qa_run import evaluate_qa
 from plm_jax.finetune.tag_run import evaluate_tagger
@@ -34,6 +35,9 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
                                config=config)
   if saved.objective.name == "qa":
     return evaluate_qa(workdir, step, best=best, split=split, devices=devices, config=config)
+  if saved.objective.name == "seq2seq":
+    return evaluate_generator(workdir, step, best=best, split=split, devices=devices,
+                              config=config)
   if best or split != "validation":
     raise ConfigError("--best and --split are for fine-tuned runs (plm-jax finetune); a "
                       "pretraining run is evaluated on its held-out documents")

@@ -4,7 +4,9 @@ The prompt is processed once (prefill), then one token per step, each step readi
 keys/values instead of recomputing the prefix, so the cost per new token stays flat as the
 sequence grows. Prompts of different lengths are left-padded into a bucket (a multiple of
 `bucket`), so each (batch, bucket, max_new_tokens) shape compiles once. Greedy decoding
-(temperature 0) or sampling with temperature, top-k and top-p, reproducible from a seed.
+(temperature 0) or sampling with temperature, top-k and top-p, reproducible from a seed; or
+beam search (`beam_search`), whose hypotheses share the same cache layout with the batch rows
+reordered after every step.
 
 `greedy` (recomputing the whole prefix every step) is the plain reference the cached decoder is
 tested against.
@@ -13,6 +15,7 @@ tested against.
 import dataclasses
 import functools
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -178,3 +181,158 @@ def greedy(model: nnx.Module, prompt_ids: np.ndarray, max_new_tokens: int,
   for length in range(t0, total):
     buffer, done = one(params, buffer, length, done)
   return np.asarray(buffer)
+
+
+# --- beam search -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+  beam_size: int = 4
+  max_new_tokens: int = 32
+  # Wu et al. (2016)'s length penalty: a finished hypothesis of n tokens (its end-of-text
+  # included) scores log p / ((5 + n) / 6) ** alpha; 0 = the plain log-probability, which
+  # favours short outputs. 0.6 is GNMT's and T5's value.
+  length_penalty: float = 0.6
+  eos_id: int | None = None
+
+
+def length_penalty(length: int, alpha: float) -> float:
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+# scorer(parents, tokens) -> (log-probs [B, K, C], token ids [B, K, C]): the best C next tokens
+# of every live hypothesis after it is extended by `tokens` [B * K] (parents [B * K]: the flat
+# row each new hypothesis continues); parents is None for the first call (the prompts alone).
+Scorer = Callable[[np.ndarray | None, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
+
+
+def beam_loop(scorer: Scorer, batch: int, cfg: BeamConfig) -> list[list[int]]:
+  """The host side of beam search, over any scorer (a model with its cache, or a table in the
+  tests). Keeps K live hypotheses per prompt; a hypothesis that ends with eos among the K best
+  candidates is finished and scored with the length penalty; a prompt is done once it has K
+  finished ones and its best live one, scored at the current length, cannot beat the worst of
+  them (Hugging Face's rule for early_stopping=False). At max_new_tokens the live hypotheses
+  compete too. Returns the best hypothesis of each prompt (its eos kept, as `generate`)."""
+  k, alpha = cfg.beam_size, cfg.length_penalty
+  scores = np.full((batch, k), -np.inf)
+  scores[:, 0] = 0.0              # the K rows of a prompt start identical: extend only one
+  live = [[[] for _ in range(k)] for _ in range(batch)]
+  finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+  done = np.zeros(batch, bool)
+  logp, ids = scorer(None, None)
+  for t in range(cfg.max_new_tokens):
+    c = logp.shape[-1]
+    total = (scores[:, :, None] + logp).reshape(batch, -1)
+    parents = np.tile(np.arange(k), (batch, 1))
+    tokens = np.zeros((batch, k), np.int64)
+    new_scores = np.full((batch, k), -np.inf)
+    new_live = [[[] for _ in range(k)] for _ in range(batch)]
+    for b in range(batch):
+      if done[b]:
+        continue
+      chosen = 0
+      for rank, j in enumerate(np.argsort(-total[b], kind="stable")[:2 * k]):
+        if not np.isfinite(total[b, j]):
+          break
+        beam, token = divmod(int(j), c)
+        token = int(ids[b, beam, token])
+        seq = live[b][beam] + [token]
+        if cfg.eos_id is not None and token == cfg.eos_id:
+          if rank < k:
+            finished[b].append((float(total[b, j]) / length_penalty(len(seq), alpha), seq))
+          continue
+        parents[b, chosen], tokens[b, chosen], new_scores[b, chosen] = beam, token, total[b, j]
+        new_live[b][chosen] = seq
+        chosen += 1
+        if chosen == k:
+          break
+      finished[b] = sorted(finished[b], key=lambda h: -h[0])[:k]
+      best_live = new_scores[b].max() / length_penalty(t + 1, alpha)
+      done[b] = len(finished[b]) >= k and best_live <= finished[b][-1][0]
+    scores, live = new_scores, new_live
+    if done.all() or t + 1 == cfg.max_new_tokens:
+      break
+    flat_parents = (np.arange(batch)[:, None] * k + parents).reshape(-1)
+    logp, ids = scorer(flat_parents, tokens.reshape(-1))
+  out = []
+  for b in range(batch):
+    pool = list(finished[b])
+    if not done[b]:
+      pool += [(float(s) / length_penalty(len(seq), alpha), seq)
+               for s, seq in zip(scores[b], live[b]) if np.isfinite(s)]
+    out.append(max(pool, key=lambda h: h[0])[1] if pool else [])
+  return out
+
+
+def _reorder(cache, parents):
+  """The cache rows of the hypotheses that continue: batch axis 1 of a stacked cache
+  ([L, B, S, N, H]), 0 of a per-layer one."""
+  if isinstance(cache, dict):
+    return {n: jnp.take(x, parents, axis=1) if n in ("k", "v") else x for n, x in cache.items()}
+  return [{n: jnp.take(x, parents, axis=0) for n, x in layer.items()} for layer in cache]
+
+
+@functools.lru_cache(maxsize=32)
+def _beam_compiled(graphdef, candidates: int):
+  def best(logits):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jax.lax.top_k(logp, candidates)
+
+  def step(params, cache, parents, tokens, positions, valid, index):
+    model = nnx.merge(graphdef, params)
+    logits, cache = model.decode(tokens[:, None], positions[:, None], _reorder(cache, parents),
+                                 index, valid)
+    return best(logits[:, 0]), cache
+
+  return jax.jit(best), jax.jit(step, donate_argnums=1)
+
+
+def beam_search(model: nnx.Module, prompts: list[list[int]], cfg: BeamConfig, *,
+                bucket: int = 16) -> list[list[int]]:
+  """The best continuation of each prompt by beam search (see `beam_loop`), decoded with the
+  key/value cache: B x K rows, the cache rows reordered to follow their hypotheses."""
+  batch, k = len(prompts), cfg.beam_size
+  if k < 1:
+    raise ValueError(f"beam_size {k} must be >= 1")
+  longest = max(len(p) for p in prompts)
+  if longest == 0:
+    raise ValueError("every prompt needs at least one token")
+  if longest + cfg.max_new_tokens > model.cfg.max_position:
+    raise ValueError(f"prompt ({longest}) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
+                     f"model's {model.cfg.max_position} positions")
+  width = -(-longest // bucket) * bucket
+  total = width + cfg.max_new_tokens
+  rows = batch * k
+  buffer = np.zeros((rows, total), np.int32)
+  positions = np.zeros((rows, total), np.int32)
+  valid = np.zeros((rows, total), bool)
+  lengths = np.zeros(rows, np.int32)
+  for r in range(rows):                               # left-padded, as in `generate`
+    p = prompts[r // k]
+    buffer[r, width - len(p):width] = p
+    positions[r, width - len(p):width] = np.arange(len(p))
+    valid[r, width - len(p):width] = True
+    lengths[r] = len(p)
+  graphdef, params = nnx.split(model, nnx.Param)
+  prefill = _compiled(graphdef, SamplingConfig(max_new_tokens=cfg.max_new_tokens), rows,
+                      width)[0]
+  first, step = _beam_compiled(graphdef, min(2 * k, model.cfg.vocab_size))
+  logits, cache = prefill(params, jnp.asarray(buffer), jnp.asarray(positions),
+                          jnp.asarray(valid))
+  state = {"cache": cache, "t": 0}
+
+  def scorer(parents, tokens):
+    if parents is None:
+      values, ids = first(logits)
+    else:
+      t = state["t"]
+      valid[:, width + t] = True
+      (values, ids), state["cache"] = step(params, state["cache"], jnp.asarray(parents),
+                                           jnp.asarray(tokens, jnp.int32),
+                                           jnp.asarray(lengths + t), jnp.asarray(valid),
+                                           width + t)
+      state["t"] = t + 1
+    values, ids = jax.device_get((values, ids))
+    return values.reshape(batch, k, -1), ids.reshape(batch, k, -1)
+
+  return beam_loop(scorer, batch, cfg)

@@ -54,7 +54,8 @@ def export_hf(workdir: str, out: str, step: int | None = None, best: bool = Fals
   tokenizer that lays out and pads texts as the classifier expects)."""
   config = workdirs.load_config(workdir)
   classifier = config.objective.name in FINETUNED
-  if best and not classifier:
+  # a generation fine-tuning run (seq2seq) keeps a best/ too; its model is a plain GPT LM
+  if best and not classifier and config.objective.name != "seq2seq":
     raise CheckpointError(f"--best picks a fine-tuning run's best checkpoint; {workdir!r} holds "
                           "a pretraining run: drop --best (the latest) or give --step N")
   subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR

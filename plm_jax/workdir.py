@@ -32,6 +32,7 @@ IDENTITY_FIELDS = {
     "objective": ("name",),
     "data": ("vocab_size", "lowercase"),
     "classify": ("task", "num_classes"),
+    "seq2seq": ("task",),
 }
 
 

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from plm_jax import families, models
-from plm_jax.generate import SamplingConfig, filter_logits, generate, greedy
+from plm_jax.generate import (BeamConfig, SamplingConfig, beam_loop, beam_search, filter_logits,
+                             generate, greedy, length_penalty)
 
 
 def tiny_gpt(scan_layers: bool = True):
@@ -71,3 +72,75 @@ def test_top_k_and_top_p_filters():
 def test_prompt_too_long_is_an_error(gpt):
   with pytest.raises(ValueError, match="exceeds the model's 96 positions"):
     generate(gpt, [[1] * 90], SamplingConfig(max_new_tokens=10))
+
+
+# --- beam search ----------------------------------------------------------------------------------
+
+def test_beam_of_one_is_greedy(gpt):
+  """Beam size 1 without a length penalty keeps the single best token at every step: greedy,
+  stopping at the same end-of-text token."""
+  prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+  plain = generate(gpt, prompts, SamplingConfig(max_new_tokens=10))
+  eos = plain[0][3]                      # a token greedy decoding meets: rows stop there
+  greedy_rows = generate(gpt, prompts, SamplingConfig(max_new_tokens=10, eos_id=eos))
+  beam_rows = beam_search(gpt, prompts, BeamConfig(beam_size=1, max_new_tokens=10,
+                                                   length_penalty=0.0, eos_id=eos))
+  assert beam_rows == greedy_rows and greedy_rows[0][-1] == eos
+
+
+def test_beam_search_scores_at_least_greedy(gpt):
+  """With no end-of-text token every hypothesis has the same length: beam search's output
+  has at least greedy's log-probability under the model."""
+  import jax
+  prompt = [3, 14, 15, 92, 65]
+  greedy_out = generate(gpt, [prompt], SamplingConfig(max_new_tokens=6))[0]
+  beam_out = beam_search(gpt, [prompt], BeamConfig(beam_size=4, max_new_tokens=6,
+                                                   length_penalty=0.0))[0]
+
+  def logprob(out):
+    ids = np.array([prompt + out])
+    logp = jax.nn.log_softmax(gpt(ids)["logits"][0], -1)
+    return float(sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(out)))
+  assert len(beam_out) == 6 and logprob(beam_out) >= logprob(greedy_out) - 1e-5
+
+
+def table_scorer(table, batch, k):
+  """A scorer whose next-token distribution depends on the last token only (a Markov table);
+  the prompt's last token is 0."""
+  logp = np.log(np.asarray(table, np.float64) + 1e-12)
+  last = np.zeros(batch * k, np.int64)
+
+  def scorer(parents, tokens):
+    nonlocal last
+    if parents is not None:
+      last = np.asarray(tokens)
+    rows = logp[last].reshape(batch, k, -1)
+    return rows, np.broadcast_to(np.arange(rows.shape[-1]), rows.shape)
+  return scorer
+
+
+def test_beam_finds_the_sequence_greedy_misses():
+  """Tokens: 0 start, 1 eos, 2 A, 3 B, 4 C. Greedy takes A (0.6), then C (0.5), then eos:
+  p("A C <eos>") = 0.3, while p("B <eos>") = 0.4 x 0.95 = 0.38, which a beam of 2 finds."""
+  table = [[0, 0, 0.6, 0.4, 0],          # after the prompt
+           [0, 1, 0, 0, 0],              # after eos (unused)
+           [0, 0.1, 0, 0, 0.5],          # after A: C 0.5, eos 0.1 (the rest nowhere)
+           [0, 0.95, 0, 0, 0.05],        # after B: eos
+           [0, 1, 0, 0, 0]]              # after C: eos
+  cfg = dict(max_new_tokens=5, length_penalty=0.0, eos_id=1)
+  greedy_out = beam_loop(table_scorer(table, 1, 1), 1, BeamConfig(beam_size=1, **cfg))
+  beam_out = beam_loop(table_scorer(table, 1, 2), 1, BeamConfig(beam_size=2, **cfg))
+  assert greedy_out == [[2, 4, 1]] and beam_out == [[3, 1]]
+  # two prompts at once: the same answer for each
+  assert beam_loop(table_scorer(table, 2, 2), 2, BeamConfig(beam_size=2, **cfg)) == [[3, 1]] * 2
+
+
+def test_length_penalty_favours_longer_hypotheses():
+  """p("<eos>") = 0.5 beats p("A <eos>") = 0.5 x 0.9 = 0.45 without a penalty; with Wu et al.'s
+  alpha = 2, log p / ((5 + n) / 6)^2 gives -0.69 against -0.80 / 1.36 = -0.59: the longer."""
+  table = [[0, 0.5, 0.5], [0, 1, 0], [0, 0.9, 0.1]]
+  cfg = dict(beam_size=2, max_new_tokens=4, eos_id=1)
+  short = beam_loop(table_scorer(table, 1, 2), 1, BeamConfig(length_penalty=0.0, **cfg))
+  long = beam_loop(table_scorer(table, 1, 2), 1, BeamConfig(length_penalty=2.0, **cfg))
+  assert short == [[1]] and long == [[2, 1]]
+  assert length_penalty(1, 0.6) == pytest.approx(1.0) and length_penalty(7, 1.0) == 2.0

@@ -25,23 +25,23 @@ LAYERS = [
      "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources", "plm_jax.data.examples",
      "plm_jax.data.builtin_corpus", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
      "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.metrics",
-     "plm_jax.finetune.tag_metrics", "plm_jax.finetune.qa_metrics"),
+     "plm_jax.finetune.tag_metrics", "plm_jax.finetune.qa_metrics",
+     "plm_jax.finetune.gen_metrics"),
     # 3: the family registry
     ("plm_jax.families",),
     # 4: configs, tasks, the data pipeline and loader, the mesh
-    ("plm_jax.configlib", "plm_jax.tasks", "plm_jax.qa_tasks", "plm_jax.data.pipeline",
-     "plm_jax.data.loader",
-     "plm_jax.parallel"),
-    # 5: the checks pass, checkpoints, the workdir, classification data
+    ("plm_jax.configlib", "plm_jax.tasks", "plm_jax.qa_tasks", "plm_jax.gen_tasks",
+     "plm_jax.data.pipeline", "plm_jax.data.loader", "plm_jax.parallel"),
+    # 5: the checks pass, checkpoints, the workdir, fine-tuning data
     ("plm_jax.checks", "plm_jax.checkpoint", "plm_jax.workdir", "plm_jax.finetune.data",
-     "plm_jax.finetune.tag_data", "plm_jax.finetune.qa_data"),
+     "plm_jax.finetune.tag_data", "plm_jax.finetune.qa_data", "plm_jax.finetune.gen_data"),
     # 6: the trainer, Hugging Face interop
     ("plm_jax.trainer", "plm_jax.hf"),
     # 7: the run scaffold, restoring, a run's data
     ("plm_jax.scaffold", "plm_jax.inference", "plm_jax.run_data"),
     # 8: the commands' library functions
     ("plm_jax.pretrain", "plm_jax.finetune.run", "plm_jax.finetune.predict", "plm_jax.evaluate",
-     "plm_jax.finetune.tag_run", "plm_jax.finetune.qa_run",
+     "plm_jax.finetune.tag_run", "plm_jax.finetune.qa_run", "plm_jax.finetune.generation",
      "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands"),
     # 9: entry points
     ("plm_jax.cli", "plm_jax.launch_local"),

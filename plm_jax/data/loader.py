@@ -112,7 +112,7 @@ class Server:
                                                                     "full_sentences") else None
     self.special = tok.special_ids()
     self.permutation = permutation_config(config, tok) if self.builder == "plm" else None
-    # Classification eval splits are served once, padded to whole batches: rows past the end
+    # Classification (and generation) eval splits are served once, padded to whole batches: rows past the end
     # of the split repeat earlier ones with weight 0.
     self.rows = len(Rows(prepared.eval)) if split == EVAL else None
 
@@ -135,12 +135,18 @@ class Server:
     tokens = batch["tokens"]
     out = {"input_ids": tokens[:, :-1].astype(np.int32),
            "labels": tokens[:, 1:].astype(np.int32)}
-    if self.builder == "packed":
+    if self.builder in ("packed", "seq2seq"):
       seg = batch["segment_ids"]
       out["segment_ids"] = seg[:, :-1].astype(np.int32)
       out["positions"] = batch["positions"][:, :-1].astype(np.int32)
       out["attention_mask"] = (seg[:, :-1] > 0).astype(np.int32)
       out["label_weights"] = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(np.float32)
+      if self.builder == "seq2seq":
+        # Generation fine-tuning: the loss on the completions only (plm_jax/finetune/gen_data.py);
+        # eval rows past the end of the split (padding the last batch) weigh nothing.
+        out["label_weights"] *= batch["targets"][:, 1:] > 0
+        if self.rows is not None:
+          out["label_weights"] *= (index < self.rows)[:, None]
     else:
       out["attention_mask"] = np.ones_like(out["input_ids"])
       out["label_weights"] = np.ones(out["input_ids"].shape, np.float32)
@@ -298,7 +304,7 @@ def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return shapes
   shapes = {"input_ids": ((b, t), np.int32), "attention_mask": ((b, t), np.int32),
             "labels": ((b, t), np.int32), "label_weights": ((b, t), np.float32)}
-  if config.data.builder == "packed":
+  if config.data.builder in ("packed", "seq2seq"):
     shapes["segment_ids"] = ((b, t), np.int32)
     shapes["positions"] = ((b, t), np.int32)
   return shapes

@@ -104,4 +104,4 @@ def split_metrics(labels: np.ndarray, logits: np.ndarray, regression: bool) -> d
 
 
 def higher_is_better(metric: str) -> bool:
-  return metric != "mse"
+  return metric not in ("mse", "loss")

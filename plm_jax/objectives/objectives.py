@@ -225,11 +225,18 @@ class TokenClassification:
   def metrics(self, stats: dict) -> dict:
     return {"loss": safe_div(stats["tok_loss_sum"], stats["tok_count"]),
             "accuracy": safe_div(stats["tok_correct"], stats["tok_count"])}
+class GenerationLM(CausalLM):
+  """Generation fine-tuning (prompt -> completion): the causal LM loss, whose label weights the
+  loader sets on the completion tokens only; evaluations add the scores of decoded text."""
+
+  name = "seq2seq"
+  eval_keys = ("loss", "perplexity", "lm_accuracy", "bleu", "rouge1", "rouge2", "rougeL",
+               "exact_match")
 
 
 OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
               "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification(),
-              "tag": TokenClassification(), "qa": SpanExtraction()}
+              "tag": TokenClassification(), "qa": SpanExtraction(), "seq2seq": GenerationLM()}
 
 
 def get(name: str):

@@ -1,0 +1,291 @@
+"""`plm-jax finetune --config seq2seq:TASK`: a GPT language model fine-tuned on prompt ->
+completion pairs (translation, summarisation, ...), the loss on the completions only; each
+evaluation decodes validation prompts with the key/value cache (greedy, sampling or beam
+search) and scores them (sacreBLEU, ROUGE); the best checkpoint by the task's metric is kept.
+
+Workdir of a generation fine-tuning run (as a classifier's, plm_jax/finetune/run.py):
+  config.json, tokenizer.json, checkpoints/<step>/, best/<step>/, metrics.jsonl, tensorboard/
+  test_report.json                      loss and scores of the best checkpoint (validation, test)
+  validation_predictions.jsonl          {"id", "prompt", "reference", "prediction"} per record
+  test_predictions.jsonl                (when the task has a test split)
+The model stays a plain GPT language model: `plm-jax generate` and `export-hf` take it as is.
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+
+from plm_jax import checkpoint, checks, distributed, parallel, workdir as workdirs
+from plm_jax.data import loader
+from plm_jax.data.pipeline import PreparedData
+from plm_jax.data.tokenizer import TextTokenizer
+from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.finetune import gen_data
+from plm_jax.finetune.data import EVAL, TEST, TRAIN
+from plm_jax.finetune.gen_metrics import generation_metrics
+from plm_jax.finetune.run import BestCheckpoint, with_body_of, _with_model_of
+from plm_jax.gen_tasks import best_metric, gen_task_of, require_decoder
+from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
+from plm_jax.inference import load_params
+from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.models.config import padded_vocab
+from plm_jax.scaffold import Run
+from plm_jax.trainer import Trainer, evaluate_params
+
+SPLIT_NAMES = {EVAL: "validation", TEST: "test", TRAIN: "train"}
+
+
+def finetune_generator(config, workdir: str, init_from: str | None = None,
+                       devices=None) -> dict:
+  """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
+  devices = jax.devices() if devices is None else list(devices)
+  found = workdirs.inspect(workdir)
+  resume_step = distributed.agree(found.step)
+  config, tokenizer = start_config(config, workdir, init_from, found)
+  checks.validate(config, len(devices))          # before any data is read
+  data = load_task_data(config, tokenizer, workdir, found)
+  metric = best_metric(config)
+  mesh = parallel.mesh_for(config, devices)
+  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
+                           tokenizer.pad_id)
+  eval_batches = loader.Batches(config, prepared(tokenizer, data, EVAL), loader.EVAL,
+                               mesh=mesh)
+
+  with Run(config, workdir, trainer, resume_step) as run:
+    best = BestCheckpoint(run.extra_manager(checkpoint.BEST_DIR, keep=1), metric,
+                          resuming=resume_step is not None)
+    state, meta = run.start(lambda: whole_model(trainer, config.seq2seq.init_from, devices))
+    run.accept(tokenizer)
+    g = config.seq2seq
+    run.describe(f"{config.model.family} {config.model.size} language model fine-tuned on "
+                 f"{g.task}; {config.train.steps} steps ({g.epochs:g} epochs), best by "
+                 f"{metric}; {g.decode} decoding")
+    train_step = run.compile()
+
+    def on_eval(state, step):
+      report, _ = split_report(trainer, tokenizer, state["params"], config, data[EVAL],
+                               eval_batches, g.eval_examples)
+      best.offer(state, step, report)
+      run.writer.write(step, "eval", report)
+      console(f"eval @ step {step}: {format_metrics(report, trainer.objective.eval_keys)} | "
+              f"best {metric} {best.value:.4f} @ step {best.step}")
+
+    train_batches = loader.Batches(config, prepared(tokenizer, data, EVAL), loader.TRAIN,
+                                   mesh=mesh)
+    state = run.loop(train_step, state, meta, run.batches(train_batches, meta), on_eval)
+    if best.step != int(state["step"]):
+      on_eval(state, int(state["step"]))
+  run.summary(int(state["step"]))
+  return final_report(workdir, config, trainer, tokenizer, data, best.step, metric)
+
+
+# --- the config: the task's fields over the body's architecture ------------------------------------
+
+def start_config(config, workdir: str, init_from: str | None, found: workdirs.Found):
+  """(config, tokenizer): the GPT's architecture and tokenizer, from --init-from for a new run
+  or from the workdir for one that continues (which must be the same task)."""
+  if found.config is not None:
+    saved = found.config
+    if saved.objective.name != "seq2seq":
+      raise CheckpointError(f"--workdir {workdir!r} holds another kind of run "
+                            f"({saved.objective.name}); fine-tune into a new --workdir (and give "
+                            "the pretraining run as --init-from)")
+    if saved.seq2seq.task != config.seq2seq.task:
+      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of the task "
+                            f"{saved.seq2seq.task!r}, not {config.seq2seq.task!r}; use a fresh "
+                            "--workdir")
+    config = _with_model_of(config, saved)
+    init_from = saved.seq2seq.init_from
+    tokenizer = found.tokenizer
+  else:
+    if not init_from:
+      raise ConfigError("--init-from is required to start fine-tuning: a GPT pretraining "
+                        "workdir (plm-jax train) or an imported GPT-2 (plm-jax import-hf)")
+    if not workdirs.has_config(init_from):
+      raise ConfigError(f"--init-from {init_from!r} holds no plm-jax run (no "
+                        f"{workdirs.CONFIG_FILE}); give a GPT pretraining workdir or an "
+                        "imported GPT-2 (plm-jax import-hf)")
+    config = with_body_of(config, workdirs.load_config(init_from))
+    with config.unlocked():
+      config.seq2seq.init_from = os.path.abspath(init_from)
+    require_decoder(config)                # before the body's files are read
+    tokenizer = TextTokenizer.load(init_from)
+  with config.unlocked():
+    config.seq2seq.init_from = os.path.abspath(init_from)
+    if config.data.max_seq_length > config.model.max_position:
+      # the task's default length, for a model with fewer positions (a small pretraining run)
+      console(f"data.max_seq_length {config.data.max_seq_length} -> "
+              f"{config.model.max_position}: the model's positions")
+      config.data.max_seq_length = config.model.max_position
+  return config, tokenizer
+
+
+def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found
+                   ) -> dict[str, gen_data.Encoded]:
+  """The task's splits; sets the schedule (epochs -> steps) in `config`."""
+  t0 = time.time()
+  data = gen_data.load(config, tokenizer)
+  if found.config is not None:
+    diffs = workdirs.identity_mismatches(found.config, config)
+    if diffs:
+      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of another model or "
+                            f"data ({'; '.join(diffs)}); use a fresh --workdir")
+  rows = len(data[TRAIN].rows["tokens"])
+  g, t = config.seq2seq, config.train
+  with config.unlocked():
+    if g.epochs > 0:
+      t.steps = max(1, math.ceil(g.epochs * rows / t.batch_size))
+    if g.warmup_fraction > 0:
+      config.optim.warmup_steps = int(round(g.warmup_fraction * t.steps))
+    if t.eval_every <= 0:
+      t.eval_every = max(1, math.ceil(rows / t.batch_size))        # once per epoch
+  console(f"data: {g.task} ("
+          + ", ".join(f"{len(e.prompts):,} {s} from {e.pairs.where}" for s, e in data.items())
+          + f"); {rows:,} packed train rows of {config.data.max_seq_length} tokens; skipped "
+          + ", ".join(f"{e.pairs.skipped} {s}" for s, e in data.items()) + "; truncated "
+          + ", ".join(f"{e.truncated} {s}" for s, e in data.items())
+          + f"; {time.time() - t0:.1f}s")
+  return data
+
+
+def prepared(tokenizer: TextTokenizer, data: dict[str, gen_data.Encoded],
+             eval_split: str) -> PreparedData:
+  """The loader's view: the train rows (if read) and one split's rows served as "eval"."""
+  train = data[TRAIN] if TRAIN in data else data[eval_split]
+  return PreparedData(tokenizer, "seq2seq", [train.rows], [1.0], data[eval_split].rows, None,
+                      [])
+
+
+def whole_model(trainer: Trainer, init_from: str, devices) -> dict:
+  """A train state of --init-from's latest parameters, all of them (the LM head is GPT's tied
+  embedding), with a new optimizer state."""
+  body = load_params(init_from, devices=devices)
+  console(f"initialised from {init_from} @ step {body.step}: the whole language model")
+  return trainer.state_from_params(body.params)
+
+
+# --- decoding and scores ---------------------------------------------------------------------------
+
+def decode(module, tokenizer: TextTokenizer, prompts: list[list[int]], config) -> list[str]:
+  """The completions of `prompts` (text, without <eos>), decoded as seq2seq.decode says, in
+  batches of seq2seq.decode_batch (the last one padded: one compiled shape)."""
+  g = config.seq2seq
+  eos = tokenizer.eos_id
+  size = min(g.decode_batch, len(prompts))
+  out = []
+  for start in range(0, len(prompts), size):
+    chunk = prompts[start:start + size]
+    padded = chunk + [chunk[-1]] * (size - len(chunk))
+    if g.decode == "beam":
+      rows = beam_search(module, padded, BeamConfig(g.beam_size, g.max_new_tokens,
+                                                    g.length_penalty, eos))
+    else:
+      sampled = g.decode == "sample"
+      rows = generate(module, padded, SamplingConfig(
+          max_new_tokens=g.max_new_tokens, temperature=g.temperature if sampled else 0.0,
+          top_k=g.top_k, top_p=g.top_p, seed=g.seed + start, eos_id=eos))
+    out += [tokenizer.decode([t for t in r if t != eos]).strip() for r in rows[:len(chunk)]]
+  return out
+
+
+def split_report(trainer: Trainer, tokenizer: TextTokenizer, params, config,
+                 encoded: gen_data.Encoded, batches: loader.Batches, examples: int
+                 ) -> tuple[dict, list[dict]]:
+  """(report, predictions) of one split: the loss over all of its rows, and the scores of the
+  first `examples` records decoded (0: none; the predictions are those records')."""
+  metrics = evaluate_params(trainer, params, batches, batches.eval_steps(0))
+  report = {"examples": len(encoded.prompts), **metrics}
+  n = min(examples, len(encoded.prompts))
+  if n <= 0:
+    return report, []
+  budget = config.model.max_position - config.seq2seq.max_new_tokens
+  prompts = gen_data.decode_prompts(tokenizer, gen_task_of(config), encoded, budget)[:n]
+  predictions = decode(trainer.model(params), tokenizer, prompts, config)
+  references = encoded.pairs.targets[:n]
+  report.update(generation_metrics(predictions, references))
+  report["decoded"] = n
+  rows = [{"id": encoded.pairs.ids[i], "prompt": tokenizer.decode(prompts[i]),
+           "reference": references[i], "prediction": predictions[i]} for i in range(n)]
+  return report, rows
+
+
+def _all(examples: int) -> int:
+  """seq2seq.report_examples: 0 = the whole split."""
+  return examples if examples > 0 else 1 << 62
+
+
+def write_predictions(path: str, rows: list[dict]) -> None:
+  if jax.process_index() != 0:
+    return
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def final_report(workdir, config, trainer, tokenizer, data, best_step: int, metric: str
+                 ) -> dict:
+  """The best checkpoint on the validation and test splits: test_report.json and the
+  predictions files."""
+  with checkpoint.make_manager(workdir, read_only=True, subdir=checkpoint.BEST_DIR) as manager:
+    params = checkpoint.restore(manager, best_step, trainer.abstract_state,
+                                trainer.state_shardings, params_only=True)["params"]
+  report = {"workdir": os.path.abspath(workdir), "task": config.seq2seq.task,
+            "best_step": best_step, "metric": metric, "decode": decode_settings(config)}
+  for split in (EVAL, TEST):
+    if split not in data or not data[split].prompts:
+      continue
+    name = SPLIT_NAMES[split]
+    batches = loader.Batches(config, prepared(tokenizer, data, split), loader.EVAL,
+                             mesh=trainer.mesh)
+    report[name], rows = split_report(trainer, tokenizer, params, config, data[split], batches,
+                                      _all(config.seq2seq.report_examples))
+    write_predictions(os.path.join(workdir, f"{name}_predictions.jsonl"), rows)
+    console(f"{name} ({data[split].pairs.where}) @ best step {best_step}: "
+            + format_metrics(report[name], trainer.objective.eval_keys))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "test_report.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def decode_settings(config) -> dict:
+  g = config.seq2seq
+  out = {"decode": g.decode, "max_new_tokens": g.max_new_tokens}
+  if g.decode == "beam":
+    out.update(beam_size=g.beam_size, length_penalty=g.length_penalty)
+  elif g.decode == "sample":
+    out.update(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed)
+  return out
+
+
+def evaluate_generator(workdir: str, step: int | None = None, best: bool = False,
+                       split: str = "validation", devices=None, config=None) -> dict:
+  """Loss and scores of a fine-tuned checkpoint (the latest, `step`, or the best) on a split;
+  writes eval_[best_]step_N_SPLIT.json and predictions_[best_]step_N_SPLIT.jsonl."""
+  if split not in gen_data.SPLITS:
+    raise ConfigError(f"--split {split!r} is not one of {sorted(gen_data.SPLITS)}")
+  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
+  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
+  wanted = gen_data.SPLITS[split]
+  data = gen_data.load(loaded.config, loaded.tokenizer, (wanted,))
+  if wanted not in data:
+    raise ConfigError(f"the task {loaded.config.seq2seq.task!r} has no {split} split here "
+                      "(files: give seq2seq.test_path)")
+  batches = loader.Batches(loaded.config, prepared(loaded.tokenizer, data, wanted), loader.EVAL,
+                           mesh=loaded.trainer.mesh)
+  report, rows = split_report(loaded.trainer, loaded.tokenizer, loaded.params, loaded.config,
+                              data[wanted], batches,
+                              _all(loaded.config.seq2seq.report_examples))
+  console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
+          + format_metrics(report, loaded.trainer.objective.eval_keys))
+  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "split": split,
+            "best": best, "decode": decode_settings(loaded.config), **report}
+  if jax.process_index() == 0:
+    tag = f"{'best_' if best else ''}step_{loaded.step}_{split}"
+    with open(os.path.join(workdir, f"eval_{tag}.json"), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+    write_predictions(os.path.join(workdir, f"predictions_{tag}.jsonl"), rows)
+  return result
