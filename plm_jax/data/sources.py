@@ -19,6 +19,7 @@ JSON lines and records without the text field are skipped or repaired and counte
 import dataclasses
 import glob
 import gzip
+import importlib
 import io
 import json
 import os
@@ -184,22 +185,33 @@ def _jsonl_records(spec: SourceSpec, field: str, stats: SourceStats
       yield f"{path}:{number}", value
 
 
-def _tfds_records(spec: SourceSpec, field: str, data_dir: str, stats: SourceStats
-                  ) -> Iterator[tuple[str, str]]:
+def open_tfds(name: str, split: str, data_dir: str = "", register: tuple[str, ...] = ()):
+  """A TFDS dataset's split for random access (`tfds.data_source`: ArrayRecord, no TensorFlow),
+  or a DataError with the `tfds build` command that prepares it. `register`: tfds modules to
+  import first (GLUE's, CoNLL's, WMT's builders live in packages `import tfds` leaves out)."""
   try:
     import tensorflow_datasets as tfds  # lazy: only runs that read TFDS need it
   except ImportError:
-    raise DataError("data.source='tfds' needs tensorflow-datasets: pip install "
-                    "tensorflow-datasets") from None
+    raise DataError(f"TFDS dataset {name!r} needs tensorflow-datasets: pip install "
+                    "'plm-jax[tfds]'") from None
+  for module in register:
+    try:
+      importlib.import_module(module)
+    except ImportError:
+      pass                             # not in this tfds version: data_source names the problem
   try:
-    source = tfds.data_source(spec.target, split=spec.split, data_dir=data_dir or None,
-                              download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable as is"
     where = f" --data_dir={data_dir}" if data_dir else ""
+    reason = " ".join(str(e).split()).split(". ")[0][:200]
     raise DataError(
-        f"TFDS dataset {spec.target!r} (split {spec.split!r}) cannot be read ({str(e)[:200]}); "
-        f"prepare it first, in ArrayRecord format: tfds build {spec.target}{where} "
-        "--file_format=array_record") from None
+        f"TFDS dataset {name!r} (split {split!r}) cannot be read ({reason}); prepare it first, "
+        f"in ArrayRecord format: tfds build {name}{where} --file_format=array_record") from None
+
+
+def _tfds_records(spec: SourceSpec, field: str, data_dir: str, stats: SourceStats
+                  ) -> Iterator[tuple[str, str]]:
+  source = open_tfds(spec.target, spec.split, data_dir)
   for i in range(len(source)):
     record = source[i]
     value = record.get(field) if isinstance(record, dict) else None

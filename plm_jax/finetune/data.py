@@ -61,24 +61,10 @@ class ClassifyData:
 # --- reading ---------------------------------------------------------------------------------------
 
 def _tfds_split(task: Task, split: str, data_dir: str) -> tuple[Records, tuple[str, ...]]:
-  try:
-    import tensorflow_datasets as tfds   # lazy: only TFDS tasks need it
-  except ImportError:
-    raise DataError("TFDS tasks need tensorflow-datasets: pip install tensorflow-datasets"
-                    ) from None
-  if task.tfds_name.startswith("glue/"):
-    # GLUE's builder lives in tfds' legacy text package, which `import tfds` does not register.
-    import tensorflow_datasets.text.glue  # noqa: F401
-  try:
-    source = tfds.data_source(task.tfds_name, split=split, data_dir=data_dir or None,
-                              download=False)
-  except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable as is"
-    where = f" --data_dir={data_dir}" if data_dir else ""
-    reason = " ".join(str(e).split()).split(". ")[0][:200]
-    raise DataError(
-        f"TFDS dataset {task.tfds_name!r} (split {split!r}) cannot be read ({reason}); "
-        f"prepare it first, in ArrayRecord format: tfds build {task.tfds_name}{where} "
-        "--file_format=array_record") from None
+  # GLUE's builder lives in tfds' legacy text package, which `import tfds` does not register.
+  source = sources.open_tfds(task.tfds_name, split, data_dir,
+                             register=("tensorflow_datasets.text.glue",)
+                             if task.tfds_name.startswith("glue/") else ())
   names: tuple[str, ...] = ()
   try:
     names = tuple(source.dataset_info.features[task.label_field].names)

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from plm_jax.data import examples as ex
+from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
 from plm_jax.finetune.data import EVAL, TEST, TRAIN
@@ -70,27 +71,10 @@ def _add(out: Pairs, row: dict, task: GenTask, position: int) -> None:
 
 
 def _tfds_split(task: GenTask, split: str, data_dir: str) -> Pairs:
-  try:
-    import tensorflow_datasets as tfds   # lazy: only TFDS tasks need it
-  except ImportError:
-    raise DataError("TFDS tasks need tensorflow-datasets: pip install tensorflow-datasets"
-                    ) from None
-  # The WMT and summarisation builders live in tfds' packages that `import tfds` does not
-  # register.
-  if task.tfds_name.startswith("wmt"):
-    import tensorflow_datasets.translate.wmt14  # noqa: F401
-  else:
-    import tensorflow_datasets.summarization  # noqa: F401
-  try:
-    source = tfds.data_source(task.tfds_name, split=split, data_dir=data_dir or None,
-                              download=False)
-  except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable as is"
-    where = f" --data_dir={data_dir}" if data_dir else ""
-    reason = " ".join(str(e).split()).split(". ")[0][:200]
-    raise DataError(
-        f"TFDS dataset {task.tfds_name!r} (split {split!r}) cannot be read ({reason}); "
-        f"prepare it first, in ArrayRecord format: tfds build {task.tfds_name}{where} "
-        "--file_format=array_record") from None
+  # The WMT and summarisation builders live in tfds packages `import tfds` does not register.
+  source = open_tfds(task.tfds_name, split, data_dir, register=(
+      "tensorflow_datasets.translate.wmt14" if task.tfds_name.startswith("wmt")
+      else "tensorflow_datasets.summarization",))
   out = Pairs([], [], where=f"{task.tfds_name}[{split}]")
   for i in range(len(source)):
     _add(out, dict(source[i]), task, i)

@@ -18,7 +18,7 @@ import time
 
 import jax
 
-from plm_jax import checkpoint, checks, distributed, parallel, workdir as workdirs
+from plm_jax import checkpoint, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
@@ -26,13 +26,11 @@ from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune import gen_data
 from plm_jax.finetune.data import EVAL, TEST, TRAIN
 from plm_jax.finetune.gen_metrics import generation_metrics
-from plm_jax.finetune.run import BestCheckpoint, with_body_of, _with_model_of
+from plm_jax.finetune.run import Kind, _with_model_of, run_finetuning, with_body_of
 from plm_jax.gen_tasks import best_metric, gen_task_of, require_decoder
 from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
-from plm_jax.models.config import padded_vocab
-from plm_jax.scaffold import Run
 from plm_jax.trainer import Trainer, evaluate_params
 
 SPLIT_NAMES = {EVAL: "validation", TEST: "test", TRAIN: "train"}
@@ -41,45 +39,7 @@ SPLIT_NAMES = {EVAL: "validation", TEST: "test", TRAIN: "train"}
 def finetune_generator(config, workdir: str, init_from: str | None = None,
                        devices=None) -> dict:
   """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
-  devices = jax.devices() if devices is None else list(devices)
-  found = workdirs.inspect(workdir)
-  resume_step = distributed.agree(found.step)
-  config, tokenizer = start_config(config, workdir, init_from, found)
-  checks.validate(config, len(devices))          # before any data is read
-  data = load_task_data(config, tokenizer, workdir, found)
-  metric = best_metric(config)
-  mesh = parallel.mesh_for(config, devices)
-  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
-                           tokenizer.pad_id)
-  eval_batches = loader.Batches(config, prepared(tokenizer, data, EVAL), loader.EVAL,
-                               mesh=mesh)
-
-  with Run(config, workdir, trainer, resume_step) as run:
-    best = BestCheckpoint(run.extra_manager(checkpoint.BEST_DIR, keep=1), metric,
-                          resuming=resume_step is not None)
-    state, meta = run.start(lambda: whole_model(trainer, config.seq2seq.init_from, devices))
-    run.accept(tokenizer)
-    g = config.seq2seq
-    run.describe(f"{config.model.family} {config.model.size} language model fine-tuned on "
-                 f"{g.task}; {config.train.steps} steps ({g.epochs:g} epochs), best by "
-                 f"{metric}; {g.decode} decoding")
-    train_step = run.compile()
-
-    def on_eval(state, step):
-      report, _ = split_report(trainer, tokenizer, state["params"], config, data[EVAL],
-                               eval_batches, g.eval_examples)
-      best.offer(state, step, report)
-      run.writer.write(step, "eval", report)
-      console(f"eval @ step {step}: {format_metrics(report, trainer.objective.eval_keys)} | "
-              f"best {metric} {best.value:.4f} @ step {best.step}")
-
-    train_batches = loader.Batches(config, prepared(tokenizer, data, EVAL), loader.TRAIN,
-                                   mesh=mesh)
-    state = run.loop(train_step, state, meta, run.batches(train_batches, meta), on_eval)
-    if best.step != int(state["step"]):
-      on_eval(state, int(state["step"]))
-  run.summary(int(state["step"]))
-  return final_report(workdir, config, trainer, tokenizer, data, best.step, metric)
+  return run_finetuning(GENERATION, config, workdir, init_from, devices)
 
 
 # --- the config: the task's fields over the body's architecture ------------------------------------
@@ -289,3 +249,23 @@ def evaluate_generator(workdir: str, step: int | None = None, best: bool = False
       json.dump(result, f, indent=2)
     write_predictions(os.path.join(workdir, f"predictions_{tag}.jsonl"), rows)
   return result
+
+
+GENERATION = Kind(
+    start_config=start_config,
+    load=load_task_data,
+    metric=lambda config, data: best_metric(config),
+    prepared=lambda data, tokenizer: prepared(tokenizer, data, EVAL),
+    init=lambda trainer, config, devices: whole_model(trainer, config.seq2seq.init_from,
+                                                      devices),
+    what=lambda config, data, metric: (
+        f"{config.model.family} {config.model.size} language model fine-tuned on "
+        f"{config.seq2seq.task}; {config.train.steps} steps ({config.seq2seq.epochs:g} epochs), "
+        f"best by {metric}; {config.seq2seq.decode} decoding"),
+    # decoding needs the trainer (its model and mesh), not a predictor of logits
+    predictor=lambda trainer: trainer,
+    report=lambda trainer, params, batches, config, tokenizer, data: split_report(
+        trainer, tokenizer, params, config, data[EVAL], batches,
+        config.seq2seq.eval_examples)[0],
+    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
+        final_report(workdir, config, trainer, tokenizer, data, best_step, metric))

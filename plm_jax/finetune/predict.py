@@ -30,19 +30,22 @@ def prepared_split(data: cdata.ClassifyData, eval_split: str) -> PreparedData:
 
 
 class Predictor:
-  """Runs the classifier over a whole split; gathers logits, labels and record indices."""
+  """Runs a fine-tuned model over a whole split; gathers the model's `outputs` (a classifier's
+  or a tagger's logits; a span model's start and end logits), the batches' `carried` fields
+  (the labels) and the record indices, in record order."""
 
-  def __init__(self, trainer):
+  def __init__(self, trainer, outputs: tuple[str, ...] = ("logits",),
+               carried: tuple[str, ...] = ("labels",)):
     graphdef, rules, mesh = trainer.graphdef, parallel.rules_dict(trainer.config), trainer.mesh
 
     def step(params, batch):
       with axis_rules(rules, mesh):
-        model = nnx.merge(graphdef, params)
-        logits = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
-        return (logits["logits"], batch["labels"], batch["example_weights"],
-                batch["example_index"])
+        out = nnx.merge(graphdef, params)(batch["input_ids"], batch["segment_ids"],
+                                          batch["attention_mask"])
+        return ({k: out[k] for k in outputs}, {k: batch[k] for k in carried},
+                batch["example_weights"], batch["example_index"])
 
-    self.trainer = trainer
+    self.trainer, self.fields = trainer, outputs + carried
     self.step = jax.jit(step, in_shardings=(trainer.state_shardings["params"],
                                             trainer.batch_shardings),
                         out_shardings=parallel.replicated(mesh))
@@ -54,11 +57,11 @@ class Predictor:
       parts.append(jax.device_get(out))
     if not parts:
       raise DataError("the split holds no examples to evaluate")
-    logits, labels, weights, index = (np.concatenate(p) for p in zip(*parts))
+    weights, index = (np.concatenate([p[i] for p in parts]) for i in (2, 3))
     keep = weights > 0
     order = np.argsort(index[keep], kind="stable")
-    return {"logits": logits[keep][order], "labels": labels[keep][order],
-            "index": index[keep][order]}
+    fields = {k: np.concatenate([{**p[0], **p[1]}[k] for p in parts]) for k in self.fields}
+    return {**{k: v[keep][order] for k, v in fields.items()}, "index": index[keep][order]}
 
   def split(self, params, config, data: cdata.ClassifyData, split: str) -> dict:
     return self(params, loader.Batches(config, prepared_split(data, split), loader.EVAL,

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from plm_jax import families
+from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
 from plm_jax.qa_tasks import QATask, qa_task_of
@@ -96,20 +97,7 @@ def _example(qid, question, context, texts, starts, impossible: bool) -> QAExamp
 
 
 def _tfds_split(task: QATask, split: str, data_dir: str) -> QASplit:
-  try:
-    import tensorflow_datasets as tfds   # lazy: only TFDS tasks need it
-  except ImportError:
-    raise DataError("TFDS tasks need tensorflow-datasets: pip install tensorflow-datasets"
-                    ) from None
-  try:
-    source = tfds.data_source(task.tfds_name, split=split, data_dir=data_dir or None,
-                              download=False)
-  except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable as is"
-    where = f" --data_dir={data_dir}" if data_dir else ""
-    reason = " ".join(str(e).split()).split(". ")[0][:200]
-    raise DataError(f"TFDS dataset {task.tfds_name!r} (split {split!r}) cannot be read "
-                    f"({reason}); prepare it first, in ArrayRecord format: tfds build "
-                    f"{task.tfds_name}{where} --file_format=array_record") from None
+  source = open_tfds(task.tfds_name, split, data_dir)
   out = QASplit([], where=f"{task.tfds_name}[{split}]")
   for i in range(len(source)):
     row = source[i]

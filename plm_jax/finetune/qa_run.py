@@ -16,23 +16,16 @@ import os
 import time
 
 import jax
-import numpy as np
-from flax import nnx
 
-from plm_jax import checkpoint, checks, distributed, parallel, workdir as workdirs
-from plm_jax.data import loader
-from plm_jax.errors import CheckpointError, ConfigError, DataError
+from plm_jax import checkpoint, workdir as workdirs
+from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune import qa_data
-from plm_jax.finetune.predict import SPLITS, prepared_split
+from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split
 from plm_jax.finetune.qa_metrics import best_thresholds, squad_metrics
-from plm_jax.finetune.run import (BestCheckpoint, body_and_new_head, resolve_schedule,
+from plm_jax.finetune.run import (Kind, body_and_new_head, resolve_schedule, run_finetuning,
                                   start_config)
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
-from plm_jax.models.config import padded_vocab
-from plm_jax.models.partitioning import axis_rules
-from plm_jax.scaffold import Run
-from plm_jax.trainer import Trainer
 
 # evaluate --split: the names classification takes
 QA_SPLITS = {name: getattr(qa_data, split.upper()) for name, split in SPLITS.items()}
@@ -41,46 +34,7 @@ QA_SPLITS = {name: getattr(qa_data, split.upper()) for name, split in SPLITS.ite
 def finetune_qa(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
   """Fine-tunes (or resumes fine-tuning in `workdir`) for question answering; returns the final
   report."""
-  devices = jax.devices() if devices is None else list(devices)
-  found = workdirs.inspect(workdir)
-  resume_step = distributed.agree(found.step)
-  config, tokenizer = start_config(config, workdir, init_from, found)
-  checks.validate(config, len(devices))          # before any data is read
-  data = load_qa_data(config, tokenizer, workdir, found)
-  metric = config.classify.metric or "f1"
-  mesh = parallel.mesh_for(config, devices)
-  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
-                           tokenizer.pad_id)
-  predictor = SpanPredictor(trainer)
-  eval_batches = loader.Batches(config, prepared_split(data, qa_data.EVAL), loader.EVAL,
-                                mesh=mesh)
-
-  with Run(config, workdir, trainer, resume_step) as run:
-    best = BestCheckpoint(run.extra_manager(checkpoint.BEST_DIR, keep=1), metric,
-                          resuming=resume_step is not None)
-    state, meta = run.start(lambda: body_and_new_head(trainer, config.classify.init_from,
-                                                      devices))
-    run.accept(tokenizer)
-    run.describe(f"{config.model.family} {config.model.size} span extractor (start / end "
-                 f"logits); {config.train.steps} steps ({config.classify.epochs:g} epochs), "
-                 f"best by {metric}")
-    train_step = run.compile()
-
-    def on_eval(state, step):
-      report, _ = split_answers(config, data, qa_data.EVAL,
-                                predictor(state["params"], eval_batches))
-      best.offer(state, step, report)
-      run.writer.write(step, "eval", report)
-      console(f"eval @ step {step}: {format_metrics(report, trainer.objective.eval_keys)} | "
-              f"best {metric} {best.value:.2f} @ step {best.step}")
-
-    train_batches = loader.Batches(config, prepared_split(data, qa_data.EVAL), loader.TRAIN,
-                                   mesh=mesh)
-    state = run.loop(train_step, state, meta, run.batches(train_batches, meta), on_eval)
-    if best.step != int(state["step"]):
-      on_eval(state, int(state["step"]))
-  run.summary(int(state["step"]))
-  return qa_test_report(workdir, config, trainer, predictor, data, best.step, metric)
+  return run_finetuning(QUESTION_ANSWERING, config, workdir, init_from, devices)
 
 
 def load_qa_data(config, tokenizer, workdir: str, found: workdirs.Found) -> qa_data.QAData:
@@ -105,37 +59,11 @@ def load_qa_data(config, tokenizer, workdir: str, found: workdirs.Found) -> qa_d
   return data
 
 
-class SpanPredictor:
-  """Runs the span model over a whole split: start and end logits of every window, in order."""
+class SpanPredictor(Predictor):
+  """The span model over a whole split: start and end logits of every window, in order."""
 
   def __init__(self, trainer):
-    graphdef, rules, mesh = trainer.graphdef, parallel.rules_dict(trainer.config), trainer.mesh
-
-    def step(params, batch):
-      with axis_rules(rules, mesh):
-        out = nnx.merge(graphdef, params)(batch["input_ids"], batch["segment_ids"],
-                                          batch["attention_mask"])
-        return (out["start_logits"], out["end_logits"], batch["example_weights"],
-                batch["example_index"])
-
-    self.trainer = trainer
-    self.step = jax.jit(step, in_shardings=(trainer.state_shardings["params"],
-                                            trainer.batch_shardings),
-                        out_shardings=parallel.replicated(mesh))
-
-  def __call__(self, params, batches: loader.Batches) -> dict[str, np.ndarray]:
-    parts = [jax.device_get(self.step(params, loader.to_global(
-        batches.batch(i), self.trainer.batch_shardings))) for i in range(batches.eval_steps(0))]
-    if not parts:
-      raise DataError("the split holds no questions to evaluate")
-    start, end, weights, index = (np.concatenate(p) for p in zip(*parts))
-    keep = weights > 0
-    order = np.argsort(index[keep], kind="stable")
-    return {"start_logits": start[keep][order], "end_logits": end[keep][order]}
-
-  def split(self, params, config, data: qa_data.QAData, split: str) -> dict:
-    return self(params, loader.Batches(config, prepared_split(data, split), loader.EVAL,
-                                       mesh=self.trainer.mesh))
+    super().__init__(trainer, outputs=("start_logits", "end_logits"), carried=())
 
 
 def split_answers(config, data: qa_data.QAData, split: str, logits: dict) -> tuple[dict, dict]:
@@ -217,3 +145,20 @@ def evaluate_qa(workdir: str, step: int | None = None, best: bool = False,
       json.dump(result, f, indent=2)
   write_answers(workdir, name, answers, data.task.unanswerable)
   return result
+
+
+QUESTION_ANSWERING = Kind(
+    start_config=start_config,
+    load=load_qa_data,
+    metric=lambda config, data: config.classify.metric or "f1",
+    prepared=lambda data, tokenizer: prepared_split(data, qa_data.EVAL),
+    init=lambda trainer, config, devices: body_and_new_head(trainer, config.classify.init_from,
+                                                            devices),
+    what=lambda config, data, metric: (
+        f"{config.model.family} {config.model.size} span extractor (start / end logits); "
+        f"{config.train.steps} steps ({config.classify.epochs:g} epochs), best by {metric}"),
+    predictor=SpanPredictor,
+    report=lambda predictor, params, batches, config, tokenizer, data: split_answers(
+        config, data, qa_data.EVAL, predictor(params, batches))[0],
+    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
+        qa_test_report(workdir, config, trainer, predictor, data, best_step, metric))

@@ -11,9 +11,11 @@ Workdir of a fine-tuning run:
 """
 
 import copy
+import dataclasses
 import math
 import os
 import time
+from typing import Callable
 
 import jax
 
@@ -38,50 +40,70 @@ RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "attention_imp
                         "remat")
 
 
-def finetune(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
-  """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """What one kind of fine-tuning brings to the run they share (`run_finetuning`):
+  classification (CLASSIFICATION below), token tagging (tag_run.py), question answering
+  (qa_run.py) and generation (generation.py)."""
+
+  start_config: Callable   # (config, workdir, init_from, found) -> (config, tokenizer)
+  load: Callable           # (config, tokenizer, workdir, found) -> data (prints its summary;
+                           # sets the schedule and what the data decides in the config)
+  metric: Callable         # (config, data) -> the metric the best checkpoint is chosen by
+  prepared: Callable       # (data, tokenizer) -> the loader's PreparedData (train, and the
+                           # validation split served as "eval")
+  init: Callable           # (trainer, config, devices) -> the train state to start from
+  what: Callable           # (config, data, metric) -> the model, as the start-up line says it
+  predictor: Callable      # (trainer) -> what evaluates a split (None if `report` needs none)
+  report: Callable         # (predictor, params, batches, config, tokenizer, data) -> the
+                           # validation metrics of `params`
+  final: Callable          # (workdir, config, trainer, predictor, tokenizer, data, best_step,
+                           # metric) -> the final report (written in the workdir)
+  start_lines: Callable = lambda data: ()    # more start-up lines (the labels, the tags)
+
+
+def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = None,
+                   devices=None) -> dict:
+  """Fine-tunes (or resumes fine-tuning in `workdir`) as `kind` says; the best checkpoint by
+  its metric is kept in best/ beside the latest; returns the final report."""
   devices = jax.devices() if devices is None else list(devices)
   found = workdirs.inspect(workdir)
   resume_step = distributed.agree(found.step)
-  config, tokenizer = start_config(config, workdir, init_from, found)
+  config, tokenizer = kind.start_config(config, workdir, init_from, found)
   checks.validate(config, len(devices))          # before any data is read
-  data = load_task_data(config, tokenizer, workdir, found)
-  task = task_of(config)
+  data = kind.load(config, tokenizer, workdir, found)
+  metric = kind.metric(config, data)
   mesh = parallel.mesh_for(config, devices)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
                            tokenizer.pad_id)
-  predictor = Predictor(trainer)
-  eval_batches = loader.Batches(config, prepared_split(data, cdata.EVAL), loader.EVAL, mesh=mesh)
+  predictor = kind.predictor(trainer)
+  prepared = kind.prepared(data, tokenizer)
+  eval_batches = loader.Batches(config, prepared, loader.EVAL, mesh=mesh)
 
   with Run(config, workdir, trainer, resume_step) as run:
-    best = BestCheckpoint(run.extra_manager(checkpoint.BEST_DIR, keep=1), task.metric,
+    best = BestCheckpoint(run.extra_manager(checkpoint.BEST_DIR, keep=1), metric,
                           resuming=resume_step is not None)
-    state, meta = run.start(lambda: body_and_new_head(trainer, config.classify.init_from,
-                                                      devices))
+    state, meta = run.start(lambda: kind.init(trainer, config, devices))
     run.accept(tokenizer)
-    run.describe(f"{config.model.family} {config.model.size} classifier with "
-                 f"{data.num_classes} output(s); {config.train.steps} steps "
-                 f"({config.classify.epochs:g} epochs), best by {task.metric}")
-    if data.num_classes > 1:
-      console("labels: " + ", ".join(f"{i} = {name or i}" for i, name in enumerate(
-          data.label_names or [""] * data.num_classes)))
+    run.describe(kind.what(config, data, metric))
+    for line in kind.start_lines(data):
+      console(line)
     train_step = run.compile()
 
     def on_eval(state, step):
-      report = split_report(predictor(state["params"], eval_batches), data.num_classes == 1,
-                            True)
+      report = kind.report(predictor, state["params"], eval_batches, config, tokenizer, data)
       best.offer(state, step, report)
-      run.writer.write(step, "eval", report)
+      run.writer.write(step, "eval", {k: v for k, v in report.items()
+                                      if isinstance(v, (int, float))})
       console(f"eval @ step {step}: {format_metrics(report, trainer.objective.eval_keys)} | "
-              f"best {task.metric} {best.value:.4f} @ step {best.step}")
+              f"best {metric} {best.value:.4f} @ step {best.step}")
 
-    train_batches = loader.Batches(config, prepared_split(data, cdata.EVAL), loader.TRAIN,
-                                   mesh=mesh)
+    train_batches = loader.Batches(config, prepared, loader.TRAIN, mesh=mesh)
     state = run.loop(train_step, state, meta, run.batches(train_batches, meta), on_eval)
     if best.step != int(state["step"]):
       on_eval(state, int(state["step"]))
   run.summary(int(state["step"]))
-  return test_report(workdir, config, trainer, predictor, data, best.step, task.metric)
+  return kind.final(workdir, config, trainer, predictor, tokenizer, data, best.step, metric)
 
 
 # --- the config: a task's fields over the body's architecture -------------------------------------
@@ -225,3 +247,36 @@ class BestCheckpoint:
     checkpoint.save(self.manager, step, {"params": state["params"]},
                     {"best": {"metric": self.metric, "value": value, "step": step},
                      "validation": report})
+
+
+# --- classification, the first kind ---------------------------------------------------------------
+
+def _labels_line(data) -> tuple[str, ...]:
+  if data.num_classes <= 1:
+    return ()
+  return ("labels: " + ", ".join(f"{i} = {name or i}" for i, name in enumerate(
+      data.label_names or [""] * data.num_classes)),)
+
+
+CLASSIFICATION = Kind(
+    start_config=start_config,
+    load=load_task_data,
+    metric=lambda config, data: task_of(config).metric,
+    prepared=lambda data, tokenizer: prepared_split(data, cdata.EVAL),
+    init=lambda trainer, config, devices: body_and_new_head(trainer, config.classify.init_from,
+                                                            devices),
+    what=lambda config, data, metric: (
+        f"{config.model.family} {config.model.size} classifier with {data.num_classes} "
+        f"output(s); {config.train.steps} steps ({config.classify.epochs:g} epochs), best by "
+        f"{metric}"),
+    predictor=Predictor,
+    report=lambda predictor, params, batches, config, tokenizer, data: split_report(
+        predictor(params, batches), data.num_classes == 1, True),
+    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
+        test_report(workdir, config, trainer, predictor, data, best_step, metric),
+    start_lines=_labels_line)
+
+
+def finetune(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
+  """Fine-tunes a classifier (or resumes fine-tuning in `workdir`); returns the final report."""
+  return run_finetuning(CLASSIFICATION, config, workdir, init_from, devices)

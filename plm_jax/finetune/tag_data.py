@@ -20,13 +20,13 @@ prediction keeps one forward pass of one sentence (what transformers' pipeline d
 """
 
 import dataclasses
-import importlib
 import json
 import os
 
 import numpy as np
 
 from plm_jax import families
+from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
 from plm_jax.finetune.data import EVAL, TEST, TRAIN
@@ -145,27 +145,10 @@ def _decode(value) -> str:
 
 def read_tfds(task: Task, split: str, data_dir: str) -> tuple[Sentences, tuple[str, ...]]:
   """A TFDS split of word sequences and ClassLabel tag sequences, and the tags' names."""
-  try:
-    import tensorflow_datasets as tfds   # lazy: only TFDS tasks need it
-  except ImportError:
-    raise DataError("TFDS tasks need tensorflow-datasets: pip install tensorflow-datasets"
-                    ) from None
-  try:
-    # conll2003, wikiann and xtreme_pos live in tfds' text package, which `import tfds` does
-    # not register (as GLUE); another dataset may be registered already.
-    importlib.import_module(f"tensorflow_datasets.text.{task.tfds_name.split('/')[0]}")
-  except ImportError:
-    pass
-  try:
-    source = tfds.data_source(task.tfds_name, split=split, data_dir=data_dir or None,
-                              download=False)
-  except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not usable as is"
-    where = f" --data_dir={data_dir}" if data_dir else ""
-    reason = " ".join(str(e).split()).split(". ")[0][:200]
-    raise DataError(
-        f"TFDS dataset {task.tfds_name!r} (split {split!r}) cannot be read ({reason}); "
-        f"prepare it first, in ArrayRecord format: tfds build {task.tfds_name}{where} "
-        "--file_format=array_record") from None
+  # conll2003, wikiann and xtreme_pos live in tfds' text package, which `import tfds` does not
+  # register (as GLUE's).
+  source = open_tfds(task.tfds_name, split, data_dir, register=(
+      f"tensorflow_datasets.text.{task.tfds_name.split('/')[0]}",))
   features = source.dataset_info.features
   if task.text_field not in features or task.label_field not in features:
     raise DataError(f"TFDS dataset {task.tfds_name!r} has no feature {task.text_field!r} or "

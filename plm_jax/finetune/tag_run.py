@@ -17,19 +17,16 @@ import time
 import jax
 import numpy as np
 
-from plm_jax import checkpoint, checks, distributed, parallel, workdir as workdirs
-from plm_jax.data import loader
+from plm_jax import checkpoint, workdir as workdirs
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune import tag_data
 from plm_jax.finetune.data import EVAL, TEST, TRAIN, split_size
 from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split
-from plm_jax.finetune.run import BestCheckpoint, body_and_new_head, resolve_schedule, start_config
+from plm_jax.finetune.run import (Kind, body_and_new_head, resolve_schedule, run_finetuning,
+                                  start_config)
 from plm_jax.finetune.tag_metrics import format_per_type, tag_report, token_cross_entropy
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
-from plm_jax.models.config import padded_vocab
-from plm_jax.scaffold import Run
-from plm_jax.trainer import Trainer
 
 PREDICTIONS_FILE = "test_predictions.conll"
 UNTAGGED = "_"          # the gold column of a word without a tag
@@ -37,44 +34,7 @@ UNTAGGED = "_"          # the gold column of a word without a tag
 
 def finetune_tagger(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
   """Fine-tunes a tagger (or resumes one in `workdir`); returns the final report."""
-  devices = jax.devices() if devices is None else list(devices)
-  found = workdirs.inspect(workdir)
-  resume_step = distributed.agree(found.step)
-  config, tokenizer = start_config(config, workdir, init_from, found)
-  checks.validate(config, len(devices))          # before any data is read
-  data = load_data(config, tokenizer, workdir, found)
-  mesh = parallel.mesh_for(config, devices)
-  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
-                           tokenizer.pad_id)
-  predictor = Predictor(trainer)
-  eval_batches = loader.Batches(config, prepared_split(data, EVAL), loader.EVAL, mesh=mesh)
-
-  with Run(config, workdir, trainer, resume_step) as run:
-    best = BestCheckpoint(run.extra_manager(checkpoint.BEST_DIR, keep=1), data.metric,
-                          resuming=resume_step is not None)
-    state, meta = run.start(lambda: body_and_new_head(trainer, config.classify.init_from,
-                                                      devices))
-    run.accept(tokenizer)
-    run.describe(f"{config.model.family} {config.model.size} tagger with {data.num_classes} "
-                 f"tags; {config.train.steps} steps ({config.classify.epochs:g} epochs), best "
-                 f"by {'entity f1' if data.metric == 'f1' else 'word accuracy'}")
-    console("tags: " + ", ".join(f"{i} = {n}" for i, n in enumerate(data.label_names)))
-    train_step = run.compile()
-
-    def on_eval(state, step):
-      report = split_report(data, EVAL, predictor(state["params"], eval_batches))[0]
-      best.offer(state, step, report)
-      run.writer.write(step, "eval", scalars(report))
-      console(f"eval @ step {step}: {format_metrics(report, trainer.objective.eval_keys)} | "
-              f"best {data.metric} {best.value:.4f} @ step {best.step}")
-
-    train_batches = loader.Batches(config, prepared_split(data, EVAL), loader.TRAIN,
-                                   mesh=mesh)
-    state = run.loop(train_step, state, meta, run.batches(train_batches, meta), on_eval)
-    if best.step != int(state["step"]):
-      on_eval(state, int(state["step"]))
-  run.summary(int(state["step"]))
-  return test_report(workdir, config, trainer, predictor, data, best.step)
+  return run_finetuning(TAGGING, config, workdir, init_from, devices)
 
 
 def load_data(config, tokenizer, workdir: str, found: workdirs.Found) -> tag_data.TagData:
@@ -204,3 +164,23 @@ def evaluate_tagger(workdir: str, step: int | None = None, best: bool = False,
     with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
       json.dump(result, f, indent=2)
   return result
+
+
+TAGGING = Kind(
+    start_config=start_config,
+    load=load_data,
+    metric=lambda config, data: data.metric,
+    prepared=lambda data, tokenizer: prepared_split(data, EVAL),
+    init=lambda trainer, config, devices: body_and_new_head(trainer, config.classify.init_from,
+                                                            devices),
+    what=lambda config, data, metric: (
+        f"{config.model.family} {config.model.size} tagger with {data.num_classes} tags; "
+        f"{config.train.steps} steps ({config.classify.epochs:g} epochs), best by "
+        f"{'entity f1' if metric == 'f1' else 'word accuracy'}"),
+    predictor=Predictor,
+    report=lambda predictor, params, batches, config, tokenizer, data: split_report(
+        data, EVAL, predictor(params, batches))[0],
+    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
+        test_report(workdir, config, trainer, predictor, data, best_step),
+    start_lines=lambda data: ("tags: " + ", ".join(f"{i} = {n}" for i, n in
+                                                   enumerate(data.label_names)),))
