@@ -323,6 +323,9 @@ def test_bad_classify_configs(pretrained, tmp_path, capsys):
   assert not any(os.path.exists(tmp_path / d) for d in "abcd")
 
 
+# slow (left out of CI for its time): GPT's classifier is checked against
+# transformers in tests/test_hf_classifier.py and regression through ALBERT's export there
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_gpt_regression_on_json_lines(pretrained, tmp_path):
   """GPT reads the last token; one output is a regression scored by Pearson / Spearman."""

@@ -41,6 +41,9 @@ def test_child_environments():
   assert gpu["CUDA_VISIBLE_DEVICES"] == "3" and "JAX_PLATFORMS" not in gpu
 
 
+# slow (left out of CI for its time): two-process runs are
+# checked in CI by tests/test_multihost.py and tests/test_faults.py
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_local_sh_runs_a_two_process_benchmark():
   env = {**os.environ, "PROCESSES": "2", "DEVICES": "2",

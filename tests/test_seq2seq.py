@@ -225,6 +225,9 @@ USER_TEXT = ("The lighthouse keeper wound the great clock at dusk. Gulls circled
              "lamp turned over the grey water until morning.")
 
 
+# slow (left out of CI for its time): continuing an
+# imported model is checked in CI by test_cli.py's MiniLM run
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_continued_lm_finetuning_of_an_imported_gpt2(imported_gpt2, tmp_path, capsys):
   """The README's recipe: import-hf, then plm-jax train on your own text in the imported
