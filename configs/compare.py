@@ -2,6 +2,6 @@
 `--config compare:ARG` names it from any directory; this file keeps
 `--config configs/compare.py:ARG` working in a checkout."""
 
-from plm_jax.configs.compare import SIZES, get_config
+from plm_jax.configs.compare import SETUPS, get_config
 
-__all__ = ["SIZES", "get_config"]
+__all__ = ["SETUPS", "get_config"]

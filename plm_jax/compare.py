@@ -197,19 +197,42 @@ def _finetune_result(report: dict, metric: str) -> dict:
           "validation": _numbers(report.get("validation", {}))}
 
 
-def run_all(c, workdir: str) -> dict:
-  """Runs (or skips) every stage; returns what the report is made of."""
+def estimate(c, costs: dict) -> float | None:
+  """Prints `plan`'s memory and step time of every family's pretraining on c.topology, and
+  the pretraining time of the whole comparison; returns it in seconds (None if unknown)."""
+  total = 0.0
+  for family, cost in costs.items():
+    p = plan(pretrain_config(c, family, c.seeds[0], cost["steps"]), c.topology)
+    if p["step_time_s"] is None:
+      total = None
+      continue
+    hours = p["step_time_s"] * cost["steps"] * len(c.seeds) / 3600
+    console(f"compare: {family}: {cost['steps']} steps x {len(c.seeds)} seeds at "
+            f"{p['step_time_s']:.3g} s/step on {c.topology}: {hours:.2f} h of pretraining")
+    if total is not None:
+      total += hours * 3600
+  if total is not None:
+    console(f"compare: plan's estimate of the pretraining on {c.topology} (MFU 0.4): "
+            f"{total / 3600:.2f} h, fine-tuning not counted")
+  return total
+
+
+def run_all(c, workdir: str) -> dict | None:
+  """Runs (or skips) every stage; returns what the report is made of (None with
+  c.plan_only: the estimate only)."""
   devices = jax.devices()[:c.devices] if c.devices > 0 else None
   budget, costs = plan_budget(c)
   console(f"compare: match {c.match}, budget {budget:.4g} "
           f"{'FLOPs' if c.match == 'flops' else 'tokens'}; "
           + "; ".join(f"{f} {cost['params'] / 1e6:.2f}M params, {cost['steps']} steps"
                       for f, cost in costs.items()))
+  if c.topology:
+    estimate(c, costs)
   results = {"budget": budget, "costs": costs, "pretrain": {}, "finetune": {}, "bench": {}}
+  if c.plan_only:
+    return None
   for family in c.families:
     steps = costs[family]["steps"]
-    if c.topology:
-      plan(pretrain_config(c, family, c.seeds[0], steps), c.topology)
     if c.bench != "off":
       bench_dir = os.path.join(workdir, family, "bench")
       os.makedirs(bench_dir, exist_ok=True)
@@ -220,6 +243,11 @@ def run_all(c, workdir: str) -> dict:
       pre_dir = os.path.join(base, PRETRAIN)
       os.makedirs(pre_dir, exist_ok=True)
       config = pretrain_config(c, family, seed, steps)
+      done = read_result(pre_dir)
+      if done is not None and done["steps"] != steps:
+        # another budget (or FLOPs formula) than the finished run's: not a run to continue
+        raise ConfigError(f"{pre_dir} finished {done['steps']} steps, the budget now gives "
+                          f"{steps}; use a fresh --workdir (or the config it was run with)")
       results["pretrain"][(family, seed)] = stage(
           pre_dir, f"{family} seed {seed} pretrain ({steps} steps)",
           lambda: {"steps": steps, "eval": _numbers(train(config, pre_dir, devices))})
@@ -263,8 +291,11 @@ def pretrain_measures(results: dict, c) -> dict:
   for family in c.families:
     for seed in c.seeds:
       ev = results["pretrain"][(family, seed)]["eval"]
-      row = {"eval loss": ev.get("loss"),
-             "perplexity (exp eval loss)": math.exp(ev["loss"]) if "loss" in ev else None}
+      # the token-prediction loss (mlm_loss, lm_loss, ...: not BERT's NSP or ALBERT's SOP too)
+      token_loss = next((v for k, v in sorted(ev.items()) if k.endswith("lm_loss")),
+                        ev.get("loss"))
+      row = {"eval loss": ev.get("loss"), "token loss": token_loss,
+             "perplexity (exp token loss)": None if token_loss is None else math.exp(token_loss)}
       row.update({k: v for k, v in ev.items() if "accuracy" in k})
       for measure, value in row.items():
         out.setdefault(measure, {}).setdefault(family, []).append(value)
@@ -290,7 +321,8 @@ def write_report(c, workdir: str, results: dict) -> str:
   figures = {
       "loss_vs_flops.png": plots.line_figure(
           _loss_curves(workdir, c, costs), os.path.join(plot_dir, "loss_vs_flops.png"),
-          "pretraining FLOPs (model FLOPs)", "train loss", "Pretraining loss against FLOPs"),
+          "pretraining FLOPs (model FLOPs)", "train loss (the whole objective)",
+          "Pretraining loss against FLOPs"),
       "params.png": plots.bar_figure(
           {f: costs[f]["params"] / 1e6 for f in fams}, os.path.join(plot_dir, "params.png"),
           "parameters (M)", "Parameters per family")}
@@ -313,9 +345,10 @@ def write_report(c, workdir: str, results: dict) -> str:
   names = list(measures)
   lines += _table(["family", *names], [[f, *(_cell(measures[m].get(f, [])) for m in names)]
                                        for f in fams])
-  lines += ["Masked-token accuracy is the encoders' (the objective's own accuracy: XLNet's of the",
-            "permuted targets, GPT's of the next token); perplexity is exp(eval loss) of each",
-            "objective, comparable within a kind of objective only.", ""]
+  lines += ["The eval loss is the whole objective's (BERT's with NSP, ALBERT's with SOP); the "
+            "token loss only predicting tokens: masked tokens (mlm_accuracy), the next token "
+            "(GPT, lm_accuracy) or XLNet's permuted targets (plm_accuracy). Perplexity is "
+            "exp(token loss), comparable within one kind of objective only.", ""]
   strengths = []
   lines += ["## Downstream", ""]
   for task in c.finetune.tasks:
@@ -344,7 +377,7 @@ def write_report(c, workdir: str, results: dict) -> str:
     lines += _table(["family", *keys], [[f, *(str(results["bench"].get(f, {}).get(k, "n/a"))
                                              for k in keys)] for f in fams])
   for measure, per_family in measures.items():
-    higher = measure != "eval loss" and not measure.startswith("perplexity")
+    higher = "loss" not in measure and not measure.startswith("perplexity")
     strengths.append((measure, {f: mean_std(v)[0] for f, v in per_family.items()}, higher))
   lines += ["## Measured strengths and weaknesses", ""]
   rows = []
@@ -368,6 +401,8 @@ def compare(c, workdir: str) -> dict:
   validate(c)
   os.makedirs(workdir, exist_ok=True)
   results = run_all(c, workdir)
+  if results is None:
+    return {}
   report = write_report(c, workdir, results)
   console(f"compare: report {report}")
   return results

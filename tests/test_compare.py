@@ -5,11 +5,15 @@ import math
 import os
 import re
 
+import jax
+import numpy as np
 import pytest
 
-from plm_jax import cli, compare
+from helpers import family_config
+from plm_jax import cli, compare, flops
 from plm_jax.configs import compare as compare_config
 from plm_jax.plan import make_plan
+from plm_jax.trainer import AbstractState
 
 
 def run_cli(*args):
@@ -90,3 +94,15 @@ def test_compare_tiny_all_families(tmp_path):
   directory = str(tmp_path / "cmp")
   assert run_cli("compare", "--config", "compare:tiny", "--workdir", directory) == 0
   _check_report(directory, compare_config.get_config("tiny").families)
+
+
+def test_albert_counts_its_shared_layer_at_every_depth():
+  config = family_config("albert")
+  abstract = AbstractState.of(config, config.data.vocab_size)
+  layer = sum(int(np.prod(x.shape)) for x in
+              jax.tree.leaves(abstract.state["params"]["encoder"]["layers"]))
+  m = config.model
+  assert layer == 12 * m.hidden_size ** 2 + 13 * m.hidden_size      # the formula's assumption
+  kw = dict(vocab=4096, hidden=m.hidden_size, layers=m.num_layers, seq_len=64, max_position=128)
+  assert flops.shared_layer_encoder_flops_per_token(10 ** 6, **kw) == \
+      flops.encoder_flops_per_token(10 ** 6 + (m.num_layers - 1) * layer, **kw)

@@ -21,7 +21,8 @@ import ml_collections
 from plm_jax.configlib import parse_arg
 
 FAMILIES = ["bert", "roberta", "albert", "gpt", "xlnet"]
-SIZES = {
+# not SIZES: these are setups of a comparison, not model sizes (plan sizes every SIZES row)
+SETUPS = {
     "tiny": dict(families=FAMILIES, size="tiny", seeds=[0, 1], reference_steps=150,
                  pretrain=dict(batch_size=16, max_seq_length=64, vocab_size=2048, eval_steps=4,
                                log_every=10),
@@ -34,7 +35,8 @@ SIZES = {
                   finetune=dict(tasks=["builtin"], steps=2, batch_size=8, max_seq_length=32,
                                 learning_rate=1e-3, eval_every=0),
                   bench="off", topology="", devices=1),
-    "base": dict(families=FAMILIES, size="base", seeds=[0, 1, 2], reference_steps=100_000,
+    "base": dict(families=FAMILIES, size={**{f: "base" for f in FAMILIES}, "gpt": "124m"},
+                 seeds=[0, 1, 2], reference_steps=100_000,
                  pretrain=dict(batch_size=256, max_seq_length=128, vocab_size=30522,
                                eval_steps=50, log_every=100),
                  finetune=dict(tasks=["sst2", "mrpc", "rte"], steps=0, batch_size=32,
@@ -44,13 +46,14 @@ SIZES = {
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, SIZES, "tiny")
-  row = SIZES[a["size"]]
+  a = parse_arg(arg, SETUPS, "tiny", noun="setup")
+  row = SETUPS[a["size"]]
   c = ml_collections.ConfigDict()
   c.name = a["size"]
   c.families = list(row["families"])           # the order of the report's rows
   # the preset argument each family is pretrained from (its own config file's SIZE)
-  c.sizes = {family: row["size"] for family in FAMILIES}
+  c.sizes = (dict(row["size"]) if isinstance(row["size"], dict)
+             else {family: row["size"] for family in FAMILIES})
   c.mesh = a["mesh"]
   # devices each run uses (0 = all): many small runs one after another waste less time in
   # compiling for a mesh of one device than of several (the CI smoke runs on one of eight)
@@ -67,4 +70,5 @@ def get_config(arg=None):
   c.finetune.epochs = 3.0                      # used when finetune.steps = 0
   c.bench = row["bench"]                       # off | compile (memory) | time (+ tokens/s)
   c.topology = row["topology"]                 # plan's estimate before starting ("" = none)
+  c.plan_only = False                          # print the estimate (and budget) and stop
   return c
