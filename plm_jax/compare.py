@@ -4,7 +4,7 @@ with the same seeds, and one report (DIR/report.md and its PNGs) of what was mea
 Layout of DIR (each stage its own workdir, so a rerun continues what is unfinished):
   <family>/seed<k>/pretrain/        a `plm-jax train` workdir
   <family>/seed<k>/<task>/          a `plm-jax finetune` workdir initialised from pretrain/
-  <family>/bench.json               `bench` of the family's pretraining config (config.bench)
+  <family>/bench/                   `bench` of the family's pretraining config (config.bench)
   report.md, plots/*.png            rewritten from the stages' results at every run
 A stage that finished holds RESULT_FILE (written last); a rerun skips it and reads it back.
 
