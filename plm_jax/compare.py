@@ -258,8 +258,8 @@ def run_all(c, workdir: str) -> dict | None:
         metric = ft_config.classify.metric or task_of(ft_config).metric
         results["finetune"][(family, seed, task)] = stage(
             ft_dir, f"{family} seed {seed} {task}",
-            lambda: _finetune_result(finetune(ft_config, ft_dir, init_from=pre_dir,
-                                                     devices=devices), metric))
+            lambda: _finetune_result(
+                finetune(ft_config, ft_dir, init_from=pre_dir, devices=devices), metric))
   return results
 
 
