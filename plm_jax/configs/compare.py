@@ -11,7 +11,7 @@ Tokenizers: each family trains its own kind (WordPiece, byte-level BPE, Unigram:
 tokens and pair layouts its pretraining objective expects) on the same corpus with the same
 vocabulary size; one tokenizer for all would change what e.g. RoBERTa or XLNet is.
 
-`tiny` runs all five families on 2 CPU cores in about 20 minutes; `smoke` is two families and a
+`tiny` runs all five families on 2 CPU cores in 8 to 15 minutes; `smoke` is two families and a
 handful of steps (CI); `base` is sized for one H100/H200 (`topology`: plan's estimate is printed
 first) and times each family with `bench`.
 """
