@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from plm_jax import __version__, accelerator, distributed, workdir as workdirs
 from plm_jax import configs as presets
 from plm_jax.bench import bench, bench_decode
+from plm_jax.compare import compare
 from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
@@ -180,6 +181,12 @@ COMMANDS = {c.name: c for c in (
              Flag("split", "enum", "fine-tuned runs: the split to evaluate", "validation",
                   choices=("validation", "test", "train"))), WORKDIR, True,
             "plm-jax evaluate --workdir runs/bert-tiny --config.mesh.tensor=2"),
+    Command("compare", "pretrain the families at matched compute, fine-tune each on the same "
+            "tasks and seeds, and write DIR/report.md with its plots (a rerun continues)",
+            lambda config, a: compare(config, a.workdir),
+            (_workdir("the comparison's directory: a workdir per family, seed and stage, "
+                      "report.md, plots/"),), FILE, False,
+            "plm-jax compare --config compare:tiny --workdir runs/compare"),
     Command("plan", "memory, FLOPs and step time of a config on a topology, without it",
             lambda config, a: plan(config, a.topology, a.devices, a.mfu, a.hbm_gib,
                                    a.peak_tflops),

@@ -105,8 +105,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("roberta", objectives=("mlm",), tokenizer_kind="roberta-bpe",
            pair_layout=PairLayout(("cls",), ("sep", "sep"), ("sep",), 0), hf=hf_tables.ROBERTA,
            **_ENCODER),
+    # one layer shared by every depth: its FLOPs counted at each
     Family("albert", objectives=("mlm_sop", "mlm", "mlm_nsp"), tokenizer_kind="wordpiece",
-           pair_layout=_CLS_A_SEP_B_SEP, hf=hf_tables.ALBERT, **_ENCODER),
+           pair_layout=_CLS_A_SEP_B_SEP, hf=hf_tables.ALBERT,
+           **{**_ENCODER, "flops_per_token": flops.shared_layer_encoder_flops_per_token}),
     # a <eos> b <eos>: the classifier reads the last token
     Family("gpt", model=GPTLMHeadModel, classifier=GPTClassifier, objectives=("causal_lm",),
            tokenizer_kind="bpe", decoder=True, pair_layout=PairLayout((), ("eos",), ("eos",), 0),

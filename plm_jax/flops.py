@@ -42,6 +42,17 @@ def encoder_flops_per_token(n_params: int, *, vocab: int, hidden: int, layers: i
   return 6 * non_embedding + 12 * layers * hidden * seq_len + 6 * vocab * hidden
 
 
+def shared_layer_encoder_flops_per_token(n_params: int, *, vocab: int, hidden: int,
+                                         layers: int, seq_len: int, max_position: int) -> float:
+  """ALBERT: the encoder's count with its one shared layer counted at each of the `layers`
+  depths it is applied at (6 N counts parameters, and a shared layer's are stored once but
+  computed L times). The layer's parameters are taken as 12 d^2 + 13 d (an MLP of 4 d, as in
+  every ALBERT size)."""
+  layer = 12 * hidden * hidden + 13 * hidden
+  return encoder_flops_per_token(n_params + (layers - 1) * layer, vocab=vocab, hidden=hidden,
+                                 layers=layers, seq_len=seq_len, max_position=max_position)
+
+
 def flops_as_computed(reference: float, *, decoder: bool, vocab: int, hidden: int, embed: int,
                       predictions_per_token: float) -> float:
   """Model FLOPs per token counting the output layer as the step computes it."""

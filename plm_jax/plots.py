@@ -110,3 +110,50 @@ def plot_runs(workdirs: list[str], out: str, metric: str = "loss") -> str:
   fig.savefig(out, dpi=100)
   plt.close(fig)
   return out
+
+
+# --- figures of several runs' summaries (plm-jax compare) ----------------------------------------
+
+def _save(fig, ax, out: str, xlabel: str, ylabel: str, title: str) -> str:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def line_figure(series: dict, out: str, xlabel: str, ylabel: str, title: str) -> str | None:
+  """{label: (xs, ys)} as lines on one figure at `out`; None (no file) when empty."""
+  if not series:
+    return None
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for label, (xs, ys) in series.items():
+    ax.plot(xs, ys, label=label)
+  ax.legend(fontsize="small")
+  return _save(fig, ax, out, xlabel, ylabel, title)
+
+
+def bar_figure(values: dict, out: str, ylabel: str, title: str) -> str | None:
+  """{label: value} as bars."""
+  if not values:
+    return None
+  fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(values)), 4))
+  ax.bar(list(values), list(values.values()))
+  return _save(fig, ax, out, "", ylabel, title)
+
+
+def scatter_figure(points: dict, out: str, xlabel: str, ylabel: str, title: str) -> str | None:
+  """{label: (x, mean, spread)} as points with error bars (a spread of nan: none)."""
+  points = {k: p for k, p in points.items() if math.isfinite(p[1])}
+  if not points:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 5))
+  for label, (x, mean, spread) in points.items():
+    ax.errorbar([x], [mean], yerr=[spread if math.isfinite(spread) else 0.0], fmt="o",
+                capsize=4, label=label)
+  ax.legend(fontsize="small")
+  return _save(fig, ax, out, xlabel, ylabel, title)

@@ -42,7 +42,8 @@ LAYERS = [
     # 8: the commands' library functions
     ("plm_jax.pretrain", "plm_jax.finetune.run", "plm_jax.finetune.predict", "plm_jax.evaluate",
      "plm_jax.finetune.tag_run", "plm_jax.finetune.qa_run", "plm_jax.finetune.generation",
-     "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands"),
+     "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands",
+     "plm_jax.compare"),
     # 9: entry points
     ("plm_jax.cli", "plm_jax.launch_local"),
     # 10: the packaged presets (config files: they import the config layer and below only,
