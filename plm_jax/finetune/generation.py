@@ -26,6 +26,7 @@ from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune import gen_data
 from plm_jax.finetune.data import EVAL, TEST, TRAIN
 from plm_jax.finetune.gen_metrics import generation_metrics
+from plm_jax.finetune.predict import eval_name, write_eval_result
 from plm_jax.finetune.run import Kind, _with_model_of, run_finetuning, with_body_of
 from plm_jax.gen_tasks import best_metric, gen_task_of, require_decoder
 from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
@@ -241,13 +242,12 @@ def evaluate_generator(workdir: str, step: int | None = None, best: bool = False
                               _all(loaded.config.seq2seq.report_examples))
   console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
           + format_metrics(report, loaded.trainer.objective.eval_keys))
-  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "split": split,
-            "best": best, "decode": decode_settings(loaded.config), **report}
+  result = write_eval_result(workdir, loaded.step, split, best,
+                             {"decode": decode_settings(loaded.config), **report})
   if jax.process_index() == 0:
-    tag = f"{'best_' if best else ''}step_{loaded.step}_{split}"
-    with open(os.path.join(workdir, f"eval_{tag}.json"), "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-    write_predictions(os.path.join(workdir, f"predictions_{tag}.jsonl"), rows)
+    stem = eval_name(loaded.step, split, best)          # predictions_ beside eval_
+    write_predictions(os.path.join(workdir, "predictions_" + stem[len("eval_"):] + ".jsonl"),
+                      rows)
   return result
 
 

@@ -154,10 +154,21 @@ def evaluate_classifier(workdir: str, step: int | None = None, best: bool = Fals
   report = split_report(pred, data.num_classes == 1, data.labeled[SPLITS[split]])
   console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
           + format_metrics(report, loaded.trainer.objective.eval_keys))
-  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "split": split,
-            "best": best, **report}
+  return write_eval_result(workdir, loaded.step, split, best, report)
+
+
+def eval_name(step: int, split: str, best: bool) -> str:
+  """The stem of `evaluate`'s files for a fine-tuned run: eval_[best_]step_N_SPLIT."""
+  return f"eval_{'best_' if best else ''}step_{step}_{split}"
+
+
+def write_eval_result(workdir: str, step: int, split: str, best: bool, report: dict) -> dict:
+  """`evaluate`'s result for a fine-tuned run, written to WORKDIR/eval_[best_]step_N_SPLIT.json
+  (by process 0) and returned; every kind of fine-tuning writes it the same way."""
+  result = {"step": step, "workdir": os.path.abspath(workdir), "split": split, "best": best,
+            **report}
   if jax.process_index() == 0:
-    name = f"eval_{'best_' if best else ''}step_{loaded.step}_{split}.json"
-    with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+    with open(os.path.join(workdir, eval_name(step, split, best) + ".json"), "w",
+              encoding="utf-8") as f:
       json.dump(result, f, indent=2)
   return result

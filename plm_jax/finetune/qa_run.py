@@ -20,7 +20,8 @@ import jax
 from plm_jax import checkpoint, workdir as workdirs
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune import qa_data
-from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split
+from plm_jax.finetune.predict import (SPLITS, Predictor, eval_name, prepared_split,
+                                      write_eval_result)
 from plm_jax.finetune.qa_metrics import best_thresholds, squad_metrics
 from plm_jax.finetune.run import (Kind, body_and_new_head, resolve_schedule, run_finetuning,
                                   start_config)
@@ -137,13 +138,8 @@ def evaluate_qa(workdir: str, step: int | None = None, best: bool = False,
   report, answers = split_answers(loaded.config, data, QA_SPLITS[split], logits)
   console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
           + format_metrics(report, loaded.trainer.objective.eval_keys))
-  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "split": split,
-            "best": best, **report}
-  name = f"eval_{'best_' if best else ''}step_{loaded.step}_{split}"
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"{name}.json"), "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-  write_answers(workdir, name, answers, data.task.unanswerable)
+  result = write_eval_result(workdir, loaded.step, split, best, report)
+  write_answers(workdir, eval_name(loaded.step, split, best), answers, data.task.unanswerable)
   return result
 
 

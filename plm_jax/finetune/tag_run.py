@@ -21,7 +21,7 @@ from plm_jax import checkpoint, workdir as workdirs
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune import tag_data
 from plm_jax.finetune.data import EVAL, TEST, TRAIN, split_size
-from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split
+from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split, write_eval_result
 from plm_jax.finetune.run import (Kind, body_and_new_head, resolve_schedule, run_finetuning,
                                   start_config)
 from plm_jax.finetune.tag_metrics import format_per_type, tag_report, token_cross_entropy
@@ -157,13 +157,7 @@ def evaluate_tagger(workdir: str, step: int | None = None, best: bool = False,
   report, _ = _report_split(data, SPLITS[split], pred,
                             f"{split} of {workdir} @ step {loaded.step}"
                             f"{' (best)' if best else ''}", loaded.trainer.objective.eval_keys)
-  result = {"step": loaded.step, "workdir": os.path.abspath(workdir), "split": split,
-            "best": best, **report}
-  if jax.process_index() == 0:
-    name = f"eval_{'best_' if best else ''}step_{loaded.step}_{split}.json"
-    with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-  return result
+  return write_eval_result(workdir, loaded.step, split, best, report)
 
 
 TAGGING = Kind(
