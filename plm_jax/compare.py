@@ -20,7 +20,6 @@ import os
 import statistics
 
 import jax
-import numpy as np
 
 from plm_jax import configs as presets, families, plots
 from plm_jax.bench import bench
@@ -29,10 +28,10 @@ from plm_jax.errors import ConfigError
 from plm_jax.finetune.run import finetune
 from plm_jax.metrics_writer import console
 from plm_jax.models.config import padded_vocab
+from plm_jax.param_match import count_params
 from plm_jax.plan import plan
 from plm_jax.pretrain import train
 from plm_jax.tasks import task_of
-from plm_jax.trainer import AbstractState
 
 RESULT_FILE = "compare_result.json"
 REPORT_FILE = "report.md"
@@ -124,8 +123,7 @@ def step_cost(config) -> dict:
   """Parameters, model FLOPs per token and per step, and tokens per step of a pretraining
   config (as `plan` counts them: the configured vocabulary, padded)."""
   vocab = padded_vocab(config, config.data.vocab_size)
-  abstract = AbstractState.of(config, vocab)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.state["params"]))
+  n_params = count_params(config)
   m = config.model
   per_token = families.get(m.family).flops_per_token(
       n_params, vocab=vocab, hidden=m.hidden_size, layers=m.num_layers,

@@ -37,8 +37,8 @@ LAYERS = [
      "plm_jax.finetune.tag_data", "plm_jax.finetune.qa_data", "plm_jax.finetune.gen_data"),
     # 6: the trainer, Hugging Face interop
     ("plm_jax.trainer", "plm_jax.hf"),
-    # 7: the run scaffold, restoring, a run's data
-    ("plm_jax.scaffold", "plm_jax.inference", "plm_jax.run_data"),
+    # 7: the run scaffold, restoring, a run's data, sizing a config to a parameter count
+    ("plm_jax.scaffold", "plm_jax.inference", "plm_jax.run_data", "plm_jax.param_match"),
     # 8: the commands' library functions
     ("plm_jax.pretrain", "plm_jax.finetune.run", "plm_jax.finetune.predict", "plm_jax.evaluate",
      "plm_jax.finetune.tag_run", "plm_jax.finetune.qa_run", "plm_jax.finetune.generation",
