@@ -2,6 +2,7 @@
 with the same seeds, and one report (DIR/report.md and its PNGs) of what was measured.
 
 Layout of DIR (each stage its own workdir, so a rerun continues what is unfinished):
+  tasks/<task>/<split>.json[l]      the built-in downstream tasks (data/builtin_tasks.py)
   <family>/seed<k>/pretrain/        a `plm-jax train` workdir
   <family>/seed<k>/<task>/          a `plm-jax finetune` workdir initialised from pretrain/
   <family>/bench/                   `bench` of the family's pretraining config (config.bench)
@@ -10,25 +11,34 @@ A stage that finished holds RESULT_FILE (written last); a rerun skips it and rea
 
 The budget: match="flops" gives every family the same model FLOPs (flops.py's convention, the
 one `plan` and `bench` use: families.Family.flops_per_token x tokens per step), match="tokens"
-the same tokens; train.steps = round(budget / per-step cost), at least 1.
+the same tokens; train.steps = round(budget / per-step cost), at least 1. match="params" sizes
+each family's width to the same parameter count (param_match.py) and trains all on the
+reference's tokens.
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
 import os
 import statistics
+from typing import Callable
 
 import jax
 
 from plm_jax import configs as presets, families, plots
 from plm_jax.bench import bench
 from plm_jax.data import loader
+from plm_jax.data.builtin_tasks import (ABOUT, BASELINES, SPLITS, baseline, task_paths,
+                                        write_builtin_tasks)
 from plm_jax.errors import ConfigError
+from plm_jax.finetune.generation import finetune_generator
+from plm_jax.finetune.qa_run import finetune_qa
 from plm_jax.finetune.run import finetune
+from plm_jax.gen_tasks import gen_task_of
 from plm_jax.metrics_writer import console
 from plm_jax.models.config import padded_vocab
-from plm_jax.param_match import count_params
+from plm_jax.param_match import count_params, match_width, with_width
 from plm_jax.plan import plan
 from plm_jax.pretrain import train
 from plm_jax.tasks import task_of
@@ -36,8 +46,46 @@ from plm_jax.tasks import task_of
 RESULT_FILE = "compare_result.json"
 REPORT_FILE = "report.md"
 PRETRAIN = "pretrain"
-MATCHES = ("flops", "tokens")
+TASKS_DIR = "tasks"
+MATCHES = ("flops", "tokens", "params")
 BENCH_MODES = ("off", "compile", "time")
+UNITS = {"flops": "model FLOPs", "tokens": "tokens", "params": "parameters"}
+
+
+# --- the downstream stages --------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+  """One kind of downstream stage: where its fields are in the compare config, the fine-tuning
+  preset it starts from, the built-in tasks it reads from files, and which families can."""
+
+  group: str                     # the compare config's group (classify | qa | generate)
+  title: str                     # the report's name of the kind
+  preset: str                    # the fine-tuning config file (classify | qa | seq2seq)
+  fields: str                    # that config's group of task fields (classify | seq2seq)
+  builtin: dict                  # {built-in task: the preset's local-file task}
+  run: Callable                  # (config, workdir, init_from, devices) -> final report
+  can: Callable                  # (families.Family) -> bool
+  metric: Callable               # (config) -> the metric the report ranks by
+  shown: tuple                   # the metrics of its tables (the ranked one first)
+  cannot: str = ""               # why a family that cannot is left out
+
+
+DOWNSTREAM = (
+    Downstream("classify", "classification", "classify", "classify", {"word_order": "jsonl"},
+               finetune, lambda family: True,
+               lambda config: config.classify.metric or task_of(config).metric, ()),
+    Downstream("qa", "question answering", "qa", "classify", {"cloze": "json"}, finetune_qa,
+               lambda family: family.span_model is not None,
+               lambda config: config.classify.metric or "f1", ("f1", "exact_match"),
+               "extractive QA needs a bidirectional encoder"),
+    Downstream("generate", "generation", "seq2seq", "seq2seq", {"unshuffle": "jsonl"},
+               finetune_generator, lambda family: family.decoder,
+               lambda config: gen_task_of(config).metric,
+               ("bleu", "rougeL", "exact_match", "perplexity"),
+               "generation fine-tuning needs a decoder"),
+)
+BUILTIN_TASKS = {task for kind in DOWNSTREAM for task in kind.builtin}
 
 
 # --- configs ----------------------------------------------------------------------------------
@@ -53,31 +101,64 @@ def load_config_file(spec: str):
   return module.get_config(arg or None)
 
 
+def normalise(c) -> None:
+  """`--config.families=bert,gpt` (one string: ml_collections reads a tuple from the command
+  line only as "('bert', 'gpt')") as the tuple it means; the same for the stages' tasks."""
+  def split(values):
+    return tuple(v.strip() for value in values for v in str(value).split(",") if v.strip())
+  with c.unlocked():
+    c.families = split(c.families)
+    for kind in DOWNSTREAM:
+      c[kind.group].tasks = split(c[kind.group].tasks)
+
+
 def validate(c) -> None:
   unknown = [f for f in c.families if f not in families.FAMILIES]
   if unknown or not c.families:
-    raise ConfigError(f"compare families {unknown or '[]'}: give one or more of "
-                      f"{', '.join(families.FAMILIES)}")
+    raise ConfigError(f"compare families {unknown or '()'}: give one or more of "
+                      f"{', '.join(families.FAMILIES)}, e.g. --config.families=bert,gpt")
   if c.devices < 0 or c.devices > jax.device_count():
     raise ConfigError(f"compare devices={c.devices} must be in [0, {jax.device_count()}] (0 = "
                       "all of this host's)")
   if c.match not in MATCHES:
-    raise ConfigError(f"compare match={c.match!r} is not one of {', '.join(MATCHES)} (matching "
-                      "parameter counts is not supported yet: choose sizes of similar counts)")
+    raise ConfigError(f"compare match={c.match!r} is not one of {', '.join(MATCHES)}")
   if c.bench not in BENCH_MODES:
     raise ConfigError(f"compare bench={c.bench!r} is not one of {', '.join(BENCH_MODES)}")
   if not c.seeds:
-    raise ConfigError("compare seeds=[] runs nothing; give one or more seeds")
-  if c.budget <= 0 and (c.reference_family not in families.FAMILIES or c.reference_steps <= 0):
-    raise ConfigError("give compare budget > 0, or reference_family (a family) and "
-                      "reference_steps > 0")
+    raise ConfigError("compare seeds=() runs nothing; give one or more seeds")
+  if c.reference_family not in families.FAMILIES or c.reference_steps <= 0:
+    if c.budget <= 0 or c.match == "params":
+      raise ConfigError("give compare reference_family (a family) and reference_steps > 0"
+                        + ("" if c.match == "params" else ", or budget > 0"))
   missing = [f for f in {*c.families, c.reference_family} if f not in c.sizes]
   if missing:
     raise ConfigError(f"compare sizes has no entry for {', '.join(sorted(missing))}")
+  seen: dict = {}
+  for kind in DOWNSTREAM:
+    s = c[kind.group]
+    for task in s.tasks:
+      if task in seen or task == PRETRAIN:
+        raise ConfigError(f"compare task {task!r} is named twice ({seen.get(task, PRETRAIN)} "
+                          f"and {kind.group}.tasks): each task is a directory of its own")
+      seen[task] = f"{kind.group}.tasks"
+      home = next((k for k in DOWNSTREAM if task in k.builtin), None)
+      if home is not None and home is not kind:
+        raise ConfigError(f"compare {kind.group}.tasks: {task!r} is a {home.title} task; "
+                          f"name it in {home.group}.tasks")
+      if home is None:       # a named task of the preset: known before anything runs
+        try:
+          load_config_file(f"{kind.preset}:{task}")
+        except ConfigError as e:
+          raise ConfigError(f"compare {kind.group}.tasks: {e}") from None
+    if s.tasks and (s.steps < 0 or s.batch_size < 1 or s.max_seq_length < 8
+                    or (s.steps == 0 and s.epochs <= 0)):
+      raise ConfigError(f"compare {kind.group}: give steps > 0 (or steps=0 and epochs > 0), "
+                        "batch_size >= 1 and max_seq_length >= 8")
 
 
-def pretrain_config(c, family: str, seed: int, steps: int = 1):
-  """The family's preset with the comparison's shared corpus, vocabulary, batch and length."""
+def pretrain_config(c, family: str, seed: int, steps: int = 1, hidden: int = 0):
+  """The family's preset with the comparison's shared corpus, vocabulary, batch and length
+  (and, hidden > 0, the width that matches the parameter budget)."""
   config = load_config_file(f"{family}:{c.sizes[family]},mesh={c.mesh}")
   p = c.pretrain
   with config.unlocked():
@@ -96,24 +177,43 @@ def pretrain_config(c, family: str, seed: int, steps: int = 1):
     config.objective.reuse_len = min(config.objective.reuse_len, p.max_seq_length // 2)
     if p.learning_rate > 0:
       config.optim.learning_rate = p.learning_rate
-  return config
+  return with_width(config, hidden) if hidden else config
 
 
-def finetune_config(c, task: str, seed: int):
-  config = load_config_file(f"classify:{task},mesh={c.mesh}")
-  f = c.finetune
+def family_config(c, costs: dict, family: str, seed: int):
+  """The family's pretraining config with its budgeted steps (and matched width)."""
+  cost = costs[family]
+  return pretrain_config(c, family, seed, cost["steps"], cost.get("hidden", 0))
+
+
+def downstream_config(c, kind: Downstream, task: str, seed: int, files: dict):
+  """The fine-tuning config of `task`: its preset (a built-in task: the preset's local-file
+  task reading the files compare wrote) with the stage's schedule and the seed."""
+  s = c[kind.group]
+  config = load_config_file(f"{kind.preset}:{kind.builtin.get(task, task)},mesh={c.mesh}")
   with config.unlocked():
+    fields = config[kind.fields]
+    if task in kind.builtin:
+      train, validation, test = (files[task][split] for split in SPLITS)
+      fields.train_path, fields.eval_path, fields.test_path = train, validation, test
     config.train.seed = seed
-    config.train.batch_size = f.batch_size
-    config.data.max_seq_length = f.max_seq_length
-    config.optim.learning_rate = f.learning_rate
-    config.train.eval_every = f.eval_every
-    if f.steps > 0:
-      config.classify.epochs = 0.0
-      config.train.steps = f.steps
-      config.train.log_every = max(1, f.steps // 5)
+    config.train.batch_size = s.batch_size
+    config.data.max_seq_length = s.max_seq_length
+    config.optim.learning_rate = s.learning_rate
+    config.train.eval_every = s.eval_every
+    if s.steps > 0:
+      fields.epochs = 0.0
+      config.train.steps = s.steps
+      config.train.log_every = max(1, s.steps // 5)
     else:
-      config.classify.epochs = f.epochs
+      fields.epochs = s.epochs
+    if kind.group == "qa":
+      config.qa.max_query_length = s.max_query_length
+      config.qa.doc_stride = s.doc_stride
+    if kind.group == "generate":
+      config.seq2seq.eval_examples = 0            # the best checkpoint by validation loss
+      config.seq2seq.report_examples = s.report_examples
+      config.seq2seq.max_new_tokens = s.max_new_tokens
   return config
 
 
@@ -130,7 +230,7 @@ def step_cost(config) -> dict:
       seq_len=config.data.max_seq_length, max_position=m.max_position)
   tokens = config.train.batch_size * config.data.max_seq_length * loader.segments_per_row(config)
   return {"params": n_params, "flops_per_token": float(per_token), "tokens_per_step": tokens,
-          "step_flops": float(per_token) * tokens}
+          "step_flops": float(per_token) * tokens, "hidden_size": m.hidden_size}
 
 
 def steps_for(budget: float, per_step: float) -> int:
@@ -138,19 +238,25 @@ def steps_for(budget: float, per_step: float) -> int:
 
 
 def plan_budget(c) -> tuple[float, dict]:
-  """(budget, {family: cost with "steps"}): every family's steps for the matched budget."""
+  """(budget, {family: cost with "steps"}): every family's steps for the matched budget (and,
+  matching parameters, its width: "hidden")."""
+  reference = step_cost(pretrain_config(c, c.reference_family, 0))
+  widths = {}
+  if c.match == "params":
+    budget = c.budget if c.budget > 0 else float(reference["params"])
+    widths = {f: match_width(pretrain_config(c, f, 0), int(budget))[0] for f in c.families}
+  costs = {f: step_cost(pretrain_config(c, f, 0, hidden=widths.get(f, 0)))
+           for f in c.families}
   unit = "step_flops" if c.match == "flops" else "tokens_per_step"
-  costs = {f: step_cost(pretrain_config(c, f, 0)) for f in c.families}
-  budget = c.budget
-  if budget <= 0:
-    reference = costs.get(c.reference_family) or step_cost(
-        pretrain_config(c, c.reference_family, 0))
-    budget = reference[unit] * c.reference_steps
-  for cost in costs.values():
-    cost["steps"] = steps_for(budget, cost[unit])
+  spend = c.budget if c.budget > 0 and c.match != "params" else \
+      reference[unit] * c.reference_steps
+  for family, cost in costs.items():
+    if family in widths:
+      cost["hidden"] = widths[family]
+    cost["steps"] = steps_for(spend, cost[unit])
     cost["flops"] = cost["steps"] * cost["step_flops"]
     cost["tokens"] = cost["steps"] * cost["tokens_per_step"]
-  return budget, costs
+  return (budget if c.match == "params" else spend), costs
 
 
 # --- stages -----------------------------------------------------------------------------------
@@ -178,6 +284,7 @@ def stage(workdir: str, name: str, run) -> dict:
     console(f"compare: {name}: skipped (finished: {os.path.join(workdir, RESULT_FILE)})")
     return done
   console(f"compare: {name}: running in {workdir}")
+  os.makedirs(workdir, exist_ok=True)
   result = run()
   write_result(workdir, result)
   return result
@@ -188,11 +295,16 @@ def _numbers(d: dict) -> dict:
           if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _finetune_result(report: dict, metric: str) -> dict:
+def downstream_result(report: dict, metric: str) -> dict:
+  """A fine-tuning run's final report, as compare keeps it: the metric it is ranked by, on the
+  test split when that split has it (labelled) else on validation, and the split's numbers
+  (with the perplexity of a loss)."""
   split = "test" if isinstance(report.get("test"), dict) and metric in report["test"] \
       else "validation"
-  return {"metric": metric, "split": split, "score": float(report[split][metric]),
-          "validation": _numbers(report.get("validation", {}))}
+  numbers = _numbers(report[split])
+  if "loss" in numbers and "perplexity" not in numbers:
+    numbers["perplexity"] = math.exp(min(numbers["loss"], 50.0))
+  return {"metric": metric, "split": split, "score": numbers[metric], "numbers": numbers}
 
 
 def estimate(c, costs: dict) -> float | None:
@@ -200,7 +312,7 @@ def estimate(c, costs: dict) -> float | None:
   the pretraining time of the whole comparison; returns it in seconds (None if unknown)."""
   total = 0.0
   for family, cost in costs.items():
-    p = plan(pretrain_config(c, family, c.seeds[0], cost["steps"]), c.topology)
+    p = plan(family_config(c, costs, family, c.seeds[0]), c.topology)
     if p["step_time_s"] is None:
       total = None
       continue
@@ -215,32 +327,45 @@ def estimate(c, costs: dict) -> float | None:
   return total
 
 
+def builtin_task_files(c, workdir: str) -> dict:
+  """{task: {split: path}} of the built-in tasks the config names, written into DIR/tasks
+  once (the same files on every run: they are drawn with fixed seeds)."""
+  wanted = [t for kind in DOWNSTREAM for t in c[kind.group].tasks if t in BUILTIN_TASKS]
+  if not wanted:
+    return {}
+  out = os.path.join(workdir, TASKS_DIR)
+  files = task_paths(out)
+  if not all(os.path.exists(p) for t in wanted for p in files[t].values()):
+    console(f"compare: writing the built-in tasks {', '.join(wanted)} into {out}")
+    write_builtin_tasks(out)
+  return files
+
+
 def run_all(c, workdir: str) -> dict | None:
   """Runs (or skips) every stage; returns what the report is made of (None with
   c.plan_only: the estimate only)."""
   devices = jax.devices()[:c.devices] if c.devices > 0 else None
   budget, costs = plan_budget(c)
-  console(f"compare: match {c.match}, budget {budget:.4g} "
-          f"{'FLOPs' if c.match == 'flops' else 'tokens'}; "
-          + "; ".join(f"{f} {cost['params'] / 1e6:.2f}M params, {cost['steps']} steps"
-                      for f, cost in costs.items()))
+  console(f"compare: match {c.match}, budget {budget:.4g} {UNITS[c.match]}; "
+          + "; ".join(f"{f} {cost['params'] / 1e6:.2f}M params"
+                      + (f" (hidden {cost['hidden']})" if "hidden" in cost else "")
+                      + f", {cost['steps']} steps" for f, cost in costs.items()))
   if c.topology:
     estimate(c, costs)
-  results = {"budget": budget, "costs": costs, "pretrain": {}, "finetune": {}, "bench": {}}
+  results = {"budget": budget, "costs": costs, "pretrain": {}, "downstream": {}, "bench": {}}
   if c.plan_only:
     return None
+  files = builtin_task_files(c, workdir)
   for family in c.families:
     steps = costs[family]["steps"]
     if c.bench != "off":
       bench_dir = os.path.join(workdir, family, "bench")
-      os.makedirs(bench_dir, exist_ok=True)
       results["bench"][family] = stage(bench_dir, f"{family} bench", lambda: _numbers(bench(
-          pretrain_config(c, family, c.seeds[0], steps), compile_only=c.bench == "compile")))
+          family_config(c, costs, family, c.seeds[0]), compile_only=c.bench == "compile")))
     for seed in c.seeds:
       base = os.path.join(workdir, family, f"seed{seed}")
       pre_dir = os.path.join(base, PRETRAIN)
-      os.makedirs(pre_dir, exist_ok=True)
-      config = pretrain_config(c, family, seed, steps)
+      config = family_config(c, costs, family, seed)
       done = read_result(pre_dir)
       if done is not None and done["steps"] != steps:
         # another budget (or FLOPs formula) than the finished run's: not a run to continue
@@ -248,16 +373,19 @@ def run_all(c, workdir: str) -> dict | None:
                           f"{steps}; use a fresh --workdir (or the config it was run with)")
       results["pretrain"][(family, seed)] = stage(
           pre_dir, f"{family} seed {seed} pretrain ({steps} steps)",
-          lambda: {"steps": steps, "eval": _numbers(train(config, pre_dir, devices))})
-      for task in c.finetune.tasks:
-        ft_dir = os.path.join(base, task)
-        os.makedirs(ft_dir, exist_ok=True)
-        ft_config = finetune_config(c, task, seed)
-        metric = ft_config.classify.metric or task_of(ft_config).metric
-        results["finetune"][(family, seed, task)] = stage(
-            ft_dir, f"{family} seed {seed} {task}",
-            lambda: _finetune_result(
-                finetune(ft_config, ft_dir, init_from=pre_dir, devices=devices), metric))
+          lambda: {"steps": steps, "eval": _numbers(train(config, pre_dir, devices)),
+                   "tokens_per_s": pretrain_throughput(pre_dir)})
+      for kind in DOWNSTREAM:
+        if not kind.can(families.get(family)):
+          continue
+        for task in c[kind.group].tasks:
+          ft_dir = os.path.join(base, task)
+          ft_config = downstream_config(c, kind, task, seed, files)
+          metric = kind.metric(ft_config)
+          results["downstream"][(family, seed, task)] = stage(
+              ft_dir, f"{family} seed {seed} {task} ({kind.title})",
+              lambda: downstream_result(
+                  kind.run(ft_config, ft_dir, init_from=pre_dir, devices=devices), metric))
   return results
 
 
@@ -271,16 +399,25 @@ def mean_std(values) -> tuple[float, float]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _cell(values, scale: float = 1.0, digits: int = 3) -> str:
-  mean, std = mean_std([v * scale for v in values if v is not None])
+def _cell(values, digits: int = 3) -> str:
+  mean, std = mean_std(values)
   if math.isnan(mean):
     return "n/a"
+  digits = 0 if abs(mean) >= 1000 else digits     # tokens/s: no decimals
   return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
   return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
           *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def pretrain_throughput(run_dir: str) -> float | None:
+  """The median tokens/s of a pretraining run's train records after its first step (the
+  first holds the compilation)."""
+  points = plots.read_curves(run_dir, skipped=()).get("train", {}).get("tokens_per_s", [])
+  values = [v for step, v in points if step > 1]
+  return statistics.median(values) if values else None
 
 
 def pretrain_measures(results: dict, c) -> dict:
@@ -312,10 +449,38 @@ def _loss_curves(workdir: str, c, costs: dict) -> dict:
   return series
 
 
+@dataclasses.dataclass
+class Measure:
+  """One column of the strengths and weaknesses: {family: [value per seed]}."""
+  name: str
+  values: dict
+  higher_is_better: bool = True
+  ranked: bool = True            # False: shown only (not comparable across the families)
+  floor: float | None = None     # what learning nothing scores: no family above it, no ranking
+
+  def learned(self) -> bool:
+    sign = 1 if self.higher_is_better else -1
+    return self.floor is None or any(sign * (v - self.floor) > 0 for v in self.means().values())
+
+  def means(self) -> dict:
+    return {f: m for f, v in self.values.items() if not math.isnan(m := mean_std(v)[0])}
+
+
+def _budget_line(c, budget: float, costs: dict) -> str:
+  if c.match == "params":
+    tokens = next(iter(costs.values()))["tokens"]
+    spread = max(abs(cost["params"] / budget - 1) for cost in costs.values())
+    return (f"Matched parameters: {budget:,.0f} per family (each family's width sized to it, "
+            f"within {100 * spread:.1f}%), every family trained on about {tokens:,} tokens")
+  return f"Matched {c.match}: budget {budget:.4g} {UNITS[c.match]} per run"
+
+
 def write_report(c, workdir: str, results: dict) -> str:
   costs, budget = results["costs"], results["budget"]
   fams, seeds = c.families, c.seeds
   plot_dir = os.path.join(workdir, "plots")
+  throughput = {f: [results["pretrain"][(f, s)].get("tokens_per_s") for s in seeds]
+                for f in fams}
   figures = {
       "loss_vs_flops.png": plots.line_figure(
           _loss_curves(workdir, c, costs), os.path.join(plot_dir, "loss_vs_flops.png"),
@@ -323,21 +488,23 @@ def write_report(c, workdir: str, results: dict) -> str:
           "Pretraining loss against FLOPs"),
       "params.png": plots.bar_figure(
           {f: costs[f]["params"] / 1e6 for f in fams}, os.path.join(plot_dir, "params.png"),
-          "parameters (M)", "Parameters per family")}
-  unit = "model FLOPs" if c.match == "flops" else "tokens"
+          "parameters (M)", "Parameters per family"),
+      "throughput.png": plots.bar_figure(
+          {f: mean_std(v)[0] / 1e3 for f, v in throughput.items()
+           if not math.isnan(mean_std(v)[0])}, os.path.join(plot_dir, "throughput.png"),
+          "thousand tokens/s (pretraining, measured)", "Pretraining throughput")}
   lines = [f"# Family comparison: {c.name}", "",
-           f"Matched {c.match}: budget {budget:.4g} {unit}"
-           f" per run; seeds {', '.join(map(str, seeds))}; corpus `{c.corpus}`; each family's own "
-           f"tokenizer kind trained on it with {c.pretrain.vocab_size} entries; batch "
-           f"{c.pretrain.batch_size} x {c.pretrain.max_seq_length} tokens. Values are mean ± "
-           "sample standard deviation over the seeds.", "",
-           "## Compute", ""]
-  lines += _table(["family", "size", "params", "FLOPs/token", "tokens/step", "steps",
+           f"{_budget_line(c, budget, costs)}; seeds {', '.join(map(str, seeds))}; corpus "
+           f"`{c.corpus}`; each family's own tokenizer kind trained on it with "
+           f"{c.pretrain.vocab_size} entries; batch {c.pretrain.batch_size} x "
+           f"{c.pretrain.max_seq_length} tokens. Values are mean ± sample standard deviation "
+           "over the seeds.", "", "## Compute", ""]
+  lines += _table(["family", "size", "hidden", "params", "FLOPs/token", "tokens/step", "steps",
                    "pretraining FLOPs", "tokens"],
-                  [[f, c.sizes[f], f"{costs[f]['params'] / 1e6:.2f}M",
-                    f"{costs[f]['flops_per_token']:.3g}", str(costs[f]["tokens_per_step"]),
-                    str(costs[f]["steps"]), f"{costs[f]['flops']:.3g}", f"{costs[f]['tokens']:,}"]
-                   for f in fams])
+                  [[f, c.sizes[f], str(costs[f]["hidden_size"]),
+                    f"{costs[f]['params'] / 1e6:.2f}M", f"{costs[f]['flops_per_token']:.3g}",
+                    str(costs[f]["tokens_per_step"]), str(costs[f]["steps"]),
+                    f"{costs[f]['flops']:.3g}", f"{costs[f]['tokens']:,}"] for f in fams])
   measures = pretrain_measures(results, c)
   lines += ["## Pretraining (final eval)", ""]
   names = list(measures)
@@ -347,46 +514,69 @@ def write_report(c, workdir: str, results: dict) -> str:
             "token loss only predicting tokens: masked tokens (mlm_accuracy), the next token "
             "(GPT, lm_accuracy) or XLNet's permuted targets (plm_accuracy). Perplexity is "
             "exp(token loss), comparable within one kind of objective only.", ""]
-  strengths = []
+  columns: list[Measure] = []
+  floors: dict = {}
   lines += ["## Downstream", ""]
-  for task in c.finetune.tasks:
-    scores = {f: [results["finetune"][(f, s, task)]["score"] for s in seeds] for f in fams}
-    any_result = results["finetune"][(fams[0], seeds[0], task)]
-    metric, split = any_result["metric"], any_result["split"]
-    rows = []
-    for f in fams:
-      mean, _ = mean_std(scores[f])
-      per_point = costs[f]["flops"] / (100 * mean) if mean and mean > 0 else math.nan
-      rows.append([f, _cell(scores[f]), f"{per_point:.3g}"])
-    lines += [f"### {task}: {metric} ({split} split)", ""]
-    lines += _table(["family", metric, "pretraining FLOPs per point"], rows)
-    strengths.append((f"{task} {metric}", {f: mean_std(scores[f])[0] for f in fams}, True))
-    name = f"downstream_{task}.png"
-    figures[name] = plots.scatter_figure(
-        {f: (costs[f]["flops"], *mean_std(scores[f])) for f in fams},
-        os.path.join(plot_dir, name), "pretraining FLOPs", f"{task} {metric}",
-        f"{task}: {metric} against pretraining FLOPs")
-  lines += ["Question answering and generation are not in this first version of the "
-            "comparison: tasks that need no download exist for classification only.", ""]
-  if results["bench"]:
-    keys = [k for k in ("tokens_per_s", "step_ms", "peak_mem_gib", "temp_gib", "argument_gib",
-                        "compile_s") if any(k in b for b in results["bench"].values())]
-    lines += ["## Throughput and memory (`bench`)", ""]
-    lines += _table(["family", *keys], [[f, *(str(results["bench"].get(f, {}).get(k, "n/a"))
-                                             for k in keys)] for f in fams])
-  for measure, per_family in measures.items():
-    higher = "loss" not in measure and not measure.startswith("perplexity")
-    strengths.append((measure, {f: mean_std(v)[0] for f, v in per_family.items()}, higher))
-  lines += ["## Measured strengths and weaknesses", ""]
-  rows = []
-  for measure, values, higher in strengths:
-    finite = {f: v for f, v in values.items() if not math.isnan(v)}
-    if len(finite) < 2:
-      continue
-    ranked = sorted(finite, key=finite.get, reverse=higher)
-    rows.append([measure, f"{ranked[0]} ({finite[ranked[0]]:.3f})",
-                 f"{ranked[-1]} ({finite[ranked[-1]]:.3f})"])
-  lines += _table(["measure", "best", "worst"], rows)
+  for kind in DOWNSTREAM:
+    for task in c[kind.group].tasks:
+      able = [f for f in fams if (f, seeds[0], task) in results["downstream"]]
+      if not able:
+        continue
+      runs = {f: [results["downstream"][(f, s, task)] for s in seeds] for f in able}
+      first = runs[able[0]][0]
+      metric, split = first["metric"], first["split"]
+      shown = [metric, *(m for m in kind.shown if m != metric and m in first["numbers"])]
+      # classification metrics are fractions, QA's and generation's percentages: a point is
+      # one of 100 for all
+      scale = 100.0 if kind.group == "classify" else 1.0
+      rows = []
+      for f in able:
+        mean, _ = mean_std([r["score"] for r in runs[f]])
+        per_point = costs[f]["flops"] / (scale * mean) if mean > 0 else math.nan
+        rows.append([f, *(_cell([r["numbers"].get(m) for r in runs[f]]) for m in shown),
+                     f"{per_point:.3g}"])
+      lines += [f"### {task} ({kind.title}): {metric}, {split} split", ""]
+      if task in ABOUT:
+        # what a model that learned nothing scores: a family's score means something above it
+        lines += [f"Built-in: {ABOUT[task]}. Baseline: {BASELINES[task]}.", ""]
+        floor = baseline(task, task_paths(os.path.join(workdir, TASKS_DIR))[task][split])
+        floors[task] = floor.get(metric)
+        rows.append(["*baseline*", *(f"*{floor[m]:.3f}*" if m in floor else "" for m in shown),
+                     ""])
+      lines += _table(["family", *shown, "pretraining FLOPs per point"], rows)
+      left_out = [f for f in fams if f not in able]
+      if left_out and kind.cannot:
+        lines += [f"Not run: {', '.join(left_out)} ({kind.cannot}).", ""]
+      columns.append(Measure(f"{task} {metric}", {f: [r["score"] for r in runs[f]]
+                                                  for f in able}, floor=floors.get(task)))
+      if kind.group == "generate" and "perplexity" in first["numbers"]:
+        columns.append(Measure(f"{task} target perplexity", {
+            f: [r["numbers"].get("perplexity") for r in runs[f]] for f in able}, False))
+      name = f"downstream_{task}.png"
+      figures[name] = plots.scatter_figure(
+          {f: (costs[f]["flops"], *mean_std([r["score"] for r in runs[f]])) for f in able},
+          os.path.join(plot_dir, name), "pretraining FLOPs", f"{task} {metric}",
+          f"{task}: {metric} against pretraining FLOPs")
+  lines += ["## Throughput and memory", ""]
+  keys = [k for k in ("tokens_per_s", "step_ms", "mfu", "peak_mem_gib", "temp_gib",
+                      "argument_gib", "compile_s")
+          if any(k in b for b in results["bench"].values())]
+  lines += _table(["family", "pretraining tokens/s (measured in the runs)",
+                   *(f"bench {k}" for k in keys)],
+                  [[f, _cell(throughput[f], 0), *(str(results["bench"].get(f, {}).get(k, "n/a"))
+                                                   for k in keys)] for f in fams])
+  lines += [f"Measured on {c.devices or jax.device_count()} x {jax.devices()[0].device_kind} "
+            "(this run's devices; a run resumed elsewhere mixes machines)"
+            + ("; `bench` compiles each family's pretraining step on its own (memory per device)"
+               if keys else "; `bench` off (compare's `bench` field: compile or time)") + ".",
+            ""]
+  columns.append(Measure("pretraining tokens/s", throughput))
+  if "mlm_accuracy" in measures:
+    columns.append(Measure("masked-token accuracy", measures["mlm_accuracy"]))
+  # not ranked: a next-token, a masked-token and a permuted-order perplexity are not one scale
+  columns.append(Measure("token perplexity", measures["perplexity (exp token loss)"], False,
+                         ranked=False))
+  lines += strengths_and_weaknesses(columns, fams)
   lines += ["## Plots", ""] + [f"![{n}](plots/{n})" for n, path in figures.items() if path] + [""]
   out = os.path.join(workdir, REPORT_FILE)
   with open(out, "w", encoding="utf-8") as f:
@@ -394,8 +584,50 @@ def write_report(c, workdir: str, results: dict) -> str:
   return out
 
 
+def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[str]:
+  """A table of every measure (mean ± spread; the best in bold) and, per family, the measures
+  it is best and worst at among the families that have them."""
+  # a measure ranks the families that have it when they differ (ties share the rank); one
+  # only a single family has (generation: GPT) is shown, not ranked
+  columns = [m for m in columns if m.means()]
+  best, worst = {f: [] for f in fams}, {f: [] for f in fams}
+  marked = []
+  for m in columns:
+    means = m.means()
+    if len(set(means.values())) < 2 or not m.ranked or not m.learned():
+      marked.append(set())
+      continue
+    sign = 1 if m.higher_is_better else -1
+    top, bottom = max(sign * v for v in means.values()), min(sign * v for v in means.values())
+    marked.append({f for f, v in means.items() if sign * v == top})
+    for f, v in means.items():
+      if sign * v == top:
+        best[f].append(m.name)
+      if sign * v == bottom:
+        worst[f].append(m.name)
+  lines = ["## Measured strengths and weaknesses", ""]
+  if not columns:
+    return lines + ["No measure to show.", ""]
+  rows = [[f, *(("**" + _cell(m.values[f]) + "**" if f in top else _cell(m.values[f]))
+                if f in m.values else "—" for m, top in zip(columns, marked))] for f in fams]
+  lines += _table(["family", *(m.name + ("" if not m.ranked else "" if m.higher_is_better
+                                         else " (lower is better)")
+                               + ("" if m.ranked else " (not ranked)")
+                               + ("" if m.learned() else " (none above the baseline)")
+                               for m in columns)], rows)
+  for f in fams:
+    lines.append(f"- **{f}**: best at {', '.join(best[f]) or 'no measure'}; worst at "
+                 f"{', '.join(worst[f]) or 'no measure'}.")
+  lines += ["", "Ranked by the mean over seeds among the families that have the measure (the "
+            "best in bold; a measure of one family is shown, not ranked; the token perplexity "
+            "is not ranked either: next-token, masked-token and permuted-order predictions are "
+            "different tasks).", ""]
+  return lines
+
+
 def compare(c, workdir: str) -> dict:
   """Runs (or continues) the comparison of config `c` in `workdir`; writes its report."""
+  normalise(c)
   validate(c)
   os.makedirs(workdir, exist_ok=True)
   results = run_all(c, workdir)

@@ -25,9 +25,10 @@ SKIPPED = {"time", "step", "split", "tokens", "tokens_seen", "tokens_per_s", "da
            "nonfinite", "halted", "skipped_steps", "dropped_records", "perplexity"}
 
 
-def read_curves(workdir: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def read_curves(workdir: str, skipped=SKIPPED) -> dict[str, dict[str, list[tuple[int, float]]]]:
   """{split: {metric: [(step, value), ...]}} of a run's metrics.jsonl (the records a resumed
-  run redid are already dropped from it; lines that do not parse are skipped)."""
+  run redid are already dropped from it; lines that do not parse are skipped), without the
+  `skipped` keys (by default those no panel draws)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     raise DataError(f"{workdir} holds no metrics.jsonl: is it a plm-jax run's --workdir?")
@@ -42,7 +43,7 @@ def read_curves(workdir: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
       if split not in ("train", "eval", "validation") or step is None:
         continue
       for key, value in record.items():
-        if key in SKIPPED or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if key in skipped or not isinstance(value, (int, float)) or not math.isfinite(value):
           continue
         curves.setdefault(split, {}).setdefault(key, []).append((int(step), float(value)))
   return curves

@@ -12,6 +12,8 @@ import pytest
 from helpers import family_config
 from plm_jax import cli, compare, flops
 from plm_jax.configs import compare as compare_config
+from plm_jax.data.builtin_tasks import baseline
+from plm_jax.param_match import count_params, with_width
 from plm_jax.plan import make_plan
 from plm_jax.trainer import AbstractState
 
@@ -45,14 +47,64 @@ def test_steps_spend_the_same_flops_or_tokens():
   assert budget == tokens * c.reference_steps
 
 
+def test_parameter_counts_matched_on_the_same_tokens():
+  c = compare_config.get_config("smoke")
+  c.families = ("bert", "albert", "gpt", "xlnet")
+  c.match = "params"
+  c.reference_steps = 4            # even: XLNet's half as many steps are whole
+  budget, costs = compare.plan_budget(c)
+  target = count_params(compare.pretrain_config(c, "bert", 0))
+  assert budget == target
+  tokens = c.pretrain.batch_size * c.pretrain.max_seq_length * c.reference_steps
+  for f in c.families:
+    config = compare.family_config(c, costs, f, 0)
+    assert count_params(config) == costs[f]["params"], f
+    heads = config.model.num_heads
+    # no width one step either side comes closer (each counted on its own)
+    for other in (costs[f]["hidden"] - heads, costs[f]["hidden"] + heads):
+      assert abs(costs[f]["params"] - target) <= abs(
+          count_params(with_width(config, other)) - target), (f, other)
+    assert costs[f]["tokens"] == tokens, f          # XLNet: two segments a row, half the steps
+  assert costs["albert"]["hidden"] > 128 >= costs["bert"]["hidden"]   # shared layers: wider
+
+
 def test_bad_compare_configs_are_one_line(tmp_path, capsys):
-  for flag in ("--config.match=params", "--config.bench=sometimes"):
-    assert run_cli("compare", "--config", "compare:smoke", "--workdir", str(tmp_path),
-                   flag) == 2
+  for flag in ("--config.match=flop", "--config.bench=sometimes", "--config.families=bert,t5",
+               "--config.qa.tasks=word_order", "--config.qa.tasks=sst2",
+               "--config.classify.tasks=cloze"):
+    assert run_cli("compare", "--config", "compare:smoke", "--workdir", str(tmp_path / "w"),
+                   flag) == 2, flag
     err = capsys.readouterr().err.strip()
     assert err.startswith("plm-jax compare: error:") and "\n" not in err, err
-  assert run_cli("compare", "--config", "compare:smoke", "--workdir", str(tmp_path),
-                 "--config.families=['bert','t5']") == 2
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_strengths_rank_by_mean_and_share_ties():
+  columns = [compare.Measure("acc", {"a": [0.5, 0.7], "b": [0.9, 0.9], "c": [0.1, 0.1]}),
+             compare.Measure("ppl", {"a": [10.0], "b": [30.0], "c": [10.0]}, False),
+             compare.Measure("same", {"a": [1.0], "b": [1.0]}),
+             compare.Measure("qa f1", {"a": [40.0], "b": [20.0]}),
+             compare.Measure("cloze", {"a": [9.0], "b": [11.0]}, floor=11.0)]
+  lines = compare.strengths_and_weaknesses(columns, ["a", "b", "c"])
+  text = "\n".join(lines)
+  assert "same" in lines[2] and "same" not in text.split("| c |")[1]   # shown, not ranked
+  assert "| b | **0.900 ± 0.000** | 30.000 ± 0.000 | 1.000 ± 0.000 | 20.000 ± 0.000 | " \
+      "11.000 ± 0.000 |" in lines                     # none above its baseline: not ranked
+  assert "cloze (none above the baseline)" in lines[2]
+  assert "| c | 0.100 ± 0.000 | **10.000 ± 0.000** | — | — | — |" in lines
+  assert "- **a**: best at ppl, qa f1; worst at no measure." in lines
+  assert "- **b**: best at acc; worst at ppl, qa f1." in lines
+  assert "- **c**: best at ppl; worst at acc." in lines
+
+
+def test_downstream_result_prefers_the_labelled_test_split():
+  report = {"validation": {"accuracy": 0.6, "loss": 0.7},
+            "test": {"accuracy": 0.65, "loss": 0.69, "examples": 10}}
+  result = compare.downstream_result(report, "accuracy")
+  assert (result["split"], result["score"]) == ("test", 0.65)
+  assert result["numbers"]["perplexity"] == pytest.approx(math.exp(0.69))
+  unlabelled = {"validation": {"f1": 30.0}, "test": {"examples": 5}}
+  assert compare.downstream_result(unlabelled, "f1")["split"] == "validation"
 
 
 def _checkpoints(directory):
@@ -60,16 +112,24 @@ def _checkpoints(directory):
                 if os.path.basename(root) in ("checkpoints", "best"))
 
 
-def _check_report(directory, families):
+def _check_report(directory, c):
   report = open(os.path.join(directory, "report.md"), encoding="utf-8").read()
-  for family in families:
+  for family in c.families:
     rows = [line for line in report.splitlines() if line.startswith(f"| {family} |")]
-    assert len(rows) >= 3, (family, report)       # compute, pretraining, downstream
+    assert len(rows) >= 5, (family, report)  # compute, pretraining, 2 tasks, speed, strengths
     numbers = [float(x) for row in rows for x in re.findall(r"-?\d+\.\d+(?:e[+-]\d+)?", row)]
     assert numbers and all(math.isfinite(x) for x in numbers), rows
-  for name in ("loss_vs_flops.png", "params.png", "downstream_builtin.png"):
+  tasks = [*c.classify.tasks, *c.qa.tasks, *c.generate.tasks]
+  for name in ("loss_vs_flops.png", "params.png", "throughput.png",
+               *(f"downstream_{t}.png" for t in tasks)):
     assert os.path.getsize(os.path.join(directory, "plots", name)) > 1000
     assert f"plots/{name}" in report
+  for heading in ("### word_order (classification): accuracy, test split",
+                  "### cloze (question answering): f1, test split",
+                  "### unshuffle (generation): bleu, test split",
+                  "## Measured strengths and weaknesses"):
+    assert heading in report, heading
+  assert "Not run: gpt (extractive QA needs a bidirectional encoder)." in report
   return report
 
 
@@ -78,14 +138,14 @@ def test_compare_smoke_reports_and_resumes(tmp_path, capsys):
   directory = str(tmp_path / "cmp")
   assert run_cli("compare", "--config", "compare:smoke", "--workdir", directory) == 0
   c = compare_config.get_config("smoke")
-  report = _check_report(directory, c.families)
-  assert "## Measured strengths and weaknesses" in report
+  _check_report(directory, c)
   before = _checkpoints(directory)
   capsys.readouterr()
   assert run_cli("compare", "--config", "compare:smoke", "--workdir", directory) == 0
   out = capsys.readouterr().out
-  assert out.count("skipped (finished") == 2 * len(c.families), out
-  assert "compiled the train step" not in out
+  # bert: pretrain, word_order, cloze; gpt: pretrain, word_order, unshuffle
+  assert out.count("skipped (finished") == 6, out
+  assert "compiled the train step" not in out and "writing the built-in tasks" not in out
   assert _checkpoints(directory) == before
 
 
@@ -93,7 +153,14 @@ def test_compare_smoke_reports_and_resumes(tmp_path, capsys):
 def test_compare_tiny_all_families(tmp_path):
   directory = str(tmp_path / "cmp")
   assert run_cli("compare", "--config", "compare:tiny", "--workdir", directory) == 0
-  _check_report(directory, compare_config.get_config("tiny").families)
+  c = compare_config.get_config("tiny")
+  _check_report(directory, c)
+  # a family learns word order far above what a model that learned nothing scores
+  accuracy = {f: np.mean([compare.read_result(os.path.join(directory, f, f"seed{s}",
+                                                            "word_order"))["score"]
+                          for s in c.seeds]) for f in c.families}
+  floor = baseline("word_order", os.path.join(directory, "tasks", "word_order", "test.jsonl"))
+  assert max(accuracy.values()) >= floor["accuracy"] + 0.1, (accuracy, floor)
 
 
 def test_albert_counts_its_shared_layer_at_every_depth():

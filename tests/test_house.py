@@ -23,7 +23,7 @@ LAYERS = [
     # 2: models, objectives, reading and tokenising text, pure tables and formulas
     ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",
      "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources", "plm_jax.data.examples",
-     "plm_jax.data.builtin_corpus", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
+     "plm_jax.data.builtin_corpus", "plm_jax.data.builtin_tasks", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
      "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.metrics",
      "plm_jax.finetune.tag_metrics", "plm_jax.finetune.qa_metrics",
      "plm_jax.finetune.gen_metrics"),

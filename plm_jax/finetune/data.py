@@ -17,13 +17,12 @@ import csv
 import dataclasses
 import json
 import os
-import zlib
 
 import numpy as np
 
 from plm_jax import families
 from plm_jax.data import sources
-from plm_jax.data.builtin_corpus import read_builtin_text
+from plm_jax.data import builtin_tasks
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
 from plm_jax.tasks import Task, task_of
@@ -151,11 +150,10 @@ def _builtin_splits() -> dict[str, Records]:
   or test (one in ten each) by a hash of its text, and pairs whose first sentence occurs in an
   earlier split are dropped (the standard library repeats some docstrings): no sentence is seen
   in two splits as A. Fixed (seed 0), so every run sees the same dataset."""
-  docs = sources.parse_documents(read_builtin_text())
-  bucket = [zlib.crc32("\n".join(d).encode("utf-8")) % 10 for d in docs]
+  docs = builtin_tasks.document_splits()
   out, seen = {}, set()
-  for split, buckets in ((TRAIN, range(8)), (EVAL, (8,)), (TEST, (9,))):
-    mine = [d for d, b in zip(docs, bucket) if b in buckets and len(d) > 1]
+  for split, name in ((TRAIN, "train"), (EVAL, "validation"), (TEST, "test")):
+    mine = [d for d in docs[name] if len(d) > 1]
     rng = np.random.default_rng(0)
     records = Records([], [], [], where=f"builtin[{split}]")
     for i, doc in enumerate(mine):
