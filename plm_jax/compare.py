@@ -29,8 +29,9 @@ import jax
 from plm_jax import configs as presets, families, plots
 from plm_jax.bench import bench
 from plm_jax.data import loader
-from plm_jax.data.builtin_tasks import (ABOUT, BASELINES, SPLITS, baseline, task_paths,
-                                        write_builtin_tasks)
+from plm_jax.data.builtin_tasks import (ABOUT, BASELINES, PRETRAIN_FILE, SPLITS, baseline,
+                                        task_paths, write_builtin_tasks,
+                                        write_pretraining_text)
 from plm_jax.errors import ConfigError
 from plm_jax.finetune.generation import finetune_generator
 from plm_jax.finetune.qa_run import finetune_qa
@@ -112,6 +113,12 @@ def normalise(c) -> None:
       c[kind.group].tasks = split(c[kind.group].tasks)
 
 
+def uses_reference(c) -> bool:
+  """Whether the budget comes from reference_family: without a budget of its own, and always
+  matching parameters (the tokens every family trains on are the reference's)."""
+  return c.budget <= 0 or c.match == "params"
+
+
 def validate(c) -> None:
   unknown = [f for f in c.families if f not in families.FAMILIES]
   if unknown or not c.families:
@@ -124,13 +131,19 @@ def validate(c) -> None:
     raise ConfigError(f"compare match={c.match!r} is not one of {', '.join(MATCHES)}")
   if c.bench not in BENCH_MODES:
     raise ConfigError(f"compare bench={c.bench!r} is not one of {', '.join(BENCH_MODES)}")
+  if c.task_examples < 0:
+    raise ConfigError(f"compare task_examples={c.task_examples} must be >= 0 (0 = all)")
   if not c.seeds:
     raise ConfigError("compare seeds=() runs nothing; give one or more seeds")
-  if c.reference_family not in families.FAMILIES or c.reference_steps <= 0:
-    if c.budget <= 0 or c.match == "params":
-      raise ConfigError("give compare reference_family (a family) and reference_steps > 0"
-                        + ("" if c.match == "params" else ", or budget > 0"))
-  missing = [f for f in {*c.families, c.reference_family} if f not in c.sizes]
+  if uses_reference(c) and (c.reference_family not in families.FAMILIES
+                            or c.reference_steps <= 0):
+    raise ConfigError("give compare reference_family (a family) and reference_steps > 0"
+                      + ("" if c.match == "params" else ", or budget > 0"))
+  repeated = [x for group in (c.families, c.seeds) for x in set(group) if group.count(x) > 1]
+  if repeated:
+    raise ConfigError(f"compare families and seeds name each once: {repeated} repeated")
+  needed = {*c.families, *([c.reference_family] if uses_reference(c) else [])}
+  missing = [f for f in needed if f not in c.sizes]
   if missing:
     raise ConfigError(f"compare sizes has no entry for {', '.join(sorted(missing))}")
   seen: dict = {}
@@ -240,7 +253,8 @@ def steps_for(budget: float, per_step: float) -> int:
 def plan_budget(c) -> tuple[float, dict]:
   """(budget, {family: cost with "steps"}): every family's steps for the matched budget (and,
   matching parameters, its width: "hidden")."""
-  reference = step_cost(pretrain_config(c, c.reference_family, 0))
+  reference = step_cost(pretrain_config(c, c.reference_family, 0)) if uses_reference(c) \
+      else None
   widths = {}
   if c.match == "params":
     budget = c.budget if c.budget > 0 else float(reference["params"])
@@ -277,15 +291,24 @@ def write_result(workdir: str, result: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def stage(workdir: str, name: str, run) -> dict:
-  """The stage's result: read back when it finished before, else `run()`'s, saved."""
+def stage(workdir: str, name: str, run, setup: dict) -> dict:
+  """The stage's result: read back when it finished before with the same `setup` (what
+  decides its result), else `run()`'s, saved with the setup. A finished stage of another
+  setup is refused: its result would be reported as this config's."""
+  setup = json.loads(json.dumps(setup))          # as it reads back: tuples are lists
   done = read_result(workdir)
   if done is not None:
+    before = done.get("setup") or {}
+    if before != setup:
+      differ = sorted(k for k in {*before, *setup} if before.get(k) != setup.get(k))
+      raise ConfigError(f"{workdir} finished with another setup ({', '.join(differ)} "
+                        "differ): rerun with the config it was made with, or use a fresh "
+                        "--workdir")
     console(f"compare: {name}: skipped (finished: {os.path.join(workdir, RESULT_FILE)})")
     return done
   console(f"compare: {name}: running in {workdir}")
   os.makedirs(workdir, exist_ok=True)
-  result = run()
+  result = {**run(), "setup": setup}
   write_result(workdir, result)
   return result
 
@@ -327,18 +350,59 @@ def estimate(c, costs: dict) -> float | None:
   return total
 
 
+def tasks_dir(c, workdir: str) -> str:
+  """Where the built-in tasks are written: DIR/tasks, or DIR/tasks-first<N> with only the
+  first task_examples records of each split (another directory: files of one cap only)."""
+  return os.path.join(workdir, TASKS_DIR + (f"-first{c.task_examples}" if c.task_examples
+                                            else ""))
+
+
 def builtin_task_files(c, workdir: str) -> dict:
   """{task: {split: path}} of the built-in tasks the config names, written into DIR/tasks
   once (the same files on every run: they are drawn with fixed seeds)."""
   wanted = [t for kind in DOWNSTREAM for t in c[kind.group].tasks if t in BUILTIN_TASKS]
   if not wanted:
     return {}
-  out = os.path.join(workdir, TASKS_DIR)
+  out = tasks_dir(c, workdir)
   files = task_paths(out)
   if not all(os.path.exists(p) for t in wanted for p in files[t].values()):
     console(f"compare: writing the built-in tasks {', '.join(wanted)} into {out}")
-    write_builtin_tasks(out)
+    write_builtin_tasks(out, c.task_examples)
   return files
+
+
+def pretraining_corpus(c, workdir: str, files: dict) -> str:
+  """The text file every family pretrains on when the corpus is the built-in one and built-in
+  tasks are run: the corpus less the tasks' validation and test docstrings (written once);
+  "" = c.corpus as it is."""
+  if c.corpus != "builtin" or not files:
+    return ""
+  path = os.path.join(tasks_dir(c, workdir), PRETRAIN_FILE)
+  if not os.path.exists(path):
+    write_pretraining_text(tasks_dir(c, workdir))
+  return path
+
+
+def with_corpus(config, path: str):
+  if path:
+    with config.unlocked():
+      config.data.source = "text"
+      config.data.path = path
+      config.data.doc_per_file = False
+  return config
+
+
+def corpus_name(c, path: str) -> str:
+  return (f"`{c.corpus}` less the built-in tasks' validation and test docstrings" if path
+          else f"`{c.corpus}`")
+
+
+def model_setup(config) -> dict:
+  """What of a pretraining config decides a stage's result besides its own fields."""
+  m, d = config.model, config.data
+  return {"family": m.family, "size": m.size, "hidden_size": m.hidden_size,
+          "mlp_dim": m.mlp_dim, "num_layers": m.num_layers, "vocab_size": d.vocab_size,
+          "max_seq_length": d.max_seq_length, "batch_size": config.train.batch_size}
 
 
 def run_all(c, workdir: str) -> dict | None:
@@ -356,28 +420,31 @@ def run_all(c, workdir: str) -> dict | None:
   if c.plan_only:
     return None
   files = builtin_task_files(c, workdir)
+  corpus = pretraining_corpus(c, workdir, files)
+  results["corpus"] = corpus_name(c, corpus)
   for family in c.families:
     steps = costs[family]["steps"]
     if c.bench != "off":
-      bench_dir = os.path.join(workdir, family, "bench")
-      results["bench"][family] = stage(bench_dir, f"{family} bench", lambda: _numbers(bench(
-          family_config(c, costs, family, c.seeds[0]), compile_only=c.bench == "compile")))
+      bench_config = family_config(c, costs, family, c.seeds[0])
+      results["bench"][family] = stage(
+          os.path.join(workdir, family, "bench"), f"{family} bench",
+          lambda: _numbers(bench(bench_config, compile_only=c.bench == "compile")),
+          {"bench": c.bench, **model_setup(bench_config)})
     for seed in c.seeds:
       base = os.path.join(workdir, family, f"seed{seed}")
       pre_dir = os.path.join(base, PRETRAIN)
-      config = family_config(c, costs, family, seed)
-      done = read_result(pre_dir)
-      if done is not None and done["steps"] != steps:
-        # another budget (or FLOPs formula) than the finished run's: not a run to continue
-        raise ConfigError(f"{pre_dir} finished {done['steps']} steps, the budget now gives "
-                          f"{steps}; use a fresh --workdir (or the config it was run with)")
+      config = with_corpus(family_config(c, costs, family, seed), corpus)
+      pre_setup = {**model_setup(config), "steps": steps, "seed": seed,
+                   "corpus": corpus_name(c, corpus),
+                   "learning_rate": config.optim.learning_rate}
       results["pretrain"][(family, seed)] = stage(
           pre_dir, f"{family} seed {seed} pretrain ({steps} steps)",
           lambda: {"steps": steps, "eval": _numbers(train(config, pre_dir, devices)),
-                   "tokens_per_s": pretrain_throughput(pre_dir)})
+                   "tokens_per_s": pretrain_throughput(pre_dir)}, pre_setup)
       for kind in DOWNSTREAM:
         if not kind.can(families.get(family)):
           continue
+        fields = {k: v for k, v in c[kind.group].to_dict().items() if k != "tasks"}
         for task in c[kind.group].tasks:
           ft_dir = os.path.join(base, task)
           ft_config = downstream_config(c, kind, task, seed, files)
@@ -385,7 +452,9 @@ def run_all(c, workdir: str) -> dict | None:
           results["downstream"][(family, seed, task)] = stage(
               ft_dir, f"{family} seed {seed} {task} ({kind.title})",
               lambda: downstream_result(
-                  kind.run(ft_config, ft_dir, init_from=pre_dir, devices=devices), metric))
+                  kind.run(ft_config, ft_dir, init_from=pre_dir, devices=devices), metric),
+              {"task": task, **fields, "task_examples": c.task_examples,
+               "pretrain": pre_setup})
   return results
 
 
@@ -495,7 +564,7 @@ def write_report(c, workdir: str, results: dict) -> str:
           "thousand tokens/s (pretraining, measured)", "Pretraining throughput")}
   lines = [f"# Family comparison: {c.name}", "",
            f"{_budget_line(c, budget, costs)}; seeds {', '.join(map(str, seeds))}; corpus "
-           f"`{c.corpus}`; each family's own tokenizer kind trained on it with "
+           f"{results['corpus']}; each family's own tokenizer kind trained on it with "
            f"{c.pretrain.vocab_size} entries; batch {c.pretrain.batch_size} x "
            f"{c.pretrain.max_seq_length} tokens. Values are mean ± sample standard deviation "
            "over the seeds.", "", "## Compute", ""]
@@ -521,6 +590,8 @@ def write_report(c, workdir: str, results: dict) -> str:
     for task in c[kind.group].tasks:
       able = [f for f in fams if (f, seeds[0], task) in results["downstream"]]
       if not able:
+        lines += [f"### {task} ({kind.title})", "",
+                  f"Not run: no family compared can ({kind.cannot}).", ""]
         continue
       runs = {f: [results["downstream"][(f, s, task)] for s in seeds] for f in able}
       first = runs[able[0]][0]
@@ -539,7 +610,9 @@ def write_report(c, workdir: str, results: dict) -> str:
       if task in ABOUT:
         # what a model that learned nothing scores: a family's score means something above it
         lines += [f"Built-in: {ABOUT[task]}. Baseline: {BASELINES[task]}.", ""]
-        floor = baseline(task, task_paths(os.path.join(workdir, TASKS_DIR))[task][split])
+        # generation decodes the first report_examples prompts: the baseline on the same
+        floor = baseline(task, task_paths(tasks_dir(c, workdir))[task][split],
+                         limit=int(first["numbers"].get("decoded", 0)))
         floors[task] = floor.get(metric)
         rows.append(["*baseline*", *(f"*{floor[m]:.3f}*" if m in floor else "" for m in shown),
                      ""])

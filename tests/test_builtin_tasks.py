@@ -25,7 +25,8 @@ def written(tmp_path_factory):
 def _bag(sentence: str) -> collections.Counter:
   """The sentence's words, case-blind, without punctuation at their ends (a shuffle moves the
   sentence's last word, and its own punctuation with it, away from the end)."""
-  return collections.Counter(re.sub(r"[.!?:;,]+$", "", w.lower()) for w in sentence.split())
+  words = (re.sub(r"[.!?:;,\"')]+$", "", w.lower()) for w in sentence.split())
+  return collections.Counter(w for w in words if w)
 
 
 def _read_jsonl(path):
@@ -52,6 +53,32 @@ def test_splits_are_by_docstring_and_share_no_sentence(splits, written):
     assert not by_split[a] & by_split[b], (a, b)
   targets = {s: {r["target"] for r in _read_jsonl(written["unshuffle"][s])} for s in bt.SPLITS}
   assert not targets["train"] & targets["test"]
+  contexts = {s: _cloze_contexts(written["cloze"][s]) for s in bt.SPLITS}
+  for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+    assert not contexts[a] & contexts[b], (a, b)
+
+
+def _cloze_contexts(path) -> set:
+  with open(path, encoding="utf-8") as f:
+    return {p["context"] for p in json.load(f)["data"][0]["paragraphs"]}
+
+
+def test_pretraining_text_holds_no_sentence_the_tasks_test_on(tmp_path, written):
+  path = bt.write_pretraining_text(str(tmp_path))
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  sentences = set(text.split("\n")) - {""}
+  assert len(sentences) > 3000
+  for split in ("validation", "test"):
+    originals = [r["text"] for r in _read_jsonl(written["word_order"][split])
+                 if r["label"] == "original"]
+    assert originals and not sentences & set(originals), split
+    assert not sentences & {r["target"] for r in _read_jsonl(written["unshuffle"][split])}
+    for context in _cloze_contexts(written["cloze"][split]):
+      assert context.split(". ")[0] not in text, context
+  # what is left is the train split's docstrings, whole
+  train = {s for doc in bt.document_splits()["train"] for s in doc}
+  assert sentences == train
 
 
 def test_word_order_classes_differ_only_in_order(splits, written):
@@ -118,3 +145,11 @@ def test_baselines_score_what_learning_nothing_scores(written):
   labels = [r["label"] for r in _read_jsonl(written["word_order"]["test"])]
   majority = bt.baseline("word_order", written["word_order"]["test"])["accuracy"]
   assert majority == max(labels.count("original"), labels.count("shuffled")) / len(labels)
+
+
+def test_a_cap_keeps_the_first_examples_of_each_split(tmp_path, written):
+  capped = bt.write_builtin_tasks(str(tmp_path), limit=10)
+  assert _read_jsonl(capped["word_order"]["test"]) == _read_jsonl(written["word_order"]["test"])[:10]
+  with open(capped["cloze"]["train"], encoding="utf-8") as f:
+    questions = [q for p in json.load(f)["data"][0]["paragraphs"] for q in p["qas"]]
+  assert 10 <= len(questions) < 20                  # whole paragraphs, up to the tenth question

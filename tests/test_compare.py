@@ -70,6 +70,7 @@ def test_parameter_counts_matched_on_the_same_tokens():
 
 def test_bad_compare_configs_are_one_line(tmp_path, capsys):
   for flag in ("--config.match=flop", "--config.bench=sometimes", "--config.families=bert,t5",
+               "--config.families=bert,gpt,bert",
                "--config.qa.tasks=word_order", "--config.qa.tasks=sst2",
                "--config.classify.tasks=cloze"):
     assert run_cli("compare", "--config", "compare:smoke", "--workdir", str(tmp_path / "w"),
@@ -122,7 +123,7 @@ def _check_report(directory, c):
   tasks = [*c.classify.tasks, *c.qa.tasks, *c.generate.tasks]
   for name in ("loss_vs_flops.png", "params.png", "throughput.png",
                *(f"downstream_{t}.png" for t in tasks)):
-    assert os.path.getsize(os.path.join(directory, "plots", name)) > 1000
+    assert os.path.getsize(os.path.join(directory, "plots", name)) > 1000, name
     assert f"plots/{name}" in report
   for heading in ("### word_order (classification): accuracy, test split",
                   "### cloze (question answering): f1, test split",
@@ -130,6 +131,7 @@ def _check_report(directory, c):
                   "## Measured strengths and weaknesses"):
     assert heading in report, heading
   assert "Not run: gpt (extractive QA needs a bidirectional encoder)." in report
+  assert "corpus `builtin` less the built-in tasks' validation and test docstrings" in report
   return report
 
 
@@ -147,6 +149,12 @@ def test_compare_smoke_reports_and_resumes(tmp_path, capsys):
   assert out.count("skipped (finished") == 6, out
   assert "compiled the train step" not in out and "writing the built-in tasks" not in out
   assert _checkpoints(directory) == before
+  # a finished stage of another setup is not reported as this config's
+  assert run_cli("compare", "--config", "compare:smoke", "--workdir", directory,
+                 "--config.generate.learning_rate=0.5") == 2
+  err = capsys.readouterr().err.strip()
+  assert "unshuffle finished with another setup (learning_rate differ)" in err, err
+  assert "\n" not in err and _checkpoints(directory) == before
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ SETUPS = {
                   qa=dict(_SMOKE_STAGE, tasks=["cloze"], max_query_length=24, doc_stride=32),
                   generate=dict(_SMOKE_STAGE, tasks=["unshuffle"], report_examples=4,
                                 max_new_tokens=4),
-                  bench="off", topology="", devices=1),
+                  bench="off", topology="", devices=1, task_examples=64),
     "base": dict(families=FAMILIES, size={**{f: "base" for f in FAMILIES}, "gpt": "124m"},
                  seeds=[0, 1, 2], reference_steps=100_000,
                  pretrain=dict(batch_size=256, max_seq_length=128, vocab_size=30522,
@@ -110,6 +110,8 @@ def get_config(arg=None):
   # generation: the best checkpoint by validation loss (decoding during training is slow);
   # the final report decodes report_examples prompts of each split greedily
   c.generate = _stage(row["generate"], report_examples=256, max_new_tokens=64)
+  # the built-in tasks' first N examples of each split only (0 = all; the CI smoke: 64)
+  c.task_examples = row.get("task_examples", 0)
   c.bench = row["bench"]                       # off | compile (memory) | time (+ tokens/s)
   c.topology = row["topology"]                 # plan's estimate before starting ("" = none)
   c.plan_only = False                          # print the estimate (and budget) and stop

@@ -33,7 +33,9 @@ from plm_jax.finetune.qa_metrics import squad_metrics
 
 SPLITS = ("train", "validation", "test")
 BLANK = "____"
-_END = re.compile(r"[.!?:;]$")
+# the sentence's end: its final punctuation with any closing quotes or parenthesis after it
+# (not "]": "maps[1:]" ends in a slice, not in a colon)
+_END = re.compile(r"[.!?:;][\"')]*$")
 
 
 def document_splits() -> dict[str, list[list[str]]]:
@@ -54,7 +56,9 @@ def _words(sentence: str) -> tuple[list[str], str, bool]:
   body = sentence[:end.start()] if end else sentence
   words = body.split()
   capital = bool(words) and words[0][:1].isupper()
-  if capital and words[0][1:].islower():
+  # a capital that only starts the sentence ("The", "A"; not "ABC", "Python's" stays too) is
+  # undone, so that a shuffle puts no capitalised "The" in the middle
+  if capital and (words[0][1:].islower() or words[0] == "A"):
     words[0] = words[0].lower()
   return words, end.group() if end else "", capital
 
@@ -123,9 +127,9 @@ def cloze_records(splits: dict, seed: int = 2, max_context_words: int = 60) -> d
   max_context_words words), one question per sentence of it that has a word to blank (a word
   of letters, four or more, after the first)."""
   rng = np.random.default_rng(seed)
-  out = {}
+  out, seen = {}, set()
   for split in SPLITS:
-    paragraphs = []
+    paragraphs, earlier = [], set(seen)
     for d, doc in enumerate(splits[split]):
       context, starts = "", []
       for s in doc:
@@ -133,6 +137,9 @@ def cloze_records(splits: dict, seed: int = 2, max_context_words: int = 60) -> d
           break
         starts.append(len(context) + (1 if context else 0))
         context = f"{context} {s}" if context else s
+      if any(sentence in earlier for sentence in doc[:len(starts)]):
+        continue            # the standard library repeats docstrings: none seen before
+      seen.update(doc[:len(starts)])
       qas = []
       for k, start in enumerate(starts):
         sentence = doc[k]
@@ -191,9 +198,10 @@ BASELINES = {
 }
 
 
-def baseline(task: str, path: str, seed: int = 0) -> dict:
+def baseline(task: str, path: str, limit: int = 0, seed: int = 0) -> dict:
   """The metrics of BASELINES[task] on the split file at `path` (accuracy a fraction, the
-  others percentages, as the fine-tuning reports give them)."""
+  others percentages, as the fine-tuning reports give them); limit > 0: on the first `limit`
+  records only (generation decodes the first report_examples)."""
   if task == "word_order":
     with open(path, encoding="utf-8") as f:
       labels = [json.loads(line)["label"] for line in f]
@@ -212,14 +220,40 @@ def baseline(task: str, path: str, seed: int = 0) -> dict:
     return {k: out[k] for k in ("f1", "exact_match")}
   if task == "unshuffle":
     with open(path, encoding="utf-8") as f:
-      records = [json.loads(line) for line in f]
+      records = [json.loads(line) for line in f][:limit or None]
     return generation_metrics([r["source"] for r in records], [r["target"] for r in records])
   raise ValueError(f"no built-in task {task!r}")
 
 
-def write_builtin_tasks(out_dir: str) -> dict[str, dict[str, str]]:
+PRETRAIN_FILE = "pretrain_corpus.txt"
+
+
+def write_pretraining_text(out_dir: str) -> str:
+  """The built-in corpus without the docstrings of the tasks' validation and test splits (one
+  sentence a line, a blank line between documents: a `text` source), so that no model is
+  pretrained on the sentences it is tested on; returns its path."""
+  path = os.path.join(out_dir, PRETRAIN_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write("\n\n".join("\n".join(doc) for doc in document_splits()["train"]) + "\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def _first_questions(data: dict, limit: int) -> dict:
+  """The SQuAD-format data cut to its paragraphs up to the first `limit` questions."""
+  kept, count = [], 0
+  for paragraph in data["data"][0]["paragraphs"]:
+    if count >= limit:
+      break
+    kept.append(paragraph)
+    count += len(paragraph["qas"])
+  return {**data, "data": [{**data["data"][0], "paragraphs": kept}]}
+
+
+def write_builtin_tasks(out_dir: str, limit: int = 0) -> dict[str, dict[str, str]]:
   """Writes the three tasks' splits under out_dir (TASK/SPLIT.jsonl or .json, each written
-  whole then renamed); returns task_paths(out_dir)."""
+  whole then renamed; limit > 0: about the first `limit` examples of each split, for quick
+  runs); returns task_paths(out_dir)."""
   splits = document_splits()
   paths = task_paths(out_dir)
   for task, records, write in (("word_order", word_order_records(splits), _write_jsonl),
@@ -227,5 +261,8 @@ def write_builtin_tasks(out_dir: str) -> dict[str, dict[str, str]]:
                                ("unshuffle", unshuffle_records(splits), _write_jsonl)):
     os.makedirs(os.path.join(out_dir, task), exist_ok=True)
     for split in SPLITS:
-      write(paths[task][split], records[split])
+      kept = records[split]
+      if limit:
+        kept = _first_questions(kept, limit) if task == "cloze" else kept[:limit]
+      write(paths[task][split], kept)
   return paths
