@@ -632,7 +632,7 @@ def write_report(c, workdir: str, results: dict) -> str:
           f"{task}: {metric} against pretraining FLOPs")
   lines += ["## Throughput and memory", ""]
   keys = [k for k in ("tokens_per_s", "step_ms", "mfu", "peak_mem_gib", "temp_gib",
-                      "argument_gib", "compile_s")
+                      "argument_gib")
           if any(k in b for b in results["bench"].values())]
   lines += _table(["family", "pretraining tokens/s (measured in the runs)",
                    *(f"bench {k}" for k in keys)],

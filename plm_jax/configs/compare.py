@@ -21,7 +21,7 @@ Tokenizers: each family trains its own kind (WordPiece, byte-level BPE, Unigram:
 tokens and pair layouts its pretraining objective expects) on the same corpus with the same
 vocabulary size; one tokenizer for all would change what e.g. RoBERTa or XLNet is.
 
-`tiny` runs all five families and every stage on 2 CPU cores in about 15 minutes; `smoke` is
+`tiny` runs all five families and every stage on 2 CPU cores in about 14 minutes; `smoke` is
 two families and a handful of steps (CI); `base` is sized for one H100/H200 (`topology`: plan's
 estimate is printed first) and times each family with `bench`.
 """
