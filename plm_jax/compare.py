@@ -35,7 +35,7 @@ from plm_jax.data.builtin_tasks import (ABOUT, BASELINES, PRETRAIN_FILE, SPLITS,
 from plm_jax.errors import ConfigError
 from plm_jax.finetune.generation import finetune_generator
 from plm_jax.finetune.qa_run import finetune_qa
-from plm_jax.finetune.run import finetune
+from plm_jax.finetune.run import finetune, task_fields
 from plm_jax.gen_tasks import gen_task_of
 from plm_jax.metrics_writer import console
 from plm_jax.models.config import padded_vocab
@@ -63,7 +63,6 @@ class Downstream:
   group: str                     # the compare config's group (classify | qa | generate)
   title: str                     # the report's name of the kind
   preset: str                    # the fine-tuning config file (classify | qa | seq2seq)
-  fields: str                    # that config's group of task fields (classify | seq2seq)
   builtin: dict                  # {built-in task: the preset's local-file task}
   run: Callable                  # (config, workdir, init_from, devices) -> final report
   can: Callable                  # (families.Family) -> bool
@@ -73,14 +72,14 @@ class Downstream:
 
 
 DOWNSTREAM = (
-    Downstream("classify", "classification", "classify", "classify", {"word_order": "jsonl"},
+    Downstream("classify", "classification", "classify", {"word_order": "jsonl"},
                finetune, lambda family: True,
                lambda config: config.classify.metric or task_of(config).metric, ()),
-    Downstream("qa", "question answering", "qa", "classify", {"cloze": "json"}, finetune_qa,
+    Downstream("qa", "question answering", "qa", {"cloze": "json"}, finetune_qa,
                lambda family: family.span_model is not None,
                lambda config: config.classify.metric or "f1", ("f1", "exact_match"),
                "extractive QA needs a bidirectional encoder"),
-    Downstream("generate", "generation", "seq2seq", "seq2seq", {"unshuffle": "jsonl"},
+    Downstream("generate", "generation", "seq2seq", {"unshuffle": "jsonl"},
                finetune_generator, lambda family: family.decoder,
                lambda config: gen_task_of(config).metric,
                ("bleu", "rougeL", "exact_match", "perplexity"),
@@ -205,7 +204,7 @@ def downstream_config(c, kind: Downstream, task: str, seed: int, files: dict):
   s = c[kind.group]
   config = load_config_file(f"{kind.preset}:{kind.builtin.get(task, task)},mesh={c.mesh}")
   with config.unlocked():
-    fields = config[kind.fields]
+    fields = task_fields(config)
     if task in kind.builtin:
       train, validation, test = (files[task][split] for split in SPLITS)
       fields.train_path, fields.eval_path, fields.test_path = train, validation, test

@@ -112,20 +112,26 @@ def _file_split(task: Task, path: str, label_optional: bool = False) -> Records:
   return out
 
 
-def _text(value) -> str | None:
-  if isinstance(value, bytes):
-    value = value.decode("utf-8", errors="replace")
+def decoded(value) -> str | None:
+  """A TFDS or JSON field as text: a numpy scalar unwrapped, bytes decoded (bad bytes
+  replaced); None when it is not text."""
   if isinstance(value, np.ndarray) and value.shape == ():
     value = value.item()
-    if isinstance(value, bytes):
-      value = value.decode("utf-8", errors="replace")
-  return value if isinstance(value, str) and value.strip() else None
+  if isinstance(value, bytes):
+    value = value.decode("utf-8", errors="replace")
+  return value if isinstance(value, str) else None
+
+
+def nonblank_text(value) -> str | None:
+  """decoded(value), None when blank too."""
+  value = decoded(value)
+  return value if value and value.strip() else None
 
 
 def _add(out: Records, row: dict, task: Task, position: int) -> None:
   """Appends one record, or counts it as skipped (no text)."""
-  text = _text(row.get(task.text_field))
-  pair = _text(row.get(task.text_pair_field)) if task.text_pair_field else ""
+  text = nonblank_text(row.get(task.text_field))
+  pair = nonblank_text(row.get(task.text_pair_field)) if task.text_pair_field else ""
   if text is None or pair is None:
     out.skipped += 1
     return

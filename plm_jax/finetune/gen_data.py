@@ -26,7 +26,7 @@ from plm_jax.data import examples as ex
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.data import EVAL, TEST, TRAIN
+from plm_jax.finetune.data import EVAL, TEST, TRAIN, nonblank_text
 from plm_jax.gen_tasks import GenTask, gen_task_of
 
 SPLITS = {"validation": EVAL, "test": TEST, "train": TRAIN}
@@ -52,22 +52,14 @@ class Encoded:
   truncated: int = 0
 
 
-def _text(value) -> str | None:
-  if isinstance(value, np.ndarray) and value.shape == ():
-    value = value.item()
-  if isinstance(value, bytes):
-    value = value.decode("utf-8", errors="replace")
-  return value if isinstance(value, str) and value.strip() else None
-
-
 def _add(out: Pairs, row: dict, task: GenTask, position: int) -> None:
-  source, target = _text(row.get(task.source_field)), _text(row.get(task.target_field))
+  source, target = nonblank_text(row.get(task.source_field)), nonblank_text(row.get(task.target_field))
   if source is None or target is None:
     out.skipped += 1
     return
   out.sources.append(source)
   out.targets.append(target)
-  out.ids.append(_text(row.get("id")) or position)
+  out.ids.append(nonblank_text(row.get("id")) or position)
 
 
 def _tfds_split(task: GenTask, split: str, data_dir: str) -> Pairs:

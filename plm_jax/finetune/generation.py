@@ -22,12 +22,13 @@ from plm_jax import checkpoint, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.errors import ConfigError
 from plm_jax.finetune import gen_data
 from plm_jax.finetune.data import EVAL, TEST, TRAIN
 from plm_jax.finetune.gen_metrics import generation_metrics
 from plm_jax.finetune.predict import eval_name, write_eval_result
-from plm_jax.finetune.run import Kind, _with_model_of, run_finetuning, with_body_of
+from plm_jax.finetune.run import (Kind, refuse_other_data, run_finetuning,
+                                  start_config as run_start_config)
 from plm_jax.gen_tasks import best_metric, gen_task_of, require_decoder
 from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
 from plm_jax.inference import load_params
@@ -46,36 +47,12 @@ def finetune_generator(config, workdir: str, init_from: str | None = None,
 # --- the config: the task's fields over the body's architecture ------------------------------------
 
 def start_config(config, workdir: str, init_from: str | None, found: workdirs.Found):
-  """(config, tokenizer): the GPT's architecture and tokenizer, from --init-from for a new run
-  or from the workdir for one that continues (which must be the same task)."""
-  if found.config is not None:
-    saved = found.config
-    if saved.objective.name != "seq2seq":
-      raise CheckpointError(f"--workdir {workdir!r} holds another kind of run "
-                            f"({saved.objective.name}); fine-tune into a new --workdir (and give "
-                            "the pretraining run as --init-from)")
-    if saved.seq2seq.task != config.seq2seq.task:
-      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of the task "
-                            f"{saved.seq2seq.task!r}, not {config.seq2seq.task!r}; use a fresh "
-                            "--workdir")
-    config = _with_model_of(config, saved)
-    init_from = saved.seq2seq.init_from
-    tokenizer = found.tokenizer
-  else:
-    if not init_from:
-      raise ConfigError("--init-from is required to start fine-tuning: a GPT pretraining "
-                        "workdir (plm-jax train) or an imported GPT-2 (plm-jax import-hf)")
-    if not workdirs.has_config(init_from):
-      raise ConfigError(f"--init-from {init_from!r} holds no plm-jax run (no "
-                        f"{workdirs.CONFIG_FILE}); give a GPT pretraining workdir or an "
-                        "imported GPT-2 (plm-jax import-hf)")
-    config = with_body_of(config, workdirs.load_config(init_from))
-    with config.unlocked():
-      config.seq2seq.init_from = os.path.abspath(init_from)
-    require_decoder(config)                # before the body's files are read
-    tokenizer = TextTokenizer.load(init_from)
+  """(config, tokenizer): the GPT's architecture and tokenizer (run.start_config: from
+  --init-from, which must hold a decoder, or from the workdir that continues), with the
+  task's length cut to the model's positions."""
+  config, tokenizer = run_start_config(config, workdir, init_from, found,
+                                       check_body=require_decoder)
   with config.unlocked():
-    config.seq2seq.init_from = os.path.abspath(init_from)
     if config.data.max_seq_length > config.model.max_position:
       # the task's default length, for a model with fewer positions (a small pretraining run)
       console(f"data.max_seq_length {config.data.max_seq_length} -> "
@@ -89,11 +66,7 @@ def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found
   """The task's splits; sets the schedule (epochs -> steps) in `config`."""
   t0 = time.time()
   data = gen_data.load(config, tokenizer)
-  if found.config is not None:
-    diffs = workdirs.identity_mismatches(found.config, config)
-    if diffs:
-      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of another model or "
-                            f"data ({'; '.join(diffs)}); use a fresh --workdir")
+  refuse_other_data(config, workdir, found)
   rows = len(data[TRAIN].rows["tokens"])
   g, t = config.seq2seq, config.train
   with config.unlocked():

@@ -28,9 +28,8 @@ from plm_jax import families
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
+from plm_jax.finetune.data import EVAL, TEST, TRAIN, decoded
 from plm_jax.qa_tasks import QATask, qa_task_of
-
-TRAIN, EVAL, TEST = "train", "eval", "test"
 
 
 @dataclasses.dataclass
@@ -77,11 +76,7 @@ class QAData:
 # --- reading -------------------------------------------------------------------------------------
 
 def _text(value) -> str:
-  if isinstance(value, np.ndarray) and value.shape == ():
-    value = value.item()
-  if isinstance(value, bytes):
-    value = value.decode("utf-8", errors="replace")
-  return value if isinstance(value, str) else ""
+  return decoded(value) or ""
 
 
 def _example(qid, question, context, texts, starts, impossible: bool) -> QAExample | None:

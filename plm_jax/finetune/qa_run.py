@@ -18,13 +18,13 @@ import time
 import jax
 
 from plm_jax import checkpoint, workdir as workdirs
-from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.errors import ConfigError
 from plm_jax.finetune import qa_data
 from plm_jax.finetune.predict import (SPLITS, Predictor, eval_name, prepared_split,
                                       write_eval_result)
 from plm_jax.finetune.qa_metrics import best_thresholds, squad_metrics
-from plm_jax.finetune.run import (Kind, body_and_new_head, resolve_schedule, run_finetuning,
-                                  start_config)
+from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
+                                  resolve_schedule, run_finetuning, start_config)
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
 
@@ -42,11 +42,7 @@ def load_qa_data(config, tokenizer, workdir: str, found: workdirs.Found) -> qa_d
   """The task's windows; sets the schedule (epochs -> steps, counted in train windows)."""
   t0 = time.time()
   data = qa_data.load(config, tokenizer)
-  if found.config is not None:
-    diffs = workdirs.identity_mismatches(found.config, config)
-    if diffs:
-      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of another model or "
-                            f"data ({'; '.join(diffs)}); use a fresh --workdir")
+  refuse_other_data(config, workdir, found)
   resolve_schedule(config, len(data.splits[qa_data.TRAIN]["input_ids"]))
   parts = [f"{len(data.examples[s]):,} {s} questions in {len(a['input_ids']):,} windows"
            for s, a in data.splits.items()]

@@ -128,26 +128,34 @@ def _with_model_of(config, source):
   return merged
 
 
-def start_config(config, workdir: str, init_from: str | None, found: workdirs.Found):
+def task_fields(config):
+  """The config group that names the task and --init-from: seq2seq for generation, classify
+  for the others."""
+  return config.seq2seq if config.objective.name == "seq2seq" else config.classify
+
+
+def start_config(config, workdir: str, init_from: str | None, found: workdirs.Found,
+                 check_body: Callable = lambda config: None):
   """(config, tokenizer): the body's architecture and tokenizer, from --init-from for a new
-  run or from the workdir for one that continues (which must be the same task and body)."""
+  run or from the workdir for one that continues (which must be the same kind of fine-tuning,
+  task and body). `check_body(config)` refuses a body the kind cannot fine-tune, before the
+  body's files are read."""
   if found.config is not None:
     saved = found.config
-    if saved.objective.name not in FINETUNED:
+    if saved.objective.name not in (*FINETUNED, "seq2seq"):
       raise CheckpointError(f"--workdir {workdir!r} holds a pretraining run; fine-tune into a "
                             "new --workdir (and give that run as --init-from)")
-    if (saved.objective.name, saved.classify.task) != (config.objective.name,
-                                                       config.classify.task):
+    before, now = task_fields(saved), task_fields(config)
+    if (saved.objective.name, before.task) != (config.objective.name, now.task):
       raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of the task "
-                            f"{saved.classify.task!r}, not {config.classify.task!r}; use a fresh "
-                            "--workdir")
-    if found.step is None and init_from and \
-        os.path.abspath(init_from) != saved.classify.init_from:
+                            f"{before.task!r} ({saved.objective.name}), not {now.task!r} "
+                            f"({config.objective.name}); use a fresh --workdir")
+    if found.step is None and init_from and os.path.abspath(init_from) != before.init_from:
       raise CheckpointError(f"--workdir {workdir!r} was started from --init-from "
-                            f"{saved.classify.init_from}, not {os.path.abspath(init_from)}; use "
+                            f"{before.init_from}, not {os.path.abspath(init_from)}; use "
                             "that one (or a fresh --workdir)")
     config = _with_model_of(config, saved)
-    init_from = saved.classify.init_from      # also a restart before the first checkpoint
+    init_from = before.init_from              # also a restart before the first checkpoint
     tokenizer = found.tokenizer
   else:
     if not init_from:
@@ -158,10 +166,22 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
                         f"{workdirs.CONFIG_FILE}); give a pretraining workdir (plm-jax train) "
                         "or an imported model (plm-jax import-hf)")
     config = with_body_of(config, workdirs.load_config(init_from))
+    with config.unlocked():
+      task_fields(config).init_from = os.path.abspath(init_from)   # check_body names it
+    check_body(config)
     tokenizer = TextTokenizer.load(init_from)
   with config.unlocked():
-    config.classify.init_from = os.path.abspath(init_from)
+    task_fields(config).init_from = os.path.abspath(init_from)
   return config, tokenizer
+
+
+def refuse_other_data(config, workdir: str, found: workdirs.Found) -> None:
+  """A workdir that continues must hold a run of the same model and data."""
+  if found.config is not None:
+    diffs = workdirs.identity_mismatches(found.config, config)
+    if diffs:
+      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of another model or "
+                            f"data ({'; '.join(diffs)}); use a fresh --workdir")
 
 
 def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found) -> cdata.ClassifyData:
@@ -171,11 +191,7 @@ def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found) -> cd
   with config.unlocked():
     config.classify.num_classes = data.num_classes
     config.classify.label_names = data.label_names
-  if found.config is not None:
-    diffs = workdirs.identity_mismatches(found.config, config)
-    if diffs:
-      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of another model or "
-                            f"data ({'; '.join(diffs)}); use a fresh --workdir")
+  refuse_other_data(config, workdir, found)
   resolve_schedule(config, cdata.split_size(data.splits[cdata.TRAIN]))
   sizes = {s: cdata.split_size(a) for s, a in data.splits.items()}
   classes = f"{data.num_classes} classes" if data.num_classes > 1 else "regression"

@@ -18,12 +18,12 @@ import jax
 import numpy as np
 
 from plm_jax import checkpoint, workdir as workdirs
-from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.errors import ConfigError
 from plm_jax.finetune import tag_data
 from plm_jax.finetune.data import EVAL, TEST, TRAIN, split_size
 from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split, write_eval_result
-from plm_jax.finetune.run import (Kind, body_and_new_head, resolve_schedule, run_finetuning,
-                                  start_config)
+from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
+                                  resolve_schedule, run_finetuning, start_config)
 from plm_jax.finetune.tag_metrics import format_per_type, tag_report, token_cross_entropy
 from plm_jax.inference import load_params
 from plm_jax.metrics_writer import console, format_metrics
@@ -45,11 +45,7 @@ def load_data(config, tokenizer, workdir: str, found: workdirs.Found) -> tag_dat
     config.classify.num_classes = data.num_classes
     config.classify.label_names = data.label_names
     config.classify.metric = data.metric
-  if found.config is not None:
-    diffs = workdirs.identity_mismatches(found.config, config)
-    if diffs:
-      raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of another model or "
-                            f"data ({'; '.join(diffs)}); use a fresh --workdir")
+  refuse_other_data(config, workdir, found)
   resolve_schedule(config, split_size(data.splits[TRAIN]))
   sizes = {s: split_size(a) for s, a in data.splits.items()}
   console(f"data: {config.classify.task} ({', '.join(data.descriptions.values())}): "
