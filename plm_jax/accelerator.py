@@ -14,8 +14,14 @@ xla (cuDNN's flash kernel takes 16-bit inputs only), and splash falls back to xl
 length that is not a multiple of 128 (its tile). rbg draws its bits with the device's own generator
 (several times cheaper than threefry for dropout masks); its bits depend on the mesh, threefry's
 do not.
+
+Compiling ahead of time for other hardware (`plm-jax bench --compile-only --topology v5p-128`)
+resolves "auto" for the target, not the host: inside `targeting("tpu")` every "auto" here, the
+checks of plm_jax/checks.py and the kernels' own choices see the target's platform.
 """
 
+import contextlib
+import contextvars
 import os
 
 import jax
@@ -27,8 +33,24 @@ ATTENTION = ("xla", "cudnn", "splash")
 PRNGS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
+_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("target", default=None)
+
+
+@contextlib.contextmanager
+def targeting(where: str):
+  """Within: `platform()` is `where` (the devices a step is compiled for), not this host's."""
+  token = _TARGET.set(where)
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
+
+
 def platform() -> str:
-  """"cpu", "gpu" (NVIDIA), "rocm" or "tpu": the kind of the devices this process drives."""
+  """"cpu", "gpu" (NVIDIA), "rocm" or "tpu": the kind of the devices this process drives (or,
+  inside `targeting`, compiles for)."""
+  if _TARGET.get() is not None:
+    return _TARGET.get()
   device = jax.devices()[0]
   version = str(getattr(device.client, "platform_version", "")).lower()
   if device.platform == "gpu" and "rocm" in version:

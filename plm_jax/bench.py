@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import accelerator, checks, families, parallel
+from plm_jax import accelerator, aot, checks, families, parallel, topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.flops import flops_as_computed, peak_flops
@@ -95,7 +95,35 @@ def model_flops(config, n_params: int, vocab: int) -> tuple[float, float]:
   return reference, computed
 
 
-def bench(config, compile_only: bool = False, profile: str = "") -> dict:
+def bench_topology(config, topology_name: str) -> dict:
+  """`bench --compile-only --topology NAME`: the train step compiled for a TPU topology on this
+  host (plm_jax/aot.py): its settings, kernels, memory per chip, collectives, compile time."""
+  topology.get_compilable(topology_name)
+  console(f"compiling the {config.model.family} {config.model.size} train step for "
+          f"{topology_name} (XLA's TPU compiler, ahead of time on this host)...")
+  result = aot.compile_step(config, topology_name)
+  c = result["collectives"]
+  console(f"compiled in {result['compile_s']} s for {result['devices']} x {result['device']}, "
+          f"mesh {result['mesh']}: {result['dtype']} compute, attention "
+          f"{result['attention_kernels']} ({result['mosaic_kernels']} Mosaic kernels)")
+  console(f"per chip: arguments {result['argument_gib']} GiB, temporaries {result['temp_gib']} "
+          f"GiB, outputs {result['output_gib']} GiB ({result['alias_gib']} GiB aliased): "
+          f"{result['compiled_gib']} GiB of {result['hbm_gib']:.0f} GiB HBM, "
+          f"{'fits' if result['fits'] else 'does NOT fit'}")
+  console("collectives per step and chip: " + ", ".join(
+      f"{k} {v['count']} x ({v['bytes'] / GIB:.2f} GiB)" for k, v in c.items() if v["count"]))
+  console(json.dumps(result))
+  return result
+
+
+def bench(config, compile_only: bool = False, profile: str = "", topology_name: str = ""
+          ) -> dict:
+  if topology_name:
+    if not compile_only or profile:
+      raise ConfigError(f"--topology {topology_name} compiles for hardware that is not here: "
+                        "add --compile-only (and drop --profile), or drop --topology to time "
+                        "the step on this machine's devices")
+    return bench_topology(config, topology_name)
   checks.validate(config, jax.device_count())
   mesh = parallel.mesh_for(config)
   vocab = padded_vocab(config, config.data.vocab_size)
@@ -109,11 +137,13 @@ def bench(config, compile_only: bool = False, profile: str = "") -> dict:
   t0 = time.perf_counter()
   train_step = trainer.compile_train_step()
   compile_s = time.perf_counter() - t0
+  console(f"attention: {trainer.attention_kernels}")
   n_params = trainer.num_params
   reference, computed = model_flops(config, n_params, vocab)
   result = {"figure": "plm_jax_bench", "family": config.model.family, "size": config.model.size,
             "device": kind, "devices": jax.device_count(), "mesh": dict(mesh.shape),
-            **accelerator.resolved(config), "loss_chunk": config.objective.loss_chunk,
+            **accelerator.resolved(config), "attention_kernels": trainer.attention_kernels,
+            "loss_chunk": config.objective.loss_chunk,
             "params_m": round(n_params / 1e6, 1), "B": b, "T": t,
             "compile_s": round(compile_s, 1), **compiled_memory(train_step),
             "flops_per_token": round(reference), "flops_per_token_with_head": round(computed),

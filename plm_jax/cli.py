@@ -21,7 +21,7 @@ from typing import Callable
 from absl import flags, logging
 from ml_collections import config_flags
 
-from plm_jax import __version__, accelerator, distributed, workdir as workdirs
+from plm_jax import __version__, accelerator, distributed, topology, workdir as workdirs
 from plm_jax import configs as presets
 from plm_jax.bench import bench, bench_decode
 from plm_jax.compare import compare
@@ -198,8 +198,12 @@ COMMANDS = {c.name: c for c in (
             FILE, example="plm-jax plan --config configs/gpt.py:1.5b,mesh=tpu-v5e-256 "
             "--topology v5e-256"),
     Command("bench", "compile and time the train step on synthetic batches", lambda config, a:
-            bench(config, compile_only=a.compile_only, profile=a.profile),
-            (Flag("compile-only", "bool", "print compile time and the compiled step's memory, "
+            bench(config, compile_only=a.compile_only, profile=a.profile,
+                  topology_name=a.topology or ""),
+            (Flag("topology", "enum", "with --compile-only: compile for this TPU topology "
+                  "ahead of time, on this host (needs libtpu: pip install 'plm-jax[tpu]')",
+                  choices=tuple(TOPOLOGIES)),
+             Flag("compile-only", "bool", "print compile time and the compiled step's memory, "
                   "run no step (any size, on a CPU too)", False),
              Flag("profile", "string", "after timing, trace 3 steps into this directory "
                   "(view with TensorBoard's profile plugin or Perfetto)", "")), FILE, True,
@@ -435,6 +439,7 @@ def quiet_libraries() -> None:
   if os.environ.get("PLM_JAX_VERBOSE"):
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  topology.quiet_libtpu()
   logging.set_verbosity(logging.FATAL)
   std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
   # TensorStore reads still in flight when a restore fails land on Orbax's closed event loop;

@@ -157,7 +157,9 @@ class Run:
 
   def compile(self):
     with timed("compiled the train step"):
-      return self.trainer.compile_train_step()
+      step = self.trainer.compile_train_step()
+    console(f"attention: {self.trainer.attention_kernels}")
+    return step
 
   def batches(self, train: loader.Batches, meta: dict):
     """The train batches from the restored loader position (or the state's step), prefetched;

@@ -24,6 +24,7 @@ from flax import nnx
 
 from plm_jax import accelerator, checkpoint, families, objectives, parallel
 from plm_jax.data import loader
+from plm_jax.models import kernel_choice
 from plm_jax.models.config import FINETUNED, ModelConfig, model_config
 from plm_jax.models.partitioning import axis_rules
 from plm_jax.optim import lr_factors, make_optimizer
@@ -74,6 +75,8 @@ class Trainer:
   abstract_state: dict
   state_shardings: dict
   batch_shardings: dict
+  # what each attention call of the compiled step runs (kernel_choice.summary), once compiled
+  attention_kernels: str = ""
 
   @classmethod
   def create(cls, config, mesh, vocab_size: int, pad_token_id: int = 0) -> "Trainer":
@@ -197,7 +200,10 @@ class Trainer:
                       for k, (s, d) in loader.batch_shapes(self.config).items()}
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   self.abstract_state, self.state_shardings)
-    return jitted.lower(abstract_state, abstract_batch).compile()
+    with kernel_choice.recording() as choices:
+      lowered = jitted.lower(abstract_state, abstract_batch)
+    self.attention_kernels = kernel_choice.summary(choices)
+    return lowered.compile()
 
   def eval_step(self):
     objective, graphdef = self.objective, self.graphdef

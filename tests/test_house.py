@@ -26,7 +26,7 @@ LAYERS = [
      "plm_jax.data.builtin_corpus", "plm_jax.data.builtin_tasks", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
      "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.metrics",
      "plm_jax.finetune.tag_metrics", "plm_jax.finetune.qa_metrics",
-     "plm_jax.finetune.gen_metrics"),
+     "plm_jax.finetune.gen_metrics", "plm_jax.hlo_stats"),
     # 3: the family registry
     ("plm_jax.families",),
     # 4: configs, tasks, the data pipeline and loader, the mesh
@@ -42,7 +42,7 @@ LAYERS = [
     # 8: the commands' library functions
     ("plm_jax.pretrain", "plm_jax.finetune.run", "plm_jax.finetune.predict", "plm_jax.evaluate",
      "plm_jax.finetune.tag_run", "plm_jax.finetune.qa_run", "plm_jax.finetune.generation",
-     "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands",
+     "plm_jax.aot", "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands",
      "plm_jax.compare"),
     # 9: entry points
     ("plm_jax.cli", "plm_jax.launch_local"),

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from plm_jax.models import splash
-from plm_jax.models.partitioning import constrain
+from plm_jax.models import kernel_choice, splash
+from plm_jax.models.partitioning import active, constrain
 
 Initializer = Callable[..., jax.Array]
 
@@ -159,14 +159,19 @@ def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
               dropout_rate: float, keys: KeyStream | None) -> jax.Array:
   """Scaled dot-product attention over [B, T, N, H] tensors.
 
-  implementation: "xla" (any device), "cudnn" (the fused flash kernel on NVIDIA GPUs, through
-  `jax.nn.dot_product_attention`) or "splash" (the Pallas splash-attention kernel of TPUs,
-  plm_jax/models/splash.py; a sequence length that is not a multiple of 128 goes to XLA).
-  Attention-probability dropout is in none of the fused kernels: when it is active (training
-  with attention_dropout > 0) an explicit softmax path is used instead.
+  implementation: the kernel asked for: "xla" (any device), "cudnn" (the fused flash kernel on
+  NVIDIA GPUs, through `jax.nn.dot_product_attention`) or "splash" (the Pallas splash-attention
+  kernel of TPUs, plm_jax/models/splash.py). Each call runs it where the kernel takes the call
+  and XLA otherwise, by the table of plm_jax/models/kernel_choice.py (attention dropout, in no
+  fused kernel, takes an explicit softmax path).
   """
   key = keys.next() if (keys is not None and dropout_rate > 0) else None
-  if key is not None:
+  call = kernel_choice.AttentionCall(
+      length=q.shape[1], head_dim=q.shape[-1], dtype=jnp.dtype(q.dtype).name,
+      causal=mask.causal, padding=mask.padding is not None,
+      segments=mask.segment_ids is not None, dropout=key is not None)
+  kernel = kernel_choice.record(kernel_choice.choose(implementation, call, _hopper())).kernel
+  if kernel == "xla-explicit":
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
     dense = mask.dense()
@@ -178,25 +183,33 @@ def attention(q, k, v, mask: AttentionMask, *, implementation: str | None,
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
     probs = dropout(probs, dropout_rate, KeyStream(key))
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
-
-  if implementation == "splash" and splash.supports(q.shape[1]):
+  if kernel == "splash":
     return splash.attention(q, k, v, mask.segments(), causal=mask.causal)
-  if implementation == "cudnn" and mask.segment_ids is None:
+  if kernel == "cudnn":
     # The fused kernel takes padding as sequence lengths (rows are right-padded), and a row
-    # without padding runs the cheaper causal-only (or unmasked) variant.
+    # without padding runs the cheaper causal-only (or unmasked) variant; never a mask or bias.
     lengths = None
     if mask.padding is not None:
       lengths = mask.padding.sum(-1).astype(jnp.int32)
-    return jax.nn.dot_product_attention(
-        q, k, v, is_causal=mask.causal, query_seq_lengths=lengths,
-        key_value_seq_lengths=lengths, implementation="cudnn")
-  dense = mask.dense(with_causal=False)
-  if implementation == "cudnn":
-    # Packed rows on cuDNN: the segments go in as a mask (cuDNN adds it as a [B, 1, T, T]
-    # bias, still without the per-head float32 scores of the XLA path).
-    return jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=mask.causal,
-                                        implementation="cudnn")
-  return _xla_attention(q, k, v, dense, mask.causal)
+    return cudnn_attention(q, k, v, mask.causal, lengths)
+  return _xla_attention(q, k, v, mask.dense(with_causal=False), mask.causal)
+
+
+def cudnn_attention(q, k, v, causal: bool, lengths):
+  """cuDNN's flash attention with its own mask types only (see kernel_choice's table)."""
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lengths,
+                                      key_value_seq_lengths=lengths, implementation="cudnn")
+
+
+def _hopper() -> bool:
+  """Whether the devices the step runs on are NVIDIA sm_90 or later (cuDNN's larger heads)."""
+  rules_mesh = active()
+  device = rules_mesh[1].devices.flat[0] if rules_mesh is not None else jax.devices()[0]
+  capability = getattr(device, "compute_capability", None)
+  try:
+    return capability is not None and float(capability) >= 9.0
+  except (TypeError, ValueError):
+    return False
 
 
 @functools.partial(jax.checkpoint, static_argnums=(4,))

@@ -2,9 +2,11 @@
 
 The kernel works on one device's shard: under a mesh it runs inside `shard_map`, with the batch
 split as the activations are and the heads split over the tensor axis. Padding and packed rows
-both become segment ids (plm_jax.models.layers.AttentionMask.segments). Off a TPU it runs in
-Pallas interpret mode, which is how the tests check it on CPU (slowly: it is a reference there,
-not a fast path).
+both become segment ids (plm_jax.models.layers.AttentionMask.segments). The mesh's devices
+decide how it lowers, not the host: for TPUs (real ones, or a TPU topology compiled for ahead of
+time on a CPU host) to Mosaic kernels (`tpu_custom_call`s in the compiled program); for devices
+that run it off a TPU, in Pallas interpret mode, which is how the tests check it on CPU (slowly:
+it is a reference there, not a fast path).
 """
 
 import functools
@@ -45,10 +47,17 @@ def _kernel(heads: int, length: int, causal: bool, interpret: bool):
                                  head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def _local(q, k, v, segments, *, causal: bool):
+def interpret_mode(mesh) -> bool:
+  """Whether the kernel runs in Pallas interpret mode: only where the step executes off a TPU."""
+  if mesh is not None:
+    return mesh.devices.flat[0].platform != "tpu"
+  return jax.default_backend() != "tpu"
+
+
+def _local(q, k, v, segments, *, causal: bool, interpret: bool):
   """One shard: [b, T, n, H] tensors, [b, T] segment ids (or None)."""
   _, length, heads, head_dim = q.shape
-  kernel = _kernel(heads, length, causal, jax.default_backend() != "tpu")
+  kernel = _kernel(heads, length, causal, interpret)
   to_heads_first = lambda x: x.swapaxes(1, 2)   # noqa: E731 - the kernel takes [N, T, H]
   q = to_heads_first(q * jnp.asarray(head_dim ** -0.5, q.dtype))
   k, v = to_heads_first(k), to_heads_first(v)
@@ -63,7 +72,8 @@ def _local(q, k, v, segments, *, causal: bool):
 def attention(q, k, v, segments: jax.Array | None, *, causal: bool) -> jax.Array:
   """[B, T, N, H] q, k, v -> [B, T, N, H]; tokens attend within equal `segments` ids."""
   rules_mesh = active()
-  run = functools.partial(_local, causal=causal)
+  run = functools.partial(_local, causal=causal,
+                          interpret=interpret_mode(rules_mesh and rules_mesh[1]))
   if rules_mesh is None:
     return run(q, k, v, segments)
   rules, mesh = rules_mesh

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from plm_jax.models import layer_stack
+from plm_jax.models import kernel_choice, layer_stack
 from plm_jax.models.config import ModelConfig
 from plm_jax.models.layers import (MLP, BlockConfig, Dense, DenseIn, Embed, KeyStream,
                                    LayerNorm, dropout, normal_init)
@@ -34,6 +34,8 @@ from plm_jax.models.partitioning import constrain
 
 NEG = -1e30            # the masked score, as the reference adds it (a fully masked row is uniform)
 _ACT = ("batch", "length", "act_embed")
+# Relative positions and two streams: scores the fused kernels cannot take.
+_RELATIVE = kernel_choice.Choice("xla-explicit", "XLNet's two-stream relative attention")
 
 
 class Table(nnx.Module):
@@ -87,6 +89,7 @@ class RelativeAttention(nnx.Module):
     return scores if mask is None else jnp.where(mask[:, None], NEG, scores)
 
   def _attend(self, x, q, k, v, k_r, rel_index, seg_other, mask, keys):
+    kernel_choice.record(_RELATIVE)
     probs = jax.nn.softmax(self._scores(q, k, k_r, rel_index, seg_other, mask), axis=-1)
     probs = dropout(probs.astype(v.dtype), self.cfg.attention_dropout_rate, keys)
     y = jnp.einsum("bnqk,bknh->bqnh", probs, v)
