@@ -189,8 +189,11 @@ COMMANDS = {c.name: c for c in (
             "plm-jax compare --config compare:tiny --workdir runs/compare"),
     Command("plan", "memory, FLOPs and step time of a config on a topology, without it",
             lambda config, a: plan(config, a.topology, a.devices, a.mfu, a.hbm_gib,
-                                   a.peak_tflops),
+                                   a.peak_tflops, a.compile),
             (Flag("topology", "enum", "hardware to plan for", choices=tuple(TOPOLOGIES)),
+             Flag("compile", "bool", "TPU topologies: also compile the step for it here (XLA's "
+                  "TPU compiler from libtpu) and print the estimate beside the compiled "
+                  "memory; a refusal's proposals are compiled too", False),
              Flag("devices", "integer", "or: N devices of one host"),
              Flag("mfu", "float", "model FLOPs utilisation assumed for the step time", 0.4),
              Flag("hbm-gib", "float", "memory per device (overrides the topology's)", 0.0),

@@ -26,13 +26,14 @@ more micro-batches, remat, a wider fsdp axis).
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 
 import jax
 import numpy as np
 
-from plm_jax import accelerator, checks, families, parallel, topology
+from plm_jax import accelerator, aot, checks, families, parallel, topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.metrics_writer import console
@@ -236,15 +237,33 @@ def _proposal_text(found) -> str:
             "devices, devices with more memory, or a smaller model")
   out = []
   for overrides, f in found:
-    size = f" ({f['total'] / GIB:,.1f} GiB per device" + (
+    compiled = (f"; compiled: {f['compiled_gib']:,.1f} GiB" if "compiled_gib" in f else "")
+    size = f" ({f['total'] / GIB:,.1f} GiB per device" + compiled + (
         f", micro-batch {f['micro']} per device)" if "optim.grad_accum_steps" in overrides
         else ")")
     out.append(_flags(overrides) + size)
   return "fits with " + ", or ".join(out)
 
 
+def _compiled_proposals(config, found, check) -> list:
+  """With `check` (plan --compile): each proposal compiled for the topology; kept only if the
+  compiler fits it too, with its compiled size."""
+  if check is None:
+    return found
+  kept = []
+  for overrides, f in found:
+    result = check(_with(config, overrides))
+    if result is not None and result["fits"]:
+      kept.append((overrides, {**f, "compiled_gib": result["compiled_gib"]}))
+  return kept
+
+
 def make_plan(config, topology_name: str | None = None, num_devices: int | None = None,
-              mfu: float = 0.4, hbm_gib: float = 0.0, peak_tflops: float = 0.0) -> Plan:
+              mfu: float = 0.4, hbm_gib: float = 0.0, peak_tflops: float = 0.0,
+              check=None) -> Plan:
+  """The plan of `config` on a topology, or a ConfigError naming why it cannot run and the
+  changes that fit; `check(config) -> compiled figures or None` (plan --compile) compiles each
+  proposed change and keeps those the compiler fits too."""
   t = _topology(topology_name, num_devices, hbm_gib, peak_tflops)
   if not 0 < mfu <= 1:
     raise ConfigError(f"--mfu {mfu} must be in (0, 1]")
@@ -256,6 +275,7 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
     # A layout that does not split (the batch over data x fsdp x accumulation): propose one
     # that does, if one of the searched changes gives it.
     found = proposals(config, t, abstract, vocab) if "train.batch_size=" in str(e) else []
+    found = _compiled_proposals(config, found, check)
     if found:
       raise ConfigError(f"{e}; or keep the batch: {_proposal_text(found)}") from None
     raise
@@ -265,7 +285,8 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
         f"does not fit: {total / GIB:,.1f} GiB per device (params {params / GIB:,.1f}, grads "
         f"{params / GIB:,.1f}, optimizer {opt / GIB:,.1f}, activations {acts / GIB:,.1f}) > "
         f"{USABLE_FRACTION:.0%} of the device's {t.hbm_bytes / GIB:,.0f} GiB; "
-        + _proposal_text(proposals(config, t, abstract, vocab)))
+        + _proposal_text(_compiled_proposals(config, proposals(config, t, abstract, vocab),
+                                             check)))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.state["params"]))
   data, fsdp, _ = f["shape"]
   m = config.model
@@ -283,10 +304,53 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
 
 
 def plan(config, topology_name=None, num_devices=None, mfu=0.4, hbm_gib=0.0,
-         peak_tflops=0.0) -> dict:
-  p = make_plan(config, topology_name, num_devices, mfu, hbm_gib, peak_tflops)
+         peak_tflops=0.0, compile_check: bool = False) -> dict:
+  """`plm-jax plan`; with `compile_check` (--compile) the estimate beside the memory XLA's TPU
+  compiler plans for the same step on the topology (and a refusal's proposals compiled)."""
+  check = None
+  if compile_check:
+    if not topology_name:
+      raise ConfigError("--compile compiles for a named topology: give --topology NAME")
+    topology.get_compilable(topology_name)          # a GPU topology: one line, before work
+    topology.compile_only_devices(topology.get(topology_name))   # libtpu present
+    check = functools.partial(_compile_or_none, topology_name=topology_name)
+  p = make_plan(config, topology_name, num_devices, mfu, hbm_gib, peak_tflops, check)
   for line in p.lines():
     console(line)
   out = dataclasses.asdict(p)
+  if compile_check:
+    console(f"compiling the step for {topology_name} to check the estimate...")
+    compiled = aot.compile_step(config, topology_name)
+    out.update(estimate_gib=round(p.total_bytes / GIB, 3),
+               compiled_gib=compiled["compiled_gib"], compile_s=compiled["compile_s"],
+               fits=compiled["fits"], error=round(p.total_bytes / GIB / compiled["compiled_gib"]
+                                                  - 1, 4),
+               compiled={k: compiled[k] for k in ("argument_gib", "temp_gib", "output_gib",
+                                                  "alias_gib", "mosaic_kernels",
+                                                  "attention_kernels")})
+    console(f"estimate {out['estimate_gib']:,.2f} GiB per device, compiled "
+            f"{out['compiled_gib']:,.2f} GiB ({out['error']:+.1%}) of "
+            f"{compiled['hbm_gib']:,.0f} GiB: "
+            + ("fits" if compiled["fits"] else "does NOT fit by the compiler's count")
+            + f"; compiled in {compiled['compile_s']} s")
   console(json.dumps(out))
+  if compile_check and not out["fits"]:
+    raise ConfigError(f"the compiled step needs {out['compiled_gib']:,.1f} GiB per device, more "
+                      f"than {topology_name}'s {p.device_bytes / GIB:,.0f} GiB (the estimate "
+                      f"said {out['estimate_gib']:,.1f}): "
+                      + _proposal_text(_compiled_proposals(
+                          config, proposals(config, topology.get(topology_name),
+                                            AbstractState.of(config, padded_vocab(
+                                                config, config.data.vocab_size)),
+                                            padded_vocab(config, config.data.vocab_size)),
+                          check)))
   return out
+
+
+def _compile_or_none(config, topology_name: str) -> dict | None:
+  """The compiled figures of `config` on the topology, or None where it does not compile (the
+  compiler ran out of memory, or the layout is refused)."""
+  try:
+    return aot.compile_step(config, topology_name)
+  except ConfigError:
+    return None

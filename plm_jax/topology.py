@@ -126,10 +126,14 @@ def compile_only_devices(t: Topology) -> list:
                       "is not installed: pip install 'jax[tpu]==" + _jax_version() + "' (or "
                       "plm-jax's extra: pip install 'plm-jax[tpu]')")
   quiet_libtpu()
-  description = topologies.get_topology_desc(
-      platform="tpu", topology_name=t.compile_name, num_slices=t.slices,
-      chips_per_host_bounds=t.host_bounds, wrap=t.wrap,
-      chip_config_name="megacore" if t.device_kind in ("TPU v4", "TPU v5") else "default")
+  try:
+    description = topologies.get_topology_desc(
+        platform="tpu", topology_name=t.compile_name, num_slices=t.slices,
+        chips_per_host_bounds=t.host_bounds, wrap=t.wrap,
+        chip_config_name="megacore" if t.device_kind in ("TPU v4", "TPU v5") else "default")
+  except jax.errors.JaxRuntimeError as e:
+    raise ConfigError(f"libtpu could not describe {t.compile_name}: "
+                      f"{str(e).splitlines()[0][:300]}") from None
   devices = list(description.devices)
   if len(devices) != t.num_devices:
     raise ConfigError(f"libtpu made {len(devices)} devices of {t.compile_name} where "
@@ -140,12 +144,13 @@ def compile_only_devices(t: Topology) -> list:
 
 def quiet_libtpu() -> None:
   """Off a TPU VM, libtpu (installed for compiling) looks for the VM's TPU at start-up, queries
-  a metadata server and prints a page of warnings before it carries on; these answer it
-  (before jax starts a backend). On a TPU VM nothing is set."""
+  a metadata server and prints a page of warnings before it carries on, and takes a lock file
+  that stops a second process on the host (a second compile, a test worker) from loading it;
+  these answer it (before jax starts a backend). On a TPU VM nothing is set."""
   if _on_tpu_vm():
     return
   for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-               ("TPU_ACCELERATOR_TYPE", "v5p-8")):
+               ("TPU_ACCELERATOR_TYPE", "v5p-8"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
     os.environ.setdefault(k, v)
 
 

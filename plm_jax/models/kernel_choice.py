@@ -103,9 +103,9 @@ def record(choice: Choice) -> Choice:
 
 
 def summary(log: list[Choice]) -> str:
-  """"cudnn (causal) x2, xla-explicit (attention dropout...)": distinct choices with counts of
-  traced calls (a scanned stack of layers is traced once)."""
+  """"cudnn (causal); xla-explicit (attention dropout...)": the distinct choices, in the order
+  first traced (a scanned stack of layers is traced once, so counts would mislead)."""
   counts: dict[str, int] = {}
   for c in log:
     counts[str(c)] = counts.get(str(c), 0) + 1
-  return "; ".join(f"{k}" + (f" x{n}" if n > 1 else "") for k, n in counts.items()) or "none"
+  return "; ".join(counts) or "none"
