@@ -199,7 +199,7 @@ COMMANDS = {c.name: c for c in (
              Flag("hbm-gib", "float", "memory per device (overrides the topology's)", 0.0),
              Flag("peak-tflops", "float", "peak bf16 TFLOP/s per device (overrides)", 0.0)),
             FILE, example="plm-jax plan --config configs/gpt.py:1.5b,mesh=tpu-v5e-256 "
-            "--topology v5e-256"),
+            "--topology v5e-256 --config.optim.grad_accum_steps=2"),
     Command("bench", "compile and time the train step on synthetic batches", lambda config, a:
             bench(config, compile_only=a.compile_only, profile=a.profile,
                   topology_name=a.topology or ""),

@@ -6,16 +6,11 @@ figures come from the PartitionSpecs the run would use:
 
 - parameters, gradients and optimizer state per device: each tensor's shard (its dimensions
   divided by the mesh axes its spec names, rounded up as XLA pads), times its dtype's size;
-- activations per device: Korthikanti et al. (2022), "Reducing Activation Recomputation in Large
-  Transformer Models", section 4.1, eq. 2: per layer s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes in
-  16-bit (b the per-device micro-batch, t the tensor-parallel size), doubled in float32. The
-  5as/h attention-score term vanishes with the fused kernels (cuDNN, splash) and is one
-  layer's, rematerialised, on the XLA path; attention dropout (in no fused kernel) and XLNet's
-  attention run the explicit softmax, which keeps every layer's scores (float32 softmax output,
-  probabilities, dropout mask). XLNet's query stream adds its predicted positions as rows and
-  the memory as keys. With remat one layer's worth plus each layer's input; plus the float32
-  logits and their gradient (one loss chunk's). An estimate, not a measurement: XLA's fusion
-  and scheduling move it either way.
+- activations per device: what autodiff keeps for the backward pass, traced from the model the
+  run builds (plm_jax/residuals.py: every family's LayerNorm, GELU, dropout masks, XLNet's two
+  streams and memory, remat, the kernel the target runs), plus the backward's working set of one
+  layer, the XLA kernel's rematerialised scores and one loss chunk's logits; calibrated against
+  XLA's TPU compiler (within 15% of `plan --compile`'s compiled size on the TPU presets).
 - FLOPs per step: the model-FLOPs convention of plm_jax/flops.py; the step time at a stated MFU.
 
 A layout that cannot run is refused with the reason: heads or MLP not divisible by tensor, a
@@ -33,7 +28,7 @@ import math
 import jax
 import numpy as np
 
-from plm_jax import accelerator, aot, checks, families, parallel, topology
+from plm_jax import aot, checks, families, parallel, residuals, topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.metrics_writer import console
@@ -63,37 +58,17 @@ def tree_bytes(state, specs, axis_sizes: dict) -> int:
 
 def activation_bytes(config, micro_batch: int, tensor: int, vocab: int, predictions: int,
                      platform: str) -> int:
-  m = config.model
-  s, b, h, a, L = (config.data.max_seq_length, micro_batch, m.hidden_size, m.num_heads,
-                   m.num_layers)
-  plm = config.objective.name == "plm"
-  # XLNet runs two streams through every layer: the content stream over the s tokens and the
-  # query stream over the predicted positions; its keys also span the previous segment's memory.
-  queries, keys = (s + predictions, s + m.mem_len) if plm else (s, s)
-  dtype = accelerator.compute_dtype(m.dtype, platform)
-  width = 1 if dtype in ("bfloat16", "float16") else 2
-  linear = queries * b * h * (10 + 24 / tensor) * width        # Korthikanti's 34sbh (t = 1)
-  scores = b * (a / tensor) * queries * keys                   # elements of one layer's scores
-  kernel = accelerator.attention_impl(m.attention_impl, platform, dtype)
-  if plm or m.attention_dropout_rate > 0:
-    # The explicit softmax path (XLNet's attention; attention dropout, which no fused kernel
-    # has) keeps each layer's scores for the backward pass: Korthikanti's 5as^2b, with the
-    # softmax output in float32 here: 4 bytes, the probabilities in the compute dtype for the
-    # value product, and the dropout mask (1 byte).
-    kept = scores * (4 + 2 * width + (1 if m.attention_dropout_rate > 0 else 0))
-    transient = 0
-  else:
-    # The fused kernels keep no scores; the XLA path rematerialises them, so one layer's
-    # [B, N, T, T] float32 scores and probabilities exist at a time.
-    kept = 0
-    transient = 0 if kernel in ("cudnn", "splash") else 2 * scores * 4
-  # remat keeps each layer's input (2sbh in 16-bit) and recomputes one layer at a time
-  layers = (L * 2 * queries * b * h * width + linear + kept) if m.remat else L * (linear + kept)
-  logits_rows = b * (s if families.get(config.model.family).decoder else predictions)
+  """Activation bytes per device for a micro-batch of `micro_batch` rows: what autodiff keeps
+  for the backward pass, traced from the model (plm_jax/residuals.py), plus the backward's
+  working set of one layer, the XLA kernel's scores and one loss chunk's logits."""
+  rows = micro_batch * loader.segments_per_row(config)
+  logits_rows = rows * (config.data.max_seq_length
+                        if families.get(config.model.family).decoder else predictions)
   if config.objective.loss_chunk > 0:                          # one chunk's logits at a time
     logits_rows = min(logits_rows, config.objective.loss_chunk)
-  logits = 2 * logits_rows * -(-vocab // tensor) * 4           # float32 logits + their grad
-  return int(layers + transient + logits)
+  parts = residuals.activation_bytes(config, micro_batch, vocab, platform, logits_rows,
+                                     -(-vocab // tensor))
+  return sum(parts.values())
 
 
 @dataclasses.dataclass
@@ -154,7 +129,7 @@ def _footprint(config, t, abstract, vocab) -> dict:
   data, fsdp, tensor = shape
   micro = max(1, config.train.batch_size // (data * fsdp * config.optim.grad_accum_steps))
   # XLNet's examples are several segments, all of whose activations the backward pass keeps
-  acts = activation_bytes(config, micro * loader.segments_per_row(config), tensor, vocab,
+  acts = activation_bytes(config, micro, tensor, vocab,
                           loader.predictions_per_sequence(config), t.platform)
   # Gradients live in the parameters' dtype and sharding (summed in place over micro-batches).
   return dict(shape=shape, axis_sizes=axis_sizes, micro=micro, params=params, opt=opt,

@@ -36,7 +36,7 @@ LAYERS = [
     ("plm_jax.checks", "plm_jax.checkpoint", "plm_jax.workdir", "plm_jax.finetune.data",
      "plm_jax.finetune.tag_data", "plm_jax.finetune.qa_data", "plm_jax.finetune.gen_data"),
     # 6: the trainer, Hugging Face interop
-    ("plm_jax.trainer", "plm_jax.hf"),
+    ("plm_jax.trainer", "plm_jax.hf", "plm_jax.residuals"),
     # 7: the run scaffold, restoring, a run's data, sizing a config to a parameter count
     ("plm_jax.scaffold", "plm_jax.inference", "plm_jax.run_data", "plm_jax.param_match"),
     # 8: the commands' library functions

@@ -27,13 +27,13 @@ SIZES = {
                  train=dict(steps=1500, batch_size=32, log_every=100),
                  optim=dict(learning_rate=1e-3, warmup_steps=60)),
     # micro-batches: the fewest that fit (`plm-jax plan` on the target proposes them)
-    "base": sized_for("8xh100", accum=2, row=dict(
+    "base": sized_for("8xh100", accum=4, row=dict(
         model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
                    embedding_size=128), **PAPER)),
-    "large": sized_for("8xh100", accum=4, row=dict(
+    "large": sized_for("8xh100", accum=16, row=dict(
         model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
                    embedding_size=128), **PAPER)),
-    "xlarge": sized_for("v5p-128", dict(
+    "xlarge": sized_for("v5p-128", accum=2, row=dict(
         model=dict(hidden_size=2048, num_layers=24, num_heads=16, mlp_dim=8192,
                    embedding_size=128), **PAPER)),
 }

@@ -23,16 +23,16 @@ SIZES = {
                  train=dict(steps=600, batch_size=32),
                  optim=dict(learning_rate=1e-3, warmup_steps=60)),
     # micro-batches: the fewest that fit (`plm-jax plan` on the target proposes them)
-    "124m": sized_for("1xh100", accum=4, row=dict(
+    "124m": sized_for("1xh100", accum=8, row=dict(
         model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
                    max_position=1024), **PAPER)),
-    "355m": sized_for("8xh100", dict(
+    "355m": sized_for("8xh100", accum=4, row=dict(
         model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
                    max_position=1024), **PAPER)),
-    "774m": sized_for("8xh100", accum=2, row=dict(
+    "774m": sized_for("8xh100", accum=4, row=dict(
         model=dict(hidden_size=1280, num_layers=36, num_heads=20, mlp_dim=5120,
                    max_position=1024), **PAPER)),
-    "1.5b": sized_for("8xh200", accum=2, row=dict(
+    "1.5b": sized_for("8xh200", accum=4, row=dict(
         model=dict(hidden_size=1600, num_layers=48, num_heads=25, mlp_dim=6400,
                    max_position=1024), **PAPER)),
 }
@@ -50,8 +50,8 @@ def _gpt3(lr: float, batch: int, accum: int) -> dict:
                          grad_accum_steps=accum))
 
 
-SIZES = paper_recipes(SIZES, {"124m": _gpt3(6e-4, 512, 4), "355m": _gpt3(3e-4, 512, 1),
-                              "774m": _gpt3(2.5e-4, 512, 2), "1.5b": _gpt3(2e-4, 1024, 4)})
+SIZES = paper_recipes(SIZES, {"124m": _gpt3(6e-4, 512, 8), "355m": _gpt3(3e-4, 512, 4),
+                              "774m": _gpt3(2.5e-4, 512, 4), "1.5b": _gpt3(2e-4, 1024, 8)})
 
 
 def get_config(arg=None):

@@ -26,10 +26,10 @@ SIZES = {
                  train=dict(steps=1500, batch_size=32, log_every=100),
                  optim=dict(learning_rate=1e-3, warmup_steps=60)),
     # micro-batches: the fewest that fit (`plm-jax plan` on the target proposes them)
-    "base": sized_for("8xh100", accum=4, row=dict(
+    "base": sized_for("8xh100", accum=8, row=dict(
         model=dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
                    max_position=514), **PAPER)),
-    "large": sized_for("4x8xh100", accum=2, row=dict(
+    "large": sized_for("4x8xh100", accum=4, row=dict(
         model=dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096,
                    max_position=514),
         **{**PAPER, "optim": dict(learning_rate=4e-4, warmup_steps=30_000)})),
@@ -42,7 +42,7 @@ RECIPE = dict(optim=dict(eps=1e-6, clip_norm=0.0),
               extra={"model.attention_dropout_rate": 0.1})
 SIZES = paper_recipes(SIZES, {
     size: {**RECIPE, "optim": {**RECIPE["optim"], "grad_accum_steps": accum}}
-    for size, accum in (("base", 8), ("large", 4))})
+    for size, accum in (("base", 16), ("large", 8))})
 
 
 def get_config(arg=None):
