@@ -62,7 +62,8 @@ def test_plan_prints_its_estimate_beside_the_compiled_memory():
   out = last_json(r.stdout)
   assert out["estimate_gib"] == pytest.approx(out["total_bytes"] / GIB, abs=1e-3)
   assert out["compiled_gib"] > 0 and out["fits"]
-  assert out["error"] == pytest.approx(out["estimate_gib"] / out["compiled_gib"] - 1, abs=2e-3)
+  # the error is of the unrounded figures; the printed GiB are rounded to 3 decimals
+  assert out["error"] == pytest.approx(out["estimate_gib"] / out["compiled_gib"] - 1, abs=0.05)
   assert "compiled" in r.stdout and "estimate" in r.stdout
 
 
@@ -70,6 +71,8 @@ def test_a_refusals_proposals_are_kept_only_if_the_compiler_fits_them():
   """The search's proposals go through `check` (plan --compile's compile): one it cannot fit is
   dropped, the others carry their compiled size."""
   config = family_config("gpt", **{"data.max_seq_length": 128})
+  # a chip with 80% of what the plan needs: one micro-batch does not fit, two do
+  hbm = plan.make_plan(config, "v5p-8").total_bytes / GIB / 0.9 * 0.8
   calls = []
 
   def check(c):            # the compiler fits only the remat proposal
@@ -79,14 +82,15 @@ def test_a_refusals_proposals_are_kept_only_if_the_compiler_fits_them():
   # the estimate alone proposes accumulation, and remat with accumulation
   with pytest.raises(ConfigError, match=r"fits with --config.optim.grad_accum_steps=2 \(.*, or "
                      r"--config.model.remat=true"):
-    plan.make_plan(config, "v5p-8", hbm_gib=0.035)
+    plan.make_plan(config, "v5p-8", hbm_gib=hbm)
   with pytest.raises(ConfigError) as e:
-    plan.make_plan(config, "v5p-8", hbm_gib=0.035, check=check)
-  assert calls == [(False, 2), (True, 2)]
-  assert re.search(r"fits with --config.model.remat=true --config.optim.grad_accum_steps=2 "
-                   r"\(.*compiled: 0\.2 GiB", str(e.value)), str(e.value)
+    plan.make_plan(config, "v5p-8", hbm_gib=hbm, check=check)
+  assert calls[0] == (False, 2) and [remat for remat, _ in calls] == [False, True]
+  assert re.search(r"fits with --config.model.remat=true[^,]*\(.*compiled: 0\.2 GiB",
+                   str(e.value)), str(e.value)
+  assert "fits with --config.optim.grad_accum_steps=2 (" not in str(e.value)
   with pytest.raises(ConfigError, match="nothing tried fits"):
-    plan.make_plan(config, "v5p-8", hbm_gib=0.035, check=lambda c: None)
+    plan.make_plan(config, "v5p-8", hbm_gib=hbm, check=lambda c: None)
 
 
 def test_splash_lowers_for_real_whenever_the_mesh_is_a_tpu():

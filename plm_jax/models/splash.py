@@ -39,6 +39,13 @@ def block_size(length: int) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _kernel(heads: int, length: int, causal: bool, interpret: bool):
+  # Built concretely even when first asked for inside a trace (a jit, or plan's residual
+  # trace): the cached kernel's mask tables must not hold that trace's tracers.
+  with jax.ensure_compile_time_eval():
+    return _make_kernel(heads, length, causal, interpret)
+
+
+def _make_kernel(heads: int, length: int, causal: bool, interpret: bool):
   one = masks.CausalMask((length, length)) if causal else masks.FullMask((length, length))
   b = block_size(length)
   sizes = kernels.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
