@@ -131,7 +131,8 @@ def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
 def model_group(family: str, size_name: str, size: dict) -> ml_collections.ConfigDict:
   """The architecture (`size`: its shape and family-specific fields) and how it computes."""
   m = ml_collections.ConfigDict()
-  m.family = family                  # "bert", "roberta", "albert" (encoders) or "gpt" (decoder)
+  m.family = family                  # a family of plm_jax/families.py: "bert", "roberta",
+                                     # "albert" (encoders), "xlnet" or "gpt" (decoder)
   m.size = size_name                 # the named size this config started from (informational)
   m.vocab_size = 0                   # embedding rows; 0 = the tokenizer's vocabulary size
   m.vocab_pad_multiple = 128         # pad the embedding table to a multiple (MXU/tensor cores)

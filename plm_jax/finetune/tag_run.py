@@ -57,10 +57,6 @@ def load_data(config, tokenizer, workdir: str, found: workdirs.Found) -> tag_dat
   return data
 
 
-def scalars(report: dict) -> dict:
-  return {k: v for k, v in report.items() if isinstance(v, (int, float))}
-
-
 def word_predictions(data: tag_data.TagData, split: str, pred: dict) -> list[np.ndarray]:
   """Per sentence (in split order) the predicted tag id of each word: the argmax at its first
   sub-token; a word cut by max_seq_length gets "O" (-1, always wrong, for tags without "O")."""
