@@ -10,15 +10,16 @@ import math
 
 import jax
 
-from plm_jax import accelerator, families, trackers
+from plm_jax import accelerator, families
+from plm_jax.run import trackers
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
-from plm_jax.gen_tasks import validate_seq2seq
+from plm_jax.finetune.seq2seq.tasks import validate_seq2seq
 from plm_jax.models.config import FINETUNED
 from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
-from plm_jax.qa_tasks import validate_qa
-from plm_jax.tasks import validate_classify
+from plm_jax.finetune.qa.tasks import validate_qa
+from plm_jax.finetune.classify.tasks import validate_classify
 
 SCHEDULES = ("linear", "cosine", "constant", "linear_total")
 NONFINITE = ("stop", "skip")

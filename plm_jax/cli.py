@@ -25,22 +25,22 @@ from plm_jax import __version__, accelerator, distributed, workdir as workdirs
 from plm_jax import configs as presets
 from plm_jax.bench import bench, bench_decode
 from plm_jax.compare import compare
-from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
+from plm_jax.data_commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
-from plm_jax.finetune.generation import finetune_generator
-from plm_jax.finetune.qa_run import finetune_qa
+from plm_jax.finetune.seq2seq.run import finetune_generator
+from plm_jax.finetune.qa.run import finetune_qa
 from plm_jax.finetune.run import finetune
-from plm_jax.finetune.tag_run import finetune_tagger
+from plm_jax.finetune.tag.run import finetune_tagger
 from plm_jax.generate import SamplingConfig
-from plm_jax.hf_workdir import export_hf, import_hf
+from plm_jax.hf.workdir import export_hf, import_hf
 from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_text,
                                load_params, untrained_heads)
-from plm_jax.metrics_writer import console
+from plm_jax.run.metrics_writer import console
 from plm_jax.plan import plan
-from plm_jax.plots import plot_runs
+from plm_jax.run.plots import plot_runs
 from plm_jax.pretrain import train
-from plm_jax.stopping import RunStopped
+from plm_jax.run.stopping import RunStopped
 from plm_jax.topology import TOPOLOGIES
 
 

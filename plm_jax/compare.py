@@ -21,28 +21,33 @@ import importlib.util
 import json
 import math
 import os
+import re
 import statistics
 from typing import Callable
 
 import jax
+import numpy as np
 
-from plm_jax import configs as presets, families, plots
+from plm_jax import configs as presets, families
+from plm_jax.run import plots
 from plm_jax.bench import bench
 from plm_jax.data import loader
-from plm_jax.data.builtin_tasks import (ABOUT, BASELINES, PRETRAIN_FILE, SPLITS, baseline,
+from plm_jax.data.builtin_tasks import (ABOUT, BASELINES, PRETRAIN_FILE, SPLITS,
                                         task_paths, write_builtin_tasks,
                                         write_pretraining_text)
 from plm_jax.errors import ConfigError
-from plm_jax.finetune.generation import finetune_generator
-from plm_jax.finetune.qa_run import finetune_qa
+from plm_jax.finetune.seq2seq.run import finetune_generator
+from plm_jax.finetune.qa.metrics import squad_metrics
+from plm_jax.finetune.qa.run import finetune_qa
+from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.run import finetune, task_fields
-from plm_jax.gen_tasks import gen_task_of
-from plm_jax.metrics_writer import console
+from plm_jax.finetune.seq2seq.tasks import gen_task_of
+from plm_jax.run.metrics_writer import console
 from plm_jax.models.config import padded_vocab
 from plm_jax.param_match import count_params, match_width, with_width
 from plm_jax.plan import plan
 from plm_jax.pretrain import train
-from plm_jax.tasks import task_of
+from plm_jax.finetune.classify.tasks import task_of
 
 RESULT_FILE = "compare_result.json"
 REPORT_FILE = "report.md"
@@ -273,6 +278,35 @@ def plan_budget(c) -> tuple[float, dict]:
 
 
 # --- stages -----------------------------------------------------------------------------------
+
+# --- the scores of a model that learned nothing ---
+
+def baseline(task: str, path: str, limit: int = 0, seed: int = 0) -> dict:
+  """The metrics of BASELINES[task] on the split file at `path` (accuracy a fraction, the
+  others percentages, as the fine-tuning reports give them); limit > 0: on the first `limit`
+  records only (generation decodes the first report_examples)."""
+  if task == "word_order":
+    with open(path, encoding="utf-8") as f:
+      labels = [json.loads(line)["label"] for line in f]
+    return {"accuracy": max(labels.count(x) for x in set(labels)) / len(labels)}
+  if task == "cloze":
+    rng = np.random.default_rng(seed)
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+    golds, guesses = {}, {}
+    for paragraph in data["data"][0]["paragraphs"]:
+      words = re.findall(r"[A-Za-z]{4,}", paragraph["context"])
+      for qa in paragraph["qas"]:
+        golds[qa["id"]] = [a["text"] for a in qa["answers"]]
+        guesses[qa["id"]] = words[int(rng.integers(len(words)))]
+    out = squad_metrics(golds, guesses, v2=False)
+    return {k: out[k] for k in ("f1", "exact_match")}
+  if task == "unshuffle":
+    with open(path, encoding="utf-8") as f:
+      records = [json.loads(line) for line in f][:limit or None]
+    return generation_metrics([r["source"] for r in records], [r["target"] for r in records])
+  raise ValueError(f"no built-in task {task!r}")
+
 
 def read_result(workdir: str) -> dict | None:
   path = os.path.join(workdir, RESULT_FILE)

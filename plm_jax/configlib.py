@@ -309,7 +309,7 @@ def bench_group() -> ml_collections.ConfigDict:
 def classify_group(values: dict) -> ml_collections.ConfigDict:
   """Fine-tuning for sequence classification (`plm-jax finetune`, configs/classify.py)."""
   k = ml_collections.ConfigDict()
-  k.task = ""                        # a task of plm_jax/tasks.py ("sst2", "mrpc",
+  k.task = ""                        # a task of plm_jax/finetune/classify/tasks.py ("sst2", "mrpc",
                                      # "imdb", "builtin", ...) or "csv" / "jsonl" (files below)
   k.num_classes = 0                  # outputs; 1 = regression (MSE); 0 = the task's or the data's
   k.label_names = ()                 # class names in id order ("" entries if unknown); () = from
@@ -344,7 +344,7 @@ def classify_group(values: dict) -> ml_collections.ConfigDict:
 
 def qa_group(values: dict) -> ml_collections.ConfigDict:
   """Extractive question answering (`plm-jax finetune --config qa:TASK`, configs/qa.py); the
-  task, schedule and data fields are the classify group's (plm_jax/qa_tasks.py)."""
+  task, schedule and data fields are the classify group's (plm_jax/finetune/qa/tasks.py)."""
   q = ml_collections.ConfigDict()
   q.max_query_length = 64            # question tokens kept (the rest cut)
   q.doc_stride = 128                 # a context longer than a window is read in windows that
@@ -362,7 +362,7 @@ def qa_group(values: dict) -> ml_collections.ConfigDict:
 def seq2seq_group(values: dict) -> ml_collections.ConfigDict:
   """Generation fine-tuning of a GPT (`plm-jax finetune --config seq2seq:TASK`)."""
   g = ml_collections.ConfigDict()
-  g.task = ""                        # a task of plm_jax/gen_tasks.py (wmt14_de_en, cnn_dailymail,
+  g.task = ""                        # a task of plm_jax/finetune/seq2seq/tasks.py (wmt14_de_en, cnn_dailymail,
                                      # xsum, ...) or "jsonl" / "tsv" (files below)
   g.init_from = ""                   # the workdir the model was restored from (set by finetune)
   g.tfds_name = ""                   # TFDS dataset ("" = the task's)

@@ -8,12 +8,12 @@ import jax
 from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.finetune.generation import evaluate_generator
+from plm_jax.finetune.seq2seq.run import evaluate_generator
 from plm_jax.finetune.predict import evaluate_classifier
-from plm_jax.finetune.qa_run import evaluate_qa
-from plm_jax.finetune.tag_run import evaluate_tagger
+from plm_jax.finetune.qa.run import evaluate_qa
+from plm_jax.finetune.tag.run import evaluate_tagger
 from plm_jax.inference import load_params, restore_config
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.models.config import FINETUNED
 from plm_jax.run_data import load_data
 from plm_jax.trainer import evaluate_params

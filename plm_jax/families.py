@@ -2,7 +2,7 @@
 in one entry each. The rest of plm-jax asks the registry instead of comparing family names.
 
 Adding a family is one `Family` entry here, one model file in plm_jax/models/ and its Hugging
-Face table in plm_jax/hf_tables.py. An entry names:
+Face table in plm_jax/hf/tables.py. An entry names:
 - the pretraining model and the heads built on the same body (sequence classifier, token
   tagger, span model for question answering);
 - the objectives it pretrains with (the first is its default) and so the example builders
@@ -20,7 +20,8 @@ from typing import Callable
 
 from flax import nnx
 
-from plm_jax import flops, hf_tables
+from plm_jax import flops
+from plm_jax.hf import tables as hf_tables
 from plm_jax.errors import ConfigError
 from plm_jax.models.bert import BertForPreTraining
 from plm_jax.models.classifier import HEAD_PARAMS, EncoderClassifier, GPTClassifier

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import checkpoint, checks, families, parallel, workdir as workdirs
+from plm_jax import checks, families, parallel, workdir as workdirs
+from plm_jax.run import checkpoint
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.generate import SamplingConfig, generate

@@ -3,7 +3,7 @@
 Layout of a workdir:
   config.json            the full config of the run (what `evaluate` rebuilds the model from)
   tokenizer.json         the tokenizer (a restored run needs nothing else)
-  checkpoints/<step>/    Orbax items params, opt_state, meta (plm_jax/checkpoint.py)
+  checkpoints/<step>/    Orbax items params, opt_state, meta (plm_jax/run/checkpoint.py)
   best/<step>/           fine-tuning: the best checkpoint by the task's metric
   metrics.jsonl, tensorboard/
 Nothing here writes until a run has been accepted (`inspect` only reads).
@@ -16,7 +16,7 @@ import os
 import jax
 import ml_collections
 
-from plm_jax import checkpoint
+from plm_jax.run import checkpoint
 from plm_jax.configlib import make_config
 from plm_jax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError

@@ -13,8 +13,8 @@ from helpers import MINILM, ROOT, family_config
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune import data as cdata
-from plm_jax.finetune import metrics
+from plm_jax.finetune.classify import data as cdata
+from plm_jax.finetune.classify import metrics
 
 CLASSIFY = os.path.join(ROOT, "configs", "classify.py")
 BERT = os.path.join(ROOT, "configs", "bert.py")
@@ -510,7 +510,7 @@ def test_a_preempted_finetune_resumes_to_the_same_report(keyword_run, tmp_path, 
                                                           capsys):
   """finetune stops like train (checkpoint at the step reached, exit 75) and the resumed run
   ends with the report of a run never interrupted."""
-  from plm_jax.stopping import EXIT_PREEMPTED, StopRequests
+  from plm_jax.run.stopping import EXIT_PREEMPTED, StopRequests
 
   def args_for(name):
     args = list(keyword_run["args"])

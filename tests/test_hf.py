@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from helpers import MINILM  # noqa: E402
-from plm_jax import hf  # noqa: E402
+from plm_jax.hf import convert as hf
 from plm_jax.errors import CheckpointError  # noqa: E402
 from plm_jax.generate import greedy  # noqa: E402
 

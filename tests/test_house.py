@@ -2,6 +2,7 @@
 module but the family registry tells families apart by name."""
 
 import ast
+import fnmatch
 import pathlib
 
 import pytest
@@ -17,36 +18,39 @@ LAYERS = [
     # 0: facts that need nothing (plm_jax.configs: where the packaged presets lie)
     ("plm_jax", "plm_jax.errors", "plm_jax.mesh_presets", "plm_jax.configs"),
     # 1: the runtime (processes, topologies, console) and the logical axes
-    ("plm_jax.distributed", "plm_jax.topology", "plm_jax.metrics_writer",
-     "plm_jax.models.partitioning", "plm_jax.accelerator", "plm_jax.lock", "plm_jax.watchdog",
-     "plm_jax.stopping", "plm_jax.plots", "plm_jax.trackers"),
-    # 2: models, objectives, reading and tokenising text, pure tables and formulas
+    ("plm_jax.distributed", "plm_jax.topology", "plm_jax.run", "plm_jax.run.metrics_writer",
+     "plm_jax.models.partitioning", "plm_jax.accelerator", "plm_jax.run.lock",
+     "plm_jax.run.watchdog", "plm_jax.run.stopping", "plm_jax.run.plots", "plm_jax.run.trackers"),
+    # 2: models, objectives, reading and tokenising text, pure tables and formulas (each
+    # fine-tuning kind's metrics)
     ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",
-     "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources", "plm_jax.data.examples",
-     "plm_jax.data.builtin_corpus", "plm_jax.data.builtin_tasks", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
-     "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.metrics",
-     "plm_jax.finetune.tag_metrics", "plm_jax.finetune.qa_metrics",
-     "plm_jax.finetune.gen_metrics"),
+     "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources",
+     "plm_jax.data.examples", "plm_jax.data.builtin_corpus", "plm_jax.data.builtin_tasks",
+     "plm_jax.flops", "plm_jax.hf", "plm_jax.hf.tables", "plm_jax.generate", "plm_jax.optim",
+     "plm_jax.finetune", "plm_jax.finetune.classify", "plm_jax.finetune.tag",
+     "plm_jax.finetune.qa", "plm_jax.finetune.seq2seq", "plm_jax.finetune.*.metrics"),
     # 3: the family registry
     ("plm_jax.families",),
-    # 4: configs, tasks, the data pipeline and loader, the mesh
-    ("plm_jax.configlib", "plm_jax.tasks", "plm_jax.qa_tasks", "plm_jax.gen_tasks",
-     "plm_jax.data.pipeline", "plm_jax.data.loader", "plm_jax.parallel"),
-    # 5: the checks pass, checkpoints, the workdir, fine-tuning data
-    ("plm_jax.checks", "plm_jax.checkpoint", "plm_jax.workdir", "plm_jax.finetune.data",
-     "plm_jax.finetune.tag_data", "plm_jax.finetune.qa_data", "plm_jax.finetune.gen_data"),
+    # 4: configs, the kinds' task tables, the data pipeline and loader, the mesh
+    ("plm_jax.configlib", "plm_jax.finetune.*.tasks", "plm_jax.data.pipeline",
+     "plm_jax.data.loader", "plm_jax.parallel"),
+    # 5: the checks pass, checkpoints, the workdir, the kinds' data
+    ("plm_jax.checks", "plm_jax.run.checkpoint", "plm_jax.workdir", "plm_jax.finetune.*.data"),
     # 6: the trainer, Hugging Face interop
-    ("plm_jax.trainer", "plm_jax.hf"),
+    ("plm_jax.trainer", "plm_jax.hf.convert"),
     # 7: the run scaffold, restoring, a run's data, sizing a config to a parameter count
-    ("plm_jax.scaffold", "plm_jax.inference", "plm_jax.run_data", "plm_jax.param_match"),
-    # 8: the commands' library functions
-    ("plm_jax.pretrain", "plm_jax.finetune.run", "plm_jax.finetune.predict", "plm_jax.evaluate",
-     "plm_jax.finetune.tag_run", "plm_jax.finetune.qa_run", "plm_jax.finetune.generation",
-     "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands",
-     "plm_jax.compare"),
-    # 9: entry points
+    ("plm_jax.run.scaffold", "plm_jax.inference", "plm_jax.run_data", "plm_jax.param_match"),
+    # 8: the fine-tuning run every kind shares, then each kind's run
+    ("plm_jax.finetune.predict", "plm_jax.finetune.run"),
+    ("plm_jax.finetune.*.run",),
+    # 10: the kind registry
+    ("plm_jax.finetune.kinds",),
+    # 11: the commands' library functions
+    ("plm_jax.pretrain", "plm_jax.evaluate", "plm_jax.plan", "plm_jax.bench",
+     "plm_jax.hf.workdir", "plm_jax.data_commands", "plm_jax.compare", "plm_jax.compare.*"),
+    # 12: entry points
     ("plm_jax.cli", "plm_jax.launch_local"),
-    # 10: the packaged presets (config files: they import the config layer and below only,
+    # 13: the packaged presets (config files: they import the config layer and below only,
     # see test_configs_import_only_the_config_layer; the CLI finds them by path)
     ("plm_jax.configs.*",),
 ]
@@ -55,7 +59,7 @@ CONFIG_LAYER = 4         # configs/*.py import the config layer and below only
 OPTIONAL = ("tensorflow_datasets", "torch", "wandb", "mlflow")
 FAMILY_NAMES = {"bert", "roberta", "albert", "gpt", "gpt2", "xlnet"}
 # Only the registry and the Hugging Face tables spell family names (configs name their own).
-NAMES_FAMILIES = {"plm_jax.families", "plm_jax.hf_tables"}     # and the presets, plm_jax.configs.*
+NAMES_FAMILIES = {"plm_jax.families", "plm_jax.hf.tables"}     # and the presets, plm_jax.configs.*
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -68,7 +72,7 @@ def module_name(path: pathlib.Path) -> str:
 def layer_of(name: str) -> int:
   for i, layer in enumerate(LAYERS):
     for pattern in layer:
-      if name == pattern or (pattern.endswith(".*") and name.startswith(pattern[:-1])):
+      if fnmatch.fnmatchcase(name, pattern):
         return i
   raise AssertionError(f"{name} has no layer in tests/test_house.py LAYERS: place it there")
 

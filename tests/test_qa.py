@@ -14,11 +14,11 @@ from flax import nnx
 import squad_reference as ref
 from configs import qa as qa_preset
 from helpers import family_config
-from plm_jax import checkpoint, cli, families, workdir as workdirs
+from plm_jax import cli, families, workdir as workdirs
+from plm_jax.run import checkpoint
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.finetune import qa_data
-from plm_jax.finetune.qa_metrics import (best_thresholds, exact, f1, normalize_answer,
-                                         squad_metrics)
+from plm_jax.finetune.qa import data as qa_data
+from plm_jax.finetune.qa.metrics import best_thresholds, exact, f1, normalize_answer, squad_metrics
 from plm_jax.models.config import model_config, padded_vocab
 
 FILLER = ("the of a to is and in for it be this that an on as by with are or not from at if "

@@ -11,9 +11,9 @@ import pytest
 from helpers import ROOT
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.finetune import gen_data
-from plm_jax.finetune.gen_metrics import generation_metrics
-from plm_jax.gen_tasks import TASKS
+from plm_jax.finetune.seq2seq import data as gen_data
+from plm_jax.finetune.seq2seq.metrics import generation_metrics
+from plm_jax.finetune.seq2seq.tasks import TASKS
 
 SEQ2SEQ = os.path.join(ROOT, "configs", "seq2seq.py")
 GPT = os.path.join(ROOT, "configs", "gpt.py")

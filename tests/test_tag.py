@@ -12,16 +12,17 @@ import pytest
 from flax import nnx
 
 from helpers import family_config
-from plm_jax import checkpoint, cli, families, workdir as workdirs
+from plm_jax import cli, families, workdir as workdirs
+from plm_jax.run import checkpoint
 from plm_jax.configs import tag
 from plm_jax.data.builtin_corpus import read_builtin_text
 from plm_jax.data.tokenizer import TextTokenizer, train_tokenizer
 from plm_jax.errors import ConfigError, DataError
-from plm_jax.finetune import tag_data
-from plm_jax.finetune.tag_metrics import entities, is_entity_scheme, tag_report
+from plm_jax.finetune.tag import data as tag_data
+from plm_jax.finetune.tag.metrics import entities, is_entity_scheme, tag_report
 from plm_jax.inference import fit_to_devices
 from plm_jax.models.config import model_config, padded_vocab
-from plm_jax.tasks import validate_classify
+from plm_jax.finetune.classify.tasks import validate_classify
 
 
 def run_cli(*args):

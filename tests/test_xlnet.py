@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from helpers import family_config  # noqa: E402
-from plm_jax import hf  # noqa: E402
+from plm_jax.hf import convert as hf
 from plm_jax.data import examples  # noqa: E402
 from plm_jax.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from plm_jax.models.config import model_config  # noqa: E402

@@ -1,6 +1,6 @@
 """Fine-tuning for sequence classification. `--config classify:TASK[,mesh=PRESET]`.
 
-TASK is one of plm_jax/tasks.py: cola, sst2, mrpc, qqp, stsb (regression), mnli,
+TASK is one of plm_jax/finetune/classify/tasks.py: cola, sst2, mrpc, qqp, stsb (regression), mnli,
 mnli_mismatched, qnli, rte, wnli (TFDS glue/*), imdb (TFDS imdb_reviews), csv / jsonl (local
 files: --config.classify.train_path=... and the column names), or builtin (no download). The
 model's architecture comes from `plm-jax finetune --init-from RUN`; only the fields of
@@ -9,7 +9,7 @@ Defaults follow Devlin et al. (2018): 3 epochs, batch 32, lr 2e-5, 10% warmup, l
 """
 
 from plm_jax.configlib import make_config, parse_arg
-from plm_jax.tasks import TASKS
+from plm_jax.finetune.classify.tasks import TASKS
 
 # A placeholder architecture: replaced by the --init-from run's.
 _BODY = dict(hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512, max_position=128,

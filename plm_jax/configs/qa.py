@@ -1,6 +1,6 @@
 """Extractive question answering. `--config qa:TASK[,mesh=PRESET]`.
 
-TASK is one of plm_jax/qa_tasks.py: squad (TFDS squad/v1.1), squad_v2 (TFDS squad/v2.0, with
+TASK is one of plm_jax/finetune/qa/tasks.py: squad (TFDS squad/v1.1), squad_v2 (TFDS squad/v2.0, with
 unanswerable questions), json / json_v2 (local SQuAD-format files:
 --config.classify.train_path=train.json, eval_path, test_path). The model's architecture comes
 from `plm-jax finetune --init-from RUN` (BERT, RoBERTa, ALBERT or XLNet); only the fields of
@@ -10,7 +10,7 @@ tokens, answers of at most 30, lr 3e-5, 2 epochs, batch 32, 10% warmup, linear d
 """
 
 from plm_jax.configlib import make_config, parse_arg
-from plm_jax.qa_tasks import QA_TASKS
+from plm_jax.finetune.qa.tasks import QA_TASKS
 
 # A placeholder architecture: replaced by the --init-from run's.
 _BODY = dict(hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512, max_position=512,

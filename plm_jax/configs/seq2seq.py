@@ -1,6 +1,6 @@
 """Generation fine-tuning of a GPT (prompt -> completion). `--config seq2seq:TASK[,mesh=PRESET]`.
 
-TASK is one of plm_jax/gen_tasks.py: wmt14_de_en, wmt14_en_de (TFDS wmt14_translate/de-en),
+TASK is one of plm_jax/finetune/seq2seq/tasks.py: wmt14_de_en, wmt14_en_de (TFDS wmt14_translate/de-en),
 cnn_dailymail, xsum (TFDS), or jsonl / tsv (local files: --config.seq2seq.train_path=... and
 the field names). The whole GPT language model is fine-tuned, no new head: its architecture and
 weights come from `plm-jax finetune --init-from RUN` (a GPT pretraining run or an imported
@@ -10,7 +10,7 @@ validation prompts at each evaluation (once per epoch).
 """
 
 from plm_jax.configlib import make_config, parse_arg
-from plm_jax.gen_tasks import TASKS
+from plm_jax.finetune.seq2seq.tasks import TASKS
 
 # A placeholder architecture: replaced by the --init-from run's.
 _BODY = dict(hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512, max_position=1024,

@@ -1,6 +1,6 @@
 """Fine-tuning for token tagging (named entities, part of speech). `--config tag:TASK[,mesh=P]`.
 
-TASK is one of plm_jax/tasks.py TAG_TASKS: conll2003 (TFDS, NER), conll2003_pos, wikiann (TFDS
+TASK is one of plm_jax/finetune/classify/tasks.py TAG_TASKS: conll2003 (TFDS, NER), conll2003_pos, wikiann (TFDS
 wikiann/en), xtreme_pos (TFDS xtreme_pos/xtreme_pos_en), conll (local CoNLL files:
 --config.classify.train_path=... and classify.tag_column) or jsonl ({"tokens", "tags"} lines).
 The groups are those of classification (the classify group holds the task, files, epochs and
@@ -9,7 +9,7 @@ Defaults follow Hugging Face's run_ner.py: 3 epochs, batch 32, lr 5e-5, linear d
 """
 
 from plm_jax.configlib import make_config, parse_arg
-from plm_jax.tasks import TAG_TASKS
+from plm_jax.finetune.classify.tasks import TAG_TASKS
 
 # A placeholder architecture: replaced by the --init-from run's.
 _BODY = dict(hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512, max_position=128,

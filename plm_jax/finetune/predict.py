@@ -9,16 +9,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import checkpoint, parallel
+from plm_jax import parallel
+from plm_jax.run import checkpoint
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.errors import ConfigError, DataError
-from plm_jax.finetune import data as cdata
-from plm_jax.finetune.metrics import format_per_class, per_class_report, split_metrics
+from plm_jax.finetune.classify import data as cdata
+from plm_jax.finetune.classify.metrics import format_per_class, per_class_report, split_metrics
 from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.models.partitioning import axis_rules
-from plm_jax.tasks import task_of
+from plm_jax.finetune.classify.tasks import task_of
 
 SPLITS = {"validation": cdata.EVAL, "test": cdata.TEST, "train": cdata.TRAIN}
 

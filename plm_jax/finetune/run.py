@@ -19,19 +19,20 @@ from typing import Callable
 
 import jax
 
-from plm_jax import checkpoint, checks, distributed, parallel, workdir as workdirs
+from plm_jax import checks, distributed, parallel, workdir as workdirs
+from plm_jax.run import checkpoint
 from plm_jax.data import loader
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
-from plm_jax.finetune import data as cdata
-from plm_jax.finetune.metrics import higher_is_better
+from plm_jax.finetune.classify import data as cdata
+from plm_jax.finetune.classify.metrics import higher_is_better
 from plm_jax.finetune.predict import Predictor, prepared_split, split_report, test_report
 from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.models.classifier import HEAD_PARAMS
 from plm_jax.models.config import FINETUNED, padded_vocab
-from plm_jax.scaffold import Run
-from plm_jax.tasks import task_of
+from plm_jax.run.scaffold import Run
+from plm_jax.finetune.classify.tasks import task_of
 from plm_jax.trainer import Trainer
 
 # Model fields a fine-tuning config sets itself; every other model field (the architecture)

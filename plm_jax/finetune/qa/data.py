@@ -28,8 +28,8 @@ from plm_jax import families
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.data import EVAL, TEST, TRAIN, decoded
-from plm_jax.qa_tasks import QATask, qa_task_of
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, decoded
+from plm_jax.finetune.qa.tasks import QATask, qa_task_of
 
 
 @dataclasses.dataclass

@@ -17,16 +17,17 @@ import time
 import jax
 import numpy as np
 
-from plm_jax import checkpoint, workdir as workdirs
+from plm_jax import workdir as workdirs
+from plm_jax.run import checkpoint
 from plm_jax.errors import ConfigError
-from plm_jax.finetune import tag_data
-from plm_jax.finetune.data import EVAL, TEST, TRAIN, split_size
+from plm_jax.finetune.tag import data as tag_data
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, split_size
 from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split, write_eval_result
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
                                   resolve_schedule, run_finetuning, start_config)
-from plm_jax.finetune.tag_metrics import format_per_type, tag_report, token_cross_entropy
+from plm_jax.finetune.tag.metrics import format_per_type, tag_report, token_cross_entropy
 from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.run.metrics_writer import console, format_metrics
 
 PREDICTIONS_FILE = "test_predictions.conll"
 UNTAGGED = "_"          # the gold column of a word without a tag

@@ -25,7 +25,7 @@ from plm_jax.data import sources
 from plm_jax.data import builtin_tasks
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.tasks import Task, task_of
+from plm_jax.finetune.classify.tasks import Task, task_of
 
 TRAIN, EVAL, TEST = "train", "eval", "test"
 UNLABELED = -1      # GLUE's hidden test labels

@@ -26,8 +26,8 @@ from plm_jax.data import examples as ex
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.data import EVAL, TEST, TRAIN, nonblank_text
-from plm_jax.gen_tasks import GenTask, gen_task_of
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, nonblank_text
+from plm_jax.finetune.seq2seq.tasks import GenTask, gen_task_of
 
 SPLITS = {"validation": EVAL, "test": TEST, "train": TRAIN}
 

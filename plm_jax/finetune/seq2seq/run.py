@@ -18,21 +18,22 @@ import time
 
 import jax
 
-from plm_jax import checkpoint, workdir as workdirs
+from plm_jax import workdir as workdirs
+from plm_jax.run import checkpoint
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import ConfigError
-from plm_jax.finetune import gen_data
-from plm_jax.finetune.data import EVAL, TEST, TRAIN
-from plm_jax.finetune.gen_metrics import generation_metrics
+from plm_jax.finetune.seq2seq import data as gen_data
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN
+from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.predict import eval_name, write_eval_result
 from plm_jax.finetune.run import (Kind, refuse_other_data, run_finetuning,
                                   start_config as run_start_config)
-from plm_jax.gen_tasks import best_metric, gen_task_of, require_decoder
+from plm_jax.finetune.seq2seq.tasks import best_metric, gen_task_of, require_decoder
 from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
 from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.trainer import Trainer, evaluate_params
 
 SPLIT_NAMES = {EVAL: "validation", TEST: "test", TRAIN: "train"}

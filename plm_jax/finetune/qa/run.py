@@ -17,16 +17,17 @@ import time
 
 import jax
 
-from plm_jax import checkpoint, workdir as workdirs
+from plm_jax import workdir as workdirs
+from plm_jax.run import checkpoint
 from plm_jax.errors import ConfigError
-from plm_jax.finetune import qa_data
+from plm_jax.finetune.qa import data as qa_data
 from plm_jax.finetune.predict import (SPLITS, Predictor, eval_name, prepared_split,
                                       write_eval_result)
-from plm_jax.finetune.qa_metrics import best_thresholds, squad_metrics
+from plm_jax.finetune.qa.metrics import best_thresholds, squad_metrics
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
                                   resolve_schedule, run_finetuning, start_config)
 from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.run.metrics_writer import console, format_metrics
 
 # evaluate --split: the names classification takes
 QA_SPLITS = {name: getattr(qa_data, split.upper()) for name, split in SPLITS.items()}

@@ -29,9 +29,9 @@ from plm_jax import families
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.data import EVAL, TEST, TRAIN
-from plm_jax.finetune.tag_metrics import is_entity_scheme
-from plm_jax.tasks import Task, task_of
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN
+from plm_jax.finetune.tag.metrics import is_entity_scheme
+from plm_jax.finetune.classify.tasks import Task, task_of
 
 NO_LABEL = -1
 
