@@ -28,10 +28,7 @@ from plm_jax.compare import compare
 from plm_jax.data_commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
-from plm_jax.finetune.seq2seq.run import finetune_generator
-from plm_jax.finetune.qa.run import finetune_qa
-from plm_jax.finetune.run import finetune
-from plm_jax.finetune.tag.run import finetune_tagger
+from plm_jax.finetune.kinds import finetune
 from plm_jax.generate import SamplingConfig
 from plm_jax.hf.workdir import export_hf, import_hf
 from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_text,
@@ -157,17 +154,13 @@ def _ints(text: str, flag: str) -> list[int]:
     raise UsageError(f"--{flag} {text!r} is not a comma-separated list of integers") from None
 
 
-# `plm-jax finetune` by the config's objective (classification is the default)
-FINETUNERS = {"tag": finetune_tagger, "qa": finetune_qa, "seq2seq": finetune_generator}
-
 COMMANDS = {c.name: c for c in (
     Command("train", "pretrain, or resume from the workdir's latest checkpoint",
             lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
             "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
     Command("finetune", "fine-tune a pretrained body with a new classification, tagging or "
             "question-answering head, or a GPT on prompt -> completion pairs (seq2seq:TASK)",
-            lambda config, a: FINETUNERS.get(config.objective.name, finetune)(
-                config, a.workdir, init_from=a.init_from),
+            lambda config, a: finetune(config, a.workdir, init_from=a.init_from),
             (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "
                               "whose latest checkpoint the body starts from")), FILE, True,
             "plm-jax finetune --config configs/classify.py:builtin --init-from runs/bert-tiny "

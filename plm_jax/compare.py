@@ -36,11 +36,12 @@ from plm_jax.data.builtin_tasks import (ABOUT, BASELINES, PRETRAIN_FILE, SPLITS,
                                         task_paths, write_builtin_tasks,
                                         write_pretraining_text)
 from plm_jax.errors import ConfigError
-from plm_jax.finetune.seq2seq.run import finetune_generator
+from plm_jax.finetune.classify.run import CLASSIFICATION
 from plm_jax.finetune.qa.metrics import squad_metrics
-from plm_jax.finetune.qa.run import finetune_qa
+from plm_jax.finetune.qa.run import QUESTION_ANSWERING
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
-from plm_jax.finetune.run import finetune, task_fields
+from plm_jax.finetune.run import task_fields
+from plm_jax.finetune.seq2seq.run import GENERATION
 from plm_jax.finetune.seq2seq.tasks import gen_task_of
 from plm_jax.run.metrics_writer import console
 from plm_jax.models.config import padded_vocab
@@ -78,14 +79,15 @@ class Downstream:
 
 DOWNSTREAM = (
     Downstream("classify", "classification", "classify", {"word_order": "jsonl"},
-               finetune, lambda family: True,
+               CLASSIFICATION.finetune, lambda family: True,
                lambda config: config.classify.metric or task_of(config).metric, ()),
-    Downstream("qa", "question answering", "qa", {"cloze": "json"}, finetune_qa,
+    Downstream("qa", "question answering", "qa", {"cloze": "json"},
+               QUESTION_ANSWERING.finetune,
                lambda family: family.span_model is not None,
                lambda config: config.classify.metric or "f1", ("f1", "exact_match"),
                "extractive QA needs a bidirectional encoder"),
     Downstream("generate", "generation", "seq2seq", {"unshuffle": "jsonl"},
-               finetune_generator, lambda family: family.decoder,
+               GENERATION.finetune, lambda family: family.decoder,
                lambda config: gen_task_of(config).metric,
                ("bleu", "rougeL", "exact_match", "perplexity"),
                "generation fine-tuning needs a decoder"),

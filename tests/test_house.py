@@ -171,3 +171,53 @@ def test_size_tables_have_a_tiny_row_and_no_branches(family):
   assert "tiny" in namespace["SIZES"] and len(namespace["SIZES"]) > 1
   config = namespace["get_config"]("tiny")
   assert config.model.hidden_size == namespace["SIZES"]["tiny"]["model"]["hidden_size"]
+
+
+KIND_NAMES = {"classify", "tag", "qa", "seq2seq"}
+# The registry and the kinds' own folders spell kind names (configs name their own).
+NAMES_KINDS = ("plm_jax.finetune.kinds", "plm_jax.finetune.*")
+# Modules that still tell kinds apart by name, to be emptied: models/config.py and bench.py are
+# issue 23's (untouched here); the config groups, objectives, loader fields and HF heads follow.
+STILL_NAMING_KINDS = {"plm_jax.configlib", "plm_jax.objectives.objectives",
+                      "plm_jax.objectives.span", "plm_jax.compare", "plm_jax.data.loader",
+                      "plm_jax.models.config", "plm_jax.checks", "plm_jax.hf.convert",
+                      "plm_jax.workdir", "plm_jax.bench", "plm_jax.hf.workdir"}
+
+
+def _names_kinds(name: str, tree: ast.Module) -> list[str]:
+  return [f"{name}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+          if isinstance(node, ast.Constant) and node.value in KIND_NAMES]
+
+
+def test_only_the_kind_registry_and_the_kinds_tell_kinds_apart():
+  named = []
+  for name, tree in modules().items():
+    if (any(fnmatch.fnmatchcase(name, p) for p in NAMES_KINDS)
+        or name.startswith("plm_jax.configs.") or name in STILL_NAMING_KINDS):
+      continue
+    named += _names_kinds(name, tree)
+  assert named == []
+
+
+def test_the_list_of_modules_still_naming_kinds_only_shrinks():
+  trees = modules()
+  assert [n for n in sorted(STILL_NAMING_KINDS) if not _names_kinds(n, trees[n])] == []
+
+
+def folder_of(name: str) -> str:
+  """plm_jax.finetune.tag.run -> plm_jax.finetune.tag; a root module is its own folder."""
+  path = pathlib.Path(ROOT, *name.split("."))
+  return name if path.is_dir() else name.rsplit(".", 1)[0]
+
+
+def test_no_folder_imports_a_folder_that_imports_it():
+  """Folders follow the layers: between two folders, imports go one way only."""
+  trees = modules()
+  edges = set()
+  for name, tree in trees.items():
+    for target in imported(tree, set(trees)):
+      a, b = folder_of(name), folder_of(target)
+      if a != b and not b.startswith(a + ".") and not a.startswith(b + "."):
+        edges.add((a, b))
+  both = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
+  assert both == []

@@ -1,5 +1,6 @@
-"""A fine-tuned classifier's predictions over whole splits, their metrics, the test report and
-`plm-jax evaluate` of a fine-tuned run."""
+"""A fine-tuned model's predictions over whole splits (`Predictor`, shared by the kinds that
+predict logits), a classifier's metrics and test report, and the files `plm-jax evaluate`
+writes for every kind."""
 
 import csv
 import json
@@ -13,10 +14,9 @@ from plm_jax import parallel
 from plm_jax.run import checkpoint
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
-from plm_jax.errors import ConfigError, DataError
+from plm_jax.errors import DataError
 from plm_jax.finetune.classify import data as cdata
 from plm_jax.finetune.classify.metrics import format_per_class, per_class_report, split_metrics
-from plm_jax.inference import load_params
 from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.models.partitioning import axis_rules
 from plm_jax.finetune.classify.tasks import task_of
@@ -139,23 +139,6 @@ def write_predictions(path: str, pred: dict, regression: bool, names: tuple[str,
       else:
         c = int(np.argmax(logits))
         out.writerow([int(record_id), names[c] if c < len(names) and names[c] else c])
-
-
-def evaluate_classifier(workdir: str, step: int | None = None, best: bool = False,
-                        split: str = "validation", devices=None, config=None) -> dict:
-  """Every metric of a fine-tuned checkpoint (the latest, `step`, or the best) on a split."""
-  if split not in SPLITS:
-    raise ConfigError(f"--split {split!r} is not one of {sorted(SPLITS)}")
-  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
-  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
-  data = cdata.load(loaded.config, loaded.tokenizer)
-  if SPLITS[split] not in data.splits:
-    raise ConfigError(f"the task {loaded.config.classify.task!r} has no {split} split here")
-  pred = Predictor(loaded.trainer).split(loaded.params, loaded.config, data, SPLITS[split])
-  report = split_report(pred, data.num_classes == 1, data.labeled[SPLITS[split]])
-  console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
-          + format_metrics(report, loaded.trainer.objective.eval_keys))
-  return write_eval_result(workdir, loaded.step, split, best, report)
 
 
 def eval_name(step: int, split: str, best: bool) -> str:

@@ -25,18 +25,12 @@ from plm_jax.finetune.predict import (SPLITS, Predictor, eval_name, prepared_spl
                                       write_eval_result)
 from plm_jax.finetune.qa.metrics import best_thresholds, squad_metrics
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
-                                  resolve_schedule, run_finetuning, start_config)
+                                  resolve_schedule, start_config)
 from plm_jax.inference import load_params
 from plm_jax.run.metrics_writer import console, format_metrics
 
 # evaluate --split: the names classification takes
 QA_SPLITS = {name: getattr(qa_data, split.upper()) for name, split in SPLITS.items()}
-
-
-def finetune_qa(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
-  """Fine-tunes (or resumes fine-tuning in `workdir`) for question answering; returns the final
-  report."""
-  return run_finetuning(QUESTION_ANSWERING, config, workdir, init_from, devices)
 
 
 def load_qa_data(config, tokenizer, workdir: str, found: workdirs.Found) -> qa_data.QAData:
@@ -141,6 +135,8 @@ def evaluate_qa(workdir: str, step: int | None = None, best: bool = False,
 
 
 QUESTION_ANSWERING = Kind(
+    name="qa",
+    evaluate=evaluate_qa,
     start_config=start_config,
     load=load_qa_data,
     metric=lambda config, data: config.classify.metric or "f1",

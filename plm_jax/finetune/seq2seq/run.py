@@ -28,8 +28,7 @@ from plm_jax.finetune.seq2seq import data as gen_data
 from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.predict import eval_name, write_eval_result
-from plm_jax.finetune.run import (Kind, refuse_other_data, run_finetuning,
-                                  start_config as run_start_config)
+from plm_jax.finetune.run import (Kind, refuse_other_data, start_config as run_start_config)
 from plm_jax.finetune.seq2seq.tasks import best_metric, gen_task_of, require_decoder
 from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
 from plm_jax.inference import load_params
@@ -37,12 +36,6 @@ from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.trainer import Trainer, evaluate_params
 
 SPLIT_NAMES = {EVAL: "validation", TEST: "test", TRAIN: "train"}
-
-
-def finetune_generator(config, workdir: str, init_from: str | None = None,
-                       devices=None) -> dict:
-  """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
-  return run_finetuning(GENERATION, config, workdir, init_from, devices)
 
 
 # --- the config: the task's fields over the body's architecture ------------------------------------
@@ -226,6 +219,8 @@ def evaluate_generator(workdir: str, step: int | None = None, best: bool = False
 
 
 GENERATION = Kind(
+    name="seq2seq",
+    evaluate=evaluate_generator,
     start_config=start_config,
     load=load_task_data,
     metric=lambda config, data: best_metric(config),

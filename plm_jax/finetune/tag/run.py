@@ -24,18 +24,13 @@ from plm_jax.finetune.tag import data as tag_data
 from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, split_size
 from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split, write_eval_result
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
-                                  resolve_schedule, run_finetuning, start_config)
+                                  resolve_schedule, start_config)
 from plm_jax.finetune.tag.metrics import format_per_type, tag_report, token_cross_entropy
 from plm_jax.inference import load_params
 from plm_jax.run.metrics_writer import console, format_metrics
 
 PREDICTIONS_FILE = "test_predictions.conll"
 UNTAGGED = "_"          # the gold column of a word without a tag
-
-
-def finetune_tagger(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
-  """Fine-tunes a tagger (or resumes one in `workdir`); returns the final report."""
-  return run_finetuning(TAGGING, config, workdir, init_from, devices)
 
 
 def load_data(config, tokenizer, workdir: str, found: workdirs.Found) -> tag_data.TagData:
@@ -154,6 +149,8 @@ def evaluate_tagger(workdir: str, step: int | None = None, best: bool = False,
 
 
 TAGGING = Kind(
+    name="tag",
+    evaluate=evaluate_tagger,
     start_config=start_config,
     load=load_data,
     metric=lambda config, data: data.metric,
