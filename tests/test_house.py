@@ -179,7 +179,7 @@ NAMES_KINDS = ("plm_jax.finetune.kinds", "plm_jax.finetune.*")
 # Modules that still tell kinds apart by name, to be emptied: models/config.py and bench.py are
 # issue 23's (untouched here); the config groups, objectives, loader fields and HF heads follow.
 STILL_NAMING_KINDS = {"plm_jax.configlib", "plm_jax.objectives.objectives",
-                      "plm_jax.objectives.span", "plm_jax.compare", "plm_jax.data.loader",
+                      "plm_jax.objectives.span", "plm_jax.compare.stages", "plm_jax.data.loader",
                       "plm_jax.models.config", "plm_jax.checks", "plm_jax.hf.convert",
                       "plm_jax.workdir", "plm_jax.bench", "plm_jax.hf.workdir"}
 
