@@ -25,6 +25,7 @@ from plm_jax import __version__, accelerator, distributed, workdir as workdirs
 from plm_jax import configs as presets
 from plm_jax.bench import bench, bench_decode
 from plm_jax.compare import compare
+from plm_jax.configlib import MOVED
 from plm_jax.data_commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
@@ -33,10 +34,10 @@ from plm_jax.generate import SamplingConfig
 from plm_jax.hf.workdir import export_hf, import_hf
 from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_text,
                                load_params, untrained_heads)
-from plm_jax.run.metrics_writer import console
 from plm_jax.plan import plan
-from plm_jax.run.plots import plot_runs
 from plm_jax.pretrain import train
+from plm_jax.run.metrics_writer import console
+from plm_jax.run.plots import plot_runs
 from plm_jax.run.stopping import RunStopped
 from plm_jax.topology import TOPOLOGIES
 
@@ -338,6 +339,10 @@ def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> list[str]
     rest = fv(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field the locked config lacks.
+    moved = [a.partition("=")[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    moved = [field for field in moved if field in MOVED]
+    if moved:                    # a field of an older plm-jax: the one that replaced it
+      raise UsageError(f"--config.{moved[0]} is now --config.{MOVED[moved[0]]}") from None
     message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", "; ").replace(
         "\n", "; ").replace("\\'", "").replace("'", "")
     raise UsageError(f"unknown config field in a --config.<field> override: {message}; list "

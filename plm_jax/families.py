@@ -21,8 +21,8 @@ from typing import Callable
 from flax import nnx
 
 from plm_jax import flops
-from plm_jax.hf import tables as hf_tables
 from plm_jax.errors import ConfigError
+from plm_jax.hf import tables as hf_tables
 from plm_jax.models.bert import BertForPreTraining
 from plm_jax.models.classifier import HEAD_PARAMS, EncoderClassifier, GPTClassifier
 from plm_jax.models.config import ModelConfig

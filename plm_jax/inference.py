@@ -11,11 +11,11 @@ import numpy as np
 from flax import nnx
 
 from plm_jax import checks, families, parallel, workdir as workdirs
-from plm_jax.run import checkpoint
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.generate import SamplingConfig, generate
 from plm_jax.models.config import FINETUNED, padded_vocab
+from plm_jax.run import checkpoint
 from plm_jax.trainer import Trainer
 
 
@@ -88,7 +88,7 @@ def _not_a_classifier(restored: Loaded, command: str) -> None:
     raise ConfigError(f"{command} needs a pretrained model with its language-model head; this "
                       f"workdir holds a fine-tuned {FINETUNED[restored.config.objective.name]} "
                       "(use plm-jax evaluate), or give "
-                      f"its pretraining run: {restored.config.classify.init_from}")
+                      f"its pretraining run: {restored.config.finetune.init_from}")
 
 
 def generate_text(restored: Loaded, prompts: list[str], cfg: SamplingConfig,

@@ -23,11 +23,11 @@ import optax
 from flax import nnx
 
 from plm_jax import accelerator, families, objectives, parallel
-from plm_jax.run import checkpoint
 from plm_jax.data import loader
 from plm_jax.models.config import FINETUNED, ModelConfig, model_config
 from plm_jax.models.partitioning import axis_rules
 from plm_jax.optim import lr_factors, make_optimizer
+from plm_jax.run import checkpoint
 
 
 @dataclasses.dataclass
@@ -221,14 +221,14 @@ def _lr_factors(config, abstract_params):
   """Fine-tuning's layer-wise decay and head learning rate (None when both are off)."""
   if config.objective.name not in FINETUNED:
     return None
-  k, lr, m = config.classify, config.optim.learning_rate, config.model
-  head = k.head_learning_rate / lr if k.head_learning_rate > 0 and lr > 0 else 1.0
-  if k.layer_decay == 1.0 and head == 1.0:
+  ft, lr, m = config.finetune, config.optim.learning_rate, config.model
+  head = ft.head_learning_rate / lr if ft.head_learning_rate > 0 and lr > 0 else 1.0
+  if ft.layer_decay == 1.0 and head == 1.0:
     return None
   family = families.get(m.family)
   return lr_factors(nnx.to_pure_dict(abstract_params),
                     lambda path: family.layer_depth(path, m.num_layers, m.shared_layers),
-                    m.num_layers, k.layer_decay, head)
+                    m.num_layers, ft.layer_decay, head)
 
 
 def _init_params(mcfg, key) -> dict:

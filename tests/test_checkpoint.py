@@ -9,8 +9,8 @@ import pytest
 
 from helpers import family_config
 from plm_jax import workdir
-from plm_jax.run import checkpoint
 from plm_jax.errors import CheckpointError
+from plm_jax.run import checkpoint
 
 
 def test_config_round_trip(tmp_path):

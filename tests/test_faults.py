@@ -18,9 +18,9 @@ import pytest
 
 from helpers import ROOT, family_config, snapshot
 from plm_jax import cli, pretrain
-from plm_jax.run import checkpoint
 from plm_jax.data import loader
 from plm_jax.inference import load_params
+from plm_jax.run import checkpoint
 from plm_jax.run.lock import LOCK_FILE, WorkdirLocked
 from plm_jax.run.stopping import (EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_SAVE_FAILED, Diverged, SaveFailed)
 from plm_jax.run.watchdog import EXIT_HANG

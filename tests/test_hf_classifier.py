@@ -15,7 +15,6 @@ transformers = pytest.importorskip("transformers")
 from configs import classify  # noqa: E402
 from helpers import family_config  # noqa: E402
 from plm_jax import cli, families, workdir as workdirs  # noqa: E402
-from plm_jax.run import checkpoint
 from plm_jax.data.builtin_corpus import read_builtin_text  # noqa: E402
 from plm_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from plm_jax.errors import CheckpointError  # noqa: E402
@@ -25,6 +24,7 @@ from plm_jax.hf.workdir import export_hf  # noqa: E402
 from plm_jax.inference import fit_to_devices, load_params  # noqa: E402
 from plm_jax.models.classifier import HEAD_PARAMS  # noqa: E402
 from plm_jax.models.config import model_config, padded_vocab  # noqa: E402
+from plm_jax.run import checkpoint
 
 NAMES = ("blue", "green", "red")
 TEXTS = ["Return the value.", "Open the file named in the list and read every line of it, "
@@ -63,7 +63,7 @@ def classifier_workdir(path, family: str, tok, num_classes: int = 3, steps=(("be
     config.classify.num_classes = num_classes
     config.classify.label_names = NAMES if num_classes > 1 else ()
     config.data.max_seq_length = 40
-    config.classify.train_path = "train.csv"        # never read: no training here
+    config.finetune.train_path = "train.csv"        # never read: no training here
   config = fit_to_devices(config)
   mcfg = model_config(config, padded_vocab(config, tok.vocab_size), tok.pad_id)
   workdirs.save_config(str(path), config)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from plm_jax import cli
-from plm_jax.run import plots
 from plm_jax.errors import DataError
+from plm_jax.run import plots
 
 
 def write_run(directory, losses, evals, lr=1e-3):

@@ -7,9 +7,9 @@ import pytest
 
 from helpers import family_config
 from plm_jax import checks
+from plm_jax.errors import ConfigError
 from plm_jax.run import metrics_writer
 from plm_jax.run import trackers
-from plm_jax.errors import ConfigError
 
 
 class Terminal(io.StringIO):

@@ -24,7 +24,6 @@ from plm_jax.finetune.classify.run import CLASSIFICATION
 from plm_jax.finetune.classify.tasks import task_of
 from plm_jax.finetune.qa.metrics import squad_metrics
 from plm_jax.finetune.qa.run import QUESTION_ANSWERING
-from plm_jax.finetune.run import task_fields
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.seq2seq.run import GENERATION
 from plm_jax.finetune.seq2seq.tasks import gen_task_of
@@ -72,12 +71,12 @@ def _generation_fields(s, config) -> None:
 DOWNSTREAM = (
     Downstream("classify", "classification", "classify", {"word_order": "jsonl"},
                CLASSIFICATION.finetune, lambda family: True,
-               lambda config: config.classify.metric or task_of(config).metric, (),
+               lambda config: config.finetune.metric or task_of(config).metric, (),
                scale=100.0),
     Downstream("qa", "question answering", "qa", {"cloze": "json"},
                QUESTION_ANSWERING.finetune,
                lambda family: family.span_model is not None,
-               lambda config: config.classify.metric or "f1", ("f1", "exact_match"),
+               lambda config: config.finetune.metric or "f1", ("f1", "exact_match"),
                "extractive QA needs a bidirectional encoder", _qa_fields),
     Downstream("generate", "generation", "seq2seq", {"unshuffle": "jsonl"},
                GENERATION.finetune, lambda family: family.decoder,
@@ -157,7 +156,7 @@ def downstream_config(c, kind: Downstream, task: str, seed: int, files: dict):
   s = c[kind.group]
   config = presets.load(f"{kind.preset}:{kind.builtin.get(task, task)},mesh={c.mesh}")
   with config.unlocked():
-    fields = task_fields(config)
+    fields = config.finetune
     if task in kind.builtin:
       train, validation, test = (files[task][split] for split in SPLITS)
       fields.train_path, fields.eval_path, fields.test_path = train, validation, test

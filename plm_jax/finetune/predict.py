@@ -11,15 +11,15 @@ import numpy as np
 from flax import nnx
 
 from plm_jax import parallel
-from plm_jax.run import checkpoint
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.errors import DataError
 from plm_jax.finetune.classify import data as cdata
 from plm_jax.finetune.classify.metrics import format_per_class, per_class_report, split_metrics
-from plm_jax.run.metrics_writer import console, format_metrics
-from plm_jax.models.partitioning import axis_rules
 from plm_jax.finetune.classify.tasks import task_of
+from plm_jax.models.partitioning import axis_rules
+from plm_jax.run import checkpoint
+from plm_jax.run.metrics_writer import console, format_metrics
 
 SPLITS = {"validation": cdata.EVAL, "test": cdata.TEST, "train": cdata.TRAIN}
 
@@ -97,7 +97,7 @@ def test_report(workdir, config, trainer, predictor, data, best_step: int, metri
                                 trainer.state_shardings, params_only=True)["params"]
   regression = data.num_classes == 1
   keys = trainer.objective.eval_keys
-  report = {"workdir": os.path.abspath(workdir), "task": config.classify.task,
+  report = {"workdir": os.path.abspath(workdir), "task": config.finetune.task,
             "best_step": best_step, "metric": metric}
   for split in (cdata.EVAL, cdata.TEST):
     if split not in data.splits or cdata.split_size(data.splits[split]) == 0:

@@ -25,6 +25,7 @@ from plm_jax.data import loader
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune.classify.metrics import higher_is_better
+from plm_jax.finetune.predict import SPLITS, eval_name, write_eval_result
 from plm_jax.inference import load_params
 from plm_jax.models.classifier import HEAD_PARAMS
 from plm_jax.models.config import FINETUNED, padded_vocab
@@ -47,8 +48,9 @@ class Kind:
   table."""
 
   name: str                # objective.name of its configs
-  evaluate: Callable       # (workdir, step, best, split, devices, config) -> `plm-jax
-                           # evaluate`'s result on a split (config: checked, or None)
+  evaluate_split: Callable  # (loaded, split, name, label) -> (`plm-jax evaluate`'s report of
+                            # a restored checkpoint on a split (printed after `label`), None
+                            # or write(workdir, stem): its predictions beside the report)
   start_config: Callable   # (config, workdir, init_from, found) -> (config, tokenizer)
   load: Callable           # (config, tokenizer, workdir, found) -> data (prints its summary;
                            # sets the schedule and what the data decides in the config)
@@ -67,6 +69,23 @@ class Kind:
   def finetune(self, config, workdir: str, init_from: str | None = None, devices=None) -> dict:
     """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
     return run_finetuning(self, config, workdir, init_from, devices)
+
+  def evaluate(self, workdir: str, step: int | None = None, best: bool = False,
+               split: str = "validation", devices=None, config=None) -> dict:
+    """`plm-jax evaluate` of a fine-tuned run, every kind alike: the latest, `step` or (`best`)
+    the best checkpoint on a split; writes eval_[best_]step_N_SPLIT.json (and the kind's
+    predictions beside it). `config`: the command's, checked already (or None)."""
+    if split not in SPLITS:
+      raise ConfigError(f"--split {split!r} is not one of {sorted(SPLITS)}")
+    subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
+    loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
+    report, write = self.evaluate_split(
+        loaded, SPLITS[split], split,
+        f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}")
+    result = write_eval_result(workdir, loaded.step, split, best, report)
+    if write is not None:
+      write(workdir, eval_name(loaded.step, split, best))
+    return result
 
 
 def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = None,
@@ -135,12 +154,6 @@ def _with_model_of(config, source):
   return merged
 
 
-def task_fields(config):
-  """The config group that names the task and --init-from: seq2seq for generation, classify
-  for the others."""
-  return config.seq2seq if config.objective.name == "seq2seq" else config.classify
-
-
 def start_config(config, workdir: str, init_from: str | None, found: workdirs.Found,
                  check_body: Callable = lambda config: None):
   """(config, tokenizer): the body's architecture and tokenizer, from --init-from for a new
@@ -149,10 +162,10 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
   body's files are read."""
   if found.config is not None:
     saved = found.config
-    if saved.objective.name not in (*FINETUNED, "seq2seq"):
+    if "finetune" not in saved:
       raise CheckpointError(f"--workdir {workdir!r} holds a pretraining run; fine-tune into a "
                             "new --workdir (and give that run as --init-from)")
-    before, now = task_fields(saved), task_fields(config)
+    before, now = saved.finetune, config.finetune
     if (saved.objective.name, before.task) != (config.objective.name, now.task):
       raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of the task "
                             f"{before.task!r} ({saved.objective.name}), not {now.task!r} "
@@ -174,11 +187,11 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
                         "or an imported model (plm-jax import-hf)")
     config = with_body_of(config, workdirs.load_config(init_from))
     with config.unlocked():
-      task_fields(config).init_from = os.path.abspath(init_from)   # check_body names it
+      config.finetune.init_from = os.path.abspath(init_from)   # check_body names it
     check_body(config)
     tokenizer = TextTokenizer.load(init_from)
   with config.unlocked():
-    task_fields(config).init_from = os.path.abspath(init_from)
+    config.finetune.init_from = os.path.abspath(init_from)
   return config, tokenizer
 
 
@@ -193,13 +206,13 @@ def refuse_other_data(config, workdir: str, found: workdirs.Found) -> None:
 
 def resolve_schedule(config, train_examples: int) -> None:
   """Epochs -> steps, warmup fraction -> warmup steps, eval once per epoch by default."""
-  k, t = config.classify, config.train
+  ft, t = config.finetune, config.train
   per_epoch = max(1, math.ceil(train_examples / t.batch_size))
   with config.unlocked():
-    if k.epochs > 0:
-      t.steps = max(1, math.ceil(k.epochs * train_examples / t.batch_size))
-    if k.warmup_fraction > 0:
-      config.optim.warmup_steps = int(round(k.warmup_fraction * t.steps))
+    if ft.epochs > 0:
+      t.steps = max(1, math.ceil(ft.epochs * train_examples / t.batch_size))
+    if ft.warmup_fraction > 0:
+      config.optim.warmup_steps = int(round(ft.warmup_fraction * t.steps))
     if t.eval_every <= 0:
       t.eval_every = per_epoch
 
