@@ -13,7 +13,7 @@ from flax import nnx
 from plm_jax import parallel
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
-from plm_jax.errors import DataError
+from plm_jax.errors import ConfigError, DataError
 from plm_jax.finetune.classify import data as cdata
 from plm_jax.finetune.classify.metrics import format_per_class, per_class_report, split_metrics
 from plm_jax.finetune.classify.tasks import task_of
@@ -67,6 +67,15 @@ class Predictor:
   def split(self, params, config, data: cdata.ClassifyData, split: str) -> dict:
     return self(params, loader.Batches(config, prepared_split(data, split), loader.EVAL,
                                        mesh=self.trainer.mesh))
+
+
+def predicted_split(loaded, load, split: str, name: str, predictor=Predictor) -> tuple:
+  """(data, predictions) of a restored model (`loaded`) on a split, for `plm-jax evaluate`:
+  `load(config, tokenizer)` reads the kind's data, `predictor` runs the model over it."""
+  data = load(loaded.config, loaded.tokenizer)
+  if split not in data.splits:
+    raise ConfigError(f"the task {loaded.config.finetune.task!r} has no {name} split here")
+  return data, predictor(loaded.trainer).split(loaded.params, loaded.config, data, split)
 
 
 def split_report(pred: dict, regression: bool, labeled: bool) -> dict:

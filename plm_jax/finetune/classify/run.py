@@ -5,10 +5,10 @@ evaluate` of a classifier."""
 import time
 
 from plm_jax import workdir as workdirs
-from plm_jax.errors import ConfigError
 from plm_jax.finetune.classify import data as cdata
 from plm_jax.finetune.classify.tasks import task_of
-from plm_jax.finetune.predict import Predictor, prepared_split, split_report, test_report
+from plm_jax.finetune.predict import (Predictor, predicted_split, prepared_split, split_report,
+                                      test_report)
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data, resolve_schedule,
                                   start_config)
 from plm_jax.run.metrics_writer import console, format_metrics
@@ -35,10 +35,7 @@ def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found) -> cd
 
 def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, None]:
   """Every metric of a restored classifier on a split (Kind.evaluate)."""
-  data = cdata.load(loaded.config, loaded.tokenizer)
-  if split not in data.splits:
-    raise ConfigError(f"the task {loaded.config.finetune.task!r} has no {name} split here")
-  pred = Predictor(loaded.trainer).split(loaded.params, loaded.config, data, split)
+  data, pred = predicted_split(loaded, cdata.load, split, name)
   report = split_report(pred, data.num_classes == 1, data.labeled[split])
   console(f"{label}: " + format_metrics(report, loaded.trainer.objective.eval_keys))
   return report, None

@@ -18,8 +18,7 @@ import time
 import jax
 
 from plm_jax import workdir as workdirs
-from plm_jax.errors import ConfigError
-from plm_jax.finetune.predict import Predictor, prepared_split
+from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
 from plm_jax.finetune.qa import data as qa_data
 from plm_jax.finetune.qa.metrics import best_thresholds, squad_metrics
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
@@ -112,10 +111,7 @@ def write_answers(workdir: str, name: str, answers: dict, unanswerable: bool) ->
 def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, object]:
   """SQuAD's metrics of a restored span model on a split, and the writer of its answers
   (Kind.evaluate)."""
-  data = qa_data.load(loaded.config, loaded.tokenizer)
-  if split not in data.splits:
-    raise ConfigError(f"the task {loaded.config.finetune.task!r} has no {name} split here")
-  logits = SpanPredictor(loaded.trainer).split(loaded.params, loaded.config, data, split)
+  data, logits = predicted_split(loaded, qa_data.load, split, name, SpanPredictor)
   report, answers = split_answers(loaded.config, data, split, logits)
   console(f"{label}: " + format_metrics(report, loaded.trainer.objective.eval_keys))
   return report, lambda workdir, stem: write_answers(workdir, stem, answers,

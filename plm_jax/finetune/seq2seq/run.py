@@ -12,7 +12,6 @@ The model stays a plain GPT language model: `plm-jax generate` and `export-hf` t
 """
 
 import json
-import math
 import os
 import time
 
@@ -24,7 +23,8 @@ from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import ConfigError
 from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN
-from plm_jax.finetune.run import (Kind, refuse_other_data, start_config as run_start_config)
+from plm_jax.finetune.run import (Kind, refuse_other_data, resolve_schedule,
+                                  start_config as run_start_config)
 from plm_jax.finetune.seq2seq import data as gen_data
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.seq2seq.tasks import best_metric, gen_task_of, require_decoder
@@ -61,15 +61,8 @@ def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found
   data = gen_data.load(config, tokenizer)
   refuse_other_data(config, workdir, found)
   rows = len(data[TRAIN].rows["tokens"])
-  ft, t = config.finetune, config.train
-  with config.unlocked():
-    if ft.epochs > 0:
-      t.steps = max(1, math.ceil(ft.epochs * rows / t.batch_size))
-    if ft.warmup_fraction > 0:
-      config.optim.warmup_steps = int(round(ft.warmup_fraction * t.steps))
-    if t.eval_every <= 0:
-      t.eval_every = max(1, math.ceil(rows / t.batch_size))        # once per epoch
-  console(f"data: {ft.task} ("
+  resolve_schedule(config, rows)                 # epochs counted in packed rows
+  console(f"data: {config.finetune.task} ("
           + ", ".join(f"{len(e.prompts):,} {s} from {e.pairs.where}" for s, e in data.items())
           + f"); {rows:,} packed train rows of {config.data.max_seq_length} tokens; skipped "
           + ", ".join(f"{e.pairs.skipped} {s}" for s, e in data.items()) + "; truncated "

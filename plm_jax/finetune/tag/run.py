@@ -18,9 +18,8 @@ import jax
 import numpy as np
 
 from plm_jax import workdir as workdirs
-from plm_jax.errors import ConfigError
 from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, split_size
-from plm_jax.finetune.predict import Predictor, prepared_split
+from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
                                   resolve_schedule, start_config)
 from plm_jax.finetune.tag import data as tag_data
@@ -131,10 +130,7 @@ def test_report(workdir, config, trainer, predictor, data, best_step: int) -> di
 
 def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, None]:
   """Every metric of a restored tagger on a split (Kind.evaluate)."""
-  data = tag_data.load(loaded.config, loaded.tokenizer)
-  if split not in data.splits:
-    raise ConfigError(f"the task {loaded.config.finetune.task!r} has no {name} split here")
-  pred = Predictor(loaded.trainer).split(loaded.params, loaded.config, data, split)
+  data, pred = predicted_split(loaded, tag_data.load, split, name)
   report, _ = _report_split(data, split, pred, label, loaded.trainer.objective.eval_keys)
   return report, None
 
