@@ -24,7 +24,7 @@ from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.flops import flops_as_computed, peak_flops
 from plm_jax.generate import SamplingConfig, generate
-from plm_jax.metrics_writer import console
+from plm_jax.run.metrics_writer import console
 from plm_jax.models.config import model_config, padded_vocab
 from plm_jax.trainer import Trainer
 

@@ -10,15 +10,17 @@ import math
 
 import jax
 
-from plm_jax import accelerator, families, trackers
+from plm_jax import accelerator, families
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
-from plm_jax.gen_tasks import validate_seq2seq
+from plm_jax.finetune.classify.tasks import validate_classify
+from plm_jax.finetune.qa.tasks import validate_qa
+from plm_jax.finetune.seq2seq.tasks import validate_seq2seq
+from plm_jax.finetune.tag.tasks import validate_tag
 from plm_jax.models.config import FINETUNED
 from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
-from plm_jax.qa_tasks import validate_qa
-from plm_jax.tasks import validate_classify
+from plm_jax.run import trackers
 
 SCHEDULES = ("linear", "cosine", "constant", "linear_total")
 NONFINITE = ("stop", "skip")
@@ -66,13 +68,16 @@ def _objective(config) -> None:
   family = families.get(config.model.family)
   name = config.objective.name
   if name == "qa":
-    validate_qa(config)                 # question answering: the qa and classify groups
+    validate_qa(config)                 # question answering: the finetune and qa groups
+    return
+  if name == "tag":
+    validate_tag(config)                # token tagging: the finetune, classify and tag groups
     return
   if name in FINETUNED:
-    validate_classify(config)           # fine-tuning: the classify group instead of a builder
+    validate_classify(config)           # fine-tuning: the finetune and classify groups
     return
   if name == "seq2seq":
-    validate_seq2seq(config)            # generation fine-tuning: the seq2seq group
+    validate_seq2seq(config)            # generation fine-tuning: finetune and seq2seq
     return
   if name not in family.objectives:
     raise ConfigError(f"objective.name={name!r} does not fit model.family={family.name!r}; use "

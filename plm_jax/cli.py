@@ -25,22 +25,20 @@ from plm_jax import __version__, accelerator, distributed, topology, workdir as 
 from plm_jax import configs as presets
 from plm_jax.bench import bench, bench_decode
 from plm_jax.compare import compare
-from plm_jax.data.commands import data_bench, data_prepare, tokenizer_train
+from plm_jax.configlib import MOVED
+from plm_jax.data_commands import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
 from plm_jax.evaluate import evaluate
-from plm_jax.finetune.generation import finetune_generator
-from plm_jax.finetune.qa_run import finetune_qa
-from plm_jax.finetune.run import finetune
-from plm_jax.finetune.tag_run import finetune_tagger
+from plm_jax.finetune.kinds import finetune
 from plm_jax.generate import SamplingConfig
-from plm_jax.hf_workdir import export_hf, import_hf
+from plm_jax.hf.workdir import export_hf, import_hf
 from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_text,
                                load_params, untrained_heads)
-from plm_jax.metrics_writer import console
 from plm_jax.plan import plan
-from plm_jax.plots import plot_runs
 from plm_jax.pretrain import train
-from plm_jax.stopping import RunStopped
+from plm_jax.run.metrics_writer import console
+from plm_jax.run.plots import plot_runs
+from plm_jax.run.stopping import RunStopped
 from plm_jax.topology import TOPOLOGIES
 
 
@@ -157,17 +155,13 @@ def _ints(text: str, flag: str) -> list[int]:
     raise UsageError(f"--{flag} {text!r} is not a comma-separated list of integers") from None
 
 
-# `plm-jax finetune` by the config's objective (classification is the default)
-FINETUNERS = {"tag": finetune_tagger, "qa": finetune_qa, "seq2seq": finetune_generator}
-
 COMMANDS = {c.name: c for c in (
     Command("train", "pretrain, or resume from the workdir's latest checkpoint",
             lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
             "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
     Command("finetune", "fine-tune a pretrained body with a new classification, tagging or "
             "question-answering head, or a GPT on prompt -> completion pairs (seq2seq:TASK)",
-            lambda config, a: FINETUNERS.get(config.objective.name, finetune)(
-                config, a.workdir, init_from=a.init_from),
+            lambda config, a: finetune(config, a.workdir, init_from=a.init_from),
             (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "
                               "whose latest checkpoint the body starts from")), FILE, True,
             "plm-jax finetune --config configs/classify.py:builtin --init-from runs/bert-tiny "
@@ -352,6 +346,10 @@ def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> list[str]
     rest = fv(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field the locked config lacks.
+    moved = [a.partition("=")[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    moved = [field for field in moved if field in MOVED]
+    if moved:                    # a field of an older plm-jax: the one that replaced it
+      raise UsageError(f"--config.{moved[0]} is now --config.{MOVED[moved[0]]}") from None
     message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", "; ").replace(
         "\n", "; ").replace("\\'", "").replace("'", "")
     raise UsageError(f"unknown config field in a --config.<field> override: {message}; list "

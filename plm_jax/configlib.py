@@ -95,12 +95,13 @@ DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences",
 def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
                 objective: str | None = None, data: dict | None = None,
                 train: dict | None = None, optim: dict | None = None,
-                classify: dict | None = None, qa: dict | None = None,
+                finetune: dict | None = None, classify: dict | None = None,
+                tag: dict | None = None, qa: dict | None = None,
                 seq2seq: dict | None = None) -> ml_collections.ConfigDict:
   """The full config: `model` gives the shape (hidden_size, num_layers, num_heads, mlp_dim,
   max_position, layer_norm_eps and any family-specific field), `data` / `train` / `optim` /
-  `classify` the values that differ from the defaults below; `objective` defaults to the
-  family's (plm_jax/families.py)."""
+  `finetune` / the kind's group the values that differ from the defaults below; `objective`
+  defaults to the family's (plm_jax/families.py)."""
   objective = objective or families.get(family).objectives[0]
   c = ml_collections.ConfigDict()
   c.model = model_group(family, size_name, model)
@@ -110,14 +111,11 @@ def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
   c.train = train_group(train or {})
   c.checkpoint = checkpoint_group()
   c.mesh = mesh_group(mesh)
-  if objective in ("classify", "tag"):       # tag: token tagging shares the group
-    c.classify = classify_group(classify or {})
-  if objective == "qa":
-    # question answering: the fine-tuning fields of the classify group, and its own
-    c.classify = classify_group(classify or {})
-    c.qa = qa_group(qa or {})
-  if objective == "seq2seq":
-    c.seq2seq = seq2seq_group(seq2seq or {})
+  if objective in KIND_GROUPS:                # fine-tuning: the shared group, the kind's own
+    c.finetune = finetune_group(finetune or {})
+    own = {"classify": classify, "tag": tag, "qa": qa, "seq2seq": seq2seq}
+    for group in KIND_GROUPS[objective]:
+      c[group] = GROUPS[group](own[group] or {})
   if objective == "plm":
     # XLNet's own settings, for every XLNet config (its presets and imported models alike):
     # half of each segment reused as memory, spans of up to 5 words, attention dropout
@@ -131,7 +129,8 @@ def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
 def model_group(family: str, size_name: str, size: dict) -> ml_collections.ConfigDict:
   """The architecture (`size`: its shape and family-specific fields) and how it computes."""
   m = ml_collections.ConfigDict()
-  m.family = family                  # "bert", "roberta", "albert" (encoders) or "gpt" (decoder)
+  m.family = family                  # a family of plm_jax/families.py: "bert", "roberta",
+                                     # "albert" (encoders), "xlnet" or "gpt" (decoder)
   m.size = size_name                 # the named size this config started from (informational)
   m.vocab_size = 0                   # embedding rows; 0 = the tokenizer's vocabulary size
   m.vocab_pad_multiple = 128         # pad the embedding table to a multiple (MXU/tensor cores)
@@ -166,8 +165,8 @@ def objective_group(objective: str) -> ml_collections.ConfigDict:
   o = ml_collections.ConfigDict()
   o.name = objective                 # "mlm_nsp" (BERT), "mlm_sop" (ALBERT), "mlm" (RoBERTa,
                                      # no sentence-pair task), "causal_lm" (GPT), or "classify"
-                                     # (fine-tuning; see the classify group), "seq2seq" (GPT
-                                     # generation fine-tuning; the seq2seq group); the
+                                     # (fine-tuning: the finetune group and the kind's own),
+                                     # "tag", "qa", "seq2seq" (GPT generation); the
                                      # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
   o.masking = "token"                # what is chosen: "token" (BERT, RoBERTa), "word" (whole
@@ -305,45 +304,67 @@ def bench_group() -> ml_collections.ConfigDict:
   return b
 
 
+def finetune_group(values: dict) -> ml_collections.ConfigDict:
+  """What every kind of fine-tuning shares (`plm-jax finetune`): the task, where its data is,
+  the metric the best checkpoint is chosen by, and the schedule."""
+  f = ml_collections.ConfigDict()
+  f.task = ""                        # a task of the kind's table (plm_jax/finetune/<kind>/
+                                     # tasks.py: "sst2", "conll2003", "squad", "xsum", ...) or
+                                     # a file format ("csv", "jsonl", ...: the files below)
+  f.init_from = ""                   # the workdir the body was restored from (set by finetune)
+  f.metric = ""                      # the best checkpoint's metric ("" = the task's): one of
+                                     # the kind's (accuracy, f1, mcc, exact_match, bleu, ...;
+                                     # mse and loss: lower is better)
+  f.epochs = 3.0                     # > 0: train.steps = epochs x train examples / batch_size
+  f.warmup_fraction = 0.1            # > 0: optim.warmup_steps = this x train.steps
+  f.layer_decay = 1.0                # a new head's kinds: layer l of L gets the learning rate
+                                     # x decay^(L + 1 - l) (embeddings l = 0); 1 = off
+  f.head_learning_rate = 0.0         # a new head's kinds: its peak lr; 0 = optim.learning_rate
+  f.tfds_name = ""                   # TFDS dataset ("" = the task's), e.g. "glue/sst2"
+  f.tfds_data_dir = ""               # TFDS data_dir ("" = TFDS's default)
+  f.train_path = ""                  # local files: the train file
+  f.eval_path = ""                   # the validation file ("" = data.eval_fraction of the
+                                     # train file, held out)
+  f.test_path = ""                   # the test file ("" = no test report)
+  f.train_split = ""                 # TFDS splits ("" = the task's)
+  f.eval_split = ""
+  f.test_split = ""
+  f.update(values)
+  return f
+
+
+FINETUNE_FIELDS = tuple(finetune_group({}).keys())
+
+
 def classify_group(values: dict) -> ml_collections.ConfigDict:
-  """Fine-tuning for sequence classification (`plm-jax finetune`, configs/classify.py)."""
+  """Sequence classification (`plm-jax finetune`, configs/classify.py): its labels and fields;
+  token tagging's tags are its classes per word (configs/tag.py)."""
   k = ml_collections.ConfigDict()
-  k.task = ""                        # a task of plm_jax/tasks.py ("sst2", "mrpc",
-                                     # "imdb", "builtin", ...) or "csv" / "jsonl" (files below)
   k.num_classes = 0                  # outputs; 1 = regression (MSE); 0 = the task's or the data's
   k.label_names = ()                 # class names in id order ("" entries if unknown); () = from
                                      # the task or, for string labels in files, sorted train labels
-  k.metric = ""                      # the best checkpoint's metric: accuracy, f1, macro_f1, mcc,
-                                     # pearson, spearman, mse (lower is better); "" = the task's
-  k.epochs = 3.0                     # > 0: train.steps = epochs x train examples / batch_size
-  k.warmup_fraction = 0.1            # > 0: optim.warmup_steps = this x train.steps
-  k.layer_decay = 1.0                # layer-wise learning-rate decay: layer l of L gets
-                                     # lr x decay^(L + 1 - l) (embeddings l = 0); 1 = off
-  k.head_learning_rate = 0.0         # the new head's peak lr; 0 = optim.learning_rate
-  k.init_from = ""                   # the workdir the body was restored from (set by finetune)
-  k.tfds_name = ""                   # TFDS dataset ("" = the task's), e.g. "glue/sst2"
-  k.tfds_data_dir = ""               # TFDS data_dir ("" = TFDS's default)
-  k.train_path = ""                  # csv / jsonl: the train file
-  k.eval_path = ""                   # csv / jsonl: the validation file ("" = eval_fraction of
-                                     # the train file, held out)
-  k.test_path = ""                   # csv / jsonl: the test file ("" = no test report)
-  k.train_split = ""                 # TFDS splits ("" = the task's)
-  k.eval_split = ""
-  k.test_split = ""
   k.text_field = ""                  # the column / feature of the text ("" = the task's; csv /
                                      # jsonl: "text")
   k.text_pair_field = ""             # the second text of sentence-pair tasks ("" = the task's /
                                      # none)
   k.label_field = ""                 # the label column ("" = the task's / "label")
-  k.tag_column = -1                  # tag (plm_jax/configs/tag.py): the column of the tags in
-                                     # CoNLL files (0 = the word; -1 = the last)
   k.update(values)
   return k
 
 
+def tag_group(values: dict) -> ml_collections.ConfigDict:
+  """Token tagging (`plm-jax finetune --config tag:TASK`, configs/tag.py); its tags are the
+  classify group's classes."""
+  t = ml_collections.ConfigDict()
+  t.tag_column = -1                  # the column of the tags in CoNLL files (0 = the word;
+                                     # -1 = the last)
+  t.update(values)
+  return t
+
+
 def qa_group(values: dict) -> ml_collections.ConfigDict:
   """Extractive question answering (`plm-jax finetune --config qa:TASK`, configs/qa.py); the
-  task, schedule and data fields are the classify group's (plm_jax/qa_tasks.py)."""
+  task, schedule and data fields are the finetune group's (plm_jax/finetune/qa/tasks.py)."""
   q = ml_collections.ConfigDict()
   q.max_query_length = 64            # question tokens kept (the rest cut)
   q.doc_stride = 128                 # a context longer than a window is read in windows that
@@ -359,31 +380,19 @@ def qa_group(values: dict) -> ml_collections.ConfigDict:
 # --- generation fine-tuning (issue 15) -------------------------------------------------------------
 
 def seq2seq_group(values: dict) -> ml_collections.ConfigDict:
-  """Generation fine-tuning of a GPT (`plm-jax finetune --config seq2seq:TASK`)."""
+  """Generation fine-tuning of a GPT (`plm-jax finetune --config seq2seq:TASK`); the task
+  (plm_jax/finetune/seq2seq/tasks.py: wmt14_de_en, cnn_dailymail, xsum, ... or "jsonl" / "tsv"
+  files), its metric (bleu, rouge1, rouge2, rougeL, exact_match, loss) and schedule (epochs
+  count packed train rows) are the finetune group's."""
   g = ml_collections.ConfigDict()
-  g.task = ""                        # a task of plm_jax/gen_tasks.py (wmt14_de_en, cnn_dailymail,
-                                     # xsum, ...) or "jsonl" / "tsv" (files below)
-  g.init_from = ""                   # the workdir the model was restored from (set by finetune)
-  g.tfds_name = ""                   # TFDS dataset ("" = the task's)
-  g.tfds_data_dir = ""               # TFDS data_dir ("" = TFDS's default)
-  g.train_path = ""                  # jsonl / tsv: the train file
-  g.eval_path = ""                   # the validation file ("" = data.eval_fraction of train)
-  g.test_path = ""                   # the test file ("" = no test report)
-  g.train_split = ""                 # TFDS splits ("" = the task's)
-  g.eval_split = ""
-  g.test_split = ""
   g.source_field = ""                # the field / column of the source ("" = the task's;
                                      # files: "source")
   g.target_field = ""                # of the target ("" = the task's; files: "target")
   g.template = ""                    # the prompt, "{source}" in it ("" = the task's: "{source} ="
                                      # for translation, "{source}\nTL;DR:" for summaries)
   g.target_prefix = "default"        # text put before the target ("default" = the task's: " ")
-  g.metric = ""                      # the best checkpoint's metric: bleu, rouge1, rouge2, rougeL,
-                                     # exact_match, loss ("" = the task's)
   g.max_target_length = 0            # target tokens kept (0 = as many as data.max_seq_length
                                      # leaves); the source is cut first
-  g.epochs = 3.0                     # > 0: train.steps = epochs x packed train rows / batch_size
-  g.warmup_fraction = 0.1            # > 0: optim.warmup_steps = this x train.steps
   g.eval_examples = 256              # validation prompts decoded at each evaluation (0 = no
                                      # decoding: the best checkpoint by validation loss)
   g.report_examples = 0              # prompts decoded for the final report and `evaluate`
@@ -401,3 +410,33 @@ def seq2seq_group(values: dict) -> ml_collections.ConfigDict:
   return g
 
 
+# Each kind's own groups beside the finetune group (plm_jax/finetune/kinds.py is the kinds'
+# registry; their groups are here, below it, for the presets to build).
+GROUPS = {"classify": classify_group, "tag": tag_group, "qa": qa_group,
+          "seq2seq": seq2seq_group}
+KIND_GROUPS = {"classify": ("classify",), "tag": ("classify", "tag"), "qa": ("qa",),
+               "seq2seq": ("seq2seq",)}
+# Fields that moved (a saved workdir's and a command line's old names -> the new group):
+# the shared ones from classify and seq2seq to finetune, classify.tag_column to tag.
+MOVED = {**{f"classify.{f}": f"finetune.{f}" for f in FINETUNE_FIELDS},
+         **{f"seq2seq.{f}": f"finetune.{f}" for f in FINETUNE_FIELDS},
+         "classify.tag_column": "tag.tag_column"}
+
+
+def with_moved_fields(raw: dict) -> dict:
+  """A saved config (JSON) with its old fine-tuning fields under their new groups: a workdir
+  written before config.finetune existed still resumes, evaluates and exports."""
+  if raw.get("objective", {}).get("name") not in KIND_GROUPS or "finetune" in raw:
+    return raw
+  raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+  for old, new in MOVED.items():
+    group, field = old.split(".")
+    if field in raw.get(group, {}):
+      value = raw[group].pop(field)
+      to_group, to_field = new.split(".")
+      if to_group in KIND_GROUPS[raw["objective"]["name"]] or to_group == "finetune":
+        raw.setdefault(to_group, {})[to_field] = value
+  for group in ("classify", "seq2seq"):          # left empty, or not the kind's (QA's classify)
+    if group in raw and group not in KIND_GROUPS[raw["objective"]["name"]]:
+      del raw[group]
+  return raw

@@ -8,12 +8,9 @@ import jax
 from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.finetune.generation import evaluate_generator
-from plm_jax.finetune.predict import evaluate_classifier
-from plm_jax.finetune.qa_run import evaluate_qa
-from plm_jax.finetune.tag_run import evaluate_tagger
-from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.finetune import kinds
+from plm_jax.inference import load_params, restore_config
+from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.run_data import load_data
 from plm_jax.trainer import evaluate_params
 
@@ -27,20 +24,14 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   optimizer state is never read. Fine-tuned runs report their classification metrics on
   `split`, of the latest, `step` or (`best`) the best checkpoint.
   """
-  saved = workdirs.load_config(workdir)
-  if saved.objective.name == "tag":
-    return evaluate_tagger(workdir, step, best=best, split=split, devices=devices, config=config)
-  if saved.objective.name == "classify":
-    return evaluate_classifier(workdir, step, best=best, split=split, devices=devices,
-                               config=config)
-  if saved.objective.name == "qa":
-    return evaluate_qa(workdir, step, best=best, split=split, devices=devices, config=config)
-  if saved.objective.name == "seq2seq":
-    return evaluate_generator(workdir, step, best=best, split=split, devices=devices,
-                              config=config)
-  if best or split != "validation":
+  kind = kinds.of(workdirs.load_config(workdir))
+  if kind is None and (best or split != "validation"):
     raise ConfigError("--best and --split are for fine-tuned runs (plm-jax finetune); a "
                       "pretraining run is evaluated on its held-out documents")
+  devices = jax.devices() if devices is None else list(devices)
+  config = restore_config(workdir, devices, config)     # the one checks pass of the command
+  if kind is not None:
+    return kind.evaluate(workdir, step, best=best, split=split, devices=devices, config=config)
   loaded = load_params(workdir, step, devices, config=config)
   config, trainer = loaded.config, loaded.trainer
   if eval_steps is not None:

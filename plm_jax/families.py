@@ -1,9 +1,10 @@
-"""The family registry: everything that makes BERT, RoBERTa, ALBERT or GPT what it is, in one
-entry each. The rest of plm-jax asks the registry instead of comparing family names.
+"""The family registry: everything that makes BERT, RoBERTa, ALBERT, XLNet or GPT what it is,
+in one entry each. The rest of plm-jax asks the registry instead of comparing family names.
 
 Adding a family is one `Family` entry here, one model file in plm_jax/models/ and its Hugging
-Face table in plm_jax/hf_tables.py. An entry names:
-- the pretraining model and the sequence classifier built on the same body;
+Face table in plm_jax/hf/tables.py. An entry names:
+- the pretraining model and the heads built on the same body (sequence classifier, token
+  tagger, span model for question answering);
 - the objectives it pretrains with (the first is its default) and so the example builders
   that fit it (plm_jax/data/pipeline.py keys builders by objective);
 - the tokenizer a run trains on its corpus when none is given;
@@ -19,8 +20,9 @@ from typing import Callable
 
 from flax import nnx
 
-from plm_jax import flops, hf_tables
+from plm_jax import flops
 from plm_jax.errors import ConfigError
+from plm_jax.hf import tables as hf_tables
 from plm_jax.models.bert import BertForPreTraining
 from plm_jax.models.classifier import HEAD_PARAMS, EncoderClassifier, GPTClassifier
 from plm_jax.models.config import ModelConfig

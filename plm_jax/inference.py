@@ -10,11 +10,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import checkpoint, checks, families, parallel, workdir as workdirs
+from plm_jax import checks, families, parallel, workdir as workdirs
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.generate import SamplingConfig, generate
 from plm_jax.models.config import FINETUNED, padded_vocab
+from plm_jax.run import checkpoint
 from plm_jax.trainer import Trainer
 
 
@@ -43,18 +44,27 @@ def fit_to_devices(config, num_devices: int | None = None):
   return config
 
 
+def restore_config(workdir: str, devices, config=None):
+  """The config a workdir is restored with on `devices`: `config` (the workdir's with the
+  command's overrides), else the workdir's with FSDP over the devices; checked once, here."""
+  if config is None:
+    config = fit_to_devices(workdirs.load_config(workdir), len(devices))
+  checks.validate(config, len(devices))
+  return config
+
+
 def load_params(workdir: str, step: int | None = None, devices=None, config=None,
                 subdir: str = checkpoint.CHECKPOINT_DIR) -> Loaded:
   """The parameters of `step` (default: the latest) of a workdir, on `devices` (default: all);
   the optimizer state is never read.
 
-  `config` (default: the workdir's, with FSDP over the devices) may choose another mesh;
-  `subdir` another set of checkpoints (checkpoint.BEST_DIR: the best fine-tuned model).
+  `config` is one the command checked already (restore_config); without it, the workdir's
+  with FSDP over the devices, checked here. `subdir` picks another set of checkpoints
+  (checkpoint.BEST_DIR: the best fine-tuned model).
   """
   devices = jax.devices() if devices is None else list(devices)
   if config is None:
-    config = fit_to_devices(workdirs.load_config(workdir), len(devices))
-  checks.validate(config, len(devices))
+    config = restore_config(workdir, devices)
   mesh = parallel.mesh_for(config, devices)
   tokenizer = TextTokenizer.load(workdir)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
@@ -78,7 +88,7 @@ def _not_a_classifier(restored: Loaded, command: str) -> None:
     raise ConfigError(f"{command} needs a pretrained model with its language-model head; this "
                       f"workdir holds a fine-tuned {FINETUNED[restored.config.objective.name]} "
                       "(use plm-jax evaluate), or give "
-                      f"its pretraining run: {restored.config.classify.init_from}")
+                      f"its pretraining run: {restored.config.finetune.init_from}")
 
 
 def generate_text(restored: Loaded, prompts: list[str], cfg: SamplingConfig,

@@ -31,7 +31,7 @@ import numpy as np
 from plm_jax import aot, checks, families, parallel, residuals, topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.metrics_writer import console
+from plm_jax.run.metrics_writer import console
 from plm_jax.models.config import padded_vocab
 from plm_jax.trainer import AbstractState
 

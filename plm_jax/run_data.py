@@ -9,7 +9,7 @@ from plm_jax import distributed
 from plm_jax.data import pipeline
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError
-from plm_jax.metrics_writer import console
+from plm_jax.run.metrics_writer import console
 
 
 def shared_tokenizer(config) -> TextTokenizer:

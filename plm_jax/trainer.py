@@ -1,5 +1,5 @@
 """The trainer: train state, the sharded train and eval steps (a library; the commands that
-train are plm_jax/pretrain.py and plm_jax/finetune/run.py, the loop is plm_jax/scaffold.py).
+train are plm_jax/pretrain.py and plm_jax/finetune/run.py, the loop is plm_jax/run/scaffold.py).
 
 The state is a plain pytree {"step", "params", "opt_state", "nonfinite_run"} whose params are
 the pure-dict form of the model's nnx.Param state; the model's structure (graphdef) is static.
@@ -10,7 +10,7 @@ Divergence is handled inside the step, without a host sync: an update whose loss
 norm is not finite is never applied. `nonfinite_run` counts consecutive such steps; past the
 allowance (0 for train.nonfinite=stop, train.max_consecutive_skips for skip) the run is halted:
 no later update is applied and the step counter stands still, so the state stays the last
-finite one until the host, at its next log or save, stops the run (plm_jax/scaffold.py).
+finite one until the host, at its next log or save, stops the run (plm_jax/run/scaffold.py).
 """
 
 import dataclasses
@@ -22,12 +22,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from plm_jax import accelerator, checkpoint, families, objectives, parallel
+from plm_jax import accelerator, families, objectives, parallel
 from plm_jax.data import loader
 from plm_jax.models import kernel_choice
 from plm_jax.models.config import FINETUNED, ModelConfig, model_config
 from plm_jax.models.partitioning import axis_rules
 from plm_jax.optim import lr_factors, make_optimizer
+from plm_jax.run import checkpoint
 
 
 @dataclasses.dataclass
@@ -226,14 +227,14 @@ def _lr_factors(config, abstract_params):
   """Fine-tuning's layer-wise decay and head learning rate (None when both are off)."""
   if config.objective.name not in FINETUNED:
     return None
-  k, lr, m = config.classify, config.optim.learning_rate, config.model
-  head = k.head_learning_rate / lr if k.head_learning_rate > 0 and lr > 0 else 1.0
-  if k.layer_decay == 1.0 and head == 1.0:
+  ft, lr, m = config.finetune, config.optim.learning_rate, config.model
+  head = ft.head_learning_rate / lr if ft.head_learning_rate > 0 and lr > 0 else 1.0
+  if ft.layer_decay == 1.0 and head == 1.0:
     return None
   family = families.get(m.family)
   return lr_factors(nnx.to_pure_dict(abstract_params),
                     lambda path: family.layer_depth(path, m.num_layers, m.shared_layers),
-                    m.num_layers, k.layer_decay, head)
+                    m.num_layers, ft.layer_decay, head)
 
 
 def _init_params(mcfg, key) -> dict:

@@ -3,7 +3,7 @@
 Layout of a workdir:
   config.json            the full config of the run (what `evaluate` rebuilds the model from)
   tokenizer.json         the tokenizer (a restored run needs nothing else)
-  checkpoints/<step>/    Orbax items params, opt_state, meta (plm_jax/checkpoint.py)
+  checkpoints/<step>/    Orbax items params, opt_state, meta (plm_jax/run/checkpoint.py)
   best/<step>/           fine-tuning: the best checkpoint by the task's metric
   metrics.jsonl, tensorboard/
 Nothing here writes until a run has been accepted (`inspect` only reads).
@@ -16,10 +16,10 @@ import os
 import jax
 import ml_collections
 
-from plm_jax import checkpoint
-from plm_jax.configlib import make_config
+from plm_jax.configlib import make_config, with_moved_fields
 from plm_jax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
+from plm_jax.run import checkpoint
 
 CONFIG_FILE = "config.json"
 REQUIRED_GROUPS = ("model", "objective", "data", "optim", "train", "checkpoint", "mesh")
@@ -31,8 +31,8 @@ IDENTITY_FIELDS = {
               "embedding_size", "shared_layers"),
     "objective": ("name",),
     "data": ("vocab_size", "lowercase"),
-    "classify": ("task", "num_classes"),
-    "seq2seq": ("task",),
+    "finetune": ("task",),
+    "classify": ("num_classes",),
 }
 
 
@@ -69,7 +69,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if rules is not None:
     raw["mesh"]["rules"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
   try:
-    return _with_current_defaults(raw)
+    return _with_current_defaults(with_moved_fields(raw))
   except (KeyError, TypeError, ValueError, ConfigError) as e:
     raise CheckpointError(f"{path} is not a valid plm-jax config ({e}); restore it from the "
                           "run's logs, or give --config with the config the run used") from None

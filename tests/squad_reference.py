@@ -1,6 +1,6 @@
 """The official SQuAD evaluation scripts' scoring, kept as they are written (evaluate-v1.1.py and
 evaluate-v2.0.py, https://rajpurkar.github.io/SQuAD-explorer/; v2.0's threshold sweep as in
-transformers' squad_metrics.py, Apache-2.0): the reference plm_jax/finetune/qa_metrics.py is
+transformers' squad_metrics.py, Apache-2.0): the reference plm_jax/finetune/qa/metrics.py is
 tested against. Not plm-jax code: do not restyle."""
 
 import collections

@@ -108,7 +108,7 @@ def test_gpt_without_padding_mask_equals_padded_mask_on_real_tokens():
 
 
 def stack_layers(tree):
-  """The unrolled layout -> the stacked one (what plm_jax.checkpoint converts), written out."""
+  """The unrolled layout -> the stacked one (what plm_jax.run.checkpoint converts), written out."""
   if not isinstance(tree, dict):
     return tree
   out = {}

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from plm_jax.compare import baseline
 from plm_jax.data import builtin_tasks as bt
 
 
@@ -135,15 +136,15 @@ def test_the_files_are_the_same_on_every_run(tmp_path, written):
 
 
 def test_baselines_score_what_learning_nothing_scores(written):
-  copied = bt.baseline("unshuffle", written["unshuffle"]["test"])
+  copied = baseline("unshuffle", written["unshuffle"]["test"])
   # the copy holds every word of the target (ROUGE-1 100) but never in its order
   assert copied["rouge1"] == pytest.approx(100.0) and copied["exact_match"] == 0.0
   assert 0 < copied["bleu"] < 50
-  guessed = bt.baseline("cloze", written["cloze"]["test"])
+  guessed = baseline("cloze", written["cloze"]["test"])
   assert guessed["f1"] == pytest.approx(guessed["exact_match"])   # one word against one word
   assert 0 < guessed["exact_match"] < 50
   labels = [r["label"] for r in _read_jsonl(written["word_order"]["test"])]
-  majority = bt.baseline("word_order", written["word_order"]["test"])["accuracy"]
+  majority = baseline("word_order", written["word_order"]["test"])["accuracy"]
   assert majority == max(labels.count("original"), labels.count("shuffled")) / len(labels)
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import family_config
-from plm_jax import checkpoint, workdir
+from plm_jax import workdir
 from plm_jax.errors import CheckpointError
+from plm_jax.run import checkpoint
 
 
 def test_config_round_trip(tmp_path):
@@ -73,7 +74,7 @@ def test_a_resumed_writer_keeps_one_record_per_step_and_purges_tensorboard(tmp_p
   import glob
   import struct
   from tensorboardX.proto import event_pb2
-  from plm_jax.metrics_writer import MetricsWriter
+  from plm_jax.run.metrics_writer import MetricsWriter
   writer = MetricsWriter(str(tmp_path))
   for step in range(1, 6):
     writer.write(step, "train", {"loss": float(step)})
@@ -107,7 +108,7 @@ def test_a_resumed_writer_keeps_one_record_per_step_and_purges_tensorboard(tmp_p
 
 def _separate_qkv(d: dict) -> dict:
   """The layout before the fused projection (unrolled layers), written independently of
-  plm_jax.checkpoint."""
+  plm_jax.run.checkpoint."""
   if "qkv" not in d:
     return d
   out = {k: v for k, v in d.items() if k != "qkv"}

@@ -11,8 +11,8 @@ import pytest
 
 from helpers import family_config
 from plm_jax import cli, compare, flops
+from plm_jax.compare import baseline
 from plm_jax.configs import compare as compare_config
-from plm_jax.data.builtin_tasks import baseline
 from plm_jax.param_match import count_params, with_width
 from plm_jax.plan import make_plan
 from plm_jax.trainer import AbstractState

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, family_config, snapshot
-from plm_jax import checkpoint, cli, pretrain
+from plm_jax import cli, pretrain
 from plm_jax.data import loader
 from plm_jax.inference import load_params
-from plm_jax.lock import LOCK_FILE, WorkdirLocked
-from plm_jax.stopping import (EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_SAVE_FAILED, Diverged,
-                              SaveFailed)
-from plm_jax.watchdog import EXIT_HANG
+from plm_jax.run import checkpoint
+from plm_jax.run.lock import LOCK_FILE, WorkdirLocked
+from plm_jax.run.stopping import (EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_SAVE_FAILED, Diverged, SaveFailed)
+from plm_jax.run.watchdog import EXIT_HANG
 
 # Whole runs with faults injected: the end-to-end level (-m e2e).
 pytestmark = pytest.mark.e2e
@@ -147,7 +147,7 @@ def test_two_processes_stop_at_the_same_step_and_resume(tokenizers_dir, tmp_path
 
 def test_checkpoints_by_time(tmp_path, tokenizers_dir, monkeypatch):
   """checkpoint.every_seconds saves between the step-based saves."""
-  from plm_jax.scaffold import Run
+  from plm_jax.run.scaffold import Run
   clock = iter(range(0, 10_000, 11))         # every reading: 11 "seconds" later
   monkeypatch.setattr(Run, "clock", staticmethod(lambda: next(clock)))
   config = family_config("gpt", **{"train.steps": 6, "checkpoint.every": 1000,
@@ -285,7 +285,7 @@ def test_a_second_trainer_is_refused_and_writes_nothing(tmp_path, tokenizers_dir
     holder.kill()
     holder.wait()
   # the same lock, its process dead: taken over (and released when the run ends)
-  from plm_jax.lock import WorkdirLock
+  from plm_jax.run.lock import WorkdirLock
   lock = WorkdirLock(str(workdir))
   assert "took over the lock of a trainer that is gone" in lock.acquire()
   lock.release()
@@ -300,7 +300,7 @@ def test_a_second_trainer_is_refused_and_writes_nothing(tmp_path, tokenizers_dir
 
 
 def test_a_requeued_job_or_a_launcher_takes_a_lock_of_another_host(tmp_path, monkeypatch):
-  from plm_jax.lock import WorkdirLock
+  from plm_jax.run.lock import WorkdirLock
   write_lock(tmp_path, "node-7", 4242)
   with open(tmp_path / LOCK_FILE) as f:
     held = {**json.load(f), "slurm_job": "991"}

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -13,8 +14,8 @@ from helpers import MINILM, ROOT, family_config
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune import data as cdata
-from plm_jax.finetune import metrics
+from plm_jax.finetune.classify import data as cdata
+from plm_jax.finetune.classify import metrics
 
 CLASSIFY = os.path.join(ROOT, "configs", "classify.py")
 BERT = os.path.join(ROOT, "configs", "bert.py")
@@ -192,12 +193,12 @@ def keyword_run(tmp_path_factory, pretrained):
     write_keyword_task(base / f"{split}.csv", n, seed)
   workdir = str(base / "run")
   args = ["finetune", "--config", f"{CLASSIFY}:csv", "--init-from", pretrained["bert"],
-          "--workdir", workdir, f"--config.classify.train_path={base / 'train.csv'}",
-          f"--config.classify.eval_path={base / 'eval.csv'}",
-          f"--config.classify.test_path={base / 'test.csv'}",
-          "--config.classify.text_field=sentence", "--config.classify.epochs=5",
+          "--workdir", workdir, f"--config.finetune.train_path={base / 'train.csv'}",
+          f"--config.finetune.eval_path={base / 'eval.csv'}",
+          f"--config.finetune.test_path={base / 'test.csv'}",
+          "--config.classify.text_field=sentence", "--config.finetune.epochs=5",
           "--config.data.max_seq_length=24", "--config.optim.learning_rate=1e-3",
-          "--config.classify.layer_decay=0.9", "--config.classify.head_learning_rate=2e-3",
+          "--config.finetune.layer_decay=0.9", "--config.finetune.head_learning_rate=2e-3",
           "--config.train.log_every=20", "--config.checkpoint.every=40"]
   assert run_cli(*args) == 0
   return {"workdir": workdir, "args": args, "dir": base}
@@ -305,20 +306,46 @@ def test_finetune_resumes_and_refuses_other_runs(keyword_run, pretrained, tmp_pa
 
 
 @pytest.mark.e2e
+def test_a_workdir_with_the_old_classify_fields_still_works(keyword_run, tmp_path, capsys):
+  """A run saved before config.finetune (its task, files and schedule in the classify group)
+  resumes, evaluates and exports as it did."""
+  old = str(tmp_path / "old")
+  shutil.copytree(keyword_run["workdir"], old)
+  path = os.path.join(old, "config.json")
+  saved = json.load(open(path))
+  saved["classify"].update(saved.pop("finetune"), tag_column=-1)
+  json.dump(saved, open(path, "w"))
+  args = list(keyword_run["args"])
+  args[args.index("--workdir") + 1] = old
+  assert run_cli(*args) == 0
+  assert "nothing to do" in capsys.readouterr().out
+  assert run_cli("evaluate", "--workdir", old, "--best", "--split", "test") == 0
+  report = json.load(open(os.path.join(keyword_run["workdir"], "test_report.json")))
+  best = json.load(open(os.path.join(old, f"eval_best_step_{report['best_step']}_test.json")))
+  assert best["accuracy"] == pytest.approx(report["test"]["accuracy"])
+  assert run_cli("export-hf", "--workdir", old, "--out", str(tmp_path / "hf"), "--best") == 0
+  assert json.load(open(tmp_path / "hf" / "config.json"))["num_labels"] == 3
+  # an old field on the command line: one line naming the new one
+  assert run_cli(*keyword_run["args"], "--config.classify.epochs=2") == 2
+  assert capsys.readouterr().err.strip() == \
+      "plm-jax finetune: error: --config.classify.epochs is now --config.finetune.epochs"
+
+
+@pytest.mark.e2e
 def test_bad_classify_configs(pretrained, tmp_path, capsys):
   assert run_cli("finetune", "--config", f"{CLASSIFY}:nope", "--init-from", pretrained["bert"],
                  "--workdir", str(tmp_path / "a")) == 2
   assert "config task 'nope' is not one of" in capsys.readouterr().err
   assert run_cli("finetune", "--config", f"{CLASSIFY}:csv", "--init-from", pretrained["bert"],
                  "--workdir", str(tmp_path / "b")) == 2
-  assert "classify.train_path" in capsys.readouterr().err
+  assert "finetune.train_path" in capsys.readouterr().err
   write_keyword_task(tmp_path / "t.csv", 20, 0)
   assert run_cli("finetune", "--config", f"{CLASSIFY}:csv", "--init-from", pretrained["bert"],
                  "--workdir", str(tmp_path / "c"),
-                 f"--config.classify.train_path={tmp_path / 't.csv'}") == 2
+                 f"--config.finetune.train_path={tmp_path / 't.csv'}") == 2
   assert "has no column 'text'" in capsys.readouterr().err
   assert run_cli("finetune", "--config", f"{CLASSIFY}:sst2", "--init-from", pretrained["bert"],
-                 "--workdir", str(tmp_path / "d"), "--config.classify.metric=pearson") == 2
+                 "--workdir", str(tmp_path / "d"), "--config.finetune.metric=pearson") == 2
   assert "does not fit a classification task" in capsys.readouterr().err
   assert not any(os.path.exists(tmp_path / d) for d in "abcd")
 
@@ -340,10 +367,10 @@ def test_gpt_regression_on_json_lines(pretrained, tmp_path):
       f.write("not json\n")                                    # skipped, counted
   workdir = str(tmp_path / "run")
   assert run_cli("finetune", "--config", f"{CLASSIFY}:jsonl", "--init-from", pretrained["gpt"],
-                 "--workdir", workdir, f"--config.classify.train_path={tmp_path / 'train.jsonl'}",
-                 f"--config.classify.eval_path={tmp_path / 'eval.jsonl'}",
+                 "--workdir", workdir, f"--config.finetune.train_path={tmp_path / 'train.jsonl'}",
+                 f"--config.finetune.eval_path={tmp_path / 'eval.jsonl'}",
                  "--config.classify.label_field=score", "--config.classify.num_classes=1",
-                 "--config.classify.epochs=4", "--config.data.max_seq_length=16",
+                 "--config.finetune.epochs=4", "--config.data.max_seq_length=16",
                  "--config.optim.learning_rate=1e-3", "--config.train.log_every=32") == 0
   report = json.load(open(os.path.join(workdir, "test_report.json")))
   assert report["metric"] == "pearson"
@@ -359,7 +386,7 @@ def test_glue_pair_task_from_tfds(pretrained, tmp_path):
   workdir = str(tmp_path / "mrpc")
   with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
     assert run_cli("finetune", "--config", f"{CLASSIFY}:mrpc", "--init-from", pretrained["bert"],
-                   "--workdir", workdir, "--config.classify.epochs=0",
+                   "--workdir", workdir, "--config.finetune.epochs=0",
                    "--config.train.steps=2", "--config.data.max_seq_length=32") == 0
   report = json.load(open(os.path.join(workdir, "test_report.json")))
   assert report["metric"] == "f1" and report["validation"]["examples"] == 64
@@ -377,7 +404,7 @@ def test_glue_tasks_not_prepared_say_how(tmp_path):
   from configs import classify
   config = classify.get_config("cola")
   with config.unlocked():
-    config.classify.tfds_data_dir = str(tmp_path)
+    config.finetune.tfds_data_dir = str(tmp_path)
   with pytest.raises(DataError, match="tfds build glue/cola --data_dir=.* "
                                       "--file_format=array_record"):
     cdata.read_splits(config)
@@ -410,9 +437,9 @@ def test_labels_of_files(tmp_path, tokenizers_dir):
     return str(tmp_path / name)
 
   config = classify.get_config("csv")
-  config.classify.train_path = write("train.csv", [("a b", "cat"), ("c d", "dog"), ("", "cat")])
-  config.classify.eval_path = write("eval.csv", [("a", "cat"), ("b", ""), ("c", "emu")])
-  config.classify.test_path = write("test.csv", [("a", "?"), ("b", "dog"), ("c", "")])
+  config.finetune.train_path = write("train.csv", [("a b", "cat"), ("c d", "dog"), ("", "cat")])
+  config.finetune.eval_path = write("eval.csv", [("a", "cat"), ("b", ""), ("c", "emu")])
+  config.finetune.test_path = write("test.csv", [("a", "?"), ("b", "dog"), ("c", "")])
   d = cdata.load(config, tok)
   assert d.label_names == ("cat", "dog", "emu") and d.num_classes == 3
   assert list(d.splits["train"]["labels"]) == [0, 1] and d.skipped["train"] == 1
@@ -420,9 +447,9 @@ def test_labels_of_files(tmp_path, tokenizers_dir):
   assert list(d.splits["test"]["labels"]) == [cdata.UNLABELED, 1, cdata.UNLABELED]
   assert d.labeled["test"] and list(d.record_ids["test"]) == [0, 1, 2]
   assert list(d.record_ids["train"]) == [0, 1]
-  config.classify.train_path = write("r.csv", [("a", 1), ("b", 5), ("c", 3), ("d", 2)])
-  config.classify.eval_path = write("re.csv", [("a", 4)])
-  config.classify.test_path = ""
+  config.finetune.train_path = write("r.csv", [("a", 1), ("b", 5), ("c", 3), ("d", 2)])
+  config.finetune.eval_path = write("re.csv", [("a", 4)])
+  config.finetune.test_path = ""
   d = cdata.load(config, tok)
   assert d.num_classes == 5 and d.label_names == ("1", "2", "3", "4", "5")
   assert list(d.splits["train"]["labels"]) == [0, 4, 2, 1]
@@ -442,7 +469,7 @@ def test_restart_before_the_first_checkpoint(keyword_run, tmp_path, capsys):
   i = args.index("--init-from")
   del args[i:i + 2]
   args[args.index("--workdir") + 1] = str(workdir)
-  assert run_cli(*args, "--config.classify.epochs=1") == 0
+  assert run_cli(*args, "--config.finetune.epochs=1") == 0
   assert "initialised from" in capsys.readouterr().out
   report = json.load(open(workdir / "test_report.json"))
   assert report["best_step"] <= 20
@@ -487,9 +514,9 @@ def test_finetune_an_imported_hugging_face_model(tmp_path):
     write_keyword_task(tmp_path / f"{split}.csv", n, seed)
   workdir = str(tmp_path / "run")
   assert run_cli("finetune", "--config", f"{CLASSIFY}:csv", "--init-from", imported,
-                 "--workdir", workdir, f"--config.classify.train_path={tmp_path / 'train.csv'}",
-                 f"--config.classify.eval_path={tmp_path / 'eval.csv'}",
-                 "--config.classify.text_field=sentence", "--config.classify.epochs=0",
+                 "--workdir", workdir, f"--config.finetune.train_path={tmp_path / 'train.csv'}",
+                 f"--config.finetune.eval_path={tmp_path / 'eval.csv'}",
+                 "--config.classify.text_field=sentence", "--config.finetune.epochs=0",
                  "--config.train.steps=4", "--config.train.batch_size=16",
                  "--config.data.max_seq_length=24") == 0
   saved = json.load(open(os.path.join(workdir, "config.json")))
@@ -510,12 +537,12 @@ def test_a_preempted_finetune_resumes_to_the_same_report(keyword_run, tmp_path, 
                                                           capsys):
   """finetune stops like train (checkpoint at the step reached, exit 75) and the resumed run
   ends with the report of a run never interrupted."""
-  from plm_jax.stopping import EXIT_PREEMPTED, StopRequests
+  from plm_jax.run.stopping import EXIT_PREEMPTED, StopRequests
 
   def args_for(name):
     args = list(keyword_run["args"])
     args[args.index("--workdir") + 1] = str(tmp_path / name)
-    return [*args, "--config.classify.epochs=0.5", "--config.train.log_every=1"]
+    return [*args, "--config.finetune.epochs=0.5", "--config.train.log_every=1"]
   original = StopRequests.reached
   monkeypatch.setattr(StopRequests, "reached", lambda self, step: step == 7)
   assert run_cli(*args_for("stopped")) == EXIT_PREEMPTED

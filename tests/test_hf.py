@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from helpers import MINILM  # noqa: E402
-from plm_jax import hf  # noqa: E402
 from plm_jax.errors import CheckpointError  # noqa: E402
 from plm_jax.generate import greedy  # noqa: E402
+from plm_jax.hf import convert as hf
 
 V = 120
 SMALL = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

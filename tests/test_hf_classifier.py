@@ -14,16 +14,17 @@ transformers = pytest.importorskip("transformers")
 
 from configs import classify  # noqa: E402
 from helpers import family_config  # noqa: E402
-from plm_jax import checkpoint, cli, families, workdir as workdirs  # noqa: E402
+from plm_jax import cli, families, workdir as workdirs  # noqa: E402
 from plm_jax.data.builtin_corpus import read_builtin_text  # noqa: E402
 from plm_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from plm_jax.errors import CheckpointError  # noqa: E402
-from plm_jax.finetune import data as cdata  # noqa: E402
+from plm_jax.finetune.classify import data as cdata
 from plm_jax.finetune.run import with_body_of  # noqa: E402
-from plm_jax.hf_workdir import export_hf  # noqa: E402
+from plm_jax.hf.workdir import export_hf  # noqa: E402
 from plm_jax.inference import fit_to_devices, load_params  # noqa: E402
 from plm_jax.models.classifier import HEAD_PARAMS  # noqa: E402
 from plm_jax.models.config import model_config, padded_vocab  # noqa: E402
+from plm_jax.run import checkpoint
 
 NAMES = ("blue", "green", "red")
 TEXTS = ["Return the value.", "Open the file named in the list and read every line of it, "
@@ -62,7 +63,7 @@ def classifier_workdir(path, family: str, tok, num_classes: int = 3, steps=(("be
     config.classify.num_classes = num_classes
     config.classify.label_names = NAMES if num_classes > 1 else ()
     config.data.max_seq_length = 40
-    config.classify.train_path = "train.csv"        # never read: no training here
+    config.finetune.train_path = "train.csv"        # never read: no training here
   config = fit_to_devices(config)
   mcfg = model_config(config, padded_vocab(config, tok.vocab_size), tok.pad_id)
   workdirs.save_config(str(path), config)
@@ -98,7 +99,7 @@ def load_exported(out):
 def test_exported_classifier_gives_plm_jax_logits(family, tokenizers, tmp_path):
   """Texts (and pairs) of different lengths, tokenized and padded by the exported tokenizer
   (right or left, as the family's transformers head needs), give plm-jax's logits on its own
-  encoding (plm_jax/finetune/data.py) within 1e-4; the labels come along."""
+  encoding (plm_jax/finetune/classify/data.py) within 1e-4; the labels come along."""
   tok = tokenizers[KIND[family]]
   num_classes = 1 if family == "albert" else 3          # one regression among them
   classifier_workdir(tmp_path / "run", family, tok, num_classes)

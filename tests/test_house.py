@@ -2,6 +2,7 @@
 module but the family registry tells families apart by name."""
 
 import ast
+import fnmatch
 import pathlib
 
 import pytest
@@ -17,36 +18,40 @@ LAYERS = [
     # 0: facts that need nothing (plm_jax.configs: where the packaged presets lie)
     ("plm_jax", "plm_jax.errors", "plm_jax.mesh_presets", "plm_jax.configs"),
     # 1: the runtime (processes, topologies, console) and the logical axes
-    ("plm_jax.distributed", "plm_jax.topology", "plm_jax.metrics_writer",
-     "plm_jax.models.partitioning", "plm_jax.accelerator", "plm_jax.lock", "plm_jax.watchdog",
-     "plm_jax.stopping", "plm_jax.plots", "plm_jax.trackers"),
-    # 2: models, objectives, reading and tokenising text, pure tables and formulas
+    ("plm_jax.distributed", "plm_jax.topology", "plm_jax.run", "plm_jax.run.metrics_writer",
+     "plm_jax.models.partitioning", "plm_jax.accelerator", "plm_jax.run.lock",
+     "plm_jax.run.watchdog", "plm_jax.run.stopping", "plm_jax.run.plots", "plm_jax.run.trackers"),
+    # 2: models, objectives, reading and tokenising text, pure tables and formulas (each
+    # fine-tuning kind's metrics)
     ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",
-     "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources", "plm_jax.data.examples",
-     "plm_jax.data.builtin_corpus", "plm_jax.data.builtin_tasks", "plm_jax.flops", "plm_jax.hf_tables", "plm_jax.generate",
-     "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.metrics",
-     "plm_jax.finetune.tag_metrics", "plm_jax.finetune.qa_metrics",
-     "plm_jax.finetune.gen_metrics", "plm_jax.hlo_stats"),
+     "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources",
+     "plm_jax.data.examples", "plm_jax.data.builtin_corpus", "plm_jax.data.builtin_tasks",
+     "plm_jax.flops", "plm_jax.hf", "plm_jax.hf.tables", "plm_jax.generate", "plm_jax.optim",
+     "plm_jax.finetune", "plm_jax.finetune.classify", "plm_jax.finetune.tag",
+     "plm_jax.finetune.qa", "plm_jax.finetune.seq2seq", "plm_jax.finetune.*.metrics",
+     "plm_jax.hlo_stats"),
     # 3: the family registry
     ("plm_jax.families",),
-    # 4: configs, tasks, the data pipeline and loader, the mesh
-    ("plm_jax.configlib", "plm_jax.tasks", "plm_jax.qa_tasks", "plm_jax.gen_tasks",
-     "plm_jax.data.pipeline", "plm_jax.data.loader", "plm_jax.parallel"),
-    # 5: the checks pass, checkpoints, the workdir, fine-tuning data
-    ("plm_jax.checks", "plm_jax.checkpoint", "plm_jax.workdir", "plm_jax.finetune.data",
-     "plm_jax.finetune.tag_data", "plm_jax.finetune.qa_data", "plm_jax.finetune.gen_data"),
+    # 4: configs, the kinds' task tables, the data pipeline and loader, the mesh
+    ("plm_jax.configlib", "plm_jax.finetune.*.tasks", "plm_jax.data.pipeline",
+     "plm_jax.data.loader", "plm_jax.parallel"),
+    # 5: the checks pass, checkpoints, the workdir, the kinds' data
+    ("plm_jax.checks", "plm_jax.run.checkpoint", "plm_jax.workdir", "plm_jax.finetune.*.data"),
     # 6: the trainer, Hugging Face interop
-    ("plm_jax.trainer", "plm_jax.hf", "plm_jax.residuals"),
+    ("plm_jax.trainer", "plm_jax.hf.convert", "plm_jax.residuals"),
     # 7: the run scaffold, restoring, a run's data, sizing a config to a parameter count
-    ("plm_jax.scaffold", "plm_jax.inference", "plm_jax.run_data", "plm_jax.param_match"),
-    # 8: the commands' library functions
-    ("plm_jax.pretrain", "plm_jax.finetune.run", "plm_jax.finetune.predict", "plm_jax.evaluate",
-     "plm_jax.finetune.tag_run", "plm_jax.finetune.qa_run", "plm_jax.finetune.generation",
-     "plm_jax.aot", "plm_jax.plan", "plm_jax.bench", "plm_jax.hf_workdir", "plm_jax.data.commands",
-     "plm_jax.compare"),
-    # 9: entry points
+    ("plm_jax.run.scaffold", "plm_jax.inference", "plm_jax.run_data", "plm_jax.param_match"),
+    # 8: the fine-tuning run every kind shares, then each kind's run
+    ("plm_jax.finetune.predict", "plm_jax.finetune.run"),
+    ("plm_jax.finetune.*.run",),
+    # 10: the kind registry
+    ("plm_jax.finetune.kinds",),
+    # 11: the commands' library functions
+    ("plm_jax.pretrain", "plm_jax.evaluate", "plm_jax.aot", "plm_jax.plan", "plm_jax.bench",
+     "plm_jax.hf.workdir", "plm_jax.data_commands", "plm_jax.compare", "plm_jax.compare.*"),
+    # 12: entry points
     ("plm_jax.cli", "plm_jax.launch_local"),
-    # 10: the packaged presets (config files: they import the config layer and below only,
+    # 13: the packaged presets (config files: they import the config layer and below only,
     # see test_configs_import_only_the_config_layer; the CLI finds them by path)
     ("plm_jax.configs.*",),
 ]
@@ -55,7 +60,7 @@ CONFIG_LAYER = 4         # configs/*.py import the config layer and below only
 OPTIONAL = ("tensorflow_datasets", "torch", "wandb", "mlflow")
 FAMILY_NAMES = {"bert", "roberta", "albert", "gpt", "gpt2", "xlnet"}
 # Only the registry and the Hugging Face tables spell family names (configs name their own).
-NAMES_FAMILIES = {"plm_jax.families", "plm_jax.hf_tables"}     # and the presets, plm_jax.configs.*
+NAMES_FAMILIES = {"plm_jax.families", "plm_jax.hf.tables"}     # and the presets, plm_jax.configs.*
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -68,7 +73,7 @@ def module_name(path: pathlib.Path) -> str:
 def layer_of(name: str) -> int:
   for i, layer in enumerate(LAYERS):
     for pattern in layer:
-      if name == pattern or (pattern.endswith(".*") and name.startswith(pattern[:-1])):
+      if fnmatch.fnmatchcase(name, pattern):
         return i
   raise AssertionError(f"{name} has no layer in tests/test_house.py LAYERS: place it there")
 
@@ -167,3 +172,53 @@ def test_size_tables_have_a_tiny_row_and_no_branches(family):
   assert "tiny" in namespace["SIZES"] and len(namespace["SIZES"]) > 1
   config = namespace["get_config"]("tiny")
   assert config.model.hidden_size == namespace["SIZES"]["tiny"]["model"]["hidden_size"]
+
+
+KIND_NAMES = {"classify", "tag", "qa", "seq2seq"}
+# The registry and the kinds' own folders spell kind names (configs name their own).
+NAMES_KINDS = ("plm_jax.finetune.kinds", "plm_jax.finetune.*")
+# Modules that still tell kinds apart by name, to be emptied: models/config.py and bench.py are
+# issue 23's (untouched here); the config groups, objectives, loader fields and HF heads follow.
+STILL_NAMING_KINDS = {"plm_jax.configlib", "plm_jax.objectives.objectives",
+                      "plm_jax.objectives.span", "plm_jax.compare.stages", "plm_jax.data.loader",
+                      "plm_jax.models.config", "plm_jax.checks", "plm_jax.hf.convert",
+                      "plm_jax.workdir", "plm_jax.bench", "plm_jax.hf.workdir"}
+
+
+def _names_kinds(name: str, tree: ast.Module) -> list[str]:
+  return [f"{name}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+          if isinstance(node, ast.Constant) and node.value in KIND_NAMES]
+
+
+def test_only_the_kind_registry_and_the_kinds_tell_kinds_apart():
+  named = []
+  for name, tree in modules().items():
+    if (any(fnmatch.fnmatchcase(name, p) for p in NAMES_KINDS)
+        or name.startswith("plm_jax.configs.") or name in STILL_NAMING_KINDS):
+      continue
+    named += _names_kinds(name, tree)
+  assert named == []
+
+
+def test_the_list_of_modules_still_naming_kinds_only_shrinks():
+  trees = modules()
+  assert [n for n in sorted(STILL_NAMING_KINDS) if not _names_kinds(n, trees[n])] == []
+
+
+def folder_of(name: str) -> str:
+  """plm_jax.finetune.tag.run -> plm_jax.finetune.tag; a root module is its own folder."""
+  path = pathlib.Path(ROOT, *name.split("."))
+  return name if path.is_dir() else name.rsplit(".", 1)[0]
+
+
+def test_no_folder_imports_a_folder_that_imports_it():
+  """Folders follow the layers: between two folders, imports go one way only."""
+  trees = modules()
+  edges = set()
+  for name, tree in trees.items():
+    for target in imported(tree, set(trees)):
+      a, b = folder_of(name), folder_of(target)
+      if a != b and not b.startswith(a + ".") and not a.startswith(b + "."):
+        edges.add((a, b))
+  both = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
+  assert both == []

@@ -4,7 +4,7 @@ abstractly (no parameter is allocated), at a small vocabulary."""
 import pytest
 
 from plm_jax import param_match
-from plm_jax.compare import load_config_file
+from plm_jax.configs import load as load_config_file
 from plm_jax.errors import ConfigError
 from plm_jax.param_match import count_params, match_width, with_width
 

@@ -6,8 +6,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from plm_jax import cli, plots
+from plm_jax import cli
 from plm_jax.errors import DataError
+from plm_jax.run import plots
 
 
 def write_run(directory, losses, evals, lr=1e-3):
@@ -64,7 +65,7 @@ def test_bad_plot_requests_are_named(tmp_path, capsys):
 
 
 def test_small_values_print_in_scientific_notation():
-  from plm_jax.metrics_writer import format_metrics
+  from plm_jax.run.metrics_writer import format_metrics
   line = format_metrics({"learning_rate": 2e-5, "loss": 3.25, "zero": 0.0, "big": 54321.0},
                         ("loss", "learning_rate", "zero", "big"))
   assert line == "loss 3.2500 | learning_rate 2.000e-05 | zero 0.0000 | big 5.432e+04"

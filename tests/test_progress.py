@@ -6,8 +6,10 @@ import importlib.util
 import pytest
 
 from helpers import family_config
-from plm_jax import checks, metrics_writer, trackers
+from plm_jax import checks
 from plm_jax.errors import ConfigError
+from plm_jax.run import metrics_writer
+from plm_jax.run import trackers
 
 
 class Terminal(io.StringIO):

@@ -14,12 +14,12 @@ from flax import nnx
 import squad_reference as ref
 from configs import qa as qa_preset
 from helpers import family_config
-from plm_jax import checkpoint, cli, families, workdir as workdirs
+from plm_jax import cli, families, workdir as workdirs
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.finetune import qa_data
-from plm_jax.finetune.qa_metrics import (best_thresholds, exact, f1, normalize_answer,
-                                         squad_metrics)
+from plm_jax.finetune.qa import data as qa_data
+from plm_jax.finetune.qa.metrics import best_thresholds, exact, f1, normalize_answer, squad_metrics
 from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.run import checkpoint
 
 FILLER = ("the of a to is and in for it be this that an on as by with are or not from at if "
           "which value object return function file name list").split()
@@ -237,7 +237,7 @@ def write_squad(path, n, seed, v2=False, length=(20, 40)):
 def test_squad_json_files_and_bad_input(tmp_path):
   write_squad(tmp_path / "t.json", 40, 0, v2=True)
   config = qa_preset.get_config("json")
-  config.classify.train_path = str(tmp_path / "t.json")
+  config.finetune.train_path = str(tmp_path / "t.json")
   task, splits = qa_data.read_qa_splits(config)
   # v1.1 task: unanswerable questions skipped; validation held out by whole contexts
   n = sum(len(s.examples) for s in splits.values())
@@ -245,11 +245,11 @@ def test_squad_json_files_and_bad_input(tmp_path):
   assert not {e.context for e in splits["train"].examples} & \
       {e.context for e in splits["eval"].examples}
   config = qa_preset.get_config("json_v2")
-  config.classify.train_path = str(tmp_path / "t.json")
+  config.finetune.train_path = str(tmp_path / "t.json")
   _, splits = qa_data.read_qa_splits(config)
   assert sum(len(s.examples) for s in splits.values()) == 40
   (tmp_path / "bad.json").write_text('{"version": "1.1"}')
-  config.classify.train_path = str(tmp_path / "bad.json")
+  config.finetune.train_path = str(tmp_path / "bad.json")
   with pytest.raises(Exception, match="is not SQuAD-format JSON"):
     qa_data.read_qa_splits(config)
 
@@ -292,14 +292,19 @@ def test_gpt_is_refused_and_bad_configs(tmp_path, tokenizers_dir, capsys):
   bert = tmp_path / "bert"
   workdirs.save_config(str(bert), family_config("bert"))
   TextTokenizer.load(tokenizers_dir["bert"]).save(str(bert))
-  assert "classify.train_path" in refused("--config", "qa:json", "--init-from", str(bert))
+  assert "finetune.train_path" in refused("--config", "qa:json", "--init-from", str(bert))
   assert "exceeds model.max_position=128" in refused("--config", "qa:squad", "--init-from",
                                                      str(bert))
   assert "does not exist" in refused("--config", "qa:json", "--init-from", str(bert),
-                                     f"--config.classify.train_path={tmp_path / 'no.json'}",
+                                     f"--config.finetune.train_path={tmp_path / 'no.json'}",
                                      "--config.data.max_seq_length=128")
-  assert "classify.text_field is for sequence classification" in refused(
+  # question answering has no classify group: a classification field is not a field of it
+  assert "unknown config field" in refused(
       "--config", "qa:squad", "--init-from", str(bert), "--config.classify.text_field=x")
+  # a field of an older plm-jax: one line naming the new one
+  assert refused("--config", "qa:squad", "--init-from", str(bert),
+                 "--config.classify.epochs=1") == \
+      "plm-jax finetune: error: --config.classify.epochs is now --config.finetune.epochs"
   assert "leaves no room" in refused("--config", "qa:squad", "--init-from", str(bert),
                                      "--config.data.max_seq_length=64")
   assert "not one of" in refused("--config", "qa:nope", "--init-from", str(bert))
@@ -314,8 +319,8 @@ def finetune_span_task(base, tok_dir, train: int, dev: int, *extra):
   body = body_workdir(base / "body", "bert", tok_dir)
   workdir = str(base / "run")
   args = ["finetune", "--config", "qa:json_v2", "--init-from", body, "--workdir", workdir,
-          f"--config.classify.train_path={base / 'train.json'}",
-          f"--config.classify.eval_path={base / 'dev.json'}",
+          f"--config.finetune.train_path={base / 'train.json'}",
+          f"--config.finetune.eval_path={base / 'dev.json'}",
           "--config.data.max_seq_length=32", "--config.qa.max_query_length=8",
           "--config.qa.doc_stride=8", "--config.train.batch_size=32",
           "--config.optim.learning_rate=2e-3", "--config.train.log_every=50", *extra]
@@ -327,7 +332,7 @@ def finetune_span_task(base, tok_dir, train: int, dev: int, *extra):
 def span_run(tmp_path_factory, tokenizers_dir):
   """One epoch of 600 questions, evaluated every 40 steps (about 20 s on two idle cores)."""
   return finetune_span_task(tmp_path_factory.mktemp("qa"), tokenizers_dir["bert"], 600, 100,
-                            "--config.classify.epochs=1", "--config.train.eval_every=40")
+                            "--config.finetune.epochs=1", "--config.train.eval_every=40")
 
 
 @pytest.mark.e2e
@@ -412,7 +417,7 @@ def test_export_of_every_qa_family(family, tmp_path, tok_dirs):
   from plm_jax.inference import fit_to_devices
   config = fit_to_devices(with_body_of(config, workdirs.load_config(body)))
   with config.unlocked():
-    config.classify.train_path = "train.json"             # never read: no training here
+    config.finetune.train_path = "train.json"             # never read: no training here
     config.data.max_seq_length, config.qa.max_query_length = 120, 16
   tok = TextTokenizer.load(body)
   mcfg = model_config(config, padded_vocab(config, tok.vocab_size), tok.pad_id)

@@ -11,9 +11,9 @@ import pytest
 from helpers import ROOT
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
-from plm_jax.finetune import gen_data
-from plm_jax.finetune.gen_metrics import generation_metrics
-from plm_jax.gen_tasks import TASKS
+from plm_jax.finetune.seq2seq import data as gen_data
+from plm_jax.finetune.seq2seq.metrics import generation_metrics
+from plm_jax.finetune.seq2seq.tasks import TASKS
 
 SEQ2SEQ = os.path.join(ROOT, "configs", "seq2seq.py")
 GPT = os.path.join(ROOT, "configs", "gpt.py")
@@ -53,8 +53,8 @@ def test_examples_weigh_only_completions(tmp_path, tokenizers_dir):
   from plm_jax.data.pipeline import PreparedData
   tok = TextTokenizer.load(tokenizers_dir["gpt"])
   reverse_task(tmp_path / "t.jsonl", 12, 0)
-  config = seq2seq_config(**{"seq2seq.train_path": str(tmp_path / "t.jsonl"),
-                             "seq2seq.eval_path": str(tmp_path / "t.jsonl"),
+  config = seq2seq_config(**{"finetune.train_path": str(tmp_path / "t.jsonl"),
+                             "finetune.eval_path": str(tmp_path / "t.jsonl"),
                              "data.max_seq_length": 40, "train.batch_size": 4})
   data = gen_data.load(config, tok)
   enc = data["train"]
@@ -102,8 +102,8 @@ def test_long_examples_lose_source_first(tokenizers_dir):
 def test_tsv_with_and_without_header(tmp_path):
   (tmp_path / "h.tsv").write_text("id\tde\ten\n1\tHallo Welt\tHello world\n2\t\tempty\n")
   (tmp_path / "n.tsv").write_text("Guten Tag\tGood day\nDanke\tThanks\n")
-  config = seq2seq_config("tsv", **{"seq2seq.train_path": str(tmp_path / "h.tsv"),
-                                    "seq2seq.eval_path": str(tmp_path / "n.tsv"),
+  config = seq2seq_config("tsv", **{"finetune.train_path": str(tmp_path / "h.tsv"),
+                                    "finetune.eval_path": str(tmp_path / "n.tsv"),
                                     "seq2seq.source_field": "de",
                                     "seq2seq.target_field": "en"})
   splits = gen_data.read_splits(config)
@@ -149,7 +149,7 @@ def test_tfds_tasks_by_name(task, fields):
 
 def test_tfds_task_not_prepared_says_how(tmp_path):
   from plm_jax.errors import DataError
-  config = seq2seq_config("xsum", **{"seq2seq.tfds_data_dir": str(tmp_path)})
+  config = seq2seq_config("xsum", **{"finetune.tfds_data_dir": str(tmp_path)})
   with pytest.raises(DataError, match="tfds build xsum --data_dir=.* --file_format=array_record"):
     gen_data.read_splits(config)
 
@@ -170,11 +170,11 @@ def reverse_run(tmp_path_factory, tokenizers_dir):
     reverse_task(base / f"{split}.jsonl", n, seed)
   workdir = str(base / "run")
   args = ["finetune", "--config", f"{SEQ2SEQ}:jsonl", "--init-from", gpt, "--workdir", workdir,
-          f"--config.seq2seq.train_path={base / 'train.jsonl'}",
-          f"--config.seq2seq.eval_path={base / 'eval.jsonl'}",
-          f"--config.seq2seq.test_path={base / 'test.jsonl'}",
-          "--config.seq2seq.epochs=0", "--config.train.steps=300", "--config.train.eval_every=150",
-          "--config.seq2seq.metric=exact_match", "--config.seq2seq.max_new_tokens=12",
+          f"--config.finetune.train_path={base / 'train.jsonl'}",
+          f"--config.finetune.eval_path={base / 'eval.jsonl'}",
+          f"--config.finetune.test_path={base / 'test.jsonl'}",
+          "--config.finetune.epochs=0", "--config.train.steps=300", "--config.train.eval_every=150",
+          "--config.finetune.metric=exact_match", "--config.seq2seq.max_new_tokens=12",
           "--config.seq2seq.eval_examples=64", "--config.data.max_seq_length=64",
           "--config.optim.learning_rate=2e-3", "--config.optim.warmup_steps=30",
           "--config.model.dropout_rate=0.0", "--config.train.log_every=50"]
@@ -268,10 +268,10 @@ def test_imported_gpt2_finetuned_for_generation(imported_gpt2, tmp_path, capsys)
     reverse_task(tmp_path / f"{split}.jsonl", n, seed)
   workdir = str(tmp_path / "run")
   args = ["finetune", "--config", f"{SEQ2SEQ}:jsonl", "--init-from", str(imported_gpt2 / "w"),
-          "--workdir", workdir, f"--config.seq2seq.train_path={tmp_path / 'train.jsonl'}",
-          f"--config.seq2seq.eval_path={tmp_path / 'eval.jsonl'}",
-          f"--config.seq2seq.test_path={tmp_path / 'test.jsonl'}",
-          "--config.seq2seq.epochs=0", "--config.train.steps=6", "--config.train.eval_every=3",
+          "--workdir", workdir, f"--config.finetune.train_path={tmp_path / 'train.jsonl'}",
+          f"--config.finetune.eval_path={tmp_path / 'eval.jsonl'}",
+          f"--config.finetune.test_path={tmp_path / 'test.jsonl'}",
+          "--config.finetune.epochs=0", "--config.train.steps=6", "--config.train.eval_every=3",
           "--config.train.batch_size=8", "--config.seq2seq.decode=beam",
           "--config.seq2seq.beam_size=2", "--config.seq2seq.max_new_tokens=6",
           "--config.seq2seq.eval_examples=4", "--config.optim.learning_rate=1e-3",

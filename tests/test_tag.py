@@ -12,16 +12,17 @@ import pytest
 from flax import nnx
 
 from helpers import family_config
-from plm_jax import checkpoint, cli, families, workdir as workdirs
+from plm_jax import cli, families, workdir as workdirs
 from plm_jax.configs import tag
 from plm_jax.data.builtin_corpus import read_builtin_text
 from plm_jax.data.tokenizer import TextTokenizer, train_tokenizer
 from plm_jax.errors import ConfigError, DataError
-from plm_jax.finetune import tag_data
-from plm_jax.finetune.tag_metrics import entities, is_entity_scheme, tag_report
+from plm_jax.finetune.tag import data as tag_data
+from plm_jax.finetune.tag.metrics import entities, is_entity_scheme, tag_report
+from plm_jax.finetune.tag.tasks import validate_tag
 from plm_jax.inference import fit_to_devices
 from plm_jax.models.config import model_config, padded_vocab
-from plm_jax.tasks import validate_classify
+from plm_jax.run import checkpoint
 
 
 def run_cli(*args):
@@ -134,12 +135,12 @@ def test_tfds_conll2003_by_name(monkeypatch):
 
 def test_tag_configs():
   config = tag.get_config("conll")
-  with pytest.raises(ConfigError, match="classify.train_path"):
-    validate_classify(config)
-  config.classify.metric = "mcc"
-  config.classify.train_path = "x"
+  with pytest.raises(ConfigError, match="finetune.train_path"):
+    validate_tag(config)
+  config.finetune.metric = "mcc"
+  config.finetune.train_path = "x"
   with pytest.raises(ConfigError, match="f1 .of entities. or accuracy"):
-    validate_classify(config)
+    validate_tag(config)
   with pytest.raises(ConfigError, match="is not one of"):
     tag.get_config("sst2")
 
@@ -239,9 +240,9 @@ def tag_run(tmp_path_factory, tokenizers_dir):
     write_people_and_places(base / f"{split}.conll", n, seed)
   workdir = str(base / "run")
   args = ["finetune", "--config", "tag:conll", "--init-from", str(base / "body"),
-          "--workdir", workdir, f"--config.classify.train_path={base / 'train.conll'}",
-          f"--config.classify.eval_path={base / 'eval.conll'}",
-          f"--config.classify.test_path={base / 'test.conll'}", "--config.classify.epochs=4",
+          "--workdir", workdir, f"--config.finetune.train_path={base / 'train.conll'}",
+          f"--config.finetune.eval_path={base / 'eval.conll'}",
+          f"--config.finetune.test_path={base / 'test.conll'}", "--config.finetune.epochs=4",
           "--config.data.max_seq_length=24", "--config.optim.learning_rate=2e-3",
           "--config.train.log_every=8", "--config.checkpoint.every=16"]
   assert run_cli(*args) == 0
@@ -312,7 +313,7 @@ def test_exported_tagger_gives_plm_jax_logits(family, tmp_path):
   config = workdirs.load_config(str(run))                               # ... made a tagger's
   with config.unlocked():
     config.objective.name = "tag"
-    config.classify.task = "conll"
+    config.finetune.task = "conll"
     config.classify.label_names = names
   workdirs.save_config(str(run), config)
   mcfg = model_config(config, padded_vocab(config, tok.vocab_size), tok.pad_id)

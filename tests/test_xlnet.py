@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from helpers import family_config  # noqa: E402
-from plm_jax import hf  # noqa: E402
 from plm_jax.data import examples  # noqa: E402
 from plm_jax.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
+from plm_jax.hf import convert as hf
 from plm_jax.models.config import model_config  # noqa: E402
 from plm_jax.models.xlnet import XLNetLMHeadModel, positions_from_target_mapping  # noqa: E402
 from plm_jax.objectives.permutation import (PermutationConfig, perm_mask,  # noqa: E402
@@ -284,9 +284,9 @@ def test_pretrain_finetune_and_fill_mask(tmp_path, tokenizers_dir, capsys):
   run = str(tmp_path / "run")
   assert cli.main(["plm-jax", "finetune", "--config",
                    f"{os.path.join(ROOT, 'configs', 'classify.py')}:csv", "--init-from", body,
-                   "--workdir", run, f"--config.classify.train_path={tmp_path / 'train.csv'}",
-                   f"--config.classify.eval_path={tmp_path / 'eval.csv'}",
-                   "--config.classify.text_field=sentence", "--config.classify.epochs=3",
+                   "--workdir", run, f"--config.finetune.train_path={tmp_path / 'train.csv'}",
+                   f"--config.finetune.eval_path={tmp_path / 'eval.csv'}",
+                   "--config.classify.text_field=sentence", "--config.finetune.epochs=3",
                    "--config.data.max_seq_length=24", "--config.optim.learning_rate=1e-3",
                    "--config.train.log_every=20"]) == 0
   report = json.load(open(os.path.join(run, "test_report.json")))

@@ -7,6 +7,11 @@ of your own with the same `get_config(arg)` contract.
 
 import os
 
+from absl import flags
+from ml_collections import config_flags
+
+from plm_jax.errors import ConfigError
+
 DIRECTORY = os.path.dirname(os.path.abspath(__file__))
 # every config file beside this one: bert, roberta, albert, gpt, xlnet (a size table each) and
 # classify (the fine-tuning tasks)
@@ -32,3 +37,18 @@ def resolve(value: str) -> str:
   path, sep, arg = value.partition(":")
   packaged = preset_path(path)
   return value if packaged is None else packaged + sep + arg
+
+
+def load(spec: str):
+  """The config of `FILE:ARG` or a preset's `NAME:ARG`, read as `--config` reads it
+  (ml_collections' config-file parser), unlocked: for commands that build configs of their own
+  (compare's stages)."""
+  resolved = resolve(spec)
+  path = resolved.partition(":")[0]
+  if not os.path.exists(path):
+    raise ConfigError(f"config {spec!r}: no such preset or file")
+  # a flag (and so a module) of its own per file: a config module is loaded under its flag's name
+  name, values = f"preset_{abs(hash(path))}", flags.FlagValues()
+  config_flags.DEFINE_config_file(name, resolved, flag_values=values, lock_config=False)
+  values.mark_as_parsed()
+  return values[name].value

@@ -8,7 +8,7 @@ sized to it, all trained on the same tokens). The budget is `budget` (FLOPs, tok
 parameters), or when 0 what `reference_family` has or spends in `reference_steps` steps. Every
 family then fine-tunes, with the same seeds, on the downstream tasks it can do:
 
-- `classify.tasks`: classification (plm_jax/tasks.py's names, e.g. sst2, or `word_order`);
+- `classify.tasks`: classification (plm_jax/finetune/classify/tasks.py's names, e.g. sst2, or `word_order`);
 - `qa.tasks`: extractive question answering, encoders only (qa_tasks.py's, e.g. squad, or
   `cloze`);
 - `generate.tasks`: generation, decoders only (gen_tasks.py's, e.g. xsum, or `unshuffle`).

@@ -24,10 +24,6 @@ _SKIP = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "l
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 
 
-def builtin_corpus_path() -> Path:
-  return CORPUS_PATH
-
-
 def _prose_paragraphs(doc: str) -> list[str]:
   """Keeps prose: drops doctest examples, indented code and short headings."""
   paragraphs = []

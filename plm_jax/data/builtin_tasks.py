@@ -28,8 +28,6 @@ import numpy as np
 
 from plm_jax.data import sources
 from plm_jax.data.builtin_corpus import read_builtin_text
-from plm_jax.finetune.gen_metrics import generation_metrics
-from plm_jax.finetune.qa_metrics import squad_metrics
 
 SPLITS = ("train", "validation", "test")
 BLANK = "____"
@@ -196,33 +194,6 @@ BASELINES = {
     "cloze": "a random word of four or more letters of the context",
     "unshuffle": "the shuffled source copied as it is",
 }
-
-
-def baseline(task: str, path: str, limit: int = 0, seed: int = 0) -> dict:
-  """The metrics of BASELINES[task] on the split file at `path` (accuracy a fraction, the
-  others percentages, as the fine-tuning reports give them); limit > 0: on the first `limit`
-  records only (generation decodes the first report_examples)."""
-  if task == "word_order":
-    with open(path, encoding="utf-8") as f:
-      labels = [json.loads(line)["label"] for line in f]
-    return {"accuracy": max(labels.count(x) for x in set(labels)) / len(labels)}
-  if task == "cloze":
-    rng = np.random.default_rng(seed)
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-    golds, guesses = {}, {}
-    for paragraph in data["data"][0]["paragraphs"]:
-      words = re.findall(r"[A-Za-z]{4,}", paragraph["context"])
-      for qa in paragraph["qas"]:
-        golds[qa["id"]] = [a["text"] for a in qa["answers"]]
-        guesses[qa["id"]] = words[int(rng.integers(len(words)))]
-    out = squad_metrics(golds, guesses, v2=False)
-    return {k: out[k] for k in ("f1", "exact_match")}
-  if task == "unshuffle":
-    with open(path, encoding="utf-8") as f:
-      records = [json.loads(line) for line in f][:limit or None]
-    return generation_metrics([r["source"] for r in records], [r["target"] for r in records])
-  raise ValueError(f"no built-in task {task!r}")
 
 
 PRETRAIN_FILE = "pretrain_corpus.txt"

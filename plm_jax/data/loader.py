@@ -142,7 +142,7 @@ class Server:
       out["attention_mask"] = (seg[:, :-1] > 0).astype(np.int32)
       out["label_weights"] = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(np.float32)
       if self.builder == "seq2seq":
-        # Generation fine-tuning: the loss on the completions only (plm_jax/finetune/gen_data.py);
+        # Generation fine-tuning: the loss on the completions only (plm_jax/finetune/seq2seq/data.py);
         # eval rows past the end of the split (padding the last batch) weigh nothing.
         out["label_weights"] *= batch["targets"][:, 1:] > 0
         if self.rows is not None:

@@ -250,17 +250,3 @@ def load_documents(spec: SourceSpec, data_cfg, stats: SourceStats | None = None
     raise DataError(f"the source {spec.describe()} holds no text ({stats.files} file(s), "
                     f"{stats.bad_records} bad record(s)); point it at a non-empty corpus")
   return documents
-
-
-def split_train_eval(documents: list[Document], eval_fraction: float,
-                     ) -> tuple[list[Document], list[Document]]:
-  """Holds out every k-th document for evaluation (deterministic, spread over the corpus).
-
-  A corpus of fewer than 4 documents cannot spare any: its first document is also the eval set.
-  """
-  if eval_fraction <= 0 or len(documents) < 4:
-    return documents, documents[:1]
-  every = max(2, round(1 / eval_fraction))
-  train = [d for i, d in enumerate(documents) if i % every != every - 1]
-  held = [d for i, d in enumerate(documents) if i % every == every - 1]
-  return train, held

@@ -1,5 +1,6 @@
-"""A fine-tuned classifier's predictions over whole splits, their metrics, the test report and
-`plm-jax evaluate` of a fine-tuned run."""
+"""A fine-tuned model's predictions over whole splits (`Predictor`, shared by the kinds that
+predict logits), a classifier's metrics and test report, and the files `plm-jax evaluate`
+writes for every kind."""
 
 import csv
 import json
@@ -9,16 +10,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import checkpoint, parallel
+from plm_jax import parallel
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.errors import ConfigError, DataError
-from plm_jax.finetune import data as cdata
-from plm_jax.finetune.metrics import format_per_class, per_class_report, split_metrics
-from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.finetune.classify import data as cdata
+from plm_jax.finetune.classify.metrics import format_per_class, per_class_report, split_metrics
+from plm_jax.finetune.classify.tasks import task_of
 from plm_jax.models.partitioning import axis_rules
-from plm_jax.tasks import task_of
+from plm_jax.run import checkpoint
+from plm_jax.run.metrics_writer import console, format_metrics
 
 SPLITS = {"validation": cdata.EVAL, "test": cdata.TEST, "train": cdata.TRAIN}
 
@@ -68,6 +69,15 @@ class Predictor:
                                        mesh=self.trainer.mesh))
 
 
+def predicted_split(loaded, load, split: str, name: str, predictor=Predictor) -> tuple:
+  """(data, predictions) of a restored model (`loaded`) on a split, for `plm-jax evaluate`:
+  `load(config, tokenizer)` reads the kind's data, `predictor` runs the model over it."""
+  data = load(loaded.config, loaded.tokenizer)
+  if split not in data.splits:
+    raise ConfigError(f"the task {loaded.config.finetune.task!r} has no {name} split here")
+  return data, predictor(loaded.trainer).split(loaded.params, loaded.config, data, split)
+
+
 def split_report(pred: dict, regression: bool, labeled: bool) -> dict:
   """Every metric of the split's labelled records (and their loss), or only the count when it
   has no labels (GLUE's test sets)."""
@@ -96,7 +106,7 @@ def test_report(workdir, config, trainer, predictor, data, best_step: int, metri
                                 trainer.state_shardings, params_only=True)["params"]
   regression = data.num_classes == 1
   keys = trainer.objective.eval_keys
-  report = {"workdir": os.path.abspath(workdir), "task": config.classify.task,
+  report = {"workdir": os.path.abspath(workdir), "task": config.finetune.task,
             "best_step": best_step, "metric": metric}
   for split in (cdata.EVAL, cdata.TEST):
     if split not in data.splits or cdata.split_size(data.splits[split]) == 0:
@@ -138,23 +148,6 @@ def write_predictions(path: str, pred: dict, regression: bool, names: tuple[str,
       else:
         c = int(np.argmax(logits))
         out.writerow([int(record_id), names[c] if c < len(names) and names[c] else c])
-
-
-def evaluate_classifier(workdir: str, step: int | None = None, best: bool = False,
-                        split: str = "validation", devices=None, config=None) -> dict:
-  """Every metric of a fine-tuned checkpoint (the latest, `step`, or the best) on a split."""
-  if split not in SPLITS:
-    raise ConfigError(f"--split {split!r} is not one of {sorted(SPLITS)}")
-  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
-  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
-  data = cdata.load(loaded.config, loaded.tokenizer)
-  if SPLITS[split] not in data.splits:
-    raise ConfigError(f"the task {loaded.config.classify.task!r} has no {split} split here")
-  pred = Predictor(loaded.trainer).split(loaded.params, loaded.config, data, SPLITS[split])
-  report = split_report(pred, data.num_classes == 1, data.labeled[SPLITS[split]])
-  console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
-          + format_metrics(report, loaded.trainer.objective.eval_keys))
-  return write_eval_result(workdir, loaded.step, split, best, report)
 
 
 def eval_name(step: int, split: str, best: bool) -> str:

@@ -1,5 +1,7 @@
-"""`plm-jax finetune`: a pretrained body + a new classification head, trained on a task; the best
-checkpoint by the task's metric is kept beside the latest, and the end is a test-split report.
+"""`plm-jax finetune`: what every kind of fine-tuning shares. A pretrained body (its architecture
+and tokenizer from --init-from) gets the kind's new head (or, for generation, stays the whole
+language model) and is trained on a task; the best checkpoint by the task's metric is kept beside
+the latest, a run resumes from its workdir, and the end is a test-split report.
 
 Workdir of a fine-tuning run:
   config.json, tokenizer.json     as for pretraining (model fields copied from --init-from)
@@ -14,24 +16,22 @@ import copy
 import dataclasses
 import math
 import os
-import time
 from typing import Callable
 
 import jax
 
-from plm_jax import checkpoint, checks, distributed, parallel, workdir as workdirs
+from plm_jax import checks, distributed, parallel, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
-from plm_jax.finetune import data as cdata
-from plm_jax.finetune.metrics import higher_is_better
-from plm_jax.finetune.predict import Predictor, prepared_split, split_report, test_report
+from plm_jax.finetune.classify.metrics import higher_is_better
+from plm_jax.finetune.predict import SPLITS, eval_name, write_eval_result
 from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
 from plm_jax.models.classifier import HEAD_PARAMS
 from plm_jax.models.config import FINETUNED, padded_vocab
-from plm_jax.scaffold import Run
-from plm_jax.tasks import task_of
+from plm_jax.run import checkpoint
+from plm_jax.run.metrics_writer import console, format_metrics
+from plm_jax.run.scaffold import Run
 from plm_jax.trainer import Trainer
 
 # Model fields a fine-tuning config sets itself; every other model field (the architecture)
@@ -42,10 +42,15 @@ RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "attention_imp
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
-  """What one kind of fine-tuning brings to the run they share (`run_finetuning`):
-  classification (CLASSIFICATION below), token tagging (tag_run.py), question answering
-  (qa_run.py) and generation (generation.py)."""
+  """What one kind of fine-tuning brings to the run they share (`run_finetuning`) and to
+  `plm-jax evaluate`: classification (classify/run.py), token tagging (tag/run.py), question
+  answering (qa/run.py) and generation (seq2seq/run.py); plm_jax/finetune/kinds.py is their
+  table."""
 
+  name: str                # objective.name of its configs
+  evaluate_split: Callable  # (loaded, split, name, label) -> (`plm-jax evaluate`'s report of
+                            # a restored checkpoint on a split (printed after `label`), None
+                            # or write(workdir, stem): its predictions beside the report)
   start_config: Callable   # (config, workdir, init_from, found) -> (config, tokenizer)
   load: Callable           # (config, tokenizer, workdir, found) -> data (prints its summary;
                            # sets the schedule and what the data decides in the config)
@@ -60,6 +65,27 @@ class Kind:
   final: Callable          # (workdir, config, trainer, predictor, tokenizer, data, best_step,
                            # metric) -> the final report (written in the workdir)
   start_lines: Callable = lambda data: ()    # more start-up lines (the labels, the tags)
+
+  def finetune(self, config, workdir: str, init_from: str | None = None, devices=None) -> dict:
+    """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
+    return run_finetuning(self, config, workdir, init_from, devices)
+
+  def evaluate(self, workdir: str, step: int | None = None, best: bool = False,
+               split: str = "validation", devices=None, config=None) -> dict:
+    """`plm-jax evaluate` of a fine-tuned run, every kind alike: the latest, `step` or (`best`)
+    the best checkpoint on a split; writes eval_[best_]step_N_SPLIT.json (and the kind's
+    predictions beside it). `config`: the command's, checked already (or None)."""
+    if split not in SPLITS:
+      raise ConfigError(f"--split {split!r} is not one of {sorted(SPLITS)}")
+    subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
+    loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
+    report, write = self.evaluate_split(
+        loaded, SPLITS[split], split,
+        f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}")
+    result = write_eval_result(workdir, loaded.step, split, best, report)
+    if write is not None:
+      write(workdir, eval_name(loaded.step, split, best))
+    return result
 
 
 def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = None,
@@ -128,12 +154,6 @@ def _with_model_of(config, source):
   return merged
 
 
-def task_fields(config):
-  """The config group that names the task and --init-from: seq2seq for generation, classify
-  for the others."""
-  return config.seq2seq if config.objective.name == "seq2seq" else config.classify
-
-
 def start_config(config, workdir: str, init_from: str | None, found: workdirs.Found,
                  check_body: Callable = lambda config: None):
   """(config, tokenizer): the body's architecture and tokenizer, from --init-from for a new
@@ -142,10 +162,10 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
   body's files are read."""
   if found.config is not None:
     saved = found.config
-    if saved.objective.name not in (*FINETUNED, "seq2seq"):
+    if "finetune" not in saved:
       raise CheckpointError(f"--workdir {workdir!r} holds a pretraining run; fine-tune into a "
                             "new --workdir (and give that run as --init-from)")
-    before, now = task_fields(saved), task_fields(config)
+    before, now = saved.finetune, config.finetune
     if (saved.objective.name, before.task) != (config.objective.name, now.task):
       raise CheckpointError(f"--workdir {workdir!r} holds a fine-tuning run of the task "
                             f"{before.task!r} ({saved.objective.name}), not {now.task!r} "
@@ -167,11 +187,11 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
                         "or an imported model (plm-jax import-hf)")
     config = with_body_of(config, workdirs.load_config(init_from))
     with config.unlocked():
-      task_fields(config).init_from = os.path.abspath(init_from)   # check_body names it
+      config.finetune.init_from = os.path.abspath(init_from)   # check_body names it
     check_body(config)
     tokenizer = TextTokenizer.load(init_from)
   with config.unlocked():
-    task_fields(config).init_from = os.path.abspath(init_from)
+    config.finetune.init_from = os.path.abspath(init_from)
   return config, tokenizer
 
 
@@ -184,34 +204,15 @@ def refuse_other_data(config, workdir: str, found: workdirs.Found) -> None:
                             f"data ({'; '.join(diffs)}); use a fresh --workdir")
 
 
-def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found) -> cdata.ClassifyData:
-  """The task's splits; sets the classes and the schedule (epochs -> steps) in `config`."""
-  t0 = time.time()
-  data = cdata.load(config, tokenizer)
-  with config.unlocked():
-    config.classify.num_classes = data.num_classes
-    config.classify.label_names = data.label_names
-  refuse_other_data(config, workdir, found)
-  resolve_schedule(config, cdata.split_size(data.splits[cdata.TRAIN]))
-  sizes = {s: cdata.split_size(a) for s, a in data.splits.items()}
-  classes = f"{data.num_classes} classes" if data.num_classes > 1 else "regression"
-  console(f"data: {config.classify.task} ({', '.join(data.descriptions.values())}): "
-          + ", ".join(f"{n:,} {s}" for s, n in sizes.items())
-          + f" examples of {config.data.max_seq_length} tokens; {classes}; skipped "
-          + ", ".join(f"{data.skipped[s]} {s}" for s in sizes) + "; truncated "
-          + ", ".join(f"{data.truncated[s]} {s}" for s in sizes) + f"; {time.time() - t0:.1f}s")
-  return data
-
-
 def resolve_schedule(config, train_examples: int) -> None:
   """Epochs -> steps, warmup fraction -> warmup steps, eval once per epoch by default."""
-  k, t = config.classify, config.train
+  ft, t = config.finetune, config.train
   per_epoch = max(1, math.ceil(train_examples / t.batch_size))
   with config.unlocked():
-    if k.epochs > 0:
-      t.steps = max(1, math.ceil(k.epochs * train_examples / t.batch_size))
-    if k.warmup_fraction > 0:
-      config.optim.warmup_steps = int(round(k.warmup_fraction * t.steps))
+    if ft.epochs > 0:
+      t.steps = max(1, math.ceil(ft.epochs * train_examples / t.batch_size))
+    if ft.warmup_fraction > 0:
+      config.optim.warmup_steps = int(round(ft.warmup_fraction * t.steps))
     if t.eval_every <= 0:
       t.eval_every = per_epoch
 
@@ -263,36 +264,3 @@ class BestCheckpoint:
     checkpoint.save(self.manager, step, {"params": state["params"]},
                     {"best": {"metric": self.metric, "value": value, "step": step},
                      "validation": report})
-
-
-# --- classification, the first kind ---------------------------------------------------------------
-
-def _labels_line(data) -> tuple[str, ...]:
-  if data.num_classes <= 1:
-    return ()
-  return ("labels: " + ", ".join(f"{i} = {name or i}" for i, name in enumerate(
-      data.label_names or [""] * data.num_classes)),)
-
-
-CLASSIFICATION = Kind(
-    start_config=start_config,
-    load=load_task_data,
-    metric=lambda config, data: task_of(config).metric,
-    prepared=lambda data, tokenizer: prepared_split(data, cdata.EVAL),
-    init=lambda trainer, config, devices: body_and_new_head(trainer, config.classify.init_from,
-                                                            devices),
-    what=lambda config, data, metric: (
-        f"{config.model.family} {config.model.size} classifier with {data.num_classes} "
-        f"output(s); {config.train.steps} steps ({config.classify.epochs:g} epochs), best by "
-        f"{metric}"),
-    predictor=Predictor,
-    report=lambda predictor, params, batches, config, tokenizer, data: split_report(
-        predictor(params, batches), data.num_classes == 1, True),
-    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
-        test_report(workdir, config, trainer, predictor, data, best_step, metric),
-    start_lines=_labels_line)
-
-
-def finetune(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
-  """Fine-tunes a classifier (or resumes fine-tuning in `workdir`); returns the final report."""
-  return run_finetuning(CLASSIFICATION, config, workdir, init_from, devices)

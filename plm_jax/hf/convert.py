@@ -8,7 +8,7 @@ both ways.
 
 Weights are read from `model.safetensors` (directly, no pickle) or `pytorch_model.bin` (with
 `torch.load(weights_only=True)`, which refuses to run pickled code). Every tensor is mapped by an
-explicit table (plm_jax/hf_tables.py, one per family); an unsupported architecture, a missing
+explicit table (plm_jax/hf/tables.py, one per family); an unsupported architecture, a missing
 tensor or a shape mismatch is an error naming the tensor and the shape expected. A checkpoint without pretraining heads
 (e.g. `BertModel`) is imported with freshly initialised heads, listed in `Pretrained.fresh`.
 Export converts and gathers one tensor at a time, so a sharded model never needs a second full
@@ -35,8 +35,7 @@ from plm_jax import families
 from plm_jax.configlib import make_config
 from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer
 from plm_jax.errors import CheckpointError
-from plm_jax.hf_tables import (base_kind, entries_of, expected_hf_shape, part_index, to_hf,
-                               to_ours)
+from plm_jax.hf.tables import base_kind, entries_of, expected_hf_shape, part_index, to_hf, to_ours
 from plm_jax.models.config import FINETUNED, ModelConfig, model_config
 
 
@@ -321,7 +320,7 @@ OWN_PAD_NAMES = ("<|pad|>", "<|padding|>", "<|plm_jax_pad|>")
 def classifier_tokenizer(tokenizer: TextTokenizer, family_name: str) -> tuple[TextTokenizer, int]:
   """(the tokenizer of an exported classifier, its padding id): a copy of the run's that adds the
   special tokens of the family's pair layout around one text or a pair, with the segment ids the
-  classifier was fine-tuned with (plm_jax/finetune/data.py, encode), so that `tokenizer(texts)`
+  classifier was fine-tuned with (plm_jax/finetune/classify/data.py, encode), so that `tokenizer(texts)`
   or `tokenizer(texts, pairs)` in transformers gives the inputs plm-jax classified.
 
   GPT-2: plm-jax pads with <|endoftext|>, and its classifier reads the last real token, the

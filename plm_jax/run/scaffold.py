@@ -28,15 +28,15 @@ from typing import Callable
 import jax
 import numpy as np
 
-from plm_jax import accelerator, checkpoint, distributed, workdir as workdirs
+from plm_jax import accelerator, distributed, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import CheckpointError
-from plm_jax.lock import WorkdirLock
-from plm_jax.metrics_writer import (MetricsWriter, console, format_duration, format_metrics,
-                                    ProgressBar, timed, wants_bar)
-from plm_jax.stopping import Diverged, Preempted, SaveFailed, StopRequests
+from plm_jax.run import checkpoint
+from plm_jax.run.lock import WorkdirLock
+from plm_jax.run.metrics_writer import (MetricsWriter, console, format_duration, format_metrics, ProgressBar, timed, wants_bar)
+from plm_jax.run.stopping import Diverged, Preempted, SaveFailed, StopRequests
+from plm_jax.run.watchdog import Watchdog
 from plm_jax.trainer import Trainer, max_nonfinite_run
-from plm_jax.watchdog import Watchdog
 
 # Per-step values of the train step that are not means to log.
 FLAGS = ("tokens", "nonfinite", "halted")

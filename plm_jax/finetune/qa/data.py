@@ -28,8 +28,8 @@ from plm_jax import families
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.data import EVAL, TEST, TRAIN, decoded
-from plm_jax.qa_tasks import QATask, qa_task_of
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, decoded
+from plm_jax.finetune.qa.tasks import QATask, qa_task_of
 
 
 @dataclasses.dataclass
@@ -115,7 +115,7 @@ def _json_split(path: str) -> QASplit:
   """A SQuAD-format JSON file."""
   if not os.path.isfile(path):
     raise DataError(f"{path} does not exist: give an existing SQuAD-format JSON file in "
-                    "classify.train_path / eval_path / test_path")
+                    "finetune.train_path / eval_path / test_path")
   try:
     with open(path, encoding="utf-8") as f:
       articles = json.load(f)["data"]
@@ -146,7 +146,7 @@ def _hold_out(split: QASplit, fraction: float) -> tuple[QASplit, QASplit]:
   held = {c for i, c in enumerate(contexts) if i % every == every - 1}
   if not held:
     raise DataError(f"{split.where} holds {len(contexts)} context(s): too few to hold any out "
-                    "for validation; give classify.eval_path")
+                    "for validation; give finetune.eval_path")
   train = QASplit([e for e in split.examples if e.context not in held], split.skipped,
                   split.where)
   return train, QASplit([e for e in split.examples if e.context in held], 0,
@@ -156,19 +156,19 @@ def _hold_out(split: QASplit, fraction: float) -> tuple[QASplit, QASplit]:
 def read_qa_splits(config) -> tuple[QATask, dict[str, QASplit]]:
   """The examples of the train, eval and (when the task has one) test splits."""
   task = qa_task_of(config)
-  k = config.classify
+  ft = config.finetune
   if task.source == "tfds":
-    out = {split: _tfds_split(task, name, k.tfds_data_dir)
+    out = {split: _tfds_split(task, name, ft.tfds_data_dir)
            for split, name in ((TRAIN, task.train_split), (EVAL, task.eval_split),
                                (TEST, task.test_split)) if name}
   else:
-    out = {TRAIN: _json_split(k.train_path)}
-    if k.eval_path:
-      out[EVAL] = _json_split(k.eval_path)
+    out = {TRAIN: _json_split(ft.train_path)}
+    if ft.eval_path:
+      out[EVAL] = _json_split(ft.eval_path)
     else:
       out[TRAIN], out[EVAL] = _hold_out(out[TRAIN], config.data.eval_fraction)
-    if k.test_path:
-      out[TEST] = _json_split(k.test_path)
+    if ft.test_path:
+      out[TEST] = _json_split(ft.test_path)
   if not task.unanswerable:
     # SQuAD v1.1 tasks: every question has an answer; one without is unusable (counted), but
     # in a test file, where the answers may be hidden

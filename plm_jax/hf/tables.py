@@ -44,7 +44,7 @@ class HFSpec:
   # tokenizer pads on `classifier_padding`: the side where transformers' head does not look for
   # the token it classifies. `token_type_ids`: whether the model takes segment ids (GPT-2 adds
   # them as word embeddings, so its tokenizer must not return them); `own_pad`: whether the
-  # tokenizer needs a padding token of its own (see plm_jax/hf.py, classifier_tokenizer).
+  # tokenizer needs a padding token of its own (see plm_jax/hf/convert.py, classifier_tokenizer).
   classifier: str = ""
   classifier_padding: str = "right"
   token_type_ids: bool = True

@@ -1,6 +1,6 @@
 """Where metrics go: the console (progress lines, and a progress bar in a terminal),
-TensorBoard event files, metrics.jsonl, the optional external trackers (plm_jax/trackers.py),
-and at the end the curves as a PNG (plm_jax/plots.py).
+TensorBoard event files, metrics.jsonl, the optional external trackers (plm_jax/run/trackers.py),
+and at the end the curves as a PNG (plm_jax/run/plots.py).
 
 Only process 0 writes; other processes get a writer that does nothing.
 """
@@ -16,7 +16,8 @@ import jax
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from plm_jax import plots, trackers
+from plm_jax.run import plots
+from plm_jax.run import trackers
 
 
 def format_duration(seconds: float) -> str:

@@ -25,7 +25,7 @@ from plm_jax.data import sources
 from plm_jax.data import builtin_tasks
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.tasks import Task, task_of
+from plm_jax.finetune.classify.tasks import Task, task_of
 
 TRAIN, EVAL, TEST = "train", "eval", "test"
 UNLABELED = -1      # GLUE's hidden test labels
@@ -78,7 +78,7 @@ def _tfds_split(task: Task, split: str, data_dir: str) -> tuple[Records, tuple[s
 def _file_rows(path: str, kind: str):
   if not os.path.isfile(path):
     raise DataError(f"{path} does not exist: give an existing {kind} file in "
-                    "classify.train_path / eval_path / test_path")
+                    "finetune.train_path / eval_path / test_path")
   with open(path, encoding="utf-8", errors="replace", newline="") as f:
     if kind == "csv":
       dialect = csv.excel_tab if path.endswith((".tsv", ".tab")) else csv.excel
@@ -183,7 +183,7 @@ def _builtin_splits() -> dict[str, Records]:
 def read_splits(config) -> tuple[Task, dict[str, Records], tuple[str, ...]]:
   """The records of the train, eval and (when the task has one) test splits."""
   task = task_of(config)
-  k = config.classify
+  ft = config.finetune
   if task.source == "builtin":
     return task, _builtin_splits(), task.label_names
   if task.source == "tfds":
@@ -191,16 +191,16 @@ def read_splits(config) -> tuple[Task, dict[str, Records], tuple[str, ...]]:
     for split, name in ((TRAIN, task.train_split), (EVAL, task.eval_split),
                         (TEST, task.test_split)):
       if name:
-        out[split], found = _tfds_split(task, name, k.tfds_data_dir)
+        out[split], found = _tfds_split(task, name, ft.tfds_data_dir)
         names = names or found
     return task, out, names
-  out = {TRAIN: _file_split(task, k.train_path)}
-  if k.eval_path:
-    out[EVAL] = _file_split(task, k.eval_path)
+  out = {TRAIN: _file_split(task, ft.train_path)}
+  if ft.eval_path:
+    out[EVAL] = _file_split(task, ft.eval_path)
   else:
     out[TRAIN], out[EVAL] = _hold_out(out[TRAIN], config.data.eval_fraction)
-  if k.test_path:
-    out[TEST] = _file_split(task, k.test_path, label_optional=True)
+  if ft.test_path:
+    out[TEST] = _file_split(task, ft.test_path, label_optional=True)
   return task, out, task.label_names
 
 
@@ -210,7 +210,7 @@ def _hold_out(records: Records, fraction: float) -> tuple[Records, Records]:
   n = len(records.texts)
   if n < 4:
     raise DataError(f"{records.where} holds {n} usable records: too few to hold any out for "
-                    "validation; give classify.eval_path")
+                    "validation; give finetune.eval_path")
   held = [i % every == every - 1 for i in range(n)]
 
   def pick(want):

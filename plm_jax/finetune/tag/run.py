@@ -17,24 +17,18 @@ import time
 import jax
 import numpy as np
 
-from plm_jax import checkpoint, workdir as workdirs
-from plm_jax.errors import ConfigError
-from plm_jax.finetune import tag_data
-from plm_jax.finetune.data import EVAL, TEST, TRAIN, split_size
-from plm_jax.finetune.predict import SPLITS, Predictor, prepared_split, write_eval_result
+from plm_jax import workdir as workdirs
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, split_size
+from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
-                                  resolve_schedule, run_finetuning, start_config)
-from plm_jax.finetune.tag_metrics import format_per_type, tag_report, token_cross_entropy
-from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+                                  resolve_schedule, start_config)
+from plm_jax.finetune.tag import data as tag_data
+from plm_jax.finetune.tag.metrics import format_per_type, tag_report, token_cross_entropy
+from plm_jax.run import checkpoint
+from plm_jax.run.metrics_writer import console, format_metrics
 
 PREDICTIONS_FILE = "test_predictions.conll"
 UNTAGGED = "_"          # the gold column of a word without a tag
-
-
-def finetune_tagger(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
-  """Fine-tunes a tagger (or resumes one in `workdir`); returns the final report."""
-  return run_finetuning(TAGGING, config, workdir, init_from, devices)
 
 
 def load_data(config, tokenizer, workdir: str, found: workdirs.Found) -> tag_data.TagData:
@@ -44,21 +38,17 @@ def load_data(config, tokenizer, workdir: str, found: workdirs.Found) -> tag_dat
   with config.unlocked():
     config.classify.num_classes = data.num_classes
     config.classify.label_names = data.label_names
-    config.classify.metric = data.metric
+    config.finetune.metric = data.metric
   refuse_other_data(config, workdir, found)
   resolve_schedule(config, split_size(data.splits[TRAIN]))
   sizes = {s: split_size(a) for s, a in data.splits.items()}
-  console(f"data: {config.classify.task} ({', '.join(data.descriptions.values())}): "
+  console(f"data: {config.finetune.task} ({', '.join(data.descriptions.values())}): "
           + ", ".join(f"{n:,} {s}" for s, n in sizes.items())
           + f" sentences of {config.data.max_seq_length} tokens; {data.num_classes} tags; "
           "skipped " + ", ".join(f"{data.skipped[s]} {s}" for s in sizes)
           + "; truncated " + ", ".join(f"{data.truncated[s]} {s} ({data.cut_words[s]} words)"
                                        for s in sizes) + f"; {time.time() - t0:.1f}s")
   return data
-
-
-def scalars(report: dict) -> dict:
-  return {k: v for k, v in report.items() if isinstance(v, (int, float))}
 
 
 def word_predictions(data: tag_data.TagData, split: str, pred: dict) -> list[np.ndarray]:
@@ -120,7 +110,7 @@ def test_report(workdir, config, trainer, predictor, data, best_step: int) -> di
     params = checkpoint.restore(manager, best_step, trainer.abstract_state,
                                 trainer.state_shardings, params_only=True)["params"]
   keys = trainer.objective.eval_keys
-  report = {"workdir": os.path.abspath(workdir), "task": config.classify.task,
+  report = {"workdir": os.path.abspath(workdir), "task": config.finetune.task,
             "best_step": best_step, "metric": data.metric}
   written = None
   for split in (EVAL, TEST):
@@ -138,34 +128,25 @@ def test_report(workdir, config, trainer, predictor, data, best_step: int) -> di
   return report
 
 
-def evaluate_tagger(workdir: str, step: int | None = None, best: bool = False,
-                    split: str = "validation", devices=None, config=None) -> dict:
-  """Every metric of a fine-tuned tagger's checkpoint (the latest, `step`, or the best) on a
-  split."""
-  if split not in SPLITS:
-    raise ConfigError(f"--split {split!r} is not one of {sorted(SPLITS)}")
-  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
-  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
-  data = tag_data.load(loaded.config, loaded.tokenizer)
-  if SPLITS[split] not in data.splits:
-    raise ConfigError(f"the task {loaded.config.classify.task!r} has no {split} split here")
-  pred = Predictor(loaded.trainer).split(loaded.params, loaded.config, data, SPLITS[split])
-  report, _ = _report_split(data, SPLITS[split], pred,
-                            f"{split} of {workdir} @ step {loaded.step}"
-                            f"{' (best)' if best else ''}", loaded.trainer.objective.eval_keys)
-  return write_eval_result(workdir, loaded.step, split, best, report)
+def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, None]:
+  """Every metric of a restored tagger on a split (Kind.evaluate)."""
+  data, pred = predicted_split(loaded, tag_data.load, split, name)
+  report, _ = _report_split(data, split, pred, label, loaded.trainer.objective.eval_keys)
+  return report, None
 
 
 TAGGING = Kind(
+    name="tag",
+    evaluate_split=evaluate_split,
     start_config=start_config,
     load=load_data,
     metric=lambda config, data: data.metric,
     prepared=lambda data, tokenizer: prepared_split(data, EVAL),
-    init=lambda trainer, config, devices: body_and_new_head(trainer, config.classify.init_from,
+    init=lambda trainer, config, devices: body_and_new_head(trainer, config.finetune.init_from,
                                                             devices),
     what=lambda config, data, metric: (
         f"{config.model.family} {config.model.size} tagger with {data.num_classes} tags; "
-        f"{config.train.steps} steps ({config.classify.epochs:g} epochs), best by "
+        f"{config.train.steps} steps ({config.finetune.epochs:g} epochs), best by "
         f"{'entity f1' if metric == 'f1' else 'word accuracy'}"),
     predictor=Predictor,
     report=lambda predictor, params, batches, config, tokenizer, data: split_report(

@@ -54,16 +54,19 @@ TASKS = {
 
 
 def gen_task_of(config) -> GenTask:
-  """The config's task with the seq2seq group's non-empty fields over the task's defaults."""
-  g = config.seq2seq
-  if g.task not in TASKS:
-    raise ConfigError(f"seq2seq.task={g.task!r} is not one of {sorted(TASKS)}; e.g. --config "
-                      "seq2seq:jsonl with seq2seq.train_path")
-  overrides = {f: g[f] for f in ("tfds_name", "source_field", "target_field", "template",
-                                 "train_split", "eval_split", "test_split", "metric") if g[f]}
+  """The config's task with the non-empty fields of the finetune and seq2seq groups over the
+  task's defaults."""
+  g, ft = config.seq2seq, config.finetune
+  given = {**ft, **g}
+  if ft.task not in TASKS:
+    raise ConfigError(f"finetune.task={ft.task!r} is not one of {sorted(TASKS)}; e.g. --config "
+                      "seq2seq:jsonl with finetune.train_path")
+  overrides = {f: given[f] for f in ("tfds_name", "source_field", "target_field", "template",
+                                     "train_split", "eval_split", "test_split", "metric")
+               if given[f]}
   if g.target_prefix != "default":
     overrides["target_prefix"] = g.target_prefix
-  return dataclasses.replace(TASKS[g.task], **overrides)
+  return dataclasses.replace(TASKS[ft.task], **overrides)
 
 
 def best_metric(config) -> str:
@@ -75,17 +78,19 @@ def require_decoder(config) -> None:
   family = families.get(config.model.family)
   if not family.decoder:
     raise ConfigError(f"generation fine-tuning needs a decoder (GPT) body; "
-                      f"{config.seq2seq.init_from or 'the config'} holds a {family.name} model: "
+                      f"{config.finetune.init_from or 'the config'} holds a {family.name} model: "
                       "give a GPT pretraining run or an imported GPT-2 as --init-from")
 
 
 def validate_seq2seq(config) -> None:
-  """Checks the seq2seq group (called by plm_jax.checks before anything is built)."""
+  """Checks the finetune and seq2seq groups (called by plm_jax.checks before anything is
+  built)."""
   g = config.seq2seq
+  ft = config.finetune
   task = gen_task_of(config)
   require_decoder(config)
   if task.metric not in METRICS:
-    raise ConfigError(f"seq2seq.metric={task.metric!r} is not one of {', '.join(METRICS)}")
+    raise ConfigError(f"finetune.metric={task.metric!r} is not one of {', '.join(METRICS)}")
   if task.template.count("{source}") != 1:
     raise ConfigError(f"seq2seq.template={task.template!r} must hold {{source}} once, e.g. "
                       f"{TRANSLATE!r}")
@@ -103,9 +108,9 @@ def validate_seq2seq(config) -> None:
     raise ConfigError(f"data.max_seq_length={config.data.max_seq_length} exceeds the model's "
                       f"{config.model.max_position} positions; use --config.data.max_seq_length="
                       f"{config.model.max_position}")
-  if g.epochs < 0 or not 0 <= g.warmup_fraction < 1:
-    raise ConfigError("seq2seq.epochs must be >= 0, seq2seq.warmup_fraction in [0, 1)")
-  if task.source in ("jsonl", "tsv") and not g.train_path:
-    raise ConfigError(f"seq2seq.task={g.task!r} reads local files: give "
-                      f"--config.seq2seq.train_path=train.{task.source} (and eval_path, "
+  if ft.epochs < 0 or not 0 <= ft.warmup_fraction < 1:
+    raise ConfigError("finetune.epochs must be >= 0, finetune.warmup_fraction in [0, 1)")
+  if task.source in ("jsonl", "tsv") and not ft.train_path:
+    raise ConfigError(f"finetune.task={ft.task!r} reads local files: give "
+                      f"--config.finetune.train_path=train.{task.source} (and eval_path, "
                       "test_path)")

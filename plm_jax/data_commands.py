@@ -11,7 +11,7 @@ from plm_jax import checks
 from plm_jax.data import loader, pipeline, sources
 from plm_jax.data.tokenizer import KINDS, train_tokenizer
 from plm_jax.errors import DataError
-from plm_jax.metrics_writer import console
+from plm_jax.run.metrics_writer import console
 
 
 def tokenizer_train(input_glob: str, kind: str, vocab_size: int, out: str, *,

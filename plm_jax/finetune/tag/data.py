@@ -2,7 +2,7 @@
 
 Sources: a TFDS dataset by name (a sequence of words and a sequence of ClassLabel tags, read with
 `tfds.data_source`), CoNLL files (a word and its columns per line, the tag in
-classify.tag_column; blank lines end sentences, -DOCSTART- lines are document breaks) or JSON
+tag.tag_column; blank lines end sentences, -DOCSTART- lines are document breaks) or JSON
 lines {"tokens": [...], "tags": [...]}. A bad sentence (a line without the tag column, a record
 whose words and tags differ in number) is skipped and counted; a tag the train and validation
 data do not know is an error.
@@ -29,9 +29,10 @@ from plm_jax import families
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.data import EVAL, TEST, TRAIN
-from plm_jax.finetune.tag_metrics import is_entity_scheme
-from plm_jax.tasks import Task, task_of
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN
+from plm_jax.finetune.classify.tasks import Task
+from plm_jax.finetune.tag.metrics import is_entity_scheme
+from plm_jax.finetune.tag.tasks import tag_task_of
 
 NO_LABEL = -1
 
@@ -69,7 +70,7 @@ class TagData:
 
 def _missing(path: str) -> None:
   if not os.path.isfile(path):
-    raise DataError(f"{path} does not exist: give an existing file in classify.train_path / "
+    raise DataError(f"{path} does not exist: give an existing file in finetune.train_path / "
                     "eval_path / test_path")
 
 
@@ -177,7 +178,7 @@ def _hold_out(s: Sentences, fraction: float) -> tuple[Sentences, Sentences]:
   every = max(2, round(1 / max(fraction, 1e-9)))
   if len(s.words) < 4:
     raise DataError(f"{s.where} holds {len(s.words)} usable sentences: too few to hold any out "
-                    "for validation; give classify.eval_path")
+                    "for validation; give finetune.eval_path")
   held = [i % every == every - 1 for i in range(len(s.words))]
   pick = lambda want: Sentences([w for w, h in zip(s.words, held) if h == want],  # noqa: E731
                                 [t for t, h in zip(s.tags, held) if h == want], 0, s.where)
@@ -189,28 +190,28 @@ def _hold_out(s: Sentences, fraction: float) -> tuple[Sentences, Sentences]:
 def read_splits(config) -> tuple[Task, dict[str, Sentences], tuple[str, ...]]:
   """The sentences of the train, eval and (when there is one) test splits, and the tag names
   the source gives (TFDS's ClassLabel names)."""
-  task, k = task_of(config), config.classify
+  task, ft = tag_task_of(config), config.finetune
   if task.source == "tfds":
     out, names = {}, task.label_names
     for split, name in ((TRAIN, task.train_split), (EVAL, task.eval_split),
                         (TEST, task.test_split)):
       if name:
-        out[split], found = read_tfds(task, name, k.tfds_data_dir)
+        out[split], found = read_tfds(task, name, ft.tfds_data_dir)
         names = names or found
     return task, out, names
 
   def read(path, optional=False):
     if task.source == "conll":
-      return read_conll(path, k.tag_column, optional)
+      return read_conll(path, config.tag.tag_column, optional)
     return read_jsonl(path, task.text_field, task.label_field, optional)
 
-  out = {TRAIN: read(k.train_path)}
-  if k.eval_path:
-    out[EVAL] = read(k.eval_path)
+  out = {TRAIN: read(ft.train_path)}
+  if ft.eval_path:
+    out[EVAL] = read(ft.eval_path)
   else:
     out[TRAIN], out[EVAL] = _hold_out(out[TRAIN], config.data.eval_fraction)
-  if k.test_path:
-    out[TEST] = read(k.test_path, optional=True)
+  if ft.test_path:
+    out[TEST] = read(ft.test_path, optional=True)
   return task, out, task.label_names
 
 
@@ -304,7 +305,7 @@ def load(config, tokenizer: TextTokenizer) -> TagData:
     if not any(t is not None for t in s.tags):
       bad = f" (first at {s.first_bad})" if s.first_bad else ""
       raise DataError(f"{s.where} holds no tagged sentences ({s.skipped} skipped{bad}): check "
-                      "classify.tag_column / text_field / label_field")
+                      "tag.tag_column / classify.text_field / label_field")
   names = tag_names(splits, names)
   if len(names) < 2:
     raise DataError(f"{splits[TRAIN].where}: the tags give {len(names)} class(es); a tagger "
@@ -312,9 +313,9 @@ def load(config, tokenizer: TextTokenizer) -> TagData:
   entity_scheme = is_entity_scheme(names)
   metric = task.metric or ("f1" if entity_scheme else "accuracy")
   if metric == "f1" and not entity_scheme:
-    raise DataError(f"classify.metric=f1 needs entity tags (O, B-X, I-X, ...); the tags of "
+    raise DataError(f"finetune.metric=f1 needs entity tags (O, B-X, I-X, ...); the tags of "
                     f"{splits[TRAIN].where} are {', '.join(names[:8])}: use "
-                    "--config.classify.metric=accuracy")
+                    "--config.finetune.metric=accuracy")
   out = TagData(tokenizer, {}, len(names), names, {}, {}, {}, {}, {}, {}, {}, {},
                 entity_scheme, metric)
   for split, s in splits.items():

@@ -17,25 +17,15 @@ import time
 
 import jax
 
-from plm_jax import checkpoint, workdir as workdirs
-from plm_jax.errors import ConfigError
-from plm_jax.finetune import qa_data
-from plm_jax.finetune.predict import (SPLITS, Predictor, eval_name, prepared_split,
-                                      write_eval_result)
-from plm_jax.finetune.qa_metrics import best_thresholds, squad_metrics
+from plm_jax import workdir as workdirs
+from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
+from plm_jax.finetune.qa import data as qa_data
+from plm_jax.finetune.qa.metrics import best_thresholds, squad_metrics
 from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
-                                  resolve_schedule, run_finetuning, start_config)
-from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+                                  resolve_schedule, start_config)
+from plm_jax.run import checkpoint
+from plm_jax.run.metrics_writer import console, format_metrics
 
-# evaluate --split: the names classification takes
-QA_SPLITS = {name: getattr(qa_data, split.upper()) for name, split in SPLITS.items()}
-
-
-def finetune_qa(config, workdir: str, init_from: str | None = None, devices=None) -> dict:
-  """Fine-tunes (or resumes fine-tuning in `workdir`) for question answering; returns the final
-  report."""
-  return run_finetuning(QUESTION_ANSWERING, config, workdir, init_from, devices)
 
 
 def load_qa_data(config, tokenizer, workdir: str, found: workdirs.Found) -> qa_data.QAData:
@@ -47,7 +37,7 @@ def load_qa_data(config, tokenizer, workdir: str, found: workdirs.Found) -> qa_d
   parts = [f"{len(data.examples[s]):,} {s} questions in {len(a['input_ids']):,} windows"
            for s, a in data.splits.items()]
   cut = sum(w.cut_questions for w in data.windows.values())
-  console(f"data: {config.classify.task} ({', '.join(data.descriptions.values())}): "
+  console(f"data: {config.finetune.task} ({', '.join(data.descriptions.values())}): "
           + ", ".join(parts) + f" of {config.data.max_seq_length} tokens"
           + f"{' (with unanswerable questions)' if data.task.unanswerable else ''}; skipped "
           + ", ".join(f"{data.skipped[s]} {s}" for s in data.splits)
@@ -87,7 +77,7 @@ def qa_test_report(workdir, config, trainer, predictor, data, best_step: int,
   with checkpoint.make_manager(workdir, read_only=True, subdir=checkpoint.BEST_DIR) as manager:
     params = checkpoint.restore(manager, best_step, trainer.abstract_state,
                                 trainer.state_shardings, params_only=True)["params"]
-  report = {"workdir": os.path.abspath(workdir), "task": config.classify.task,
+  report = {"workdir": os.path.abspath(workdir), "task": config.finetune.task,
             "best_step": best_step, "metric": metric}
   for split, name in ((qa_data.EVAL, "validation"), (qa_data.TEST, "test")):
     if split not in data.splits:
@@ -118,37 +108,28 @@ def write_answers(workdir: str, name: str, answers: dict, unanswerable: bool) ->
       json.dump(odds, f, indent=1)
 
 
-def evaluate_qa(workdir: str, step: int | None = None, best: bool = False,
-                split: str = "validation", devices=None, config=None) -> dict:
-  """SQuAD's metrics of a fine-tuned checkpoint (the latest, `step`, or the best) on a split;
-  writes eval_[best_]step_N_SPLIT.json and its predictions."""
-  if split not in QA_SPLITS:
-    raise ConfigError(f"--split {split!r} is not one of {sorted(QA_SPLITS)}")
-  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
-  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
-  data = qa_data.load(loaded.config, loaded.tokenizer)
-  if QA_SPLITS[split] not in data.splits:
-    raise ConfigError(f"the task {loaded.config.classify.task!r} has no {split} split here")
-  logits = SpanPredictor(loaded.trainer).split(loaded.params, loaded.config, data,
-                                               QA_SPLITS[split])
-  report, answers = split_answers(loaded.config, data, QA_SPLITS[split], logits)
-  console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
-          + format_metrics(report, loaded.trainer.objective.eval_keys))
-  result = write_eval_result(workdir, loaded.step, split, best, report)
-  write_answers(workdir, eval_name(loaded.step, split, best), answers, data.task.unanswerable)
-  return result
+def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, object]:
+  """SQuAD's metrics of a restored span model on a split, and the writer of its answers
+  (Kind.evaluate)."""
+  data, logits = predicted_split(loaded, qa_data.load, split, name, SpanPredictor)
+  report, answers = split_answers(loaded.config, data, split, logits)
+  console(f"{label}: " + format_metrics(report, loaded.trainer.objective.eval_keys))
+  return report, lambda workdir, stem: write_answers(workdir, stem, answers,
+                                                     data.task.unanswerable)
 
 
 QUESTION_ANSWERING = Kind(
+    name="qa",
+    evaluate_split=evaluate_split,
     start_config=start_config,
     load=load_qa_data,
-    metric=lambda config, data: config.classify.metric or "f1",
+    metric=lambda config, data: config.finetune.metric or "f1",
     prepared=lambda data, tokenizer: prepared_split(data, qa_data.EVAL),
-    init=lambda trainer, config, devices: body_and_new_head(trainer, config.classify.init_from,
+    init=lambda trainer, config, devices: body_and_new_head(trainer, config.finetune.init_from,
                                                             devices),
     what=lambda config, data, metric: (
         f"{config.model.family} {config.model.size} span extractor (start / end logits); "
-        f"{config.train.steps} steps ({config.classify.epochs:g} epochs), best by {metric}"),
+        f"{config.train.steps} steps ({config.finetune.epochs:g} epochs), best by {metric}"),
     predictor=SpanPredictor,
     report=lambda predictor, params, batches, config, tokenizer, data: split_answers(
         config, data, qa_data.EVAL, predictor(params, batches))[0],

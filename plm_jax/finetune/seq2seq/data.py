@@ -26,8 +26,8 @@ from plm_jax.data import examples as ex
 from plm_jax.data.sources import open_tfds
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
-from plm_jax.finetune.data import EVAL, TEST, TRAIN, nonblank_text
-from plm_jax.gen_tasks import GenTask, gen_task_of
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, nonblank_text
+from plm_jax.finetune.seq2seq.tasks import GenTask, gen_task_of
 
 SPLITS = {"validation": EVAL, "test": TEST, "train": TRAIN}
 
@@ -76,7 +76,7 @@ def _tfds_split(task: GenTask, split: str, data_dir: str) -> Pairs:
 def _file_split(task: GenTask, path: str) -> Pairs:
   if not os.path.isfile(path):
     raise DataError(f"{path} does not exist: give an existing {task.source} file in "
-                    "seq2seq.train_path / eval_path / test_path")
+                    "finetune.train_path / eval_path / test_path")
   out = Pairs([], [], where=path)
   with open(path, encoding="utf-8", errors="replace", newline="") as f:
     if task.source == "jsonl":
@@ -114,7 +114,7 @@ def _hold_out(pairs: Pairs, fraction: float) -> tuple[Pairs, Pairs]:
   n = len(pairs.sources)
   if n < 4:
     raise DataError(f"{pairs.where} holds {n} usable records: too few to hold any out for "
-                    "validation; give seq2seq.eval_path")
+                    "validation; give finetune.eval_path")
 
   def pick(held):
     idx = [i for i in range(n) if (i % every == every - 1) == held]
@@ -127,19 +127,19 @@ def _hold_out(pairs: Pairs, fraction: float) -> tuple[Pairs, Pairs]:
 
 def read_splits(config, wanted=(TRAIN, EVAL, TEST)) -> dict[str, Pairs]:
   """The records of the wanted splits that the task has."""
-  task, g = gen_task_of(config), config.seq2seq
+  task, ft = gen_task_of(config), config.finetune
   if task.source == "tfds":
     names = {TRAIN: task.train_split, EVAL: task.eval_split, TEST: task.test_split}
-    return {s: _tfds_split(task, names[s], g.tfds_data_dir) for s in wanted if names[s]}
+    return {s: _tfds_split(task, names[s], ft.tfds_data_dir) for s in wanted if names[s]}
   out = {}
-  if TRAIN in wanted or (EVAL in wanted and not g.eval_path):
-    out[TRAIN] = _file_split(task, g.train_path)
-    if not g.eval_path:
+  if TRAIN in wanted or (EVAL in wanted and not ft.eval_path):
+    out[TRAIN] = _file_split(task, ft.train_path)
+    if not ft.eval_path:
       out[TRAIN], out[EVAL] = _hold_out(out[TRAIN], config.data.eval_fraction)
-  if EVAL in wanted and g.eval_path:
-    out[EVAL] = _file_split(task, g.eval_path)
-  if TEST in wanted and g.test_path:
-    out[TEST] = _file_split(task, g.test_path)
+  if EVAL in wanted and ft.eval_path:
+    out[EVAL] = _file_split(task, ft.eval_path)
+  if TEST in wanted and ft.test_path:
+    out[TEST] = _file_split(task, ft.test_path)
   return {s: p for s, p in out.items() if s in wanted}
 
 

@@ -6,11 +6,13 @@ import os
 import jax
 import numpy as np
 
-from plm_jax import checkpoint, checks, hf, parallel, workdir as workdirs
+from plm_jax import checks, parallel, workdir as workdirs
 from plm_jax.errors import CheckpointError
+from plm_jax.hf import convert as hf
 from plm_jax.inference import UNTRAINED_HEADS_FILE, fit_to_devices, load_params
-from plm_jax.metrics_writer import console
 from plm_jax.models.config import FINETUNED
+from plm_jax.run import checkpoint
+from plm_jax.run.metrics_writer import console
 from plm_jax.trainer import Trainer
 
 

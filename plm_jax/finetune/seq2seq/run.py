@@ -12,36 +12,29 @@ The model stays a plain GPT language model: `plm-jax generate` and `export-hf` t
 """
 
 import json
-import math
 import os
 import time
 
 import jax
 
-from plm_jax import checkpoint, workdir as workdirs
+from plm_jax import workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import ConfigError
-from plm_jax.finetune import gen_data
-from plm_jax.finetune.data import EVAL, TEST, TRAIN
-from plm_jax.finetune.gen_metrics import generation_metrics
-from plm_jax.finetune.predict import eval_name, write_eval_result
-from plm_jax.finetune.run import (Kind, refuse_other_data, run_finetuning,
+from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN
+from plm_jax.finetune.run import (Kind, refuse_other_data, resolve_schedule,
                                   start_config as run_start_config)
-from plm_jax.gen_tasks import best_metric, gen_task_of, require_decoder
+from plm_jax.finetune.seq2seq import data as gen_data
+from plm_jax.finetune.seq2seq.metrics import generation_metrics
+from plm_jax.finetune.seq2seq.tasks import best_metric, gen_task_of, require_decoder
 from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
 from plm_jax.inference import load_params
-from plm_jax.metrics_writer import console, format_metrics
+from plm_jax.run import checkpoint
+from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.trainer import Trainer, evaluate_params
 
 SPLIT_NAMES = {EVAL: "validation", TEST: "test", TRAIN: "train"}
-
-
-def finetune_generator(config, workdir: str, init_from: str | None = None,
-                       devices=None) -> dict:
-  """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
-  return run_finetuning(GENERATION, config, workdir, init_from, devices)
 
 
 # --- the config: the task's fields over the body's architecture ------------------------------------
@@ -68,15 +61,8 @@ def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found
   data = gen_data.load(config, tokenizer)
   refuse_other_data(config, workdir, found)
   rows = len(data[TRAIN].rows["tokens"])
-  g, t = config.seq2seq, config.train
-  with config.unlocked():
-    if g.epochs > 0:
-      t.steps = max(1, math.ceil(g.epochs * rows / t.batch_size))
-    if g.warmup_fraction > 0:
-      config.optim.warmup_steps = int(round(g.warmup_fraction * t.steps))
-    if t.eval_every <= 0:
-      t.eval_every = max(1, math.ceil(rows / t.batch_size))        # once per epoch
-  console(f"data: {g.task} ("
+  resolve_schedule(config, rows)                 # epochs counted in packed rows
+  console(f"data: {config.finetune.task} ("
           + ", ".join(f"{len(e.prompts):,} {s} from {e.pairs.where}" for s, e in data.items())
           + f"); {rows:,} packed train rows of {config.data.max_seq_length} tokens; skipped "
           + ", ".join(f"{e.pairs.skipped} {s}" for s, e in data.items()) + "; truncated "
@@ -166,7 +152,7 @@ def final_report(workdir, config, trainer, tokenizer, data, best_step: int, metr
   with checkpoint.make_manager(workdir, read_only=True, subdir=checkpoint.BEST_DIR) as manager:
     params = checkpoint.restore(manager, best_step, trainer.abstract_state,
                                 trainer.state_shardings, params_only=True)["params"]
-  report = {"workdir": os.path.abspath(workdir), "task": config.seq2seq.task,
+  report = {"workdir": os.path.abspath(workdir), "task": config.finetune.task,
             "best_step": best_step, "metric": metric, "decode": decode_settings(config)}
   for split in (EVAL, TEST):
     if split not in data or not data[split].prompts:
@@ -195,45 +181,38 @@ def decode_settings(config) -> dict:
   return out
 
 
-def evaluate_generator(workdir: str, step: int | None = None, best: bool = False,
-                       split: str = "validation", devices=None, config=None) -> dict:
-  """Loss and scores of a fine-tuned checkpoint (the latest, `step`, or the best) on a split;
-  writes eval_[best_]step_N_SPLIT.json and predictions_[best_]step_N_SPLIT.jsonl."""
-  if split not in gen_data.SPLITS:
-    raise ConfigError(f"--split {split!r} is not one of {sorted(gen_data.SPLITS)}")
-  subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR
-  loaded = load_params(workdir, step, devices, config=config, subdir=subdir)
-  wanted = gen_data.SPLITS[split]
-  data = gen_data.load(loaded.config, loaded.tokenizer, (wanted,))
-  if wanted not in data:
-    raise ConfigError(f"the task {loaded.config.seq2seq.task!r} has no {split} split here "
-                      "(files: give seq2seq.test_path)")
-  batches = loader.Batches(loaded.config, prepared(loaded.tokenizer, data, wanted), loader.EVAL,
+def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, object]:
+  """Loss and scores of a restored model on a split (its decode settings first), and the
+  writer of its predictions, predictions_[best_]step_N_SPLIT.jsonl (Kind.evaluate)."""
+  data = gen_data.load(loaded.config, loaded.tokenizer, (split,))
+  if split not in data:
+    raise ConfigError(f"the task {loaded.config.finetune.task!r} has no {name} split here "
+                      "(files: give finetune.test_path)")
+  batches = loader.Batches(loaded.config, prepared(loaded.tokenizer, data, split), loader.EVAL,
                            mesh=loaded.trainer.mesh)
   report, rows = split_report(loaded.trainer, loaded.tokenizer, loaded.params, loaded.config,
-                              data[wanted], batches,
+                              data[split], batches,
                               _all(loaded.config.seq2seq.report_examples))
-  console(f"{split} of {workdir} @ step {loaded.step}{' (best)' if best else ''}: "
-          + format_metrics(report, loaded.trainer.objective.eval_keys))
-  result = write_eval_result(workdir, loaded.step, split, best,
-                             {"decode": decode_settings(loaded.config), **report})
-  if jax.process_index() == 0:
-    stem = eval_name(loaded.step, split, best)          # predictions_ beside eval_
+  console(f"{label}: " + format_metrics(report, loaded.trainer.objective.eval_keys))
+
+  def write(workdir: str, stem: str) -> None:          # predictions_ beside eval_
     write_predictions(os.path.join(workdir, "predictions_" + stem[len("eval_"):] + ".jsonl"),
                       rows)
-  return result
+  return {"decode": decode_settings(loaded.config), **report}, write
 
 
 GENERATION = Kind(
+    name="seq2seq",
+    evaluate_split=evaluate_split,
     start_config=start_config,
     load=load_task_data,
     metric=lambda config, data: best_metric(config),
     prepared=lambda data, tokenizer: prepared(tokenizer, data, EVAL),
-    init=lambda trainer, config, devices: whole_model(trainer, config.seq2seq.init_from,
+    init=lambda trainer, config, devices: whole_model(trainer, config.finetune.init_from,
                                                       devices),
     what=lambda config, data, metric: (
         f"{config.model.family} {config.model.size} language model fine-tuned on "
-        f"{config.seq2seq.task}; {config.train.steps} steps ({config.seq2seq.epochs:g} epochs), "
+        f"{config.finetune.task}; {config.train.steps} steps ({config.finetune.epochs:g} epochs), "
         f"best by {metric}; {config.seq2seq.decode} decoding"),
     # decoding needs the trainer (its model and mesh), not a predictor of logits
     predictor=lambda trainer: trainer,

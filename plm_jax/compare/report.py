@@ -1,0 +1,273 @@
+"""compare's report: DIR/report.md and its plots, from the stages' results (mean ± sample
+standard deviation over the seeds; the measured strengths and weaknesses of each family)."""
+
+import dataclasses
+import math
+import os
+import statistics
+
+import jax
+
+from plm_jax.compare.budget import UNITS
+from plm_jax.compare.stages import DOWNSTREAM, PRETRAIN, baseline, tasks_dir
+from plm_jax.data.builtin_tasks import ABOUT, BASELINES, task_paths
+from plm_jax.run import plots
+
+REPORT_FILE = "report.md"
+
+
+def mean_std(values) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value) of the finite values."""
+  values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+  if not values:
+    return math.nan, math.nan
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values, digits: int = 3) -> str:
+  mean, std = mean_std(values)
+  if math.isnan(mean):
+    return "n/a"
+  digits = 0 if abs(mean) >= 1000 else digits     # tokens/s: no decimals
+  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+  return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+          *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def pretrain_measures(results: dict, c) -> dict:
+  """{measure: {family: [value per seed]}}: the final eval loss, exp(loss) and accuracies."""
+  out: dict = {}
+  for family in c.families:
+    for seed in c.seeds:
+      ev = results["pretrain"][(family, seed)]["eval"]
+      # the token-prediction loss (mlm_loss, lm_loss, ...: not BERT's NSP or ALBERT's SOP too)
+      token_loss = next((v for k, v in sorted(ev.items()) if k.endswith("lm_loss")),
+                        ev.get("loss"))
+      row = {"eval loss": ev.get("loss"), "token loss": token_loss,
+             "perplexity (exp token loss)": None if token_loss is None else math.exp(token_loss)}
+      row.update({k: v for k, v in ev.items() if "accuracy" in k})
+      for measure, value in row.items():
+        out.setdefault(measure, {}).setdefault(family, []).append(value)
+  return out
+
+
+def _loss_curves(workdir: str, c, costs: dict) -> dict:
+  """{family: (FLOPs, train loss)} of each family's first seed."""
+  series = {}
+  for family in c.families:
+    run = os.path.join(workdir, family, f"seed{c.seeds[0]}", PRETRAIN)
+    points = plots.read_curves(run).get("train", {}).get("loss", [])
+    if points:
+      steps, losses = zip(*points)
+      series[family] = ([s * costs[family]["step_flops"] for s in steps], list(losses))
+  return series
+
+
+@dataclasses.dataclass
+class Measure:
+  """One column of the strengths and weaknesses: {family: [value per seed]}."""
+  name: str
+  values: dict
+  higher_is_better: bool = True
+  ranked: bool = True            # False: shown only (not comparable across the families)
+  floor: float | None = None     # what learning nothing scores: no family above it, no ranking
+
+  def learned(self) -> bool:
+    sign = 1 if self.higher_is_better else -1
+    return self.floor is None or any(sign * (v - self.floor) > 0 for v in self.means().values())
+
+  def means(self) -> dict:
+    return {f: m for f, v in self.values.items() if not math.isnan(m := mean_std(v)[0])}
+
+
+def _budget_line(c, budget: float, costs: dict) -> str:
+  if c.match == "params":
+    tokens = next(iter(costs.values()))["tokens"]
+    spread = max(abs(cost["params"] / budget - 1) for cost in costs.values())
+    return (f"Matched parameters: {budget:,.0f} per family (each family's width sized to it, "
+            f"within {100 * spread:.1f}%), every family trained on about {tokens:,} tokens")
+  return f"Matched {c.match}: budget {budget:.4g} {UNITS[c.match]} per run"
+
+
+def write_report(c, workdir: str, results: dict) -> str:
+  """Writes DIR/report.md (and its plots in DIR/plots) from the stages' results; returns its
+  path."""
+  costs, fams, seeds = results["costs"], c.families, c.seeds
+  throughput = {f: [results["pretrain"][(f, s)].get("tokens_per_s") for s in seeds]
+                for f in fams}
+  figures = _figures(c, workdir, costs, throughput)
+  measures = pretrain_measures(results, c)
+  lines = _header(c, results) + _compute(c, costs) + _pretraining(c, measures)
+  columns: list[Measure] = []
+  lines += ["## Downstream", ""]
+  for kind in DOWNSTREAM:
+    for task in c[kind.group].tasks:
+      lines += _downstream(c, workdir, results, kind, task, columns, figures)
+  lines += _throughput(c, results, throughput)
+  columns.append(Measure("pretraining tokens/s", throughput))
+  if "mlm_accuracy" in measures:
+    columns.append(Measure("masked-token accuracy", measures["mlm_accuracy"]))
+  # not ranked: a next-token, a masked-token and a permuted-order perplexity are not one scale
+  columns.append(Measure("token perplexity", measures["perplexity (exp token loss)"], False,
+                         ranked=False))
+  lines += strengths_and_weaknesses(columns, fams)
+  lines += ["## Plots", ""] + [f"![{n}](plots/{n})" for n, path in figures.items() if path] + [""]
+  out = os.path.join(workdir, REPORT_FILE)
+  with open(out, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  return out
+
+
+def _figures(c, workdir: str, costs: dict, throughput: dict) -> dict:
+  """{name: path (None: not drawn)} of the pretraining plots."""
+  plot_dir, fams = os.path.join(workdir, "plots"), c.families
+  return {
+      "loss_vs_flops.png": plots.line_figure(
+          _loss_curves(workdir, c, costs), os.path.join(plot_dir, "loss_vs_flops.png"),
+          "pretraining FLOPs (model FLOPs)", "train loss (the whole objective)",
+          "Pretraining loss against FLOPs"),
+      "params.png": plots.bar_figure(
+          {f: costs[f]["params"] / 1e6 for f in fams}, os.path.join(plot_dir, "params.png"),
+          "parameters (M)", "Parameters per family"),
+      "throughput.png": plots.bar_figure(
+          {f: mean_std(v)[0] / 1e3 for f, v in throughput.items()
+           if not math.isnan(mean_std(v)[0])}, os.path.join(plot_dir, "throughput.png"),
+          "thousand tokens/s (pretraining, measured)", "Pretraining throughput")}
+
+
+def _header(c, results: dict) -> list[str]:
+  return [f"# Family comparison: {c.name}", "",
+          f"{_budget_line(c, results['budget'], results['costs'])}; seeds "
+          f"{', '.join(map(str, c.seeds))}; corpus {results['corpus']}; each family's own "
+          f"tokenizer kind trained on it with {c.pretrain.vocab_size} entries; batch "
+          f"{c.pretrain.batch_size} x {c.pretrain.max_seq_length} tokens. Values are mean ± "
+          "sample standard deviation over the seeds.", "", "## Compute", ""]
+
+
+def _compute(c, costs: dict) -> list[str]:
+  return _table(["family", "size", "hidden", "params", "FLOPs/token", "tokens/step", "steps",
+                 "pretraining FLOPs", "tokens"],
+                [[f, c.sizes[f], str(costs[f]["hidden_size"]),
+                  f"{costs[f]['params'] / 1e6:.2f}M", f"{costs[f]['flops_per_token']:.3g}",
+                  str(costs[f]["tokens_per_step"]), str(costs[f]["steps"]),
+                  f"{costs[f]['flops']:.3g}", f"{costs[f]['tokens']:,}"] for f in c.families])
+
+
+def _pretraining(c, measures: dict) -> list[str]:
+  names = list(measures)
+  return (["## Pretraining (final eval)", ""]
+          + _table(["family", *names], [[f, *(_cell(measures[m].get(f, [])) for m in names)]
+                                        for f in c.families])
+          + ["The eval loss is the whole objective's (BERT's with NSP, ALBERT's with SOP); the "
+             "token loss only predicting tokens: masked tokens (mlm_accuracy), the next token "
+             "(GPT, lm_accuracy) or XLNet's permuted targets (plm_accuracy). Perplexity is "
+             "exp(token loss), comparable within one kind of objective only.", ""])
+
+
+def _downstream(c, workdir: str, results: dict, kind, task: str, columns: list,
+                figures: dict) -> list[str]:
+  """The section of one downstream task; adds its measures to `columns`, its plot to
+  `figures`."""
+  costs, seeds = results["costs"], c.seeds
+  able = [f for f in c.families if (f, seeds[0], task) in results["downstream"]]
+  if not able:
+    return [f"### {task} ({kind.title})", "",
+            f"Not run: no family compared can ({kind.cannot}).", ""]
+  runs = {f: [results["downstream"][(f, s, task)] for s in seeds] for f in able}
+  first = runs[able[0]][0]
+  metric, split = first["metric"], first["split"]
+  shown = [metric, *(m for m in kind.shown if m != metric and m in first["numbers"])]
+  rows = [[f, *(_cell([r["numbers"].get(m) for r in runs[f]]) for m in shown),
+           _per_point(costs[f]["flops"], runs[f], kind)] for f in able]
+  lines = [f"### {task} ({kind.title}): {metric}, {split} split", ""]
+  floor = None
+  if task in ABOUT:
+    # what a model that learned nothing scores: a family's score means something above it
+    lines += [f"Built-in: {ABOUT[task]}. Baseline: {BASELINES[task]}.", ""]
+    # generation decodes the first report_examples prompts: the baseline on the same
+    scores = baseline(task, task_paths(tasks_dir(c, workdir))[task][split],
+                      limit=int(first["numbers"].get("decoded", 0)))
+    floor = scores.get(metric)
+    rows.append(["*baseline*", *(f"*{scores[m]:.3f}*" if m in scores else "" for m in shown),
+                 ""])
+  lines += _table(["family", *shown, "pretraining FLOPs per point"], rows)
+  left_out = [f for f in c.families if f not in able]
+  if left_out and kind.cannot:
+    lines += [f"Not run: {', '.join(left_out)} ({kind.cannot}).", ""]
+  columns.append(Measure(f"{task} {metric}", {f: [r["score"] for r in runs[f]] for f in able},
+                         floor=floor))
+  if kind.perplexity and "perplexity" in first["numbers"]:
+    columns.append(Measure(f"{task} target perplexity", {
+        f: [r["numbers"].get("perplexity") for r in runs[f]] for f in able}, False))
+  name = f"downstream_{task}.png"
+  figures[name] = plots.scatter_figure(
+      {f: (costs[f]["flops"], *mean_std([r["score"] for r in runs[f]])) for f in able},
+      os.path.join(workdir, "plots", name), "pretraining FLOPs", f"{task} {metric}",
+      f"{task}: {metric} against pretraining FLOPs")
+  return lines
+
+
+def _per_point(flops: float, runs: list, kind) -> str:
+  """Pretraining FLOPs per point of the score (a point: one of 100, whether the kind reports
+  fractions or percentages)."""
+  mean, _ = mean_std([r["score"] for r in runs])
+  return f"{flops / (kind.scale * mean) if mean > 0 else math.nan:.3g}"
+
+
+def _throughput(c, results: dict, throughput: dict) -> list[str]:
+  keys = [k for k in ("tokens_per_s", "step_ms", "mfu", "peak_mem_gib", "temp_gib",
+                      "argument_gib")
+          if any(k in b for b in results["bench"].values())]
+  lines = ["## Throughput and memory", ""]
+  lines += _table(["family", "pretraining tokens/s (measured in the runs)",
+                   *(f"bench {k}" for k in keys)],
+                  [[f, _cell(throughput[f], 0), *(str(results["bench"].get(f, {}).get(k, "n/a"))
+                                                   for k in keys)] for f in c.families])
+  return lines + [
+      f"Measured on {c.devices or jax.device_count()} x {jax.devices()[0].device_kind} "
+      "(this run's devices; a run resumed elsewhere mixes machines)"
+      + ("; `bench` compiles each family's pretraining step on its own (memory per device)"
+         if keys else "; `bench` off (compare's `bench` field: compile or time)") + ".", ""]
+
+def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[str]:
+  """A table of every measure (mean ± spread; the best in bold) and, per family, the measures
+  it is best and worst at among the families that have them."""
+  # a measure ranks the families that have it when they differ (ties share the rank); one
+  # only a single family has (generation: GPT) is shown, not ranked
+  columns = [m for m in columns if m.means()]
+  best, worst = {f: [] for f in fams}, {f: [] for f in fams}
+  marked = []
+  for m in columns:
+    means = m.means()
+    if len(set(means.values())) < 2 or not m.ranked or not m.learned():
+      marked.append(set())
+      continue
+    sign = 1 if m.higher_is_better else -1
+    top, bottom = max(sign * v for v in means.values()), min(sign * v for v in means.values())
+    marked.append({f for f, v in means.items() if sign * v == top})
+    for f, v in means.items():
+      if sign * v == top:
+        best[f].append(m.name)
+      if sign * v == bottom:
+        worst[f].append(m.name)
+  lines = ["## Measured strengths and weaknesses", ""]
+  if not columns:
+    return lines + ["No measure to show.", ""]
+  rows = [[f, *(("**" + _cell(m.values[f]) + "**" if f in top else _cell(m.values[f]))
+                if f in m.values else "—" for m, top in zip(columns, marked))] for f in fams]
+  lines += _table(["family", *(m.name + ("" if not m.ranked else "" if m.higher_is_better
+                                         else " (lower is better)")
+                               + ("" if m.ranked else " (not ranked)")
+                               + ("" if m.learned() else " (none above the baseline)")
+                               for m in columns)], rows)
+  for f in fams:
+    lines.append(f"- **{f}**: best at {', '.join(best[f]) or 'no measure'}; worst at "
+                 f"{', '.join(worst[f]) or 'no measure'}.")
+  lines += ["", "Ranked by the mean over seeds among the families that have the measure (the "
+            "best in bold; a measure of one family is shown, not ranked; the token perplexity "
+            "is not ranked either: next-token, masked-token and permuted-order predictions are "
+            "different tasks).", ""]
+  return lines

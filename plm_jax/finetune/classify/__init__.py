@@ -1,0 +1,1 @@
+"""Sequence classification (and regression): GLUE, IMDB, files, the built-in word-order task."""

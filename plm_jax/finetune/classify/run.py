@@ -1,0 +1,69 @@
+"""`plm-jax finetune --config classify:TASK`: a pretrained body + a new classification head (or
+a regression head: one output), trained on a task (plm_jax/finetune/run.py runs it); `plm-jax
+evaluate` of a classifier."""
+
+import time
+
+from plm_jax import workdir as workdirs
+from plm_jax.finetune.classify import data as cdata
+from plm_jax.finetune.classify.tasks import task_of
+from plm_jax.finetune.predict import (Predictor, predicted_split, prepared_split, split_report,
+                                      test_report)
+from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data, resolve_schedule,
+                                  start_config)
+from plm_jax.run.metrics_writer import console, format_metrics
+
+
+def load_task_data(config, tokenizer, workdir: str, found: workdirs.Found) -> cdata.ClassifyData:
+  """The task's splits; sets the classes and the schedule (epochs -> steps) in `config`."""
+  t0 = time.time()
+  data = cdata.load(config, tokenizer)
+  with config.unlocked():
+    config.classify.num_classes = data.num_classes
+    config.classify.label_names = data.label_names
+  refuse_other_data(config, workdir, found)
+  resolve_schedule(config, cdata.split_size(data.splits[cdata.TRAIN]))
+  sizes = {s: cdata.split_size(a) for s, a in data.splits.items()}
+  classes = f"{data.num_classes} classes" if data.num_classes > 1 else "regression"
+  console(f"data: {config.finetune.task} ({', '.join(data.descriptions.values())}): "
+          + ", ".join(f"{n:,} {s}" for s, n in sizes.items())
+          + f" examples of {config.data.max_seq_length} tokens; {classes}; skipped "
+          + ", ".join(f"{data.skipped[s]} {s}" for s in sizes) + "; truncated "
+          + ", ".join(f"{data.truncated[s]} {s}" for s in sizes) + f"; {time.time() - t0:.1f}s")
+  return data
+
+
+def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, None]:
+  """Every metric of a restored classifier on a split (Kind.evaluate)."""
+  data, pred = predicted_split(loaded, cdata.load, split, name)
+  report = split_report(pred, data.num_classes == 1, data.labeled[split])
+  console(f"{label}: " + format_metrics(report, loaded.trainer.objective.eval_keys))
+  return report, None
+
+
+def _labels_line(data) -> tuple[str, ...]:
+  if data.num_classes <= 1:
+    return ()
+  return ("labels: " + ", ".join(f"{i} = {name or i}" for i, name in enumerate(
+      data.label_names or [""] * data.num_classes)),)
+
+
+CLASSIFICATION = Kind(
+    name="classify",
+    evaluate_split=evaluate_split,
+    start_config=start_config,
+    load=load_task_data,
+    metric=lambda config, data: task_of(config).metric,
+    prepared=lambda data, tokenizer: prepared_split(data, cdata.EVAL),
+    init=lambda trainer, config, devices: body_and_new_head(trainer, config.finetune.init_from,
+                                                            devices),
+    what=lambda config, data, metric: (
+        f"{config.model.family} {config.model.size} classifier with {data.num_classes} "
+        f"output(s); {config.train.steps} steps ({config.finetune.epochs:g} epochs), best by "
+        f"{metric}"),
+    predictor=Predictor,
+    report=lambda predictor, params, batches, config, tokenizer, data: split_report(
+        predictor(params, batches), data.num_classes == 1, True),
+    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
+        test_report(workdir, config, trainer, predictor, data, best_step, metric),
+    start_lines=_labels_line)

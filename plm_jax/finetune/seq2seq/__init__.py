@@ -1,0 +1,1 @@
+"""Generation fine-tuning of a GPT on prompt -> completion pairs (translation, summaries)."""
