@@ -25,7 +25,8 @@ from plm_jax.errors import ConfigError
 from plm_jax.flops import flops_as_computed, peak_flops
 from plm_jax.generate import SamplingConfig, generate
 from plm_jax.run.metrics_writer import console
-from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.families import model_config
+from plm_jax.models.config import padded_vocab
 from plm_jax.trainer import Trainer
 
 GIB = 2 ** 30

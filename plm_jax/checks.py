@@ -10,14 +10,10 @@ import math
 
 import jax
 
-from plm_jax import accelerator, families
+from plm_jax import accelerator, families, objectives
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
-from plm_jax.finetune.classify.tasks import validate_classify
-from plm_jax.finetune.qa.tasks import validate_qa
-from plm_jax.finetune.seq2seq.tasks import validate_seq2seq
-from plm_jax.finetune.tag.tasks import validate_tag
-from plm_jax.models.config import FINETUNED
+from plm_jax.configlib import KINDS
 from plm_jax.objectives.masking import SPANS
 from plm_jax.parallel import resolve_mesh_shape
 from plm_jax.run import trackers
@@ -67,17 +63,8 @@ def validate_data(config) -> None:
 def _objective(config) -> None:
   family = families.get(config.model.family)
   name = config.objective.name
-  if name == "qa":
-    validate_qa(config)                 # question answering: the finetune and qa groups
-    return
-  if name == "tag":
-    validate_tag(config)                # token tagging: the finetune, classify and tag groups
-    return
-  if name in FINETUNED:
-    validate_classify(config)           # fine-tuning: the finetune and classify groups
-    return
-  if name == "seq2seq":
-    validate_seq2seq(config)            # generation fine-tuning: finetune and seq2seq
+  if name in KINDS:                     # fine-tuning: the finetune group and the kind's own
+    KINDS[name].validate(config)
     return
   if name not in family.objectives:
     raise ConfigError(f"objective.name={name!r} does not fit model.family={family.name!r}; use "
@@ -86,7 +73,7 @@ def _objective(config) -> None:
     pipeline.check_builder(config)      # data.builder must build that objective
   except DataError as e:
     raise ConfigError(str(e)) from None
-  if name == "plm":
+  if objectives.get(name).permuted:
     _permutation(config)
 
 

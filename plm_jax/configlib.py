@@ -7,10 +7,17 @@ optim / train / checkpoint / mesh / bench. Configs are locked by the CLI, so an 
 misspelt field is an error.
 """
 
+import dataclasses
+from typing import Callable
+
 import ml_collections
 
-from plm_jax import families
+from plm_jax import families, objectives
 from plm_jax.errors import ConfigError
+from plm_jax.finetune.classify.tasks import validate_classify
+from plm_jax.finetune.qa.tasks import validate_qa
+from plm_jax.finetune.seq2seq.tasks import validate_seq2seq
+from plm_jax.finetune.tag.tasks import validate_tag
 from plm_jax.mesh_presets import PRESETS
 
 # Logical axis -> mesh axes. Parameters: "embed" is sharded over fsdp (ZeRO-3 style), the
@@ -84,39 +91,29 @@ def apply_extra(config, row: dict) -> ml_collections.ConfigDict:
   return config
 
 
-DEFAULT_BUILDERS = {"mlm_nsp": "nsp", "mlm_sop": "sop", "mlm": "full_sentences", "plm": "plm",
-                    "causal_lm": "blocks", "classify": "classify",
-                    "tag": "classify",
-                    "qa": "classify",       # tagged rows and QA windows are served as
-                                            # classification rows are
-                    "seq2seq": "seq2seq"}
-
-
 def make_config(*, family: str, size_name: str, model: dict, mesh: str = "auto",
                 objective: str | None = None, data: dict | None = None,
                 train: dict | None = None, optim: dict | None = None,
-                finetune: dict | None = None, classify: dict | None = None,
-                tag: dict | None = None, qa: dict | None = None,
-                seq2seq: dict | None = None) -> ml_collections.ConfigDict:
+                finetune: dict | None = None, groups: dict | None = None
+                ) -> ml_collections.ConfigDict:
   """The full config: `model` gives the shape (hidden_size, num_layers, num_heads, mlp_dim,
   max_position, layer_norm_eps and any family-specific field), `data` / `train` / `optim` /
-  `finetune` / the kind's group the values that differ from the defaults below; `objective`
-  defaults to the family's (plm_jax/families.py)."""
+  `finetune` / `groups` (the kind's own groups by name) the values that differ from the
+  defaults below; `objective` defaults to the family's (plm_jax/families.py)."""
   objective = objective or families.get(family).objectives[0]
   c = ml_collections.ConfigDict()
   c.model = model_group(family, size_name, model)
   c.objective = objective_group(objective)
-  c.data = data_group(DEFAULT_BUILDERS[objective], data or {})
+  c.data = data_group(objectives.get(objective).builder, data or {})
   c.optim = optim_group(optim or {})
   c.train = train_group(train or {})
   c.checkpoint = checkpoint_group()
   c.mesh = mesh_group(mesh)
-  if objective in KIND_GROUPS:                # fine-tuning: the shared group, the kind's own
+  if objective in KINDS:                      # fine-tuning: the shared group, the kind's own
     c.finetune = finetune_group(finetune or {})
-    own = {"classify": classify, "tag": tag, "qa": qa, "seq2seq": seq2seq}
-    for group in KIND_GROUPS[objective]:
-      c[group] = GROUPS[group](own[group] or {})
-  if objective == "plm":
+    for group, make in KINDS[objective].groups.items():
+      c[group] = make((groups or {}).get(group) or {})
+  if objectives.get(objective).permuted:
     # XLNet's own settings, for every XLNet config (its presets and imported models alike):
     # half of each segment reused as memory, spans of up to 5 words, attention dropout
     c.objective.reuse_len = c.data.max_seq_length // 2
@@ -410,12 +407,20 @@ def seq2seq_group(values: dict) -> ml_collections.ConfigDict:
   return g
 
 
-# Each kind's own groups beside the finetune group (plm_jax/finetune/kinds.py is the kinds'
-# registry; their groups are here, below it, for the presets to build).
-GROUPS = {"classify": classify_group, "tag": tag_group, "qa": qa_group,
-          "seq2seq": seq2seq_group}
-KIND_GROUPS = {"classify": ("classify",), "tag": ("classify", "tag"), "qa": ("qa",),
-               "seq2seq": ("seq2seq",)}
+@dataclasses.dataclass(frozen=True)
+class KindConfig:
+  """A kind of fine-tuning as the config layer knows it: its groups beside the finetune group,
+  and the check of their values against its task table (plm_jax/finetune/<kind>/tasks.py)."""
+  groups: dict[str, Callable]          # group name -> its defaults (with the values given)
+  validate: Callable                   # (config) -> None, or a ConfigError naming the fix
+
+
+# The kinds of fine-tuning by the objective they train (the registry that runs them is
+# plm_jax/finetune/kinds.py; their losses, batches and heads are plm_jax/objectives').
+KINDS = {"classify": KindConfig({"classify": classify_group}, validate_classify),
+         "tag": KindConfig({"classify": classify_group, "tag": tag_group}, validate_tag),
+         "qa": KindConfig({"qa": qa_group}, validate_qa),
+         "seq2seq": KindConfig({"seq2seq": seq2seq_group}, validate_seq2seq)}
 # Fields that moved (a saved workdir's and a command line's old names -> the new group):
 # the shared ones from classify and seq2seq to finetune, classify.tag_column to tag.
 MOVED = {**{f"classify.{f}": f"finetune.{f}" for f in FINETUNE_FIELDS},
@@ -426,7 +431,8 @@ MOVED = {**{f"classify.{f}": f"finetune.{f}" for f in FINETUNE_FIELDS},
 def with_moved_fields(raw: dict) -> dict:
   """A saved config (JSON) with its old fine-tuning fields under their new groups: a workdir
   written before config.finetune existed still resumes, evaluates and exports."""
-  if raw.get("objective", {}).get("name") not in KIND_GROUPS or "finetune" in raw:
+  kind = KINDS.get(raw.get("objective", {}).get("name"))
+  if kind is None or "finetune" in raw:
     return raw
   raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
   for old, new in MOVED.items():
@@ -434,9 +440,9 @@ def with_moved_fields(raw: dict) -> dict:
     if field in raw.get(group, {}):
       value = raw[group].pop(field)
       to_group, to_field = new.split(".")
-      if to_group in KIND_GROUPS[raw["objective"]["name"]] or to_group == "finetune":
+      if to_group in kind.groups or to_group == "finetune":
         raw.setdefault(to_group, {})[to_field] = value
   for group in ("classify", "seq2seq"):          # left empty, or not the kind's (QA's classify)
-    if group in raw and group not in KIND_GROUPS[raw["objective"]["name"]]:
+    if group in raw and group not in kind.groups:
       del raw[group]
   return raw

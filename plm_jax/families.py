@@ -20,7 +20,7 @@ from typing import Callable
 
 from flax import nnx
 
-from plm_jax import flops
+from plm_jax import accelerator, flops, objectives
 from plm_jax.errors import ConfigError
 from plm_jax.hf import tables as hf_tables
 from plm_jax.models.bert import BertForPreTraining
@@ -144,3 +144,24 @@ def span_families() -> list[str]:
 
 def by_hf_model_type(model_type: str) -> Family | None:
   return next((f for f in FAMILIES.values() if f.hf.model_type == model_type), None)
+
+
+def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
+  """The frozen ModelConfig of a run's ml_collections config (the models never see the latter):
+  the family's shape, and the head its objective grows (objectives.Objective.model_fields)."""
+  m = config.model
+  dtype = accelerator.compute_dtype(m.dtype)
+  head = {"nsp_head": False, "num_labels": 0, "token_labels": False, "span_head": False,
+          **objectives.of(config).model_fields(config)}
+  return ModelConfig(
+      family=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
+      num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+      max_position=m.max_position, type_vocab_size=m.type_vocab_size,
+      dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+      layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
+      attention_impl=accelerator.attention_impl(m.attention_impl, dtype=dtype),
+      dtype=dtype, param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers,
+      embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,
+      position_offset=m.position_offset, pad_token_id=pad_token_id,
+      mem_len=m.mem_len, reuse_len=config.objective.reuse_len if m.mem_len else 0,
+      clamp_len=m.clamp_len, **head)

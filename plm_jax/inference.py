@@ -10,11 +10,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import checks, families, parallel, workdir as workdirs
+from plm_jax import checks, families, objectives, parallel, workdir as workdirs
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.generate import SamplingConfig, generate
-from plm_jax.models.config import FINETUNED, padded_vocab
+from plm_jax.models.config import padded_vocab
 from plm_jax.run import checkpoint
 from plm_jax.trainer import Trainer
 
@@ -84,9 +84,10 @@ def load_params(workdir: str, step: int | None = None, devices=None, config=None
 
 
 def _not_a_classifier(restored: Loaded, command: str) -> None:
-  if restored.config.objective.name in FINETUNED:
+  head = objectives.fine_tuned_head(restored.config)
+  if head:
     raise ConfigError(f"{command} needs a pretrained model with its language-model head; this "
-                      f"workdir holds a fine-tuned {FINETUNED[restored.config.objective.name]} "
+                      f"workdir holds a fine-tuned {head} "
                       "(use plm-jax evaluate), or give "
                       f"its pretraining run: {restored.config.finetune.init_from}")
 

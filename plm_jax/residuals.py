@@ -37,7 +37,7 @@ from jax import ad_checkpoint
 from plm_jax import accelerator, families, objectives
 from plm_jax.data import loader
 from plm_jax.models import splash
-from plm_jax.models.config import model_config
+from plm_jax.families import model_config
 
 _SAVED = re.compile(r"^(\w+)\[([\d,]*)\]\s+(.*)$")
 _BYTES = {"bool": 1, "i8": 1, "u8": 1, "i16": 2, "u16": 2, "f16": 2, "bf16": 2, "i32": 4,
@@ -122,7 +122,7 @@ def activation_bytes(config, rows: int, vocab: int, platform: str, logits_rows: 
   backward = BACKWARD_LAYERS * (rows * b0 + d0)
   scores = 0
   t = config.data.max_seq_length
-  if traced_kernel(config, platform) == "xla" and config.objective.name != "plm":
+  if traced_kernel(config, platform) == "xla" and not objectives.of(config).permuted:
     scores = 2 * rows * m.num_heads * t * t * 4        # one layer's, made again in backward
   dtype = accelerator.compute_dtype(m.dtype, platform)
   logits = logits_rows * vocab_shard * (2 if dtype in ("bfloat16", "float16") else 4)

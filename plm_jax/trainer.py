@@ -25,7 +25,7 @@ from flax import nnx
 from plm_jax import accelerator, families, objectives, parallel
 from plm_jax.data import loader
 from plm_jax.models import kernel_choice
-from plm_jax.models.config import FINETUNED, ModelConfig, model_config
+from plm_jax.models.config import ModelConfig
 from plm_jax.models.partitioning import axis_rules
 from plm_jax.optim import lr_factors, make_optimizer
 from plm_jax.run import checkpoint
@@ -45,7 +45,7 @@ class AbstractState:
 
   @classmethod
   def of(cls, config, vocab_size: int, pad_token_id: int = 0) -> "AbstractState":
-    mcfg = model_config(config, vocab_size, pad_token_id)
+    mcfg = families.model_config(config, vocab_size, pad_token_id)
     rules = parallel.rules_dict(config)
     abstract_model = nnx.eval_shape(lambda: families.build(mcfg, nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
@@ -225,7 +225,7 @@ def max_nonfinite_run(config) -> int:
 
 def _lr_factors(config, abstract_params):
   """Fine-tuning's layer-wise decay and head learning rate (None when both are off)."""
-  if config.objective.name not in FINETUNED:
+  if objectives.fine_tuned_head(config) is None:
     return None
   ft, lr, m = config.finetune, config.optim.learning_rate, config.model
   head = ft.head_learning_rate / lr if ft.head_learning_rate > 0 and lr > 0 else 1.0

@@ -16,6 +16,7 @@ import os
 import jax
 import ml_collections
 
+from plm_jax import objectives
 from plm_jax.configlib import make_config, with_moved_fields
 from plm_jax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
@@ -32,7 +33,6 @@ IDENTITY_FIELDS = {
     "objective": ("name",),
     "data": ("vocab_size", "lowercase"),
     "finetune": ("task",),
-    "classify": ("num_classes",),
 }
 
 
@@ -101,6 +101,9 @@ def identity_mismatches(saved: ml_collections.ConfigDict,
       b = current[section].get(field) if section in current else None
       if a != b:
         diffs.append(f"{section}.{field}: saved {a!r}, now {b!r}")
+  if not diffs:                    # the same objective: the head it grows (a classifier's outputs)
+    a, b = (objectives.of(c).model_fields(c) for c in (saved, current))
+    diffs += [f"the head's {k}: saved {a[k]!r}, now {b.get(k)!r}" for k in a if a[k] != b.get(k)]
   return diffs
 
 

@@ -12,7 +12,7 @@ from helpers import ROOT, family_config
 from plm_jax import accelerator, checks
 from plm_jax.cli import main
 from plm_jax.errors import ConfigError
-from plm_jax.models.config import model_config
+from plm_jax.families import model_config
 
 
 def test_auto_on_cpu_is_exact_float32_xla_threefry():

@@ -120,7 +120,7 @@ def test_truncation_is_longest_first():
 def test_layer_wise_decay_and_head_learning_rate(tokenizers_dir):
   from flax import nnx
   from plm_jax import families
-  from plm_jax.models.config import model_config
+  from plm_jax.families import model_config
   config = family_config("bert")
   with config.unlocked():
     config.objective.name = "classify"

@@ -214,7 +214,7 @@ def test_unrolled_layers_import_and_export_the_same_tensors(kind, tmp_path):
   it on slices of stacked ones: both layouts read and write exactly the checkpoint's tensors."""
   from flax import nnx
   from plm_jax import families
-  from plm_jax.models.config import model_config
+  from plm_jax.families import model_config
   make(kind, tmp_path)
   weights = hf.read_weights(str(tmp_path))
   config = hf.plm_config_from_hf(hf.read_hf_config(str(tmp_path)))

@@ -23,7 +23,8 @@ from plm_jax.finetune.run import with_body_of  # noqa: E402
 from plm_jax.hf.workdir import export_hf  # noqa: E402
 from plm_jax.inference import fit_to_devices, load_params  # noqa: E402
 from plm_jax.models.classifier import HEAD_PARAMS  # noqa: E402
-from plm_jax.models.config import model_config, padded_vocab  # noqa: E402
+from plm_jax.families import model_config
+from plm_jax.models.config import padded_vocab  # noqa: E402
 from plm_jax.run import checkpoint
 
 NAMES = ("blue", "green", "red")

@@ -175,26 +175,30 @@ def test_size_tables_have_a_tiny_row_and_no_branches(family):
 
 
 KIND_NAMES = {"classify", "tag", "qa", "seq2seq"}
-# The registry and the kinds' own folders spell kind names (configs name their own).
-NAMES_KINDS = ("plm_jax.finetune.kinds", "plm_jax.finetune.*")
-# Modules that still tell kinds apart by name, to be emptied: models/config.py and bench.py are
-# issue 23's (untouched here); the config groups, objectives, loader fields and HF heads follow.
-STILL_NAMING_KINDS = {"plm_jax.configlib", "plm_jax.objectives.objectives",
-                      "plm_jax.objectives.span", "plm_jax.compare.stages", "plm_jax.data.loader",
-                      "plm_jax.models.config", "plm_jax.checks", "plm_jax.hf.convert",
-                      "plm_jax.workdir", "plm_jax.bench", "plm_jax.hf.workdir"}
+# Kind names are spelt by the kinds' registry and their own folders (plm_jax/finetune/), the
+# objectives' table (a kind's loss, batch and head: plm_jax/objectives/) and the config layer's
+# table of their groups (plm_jax/configlib.py, KINDS); the presets name their own.
+NAMES_KINDS = ("plm_jax.finetune.kinds", "plm_jax.finetune.*", "plm_jax.objectives.*",
+               "plm_jax.configlib", "plm_jax.configs.*")
+# Modules that still tell kinds apart by name, to be emptied.
+STILL_NAMING_KINDS = {"plm_jax.compare.stages"}
+# The same words meaning something else: bench's JSON "tag" labels an A/B run
+# (launch/bench_vs_reference.sh).
+NOT_KINDS = {("plm_jax.bench", "tag")}
+# Where an objective's name may be compared with a constant: the registries.
+COMPARES_OBJECTIVES = ("plm_jax.objectives.*", "plm_jax.families", "plm_jax.finetune.kinds")
 
 
 def _names_kinds(name: str, tree: ast.Module) -> list[str]:
   return [f"{name}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
-          if isinstance(node, ast.Constant) and node.value in KIND_NAMES]
+          if isinstance(node, ast.Constant) and node.value in KIND_NAMES
+          and (name, node.value) not in NOT_KINDS]
 
 
 def test_only_the_kind_registry_and_the_kinds_tell_kinds_apart():
   named = []
   for name, tree in modules().items():
-    if (any(fnmatch.fnmatchcase(name, p) for p in NAMES_KINDS)
-        or name.startswith("plm_jax.configs.") or name in STILL_NAMING_KINDS):
+    if any(fnmatch.fnmatchcase(name, p) for p in NAMES_KINDS) or name in STILL_NAMING_KINDS:
       continue
     named += _names_kinds(name, tree)
   assert named == []
@@ -203,6 +207,30 @@ def test_only_the_kind_registry_and_the_kinds_tell_kinds_apart():
 def test_the_list_of_modules_still_naming_kinds_only_shrinks():
   trees = modules()
   assert [n for n in sorted(STILL_NAMING_KINDS) if not _names_kinds(n, trees[n])] == []
+
+
+def _objective_name(node) -> bool:
+  """`<...>.objective.name` (or `["objective"]["name"]`)."""
+  if isinstance(node, ast.Attribute) and node.attr == "name":
+    inner = node.value
+    return isinstance(inner, ast.Attribute) and inner.attr == "objective"
+  return False
+
+
+def test_no_module_compares_an_objective_name_outside_the_registries():
+  """Objectives and kinds are told apart by asking their table (objectives.of(config)...,
+  configlib.KINDS, finetune/kinds.py), never by `config.objective.name == "..."`."""
+  found = []
+  for name, tree in modules().items():
+    if any(fnmatch.fnmatchcase(name, p) for p in COMPARES_OBJECTIVES):
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Compare):
+        sides = [node.left, *node.comparators]
+        if any(_objective_name(x) for x in sides) and any(
+            isinstance(x, (ast.Constant, ast.Tuple, ast.Set, ast.List)) for x in sides):
+          found.append(f"{name}:{node.lineno}")
+  assert found == []
 
 
 def folder_of(name: str) -> str:

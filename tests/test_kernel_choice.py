@@ -12,7 +12,8 @@ from helpers import family_config
 from plm_jax import families, objectives
 from plm_jax.data import loader
 from plm_jax.models import kernel_choice, layers
-from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.families import model_config
+from plm_jax.models.config import padded_vocab
 from plm_jax.models.kernel_choice import AttentionCall, choose
 
 

@@ -8,7 +8,8 @@ from flax import nnx
 from helpers import family_config
 from plm_jax import families, models, parallel
 from plm_jax.models.bert import gather_positions
-from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.families import model_config
+from plm_jax.models.config import padded_vocab
 from plm_jax.models.layers import AttentionMask
 
 

@@ -9,7 +9,7 @@ from flax import nnx
 
 from helpers import family_config
 from plm_jax import families
-from plm_jax.models.config import model_config
+from plm_jax.families import model_config
 from plm_jax.optim import decay_mask, make_optimizer, make_schedule
 
 

@@ -18,7 +18,8 @@ from plm_jax import cli, families, workdir as workdirs
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.finetune.qa import data as qa_data
 from plm_jax.finetune.qa.metrics import best_thresholds, exact, f1, normalize_answer, squad_metrics
-from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.families import model_config
+from plm_jax.models.config import padded_vocab
 from plm_jax.run import checkpoint
 
 FILLER = ("the of a to is and in for it be this that an on as by with are or not from at if "

@@ -21,7 +21,8 @@ from plm_jax.finetune.tag import data as tag_data
 from plm_jax.finetune.tag.metrics import entities, is_entity_scheme, tag_report
 from plm_jax.finetune.tag.tasks import validate_tag
 from plm_jax.inference import fit_to_devices
-from plm_jax.models.config import model_config, padded_vocab
+from plm_jax.families import model_config
+from plm_jax.models.config import padded_vocab
 from plm_jax.run import checkpoint
 
 

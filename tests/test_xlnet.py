@@ -18,7 +18,7 @@ from helpers import family_config  # noqa: E402
 from plm_jax.data import examples  # noqa: E402
 from plm_jax.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from plm_jax.hf import convert as hf
-from plm_jax.models.config import model_config  # noqa: E402
+from plm_jax.families import model_config  # noqa: E402
 from plm_jax.models.xlnet import XLNetLMHeadModel, positions_from_target_mapping  # noqa: E402
 from plm_jax.objectives.permutation import (PermutationConfig, perm_mask,  # noqa: E402
                                             segment_targets)

@@ -26,4 +26,5 @@ def get_config(arg=None):
       train=dict(steps=0, batch_size=32, log_every=50, eval_every=0),
       optim=dict(learning_rate=3e-5, warmup_steps=0, schedule="linear", weight_decay=0.01),
       finetune=dict(task=a["size"], epochs=2.0, metric="f1"),
-      qa=dict(max_query_length=64, doc_stride=128, max_answer_length=30, n_best=20))
+      groups={"qa": dict(max_query_length=64, doc_stride=128, max_answer_length=30,
+                         n_best=20)})

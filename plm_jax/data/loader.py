@@ -23,6 +23,7 @@ import grain
 import jax
 import numpy as np
 
+from plm_jax import objectives
 from plm_jax.data.pipeline import PreparedData
 from plm_jax.models.partitioning import BATCH_AXES
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, mask_tokens,
@@ -106,19 +107,19 @@ class Server:
 
   def __init__(self, config, prepared: PreparedData, split: int):
     self.seed, self.split = config.train.seed, split
-    self.builder = prepared.builder
+    self.builder, self.objective = prepared.builder, objectives.of(config)
     tok = prepared.tokenizer
-    self.masking = masking_config(config, tok) if self.builder in ("nsp", "sop",
-                                                                    "full_sentences") else None
+    self.masking = (masking_config(config, tok)
+                    if isinstance(self.objective, objectives.MaskedLM) else None)
     self.special = tok.special_ids()
-    self.permutation = permutation_config(config, tok) if self.builder == "plm" else None
+    self.permutation = permutation_config(config, tok) if self.objective.permuted else None
     # Classification (and generation) eval splits are served once, padded to whole batches: rows past the end
     # of the split repeat earlier ones with weight 0.
     self.rows = len(Rows(prepared.eval)) if split == EVAL else None
 
   def __call__(self, batch: dict) -> dict:
     index = batch.pop("index")
-    if self.builder == "classify":
+    if self.objective.rows:
       weights = np.ones(len(index), np.float32) if self.rows is None else \
           (index < self.rows).astype(np.float32)
       return {**batch, "example_weights": weights}
@@ -135,13 +136,13 @@ class Server:
     tokens = batch["tokens"]
     out = {"input_ids": tokens[:, :-1].astype(np.int32),
            "labels": tokens[:, 1:].astype(np.int32)}
-    if self.builder in ("packed", "seq2seq"):
+    if self.builder == "packed" or self.objective.completions_only:
       seg = batch["segment_ids"]
       out["segment_ids"] = seg[:, :-1].astype(np.int32)
       out["positions"] = batch["positions"][:, :-1].astype(np.int32)
       out["attention_mask"] = (seg[:, :-1] > 0).astype(np.int32)
       out["label_weights"] = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(np.float32)
-      if self.builder == "seq2seq":
+      if self.objective.completions_only:
         # Generation fine-tuning: the loss on the completions only (plm_jax/finetune/seq2seq/data.py);
         # eval rows past the end of the split (padding the last batch) weigh nothing.
         out["label_weights"] *= batch["targets"][:, 1:] > 0
@@ -259,55 +260,17 @@ def to_global(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Ar
 
 def segments_per_row(config) -> int:
   """Sequences of max_seq_length in one example: XLNet's chain of segments, else one."""
-  return config.objective.plm_segments if config.objective.name == "plm" else 1
+  return objectives.of(config).segments(config)
 
 
 def predictions_per_sequence(config) -> int:
   """Positions an encoder predicts in a sequence (the width of its targets)."""
-  t = config.data.max_seq_length
-  if config.objective.name == "plm":
-    return num_predict_for(t, config.objective.plm_k)
-  return max_predictions_for(t, config.objective.mlm_probability)
+  return objectives.of(config).predictions(config)
 
 
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every field of a global batch (for synthetic batches and shardings)."""
-  b, t = config.train.batch_size, config.data.max_seq_length
-  if config.objective.name == "classify":
-    regression = config.classify.num_classes == 1
-    return {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
-            "attention_mask": ((b, t), np.int32),
-            "labels": ((b,), np.float32 if regression else np.int32),
-            "example_weights": ((b,), np.float32), "example_index": ((b,), np.int32)}
-  if config.objective.name == "tag":             # a tag (or -1: none) per position
-    return {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
-            "attention_mask": ((b, t), np.int32), "labels": ((b, t), np.int32),
-            "example_weights": ((b,), np.float32), "example_index": ((b,), np.int32)}
-  if config.objective.name == "qa":          # question answering: a window's answer span
-    return {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
-            "attention_mask": ((b, t), np.int32), "start_positions": ((b,), np.int32),
-            "end_positions": ((b,), np.int32), "example_weights": ((b,), np.float32),
-            "example_index": ((b,), np.int32)}
-  if config.objective.name == "plm":
-    s, p = config.objective.plm_segments, num_predict_for(t, config.objective.plm_k)
-    return {**{k: ((b, s, t), np.int32) for k in ("input_ids", "segment_ids", "attention_mask",
-                                                  "perm_ranks", "perm_targets")},
-            "target_positions": ((b, s, p), np.int32), "target_labels": ((b, s, p), np.int32),
-            "target_weights": ((b, s, p), np.float32)}
-  if config.objective.name in ("mlm_nsp", "mlm_sop", "mlm"):
-    p = max_predictions_for(t, config.objective.mlm_probability)
-    shapes = {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
-              "attention_mask": ((b, t), np.int32), "masked_positions": ((b, p), np.int32),
-              "masked_labels": ((b, p), np.int32), "masked_weights": ((b, p), np.float32)}
-    if config.objective.name in ("mlm_nsp", "mlm_sop"):
-      shapes[f"{config.objective.name[-3:]}_labels"] = ((b,), np.int32)
-    return shapes
-  shapes = {"input_ids": ((b, t), np.int32), "attention_mask": ((b, t), np.int32),
-            "labels": ((b, t), np.int32), "label_weights": ((b, t), np.float32)}
-  if config.data.builder in ("packed", "seq2seq"):
-    shapes["segment_ids"] = ((b, t), np.int32)
-    shapes["positions"] = ((b, t), np.int32)
-  return shapes
+  return objectives.of(config).batch_shapes(config)
 
 
 def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -315,7 +278,8 @@ def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndar
   rng = np.random.default_rng(seed)
   out = {}
   t = config.data.max_seq_length
-  if config.objective.name == "plm":
+  objective = objectives.of(config)
+  if objective.permuted:
     return _synthetic_plm(config, vocab_size, rng)
   for name, (shape, dtype) in batch_shapes(config).items():
     if name in ("input_ids", "labels", "masked_labels"):
@@ -325,8 +289,7 @@ def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndar
     elif name == "segment_ids":
       half = (np.arange(t)[None, :] >= t // 2).astype(dtype)
       # packed GPT examples number their documents from 1 (0 is padding); pairs from 0
-      first = 1 if config.objective.name == "causal_lm" else 0
-      out[name] = np.repeat(half + first, shape[0], 0)
+      out[name] = np.repeat(half + objective.documents_from, shape[0], 0)
     elif name == "positions":
       out[name] = np.repeat(np.arange(t, dtype=dtype)[None, :], shape[0], 0)
     elif name == "masked_positions":

@@ -13,22 +13,23 @@ Workdir of a fine-tuning run:
 """
 
 import copy
-import dataclasses
 import math
 import os
 from typing import Callable
 
 import jax
 
-from plm_jax import checks, distributed, parallel, workdir as workdirs
+from plm_jax import checks, configlib, distributed, families, objectives, parallel, \
+    workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune.classify.metrics import higher_is_better
-from plm_jax.finetune.predict import SPLITS, eval_name, write_eval_result
+from plm_jax.finetune.predict import SPLITS, Predictor, eval_name, write_eval_result
+from plm_jax.hf.tables import head_architecture
 from plm_jax.inference import load_params
 from plm_jax.models.classifier import HEAD_PARAMS
-from plm_jax.models.config import FINETUNED, padded_vocab
+from plm_jax.models.config import padded_vocab
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.run.scaffold import Run
@@ -40,31 +41,86 @@ RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "attention_imp
                         "remat")
 
 
-@dataclasses.dataclass(frozen=True)
 class Kind:
-  """What one kind of fine-tuning brings to the run they share (`run_finetuning`) and to
-  `plm-jax evaluate`: classification (classify/run.py), token tagging (tag/run.py), question
-  answering (qa/run.py) and generation (seq2seq/run.py); plm_jax/finetune/kinds.py is their
-  table."""
+  """One kind of fine-tuning: what it brings to the run they share (`run_finetuning`) and to
+  `plm-jax evaluate`. Each kind is a subclass in its sub-package, finetune/<kind>/run.py
+  (classification, token tagging, question answering, generation), with one entry in
+  plm_jax/finetune/kinds.py. What the layers below a run know of a kind is read through it:
+  its config groups and their check (configlib.KINDS), its objective, batch and model head
+  (the objectives' table), and the Hugging Face head that head exports as (hf/convert.py)."""
 
   name: str                # objective.name of its configs
-  evaluate_split: Callable  # (loaded, split, name, label) -> (`plm-jax evaluate`'s report of
-                            # a restored checkpoint on a split (printed after `label`), None
-                            # or write(workdir, stem): its predictions beside the report)
-  start_config: Callable   # (config, workdir, init_from, found) -> (config, tokenizer)
-  load: Callable           # (config, tokenizer, workdir, found) -> data (prints its summary;
-                           # sets the schedule and what the data decides in the config)
-  metric: Callable         # (config, data) -> the metric the best checkpoint is chosen by
-  prepared: Callable       # (data, tokenizer) -> the loader's PreparedData (train, and the
-                           # validation split served as "eval")
-  init: Callable           # (trainer, config, devices) -> the train state to start from
-  what: Callable           # (config, data, metric) -> the model, as the start-up line says it
-  predictor: Callable      # (trainer) -> what evaluates a split (None if `report` needs none)
-  report: Callable         # (predictor, params, batches, config, tokenizer, data) -> the
-                           # validation metrics of `params`
-  final: Callable          # (workdir, config, trainer, predictor, tokenizer, data, best_step,
-                           # metric) -> the final report (written in the workdir)
-  start_lines: Callable = lambda data: ()    # more start-up lines (the labels, the tags)
+
+  # --- what the layers below know of it, in one place ---------------------------------------------
+
+  def config_groups(self) -> dict:
+    """Its groups beside config.finetune: name -> defaults (plm_jax/configlib.py)."""
+    return configlib.KINDS[self.name].groups
+
+  def check(self, config) -> None:
+    """Its groups' values against its task table (raises ConfigError naming the fix)."""
+    configlib.KINDS[self.name].validate(config)
+
+  def objective(self, config) -> objectives.Objective:
+    """Its loss, set up as `config` says."""
+    return objectives.get(self.name).for_config(config)
+
+  def model_head(self, config) -> dict:
+    """The ModelConfig fields of the head it grows ({} for none: generation keeps the LM's)."""
+    return objectives.get(self.name).model_fields(config)
+
+  def hf_architecture(self, config) -> str:
+    """The transformers class its fine-tuned model exports as (`plm-jax export-hf`)."""
+    return head_architecture(families.get(config.model.family).hf, self.model_head(config))
+
+  # --- the run ---------------------------------------------------------------------------------------
+
+  def start_config(self, config, workdir: str, init_from: str | None, found):
+    """(config, tokenizer): the task's fields over the body's architecture (or the workdir's,
+    when it resumes)."""
+    return start_config(config, workdir, init_from, found)
+
+  def load(self, config, tokenizer, workdir: str, found):
+    """Its data (prints its summary; sets the schedule and what the data decides)."""
+    raise NotImplementedError
+
+  def metric(self, config, data) -> str:
+    """The metric the best checkpoint is chosen by."""
+    return config.finetune.metric
+
+  def prepared(self, data, tokenizer):
+    """The loader's PreparedData: train, and the validation split served as "eval"."""
+    raise NotImplementedError
+
+  def init(self, trainer, config, devices) -> dict:
+    """The train state to start from: the pretrained body and a new head."""
+    return body_and_new_head(trainer, config.finetune.init_from, devices)
+
+  def describe(self, config, data, metric: str) -> str:
+    """The model, as the start-up line says it."""
+    raise NotImplementedError
+
+  def start_lines(self, data) -> tuple[str, ...]:
+    """More start-up lines (the labels, the tags)."""
+    return ()
+
+  def predictor(self, trainer):
+    """What evaluates a split (its logits over the eval batches)."""
+    return Predictor(trainer)
+
+  def report(self, predictor, params, batches, config, tokenizer, data) -> dict:
+    """The validation metrics of `params`."""
+    raise NotImplementedError
+
+  def final(self, workdir: str, config, trainer, predictor, tokenizer, data, best_step: int,
+            metric: str) -> dict:
+    """The final report, written in the workdir."""
+    raise NotImplementedError
+
+  def evaluate_split(self, loaded, split: str, name: str, label: str) -> tuple[dict, object]:
+    """`plm-jax evaluate`'s report of a restored checkpoint on a split (printed after `label`),
+    and None or write(workdir, stem): its predictions beside the report."""
+    raise NotImplementedError
 
   def finetune(self, config, workdir: str, init_from: str | None = None, devices=None) -> dict:
     """Fine-tunes (or resumes fine-tuning in `workdir`); returns the final report."""
@@ -111,7 +167,7 @@ def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = Non
                           resuming=resume_step is not None)
     state, meta = run.start(lambda: kind.init(trainer, config, devices))
     run.accept(tokenizer)
-    run.describe(kind.what(config, data, metric))
+    run.describe(kind.describe(config, data, metric))
     for line in kind.start_lines(data):
       console(line)
     train_step = run.compile()
@@ -136,8 +192,8 @@ def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = Non
 
 def with_body_of(config, body_config):
   """The fine-tuning config with the architecture of `body_config` (a pretraining run's)."""
-  if body_config.objective.name in FINETUNED:
-    raise CheckpointError(f"--init-from holds a fine-tuned {FINETUNED[body_config.objective.name]}"
+  if objectives.fine_tuned_head(body_config):
+    raise CheckpointError(f"--init-from holds a fine-tuned {objectives.fine_tuned_head(body_config)}"
                           " already; start from the pretraining run (or import-hf workdir) it "
                           "was fine-tuned from")
   return _with_model_of(config, body_config)

@@ -12,7 +12,7 @@ explicit table (plm_jax/hf/tables.py, one per family); an unsupported architectu
 tensor or a shape mismatch is an error naming the tensor and the shape expected. A checkpoint without pretraining heads
 (e.g. `BertModel`) is imported with freshly initialised heads, listed in `Pretrained.fresh`.
 Export converts and gathers one tensor at a time, so a sharded model never needs a second full
-copy on the writing host. A fine-tuned classifier (config.objective.name == "classify") is
+copy on the writing host. A fine-tuned classifier (a config whose objective grows a head) is
 written as its family's `*ForSequenceClassification`, with its labels in config.json and a
 tokenizer that lays out texts and pads them as the classifier expects (`classifier_tokenizer`).
 """
@@ -31,12 +31,14 @@ from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, processors
 
-from plm_jax import families
+from plm_jax import families, objectives
+from plm_jax.families import model_config
 from plm_jax.configlib import make_config
 from plm_jax.data.tokenizer import TextTokenizer, load_tokenizer
 from plm_jax.errors import CheckpointError
-from plm_jax.hf.tables import base_kind, entries_of, expected_hf_shape, part_index, to_hf, to_ours
-from plm_jax.models.config import FINETUNED, ModelConfig, model_config
+from plm_jax.hf.tables import (base_kind, entries_of, expected_hf_shape, head_architecture,
+                               part_index, to_hf, to_ours)
+from plm_jax.models.config import ModelConfig
 
 
 @dataclasses.dataclass
@@ -122,26 +124,26 @@ def plm_config_from_hf(hf: dict) -> ml_collections.ConfigDict:
 
 def hf_config_from_plm(config, vocab_size: int, tokenizer: TextTokenizer | None,
                        pad_id: int | None = None) -> dict:
-  """transformers' config.json; a classifier's (config.objective.name == "classify") names its
+  """transformers' config.json; a fine-tuned head's (a classifier's, a tagger's) names its
   class, its labels and `pad_id`, the padding token of its exported tokenizer."""
   spec = families.get(config.model.family).hf
   out = spec.to_hf(config.model, vocab_size, tokenizer)
-  if config.objective.name == "qa":
-    return {**out, "architectures": [spec.span_model],
+  head = objectives.of(config).model_fields(config)
+  if head.get("span_head"):             # extractive QA: start / end logits
+    return {**out, "architectures": [head_architecture(spec, head)],
             **({"pad_token_id": pad_id} if pad_id is not None else {})}
-  if config.objective.name not in FINETUNED:
+  if not head.get("num_labels"):
     return out
   k = config.classify
   names = list(k.label_names or ())
   id2label = {i: names[i] if i < len(names) and names[i] else f"LABEL_{i}"
               for i in range(k.num_classes)}
-  out.update(architectures=[spec.classifier], num_labels=k.num_classes,
+  out.update(architectures=[head_architecture(spec, head)], num_labels=k.num_classes,
              id2label={str(i): n for i, n in id2label.items()},
              label2id={n: i for i, n in id2label.items()},
              # finetune trains one output with mean squared error, more with cross-entropy
              problem_type="regression" if k.num_classes == 1 else "single_label_classification")
-  if config.objective.name == "tag":        # a tagger: cross-entropy per token
-    out.update(architectures=[spec.tagger])
+  if head.get("token_labels"):          # a tagger: cross-entropy per token
     del out["problem_type"]
   if pad_id is not None:
     out["pad_token_id"] = pad_id
@@ -366,7 +368,7 @@ def write_hf_directory(directory: str, params: dict, config, mcfg: ModelConfig,
     return
   # fine-tuned models (classifiers, taggers, question answering) come with the tokenizer of
   # their layout
-  classifier = config.objective.name in FINETUNED
+  classifier = objectives.fine_tuned_head(config) is not None
   vocab_size, pad_id, spec = mcfg.vocab_size, None, families.get(config.model.family).hf
   if classifier:
     if tokenizer is None:

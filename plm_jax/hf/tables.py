@@ -57,6 +57,16 @@ class HFSpec:
 
 # --- building blocks of the tables ---------------------------------------------------------------
 
+def head_architecture(spec: HFSpec, head: dict) -> str:
+  """The transformers class a model with `head` (its ModelConfig head fields: span_head,
+  num_labels, token_labels) is written as."""
+  if head.get("span_head"):
+    return spec.span_model
+  if head.get("num_labels"):
+    return spec.tagger if head.get("token_labels") else spec.classifier
+  return spec.architecture
+
+
 def _norm(hf: str, ours: tuple) -> list[Entry]:
   return [(f"{hf}.weight", (*ours, "scale"), "same"), (f"{hf}.bias", (*ours, "bias"), "same")]
 

@@ -6,11 +6,10 @@ import os
 import jax
 import numpy as np
 
-from plm_jax import checks, parallel, workdir as workdirs
+from plm_jax import checks, objectives, parallel, workdir as workdirs
 from plm_jax.errors import CheckpointError
 from plm_jax.hf import convert as hf
 from plm_jax.inference import UNTRAINED_HEADS_FILE, fit_to_devices, load_params
-from plm_jax.models.config import FINETUNED
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console
 from plm_jax.trainer import Trainer
@@ -55,9 +54,9 @@ def export_hf(workdir: str, out: str, step: int | None = None, best: bool = Fals
   pretraining model, a fine-tuned classifier as its *ForSequenceClassification (labels, and a
   tokenizer that lays out and pads texts as the classifier expects)."""
   config = workdirs.load_config(workdir)
-  classifier = config.objective.name in FINETUNED
-  # a generation fine-tuning run (seq2seq) keeps a best/ too; its model is a plain GPT LM
-  if best and not classifier and config.objective.name != "seq2seq":
+  classifier = objectives.fine_tuned_head(config) is not None
+  # every fine-tuning run keeps a best/ (generation's too, whose model is a plain GPT LM)
+  if best and "finetune" not in config:
     raise CheckpointError(f"--best picks a fine-tuning run's best checkpoint; {workdir!r} holds "
                           "a pretraining run: drop --best (the latest) or give --step N")
   subdir = checkpoint.BEST_DIR if best else checkpoint.CHECKPOINT_DIR

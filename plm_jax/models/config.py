@@ -4,13 +4,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from plm_jax import accelerator
 from plm_jax.models.layers import BlockConfig
-
-# The objectives of fine-tuning runs (a pretrained body, a new head, the config's classify
-# group), and what such a run holds: the commands that need a pretraining run refuse these by
-# name.
-FINETUNED = {"classify": "classifier", "tag": "token tagger", "qa": "question-answering model"}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -79,27 +73,3 @@ def padded_vocab(config, tokenizer_vocab: int) -> int:
   size = config.model.vocab_size or tokenizer_vocab
   multiple = max(1, config.model.vocab_pad_multiple)
   return -(-size // multiple) * multiple
-
-
-def model_config(config, vocab_size: int, pad_token_id: int = 0) -> ModelConfig:
-  """The frozen ModelConfig of a run's ml_collections config (the models never see the latter)."""
-  m = config.model
-  dtype = accelerator.compute_dtype(m.dtype)
-  return ModelConfig(
-      family=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
-      num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-      max_position=m.max_position, type_vocab_size=m.type_vocab_size,
-      dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-      layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
-      attention_impl=accelerator.attention_impl(m.attention_impl, dtype=dtype),
-      dtype=dtype, param_dtype=m.param_dtype, remat=m.remat,
-      scan_layers=m.scan_layers,
-      nsp_head=config.objective.name in ("mlm_nsp", "mlm_sop"),
-      embedding_size=m.embedding_size, shared_layers=m.shared_layers, hidden_act=m.hidden_act,
-      position_offset=m.position_offset, pad_token_id=pad_token_id,
-      mem_len=m.mem_len, reuse_len=config.objective.reuse_len if m.mem_len else 0,
-      clamp_len=m.clamp_len,
-      num_labels=(config.classify.num_classes if config.objective.name in ("classify", "tag")
-                  else 0),
-      token_labels=config.objective.name == "tag",
-      span_head=config.objective.name == "qa")

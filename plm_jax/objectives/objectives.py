@@ -1,4 +1,7 @@
-"""Pretraining objectives: how a batch becomes loss statistics, a loss and metrics.
+"""The objectives, pretraining and fine-tuning: how a batch becomes loss statistics, a loss and
+metrics, and what an objective asks of the rest of the run (its table, OBJECTIVES, is the
+registry that tells objectives apart: the data it is built from and the batch it is fed, the
+head the model grows, the segments and predictions of a row).
 
 An objective is stateless. `stats(model, batch, rng)` runs the model and returns sums/counts;
 `loss(stats, totals)` divides by whole-batch counts (`totals`, computed from the batch alone, so
@@ -7,10 +10,13 @@ gradient accumulation is exact); `metrics(stats)` turns summed statistics into r
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from plm_jax.objectives.base import Objective, rows_of
 from plm_jax.objectives.losses import classification_stats, safe_div
+from plm_jax.objectives.masking import max_predictions_for
 from plm_jax.objectives.output_ce import output_stats
-from plm_jax.objectives.permutation import perm_mask
+from plm_jax.objectives.permutation import num_predict_for, perm_mask
 from plm_jax.objectives.span import SpanExtraction
 
 # Tokens per device in one chunk of the output layer's cross-entropy (objective.loss_chunk).
@@ -21,11 +27,12 @@ def _prefixed(prefix: str, stats: dict) -> dict:
   return {f"{prefix}_{k}": v for k, v in stats.items()}
 
 
-class MaskedLM:
+class MaskedLM(Objective):
   """Masked-LM cross-entropy over the chosen positions only (RoBERTa), plus, in the subclasses,
   a sentence-pair task on the pooled [CLS] state: NSP (BERT) or SOP (ALBERT)."""
 
   name = "mlm"
+  builder = "full_sentences"
   pair: str | None = None   # the sentence-pair task: its labels are batch[f"{pair}_labels"]
   # The metrics progress lines show, in this order (those present).
   train_keys = ("loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy", "sop_accuracy",
@@ -35,6 +42,26 @@ class MaskedLM:
 
   def __init__(self, loss_chunk: int = LOSS_CHUNK):
     self.loss_chunk = loss_chunk
+
+  @classmethod
+  def for_config(cls, config):
+    return cls(loss_chunk=config.objective.loss_chunk)
+
+  def model_fields(self, config) -> dict:
+    return {"nsp_head": self.pair is not None}
+
+  def predictions(self, config) -> int:
+    return max_predictions_for(config.data.max_seq_length, config.objective.mlm_probability)
+
+  def batch_shapes(self, config) -> dict:
+    b, t = config.train.batch_size, config.data.max_seq_length
+    p = self.predictions(config)
+    shapes = {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
+              "attention_mask": ((b, t), np.int32), "masked_positions": ((b, p), np.int32),
+              "masked_labels": ((b, p), np.int32), "masked_weights": ((b, p), np.float32)}
+    if self.pair:
+      shapes[f"{self.pair}_labels"] = ((b,), np.int32)
+    return shapes
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     out = model.features(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
@@ -77,6 +104,7 @@ class MaskedLMWithNSP(MaskedLM):
   """BERT: masked LM + next-sentence prediction."""
 
   name = "mlm_nsp"
+  builder = "nsp"
   pair = "nsp"
 
 
@@ -84,18 +112,34 @@ class MaskedLMWithSOP(MaskedLM):
   """ALBERT: masked LM + sentence-order prediction (were the two segments swapped?)."""
 
   name = "mlm_sop"
+  builder = "sop"
   pair = "sop"
 
 
-class CausalLM:
+class CausalLM(Objective):
   """GPT: mean next-token cross-entropy over real (non-padding) targets."""
 
   name = "causal_lm"
+  builder = "blocks"
   train_keys = ("loss", "perplexity", "learning_rate")
   eval_keys = ("loss", "lm_loss", "perplexity", "lm_accuracy")
+  documents_from = 1        # packed documents are numbered from 1 (0 is padding)
 
   def __init__(self, loss_chunk: int = LOSS_CHUNK):
     self.loss_chunk = loss_chunk
+
+  @classmethod
+  def for_config(cls, config):
+    return cls(loss_chunk=config.objective.loss_chunk)
+
+  def batch_shapes(self, config) -> dict:
+    b, t = config.train.batch_size, config.data.max_seq_length
+    shapes = {"input_ids": ((b, t), np.int32), "attention_mask": ((b, t), np.int32),
+              "labels": ((b, t), np.int32), "label_weights": ((b, t), np.float32)}
+    if config.data.builder == "packed" or self.completions_only:
+      shapes["segment_ids"] = ((b, t), np.int32)
+      shapes["positions"] = ((b, t), np.int32)
+    return shapes
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     # Rows are right-padded, so under the causal mask no real token ever sees padding: the
@@ -124,18 +168,38 @@ class CausalLM:
     }
 
 
-class PermutationLM:
+class PermutationLM(Objective):
   """XLNet: permutation LM with partial prediction, over S consecutive segments of a text; each
   segment attends to the memory of the one before (no gradient through it). The loss is the
   mean cross-entropy of every target of every segment (plm_jax/objectives/permutation.py
   draws them)."""
 
   name = "plm"
+  builder = "plm"
+  permuted = True
   train_keys = ("loss", "plm_accuracy", "learning_rate")
   eval_keys = ("loss", "plm_loss", "perplexity", "plm_accuracy")
 
   def __init__(self, loss_chunk: int = LOSS_CHUNK, reuse_len: int = 0):
     self.loss_chunk, self.reuse_len = loss_chunk, reuse_len
+
+  @classmethod
+  def for_config(cls, config):
+    return cls(config.objective.loss_chunk, config.objective.reuse_len)
+
+  def segments(self, config) -> int:
+    return config.objective.plm_segments
+
+  def predictions(self, config) -> int:
+    return num_predict_for(config.data.max_seq_length, config.objective.plm_k)
+
+  def batch_shapes(self, config) -> dict:
+    b, t = config.train.batch_size, config.data.max_seq_length
+    s, p = self.segments(config), self.predictions(config)
+    return {**{k: ((b, s, t), np.int32) for k in ("input_ids", "segment_ids", "attention_mask",
+                                                  "perm_ranks", "perm_targets")},
+            "target_positions": ((b, s, p), np.int32), "target_labels": ((b, s, p), np.int32),
+            "target_weights": ((b, s, p), np.float32)}
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     table, bias = model.lm_output()
@@ -164,16 +228,31 @@ class PermutationLM:
             "plm_accuracy": safe_div(stats["plm_correct"], stats["plm_count"])}
 
 
-class Classification:
+class Classification(Objective):
   """Fine-tuning: cross-entropy over classes, or mean squared error when there is one output
   (regression). `example_weights` is 0 for the rows that only pad the last eval batch."""
 
   name = "classify"
+  builder = "classify"
+  head = "classifier"
+  rows = True
   train_keys = ("loss", "accuracy", "mse", "learning_rate")
   eval_keys = ("loss", "accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman", "mse")
 
   def __init__(self, regression: bool = False):
     self.regression = regression
+
+  @classmethod
+  def for_config(cls, config):
+    return cls(regression=config.classify.num_classes == 1)
+
+  def model_fields(self, config) -> dict:
+    return {"num_labels": config.classify.num_classes}
+
+  def batch_shapes(self, config) -> dict:
+    b = config.train.batch_size
+    label = np.float32 if config.classify.num_classes == 1 else np.int32
+    return {**rows_of(config), "labels": ((b,), label)}
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     logits = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
@@ -198,12 +277,22 @@ class Classification:
     return {"loss": loss, "accuracy": safe_div(stats["cls_correct"], stats["cls_count"])}
 
 
-class TokenClassification:
+class TokenClassification(Objective):
   """Fine-tuning a tagger: cross-entropy over the tags of the positions that carry one (a
   word's first sub-token; labels -1 elsewhere), in rows of weight 1 (`example_weights` is 0 for
   the rows that only pad the last eval batch)."""
 
   name = "tag"
+  builder = "classify"          # tagged rows are served as classification rows are
+  head = "token tagger"
+  rows = True
+
+  def model_fields(self, config) -> dict:
+    return {"num_labels": config.classify.num_classes, "token_labels": True}
+
+  def batch_shapes(self, config) -> dict:
+    b, t = config.train.batch_size, config.data.max_seq_length
+    return {**rows_of(config), "labels": ((b, t), np.int32)}   # a tag (or -1: none) per position
   train_keys = ("loss", "accuracy", "learning_rate")
   eval_keys = ("loss", "accuracy", "precision", "recall", "f1")
 
@@ -230,27 +319,33 @@ class GenerationLM(CausalLM):
   loader sets on the completion tokens only; evaluations add the scores of decoded text."""
 
   name = "seq2seq"
+  builder = "seq2seq"
+  completions_only = True       # the loss on the completion tokens only
   eval_keys = ("loss", "perplexity", "lm_accuracy", "bleu", "rouge1", "rouge2", "rougeL",
                "exact_match")
 
 
-OBJECTIVES = {"mlm_nsp": MaskedLMWithNSP(), "mlm_sop": MaskedLMWithSOP(), "mlm": MaskedLM(),
-              "causal_lm": CausalLM(), "plm": PermutationLM(), "classify": Classification(),
-              "tag": TokenClassification(), "qa": SpanExtraction(), "seq2seq": GenerationLM()}
+OBJECTIVES = {o.name: o for o in (MaskedLMWithNSP(), MaskedLMWithSOP(), MaskedLM(), CausalLM(),
+                                  PermutationLM(), Classification(), TokenClassification(),
+                                  SpanExtraction(), GenerationLM())}
 
 
-def get(name: str):
+def get(name: str) -> Objective:
   return OBJECTIVES[name]
 
 
-def for_config(config):
-  """The objective of a config (a classifier with one output is a regression)."""
-  if config.objective.name == "classify":
-    return Classification(regression=config.classify.num_classes == 1)
-  if config.objective.name == "tag":
-    return TokenClassification()
-  if config.objective.name == "qa":
-    return SpanExtraction()
-  if config.objective.name == "plm":
-    return PermutationLM(config.objective.loss_chunk, config.objective.reuse_len)
-  return type(get(config.objective.name))(loss_chunk=config.objective.loss_chunk)
+def of(config) -> Objective:
+  """The objective a config trains (its table entry: what it asks of the data and the model)."""
+  return OBJECTIVES[config.objective.name]
+
+
+def for_config(config) -> Objective:
+  """The objective of a config, set up as the config says (a classifier with one output is a
+  regression)."""
+  return type(of(config)).for_config(config)
+
+
+def fine_tuned_head(config) -> str | None:
+  """What a fine-tuning run of `config` holds beside the pretrained body ("classifier", ...),
+  or None: a pretraining run (or a generation run, whose head is the LM's own)."""
+  return of(config).head

@@ -8,20 +8,34 @@ positions are left out of the softmax: they can never be an answer.
 
 import jax.numpy as jnp
 
+import numpy as np
+
+from plm_jax.objectives.base import Objective, rows_of
 from plm_jax.objectives.losses import classification_stats, safe_div
 
 # Added to the logits of padding positions in the loss (finite: no NaN from -inf - -inf).
 PADDING_LOGIT = -1e9
 
 
-class SpanExtraction:
+class SpanExtraction(Objective):
   """Start / end cross-entropy. `example_weights` is 0 for the rows that only pad the last eval
   batch; `span_accuracy`: windows whose start and end are both right."""
 
   name = "qa"
+  builder = "classify"          # QA windows are served as classification rows are
+  head = "question-answering model"
+  rows = True
   train_keys = ("loss", "span_accuracy", "learning_rate")
   eval_keys = ("exact_match", "f1", "HasAns_exact_match", "HasAns_f1", "NoAns_exact_match",
                "best_f1", "best_f1_thresh", "total")
+
+  def model_fields(self, config) -> dict:
+    return {"span_head": True}
+
+  def batch_shapes(self, config) -> dict:
+    b = config.train.batch_size             # a window's answer span
+    return {**rows_of(config), "start_positions": ((b,), np.int32),
+            "end_positions": ((b,), np.int32)}
 
   def stats(self, model, batch: dict, dropout_rng=None) -> dict:
     out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],

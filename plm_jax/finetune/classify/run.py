@@ -7,10 +7,8 @@ import time
 from plm_jax import workdir as workdirs
 from plm_jax.finetune.classify import data as cdata
 from plm_jax.finetune.classify.tasks import task_of
-from plm_jax.finetune.predict import (Predictor, predicted_split, prepared_split, split_report,
-                                      test_report)
-from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data, resolve_schedule,
-                                  start_config)
+from plm_jax.finetune.predict import predicted_split, prepared_split, split_report, test_report
+from plm_jax.finetune.run import Kind, refuse_other_data, resolve_schedule
 from plm_jax.run.metrics_writer import console, format_metrics
 
 
@@ -48,22 +46,36 @@ def _labels_line(data) -> tuple[str, ...]:
       data.label_names or [""] * data.num_classes)),)
 
 
-CLASSIFICATION = Kind(
-    name="classify",
-    evaluate_split=evaluate_split,
-    start_config=start_config,
-    load=load_task_data,
-    metric=lambda config, data: task_of(config).metric,
-    prepared=lambda data, tokenizer: prepared_split(data, cdata.EVAL),
-    init=lambda trainer, config, devices: body_and_new_head(trainer, config.finetune.init_from,
-                                                            devices),
-    what=lambda config, data, metric: (
-        f"{config.model.family} {config.model.size} classifier with {data.num_classes} "
-        f"output(s); {config.train.steps} steps ({config.finetune.epochs:g} epochs), best by "
-        f"{metric}"),
-    predictor=Predictor,
-    report=lambda predictor, params, batches, config, tokenizer, data: split_report(
-        predictor(params, batches), data.num_classes == 1, True),
-    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
-        test_report(workdir, config, trainer, predictor, data, best_step, metric),
-    start_lines=_labels_line)
+class Classification(Kind):
+  """Sequence classification (a regression with one output): a class per text or text pair."""
+
+  name = "classify"
+
+  def load(self, config, tokenizer, workdir, found):
+    return load_task_data(config, tokenizer, workdir, found)
+
+  def metric(self, config, data) -> str:
+    return task_of(config).metric
+
+  def prepared(self, data, tokenizer):
+    return prepared_split(data, cdata.EVAL)
+
+  def describe(self, config, data, metric: str) -> str:
+    return (f"{config.model.family} {config.model.size} classifier with {data.num_classes} "
+            f"output(s); {config.train.steps} steps ({config.finetune.epochs:g} epochs), best "
+            f"by {metric}")
+
+  def start_lines(self, data) -> tuple[str, ...]:
+    return _labels_line(data)
+
+  def report(self, predictor, params, batches, config, tokenizer, data) -> dict:
+    return split_report(predictor(params, batches), data.num_classes == 1, True)
+
+  def final(self, workdir, config, trainer, predictor, tokenizer, data, best_step, metric):
+    return test_report(workdir, config, trainer, predictor, data, best_step, metric)
+
+  def evaluate_split(self, loaded, split, name, label):
+    return evaluate_split(loaded, split, name, label)
+
+
+CLASSIFICATION = Classification()

@@ -21,8 +21,7 @@ from plm_jax import workdir as workdirs
 from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
 from plm_jax.finetune.qa import data as qa_data
 from plm_jax.finetune.qa.metrics import best_thresholds, squad_metrics
-from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
-                                  resolve_schedule, start_config)
+from plm_jax.finetune.run import Kind, refuse_other_data, resolve_schedule
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console, format_metrics
 
@@ -118,20 +117,35 @@ def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, obj
                                                      data.task.unanswerable)
 
 
-QUESTION_ANSWERING = Kind(
-    name="qa",
-    evaluate_split=evaluate_split,
-    start_config=start_config,
-    load=load_qa_data,
-    metric=lambda config, data: config.finetune.metric or "f1",
-    prepared=lambda data, tokenizer: prepared_split(data, qa_data.EVAL),
-    init=lambda trainer, config, devices: body_and_new_head(trainer, config.finetune.init_from,
-                                                            devices),
-    what=lambda config, data, metric: (
-        f"{config.model.family} {config.model.size} span extractor (start / end logits); "
-        f"{config.train.steps} steps ({config.finetune.epochs:g} epochs), best by {metric}"),
-    predictor=SpanPredictor,
-    report=lambda predictor, params, batches, config, tokenizer, data: split_answers(
-        config, data, qa_data.EVAL, predictor(params, batches))[0],
-    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
-        qa_test_report(workdir, config, trainer, predictor, data, best_step, metric))
+class QuestionAnswering(Kind):
+  """Extractive question answering: the answer's start and end in a context (SQuAD v1 and v2)."""
+
+  name = "qa"
+
+  def load(self, config, tokenizer, workdir, found):
+    return load_qa_data(config, tokenizer, workdir, found)
+
+  def metric(self, config, data) -> str:
+    return config.finetune.metric or "f1"
+
+  def prepared(self, data, tokenizer):
+    return prepared_split(data, qa_data.EVAL)
+
+  def describe(self, config, data, metric: str) -> str:
+    return (f"{config.model.family} {config.model.size} span extractor (start / end logits); "
+            f"{config.train.steps} steps ({config.finetune.epochs:g} epochs), best by {metric}")
+
+  def predictor(self, trainer):
+    return SpanPredictor(trainer)
+
+  def report(self, predictor, params, batches, config, tokenizer, data) -> dict:
+    return split_answers(config, data, qa_data.EVAL, predictor(params, batches))[0]
+
+  def final(self, workdir, config, trainer, predictor, tokenizer, data, best_step, metric):
+    return qa_test_report(workdir, config, trainer, predictor, data, best_step, metric)
+
+  def evaluate_split(self, loaded, split, name, label):
+    return evaluate_split(loaded, split, name, label)
+
+
+QUESTION_ANSWERING = QuestionAnswering()

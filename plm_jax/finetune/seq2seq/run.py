@@ -201,23 +201,44 @@ def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, obj
   return {"decode": decode_settings(loaded.config), **report}, write
 
 
-GENERATION = Kind(
-    name="seq2seq",
-    evaluate_split=evaluate_split,
-    start_config=start_config,
-    load=load_task_data,
-    metric=lambda config, data: best_metric(config),
-    prepared=lambda data, tokenizer: prepared(tokenizer, data, EVAL),
-    init=lambda trainer, config, devices: whole_model(trainer, config.finetune.init_from,
-                                                      devices),
-    what=lambda config, data, metric: (
-        f"{config.model.family} {config.model.size} language model fine-tuned on "
-        f"{config.finetune.task}; {config.train.steps} steps ({config.finetune.epochs:g} epochs), "
-        f"best by {metric}; {config.seq2seq.decode} decoding"),
-    # decoding needs the trainer (its model and mesh), not a predictor of logits
-    predictor=lambda trainer: trainer,
-    report=lambda trainer, params, batches, config, tokenizer, data: split_report(
-        trainer, tokenizer, params, config, data[EVAL], batches,
-        config.seq2seq.eval_examples)[0],
-    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
-        final_report(workdir, config, trainer, tokenizer, data, best_step, metric))
+class Generation(Kind):
+  """Generation fine-tuning of a GPT: prompt -> completion, the loss on the completion; scored
+  on decoded text (BLEU, ROUGE, exact match)."""
+
+  name = "seq2seq"
+
+  def start_config(self, config, workdir, init_from, found):
+    return start_config(config, workdir, init_from, found)
+
+  def load(self, config, tokenizer, workdir, found):
+    return load_task_data(config, tokenizer, workdir, found)
+
+  def metric(self, config, data) -> str:
+    return best_metric(config)
+
+  def prepared(self, data, tokenizer):
+    return prepared(tokenizer, data, EVAL)
+
+  def init(self, trainer, config, devices) -> dict:
+    return whole_model(trainer, config.finetune.init_from, devices)
+
+  def describe(self, config, data, metric: str) -> str:
+    return (f"{config.model.family} {config.model.size} language model fine-tuned on "
+            f"{config.finetune.task}; {config.train.steps} steps ({config.finetune.epochs:g} "
+            f"epochs), best by {metric}; {config.seq2seq.decode} decoding")
+
+  def predictor(self, trainer):
+    return trainer          # decoding needs the trainer (its model and mesh), not logits
+
+  def report(self, predictor, params, batches, config, tokenizer, data) -> dict:
+    return split_report(predictor, tokenizer, params, config, data[EVAL], batches,
+                        config.seq2seq.eval_examples)[0]
+
+  def final(self, workdir, config, trainer, predictor, tokenizer, data, best_step, metric):
+    return final_report(workdir, config, trainer, tokenizer, data, best_step, metric)
+
+  def evaluate_split(self, loaded, split, name, label):
+    return evaluate_split(loaded, split, name, label)
+
+
+GENERATION = Generation()

@@ -19,9 +19,8 @@ import numpy as np
 
 from plm_jax import workdir as workdirs
 from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN, split_size
-from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
-from plm_jax.finetune.run import (Kind, body_and_new_head, refuse_other_data,
-                                  resolve_schedule, start_config)
+from plm_jax.finetune.predict import predicted_split, prepared_split
+from plm_jax.finetune.run import Kind, refuse_other_data, resolve_schedule
 from plm_jax.finetune.tag import data as tag_data
 from plm_jax.finetune.tag.metrics import format_per_type, tag_report, token_cross_entropy
 from plm_jax.run import checkpoint
@@ -135,23 +134,36 @@ def evaluate_split(loaded, split: str, name: str, label: str) -> tuple[dict, Non
   return report, None
 
 
-TAGGING = Kind(
-    name="tag",
-    evaluate_split=evaluate_split,
-    start_config=start_config,
-    load=load_data,
-    metric=lambda config, data: data.metric,
-    prepared=lambda data, tokenizer: prepared_split(data, EVAL),
-    init=lambda trainer, config, devices: body_and_new_head(trainer, config.finetune.init_from,
-                                                            devices),
-    what=lambda config, data, metric: (
-        f"{config.model.family} {config.model.size} tagger with {data.num_classes} tags; "
-        f"{config.train.steps} steps ({config.finetune.epochs:g} epochs), best by "
-        f"{'entity f1' if metric == 'f1' else 'word accuracy'}"),
-    predictor=Predictor,
-    report=lambda predictor, params, batches, config, tokenizer, data: split_report(
-        data, EVAL, predictor(params, batches))[0],
-    final=lambda workdir, config, trainer, predictor, tokenizer, data, best_step, metric:
-        test_report(workdir, config, trainer, predictor, data, best_step),
-    start_lines=lambda data: ("tags: " + ", ".join(f"{i} = {n}" for i, n in
-                                                   enumerate(data.label_names)),))
+class Tagging(Kind):
+  """Token tagging: a tag per word (its first sub-token), entities scored as spans."""
+
+  name = "tag"
+
+  def load(self, config, tokenizer, workdir, found):
+    return load_data(config, tokenizer, workdir, found)
+
+  def metric(self, config, data) -> str:
+    return data.metric
+
+  def prepared(self, data, tokenizer):
+    return prepared_split(data, EVAL)
+
+  def describe(self, config, data, metric: str) -> str:
+    return (f"{config.model.family} {config.model.size} tagger with {data.num_classes} tags; "
+            f"{config.train.steps} steps ({config.finetune.epochs:g} epochs), best by "
+            f"{'entity f1' if metric == 'f1' else 'word accuracy'}")
+
+  def start_lines(self, data) -> tuple[str, ...]:
+    return ("tags: " + ", ".join(f"{i} = {n}" for i, n in enumerate(data.label_names)),)
+
+  def report(self, predictor, params, batches, config, tokenizer, data) -> dict:
+    return split_report(data, EVAL, predictor(params, batches))[0]
+
+  def final(self, workdir, config, trainer, predictor, tokenizer, data, best_step, metric):
+    return test_report(workdir, config, trainer, predictor, data, best_step)
+
+  def evaluate_split(self, loaded, split, name, label):
+    return evaluate_split(loaded, split, name, label)
+
+
+TAGGING = Tagging()
