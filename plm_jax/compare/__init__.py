@@ -10,8 +10,8 @@ Layout of DIR (each stage its own workdir, so a rerun continues what is unfinish
   report.md, plots/*.png            rewritten from the stages' results at every run
 A stage that finished holds RESULT_FILE (written last); a rerun skips it and reads it back.
 
-The budget: match="flops" gives every family the same model FLOPs (flops.py's convention, the
-one `plan` and `bench` use: families.Family.flops_per_token x tokens per step), match="tokens"
+The budget: match="flops" gives every family the same FLOPs as its step computes them
+(flops.computed_flops_per_step, the one convention `plan` and `bench` use too), match="tokens"
 the same tokens; train.steps = round(budget / per-step cost), at least 1. match="params" sizes
 each family's width to the same parameter count (param_match.py) and trains all on the
 reference's tokens.

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from plm_jax.data.pipeline import PreparedData
+from plm_jax.flops import StepShape
 from plm_jax.models.partitioning import BATCH_AXES
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, mask_tokens,
                                         max_predictions_for)
@@ -268,6 +269,25 @@ def predictions_per_sequence(config) -> int:
   if config.objective.name == "plm":
     return num_predict_for(t, config.objective.plm_k)
   return max_predictions_for(t, config.objective.mlm_probability)
+
+
+def step_shape(config, vocab: int) -> StepShape:
+  """What a pretraining step of `config` computes, for plm_jax.flops.computed_flops_per_step
+  (`vocab`: the padded vocabulary the model is built with)."""
+  m, o, t = config.model, config.objective, config.data.max_seq_length
+  shape = dict(rows=config.train.batch_size, seq_len=t, layers=m.num_layers,
+               hidden=m.hidden_size, mlp=m.mlp_dim, vocab=vocab,
+               embed=m.embedding_size or m.hidden_size, activation=m.hidden_act)
+  if o.name == "plm":
+    # every segment after the first attends to the memory the one before kept
+    segments, kept = segments_per_row(config), min(m.mem_len, o.reuse_len or t)
+    p = num_predict_for(t, o.plm_k)
+    return StepShape(**shape, outputs=p, query=p, segments=segments,
+                     memory=kept * (segments - 1) / segments)
+  if o.name == "causal_lm":
+    return StepShape(**shape, outputs=t)
+  return StepShape(**shape, outputs=predictions_per_sequence(config), head_transform=True,
+                   pair_head=o.name != "mlm")
 
 
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
