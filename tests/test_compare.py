@@ -1,6 +1,7 @@
 """`plm-jax compare`: the matched budget, the aggregation over seeds, and the command end to end
 (the CI smoke version: two families, one seed, a few steps; the whole tiny run is slow)."""
 
+import json
 import math
 import os
 import re
@@ -12,7 +13,7 @@ from scipy import stats
 
 from helpers import family_config
 from plm_jax import cli, compare, flops
-from plm_jax.compare import baseline
+from plm_jax.compare import baseline, stages
 from plm_jax.configs import compare as compare_config
 from plm_jax.param_match import count_params, with_width
 from plm_jax.plan import make_plan
@@ -79,6 +80,66 @@ def test_bad_compare_configs_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("plm-jax compare: error:") and "\n" not in err, err
   assert not os.path.exists(tmp_path / "w")
+
+
+def _user_files(tmp_path):
+  """A corpus and one task of each kind in the user's formats and field names."""
+  (tmp_path / "corpus").mkdir()
+  (tmp_path / "corpus" / "a.txt").write_text("One document here.\n\nAnother one there.\n")
+  (tmp_path / "train.csv").write_text("review,stars\ngood film,5\nbad film,1\n")
+  (tmp_path / "test.csv").write_text("review\nfine film\n")
+  (tmp_path / "gen.jsonl").write_text(json.dumps({"prompt": "a b", "completion": "b a"}) + "\n")
+  squad = {"data": [{"paragraphs": [{"context": "the cat sat", "qas": [
+      {"id": "1", "question": "who sat?", "answers": [{"text": "cat", "answer_start": 4}]}]}]}]}
+  (tmp_path / "qa.json").write_text(json.dumps(squad))
+  return tmp_path
+
+
+def test_the_users_corpus_and_tasks_reach_the_runs(tmp_path):
+  u = _user_files(tmp_path)
+  c = compare_config.get_config("smoke")
+  c.corpus, c.corpus_path = "text", str(u / "corpus" / "*.txt")
+  c.classify.own.update(name="reviews", train_path=str(u / "train.csv"),
+                        test_path=str(u / "test.csv"), text_field="review", label_field="stars")
+  c.qa.own.update(name="mine_qa", train_path=str(u / "qa.json"))
+  c.generate.own.update(name="swap", train_path=str(u / "gen.jsonl"), source_field="prompt",
+                        target_field="completion")
+  stages.normalise(c)
+  stages.validate(c)
+  assert c.classify.tasks == ("word_order", "reviews") and c.qa.tasks[-1] == "mine_qa"
+  pre = compare.pretrain_config(c, "bert", 0)
+  assert (pre.data.source, pre.data.path) == ("text", str(u / "corpus" / "*.txt"))
+  assert "`text` files" in stages.corpus_name(c, "") and "(1 files)" in stages.corpus_name(c, "")
+  kinds = {k.group: k for k in stages.DOWNSTREAM}
+  cls = stages.downstream_config(c, kinds["classify"], "reviews", 1, {})
+  assert (cls.finetune.task, cls.finetune.train_path, cls.finetune.test_path) == (
+      "csv", str(u / "train.csv"), str(u / "test.csv"))
+  assert (cls.classify.text_field, cls.classify.label_field, cls.train.seed) == (
+      "review", "stars", 1)
+  qa = stages.downstream_config(c, kinds["qa"], "mine_qa", 0, {})
+  assert (qa.finetune.task, qa.finetune.train_path) == ("json", str(u / "qa.json"))
+  gen = stages.downstream_config(c, kinds["generate"], "swap", 0, {})
+  assert (gen.finetune.task, gen.seq2seq.source_field, gen.seq2seq.target_field) == (
+      "jsonl", "prompt", "completion")
+
+
+def test_bad_user_data_is_one_line_before_anything_runs(tmp_path, capsys):
+  u = _user_files(tmp_path)
+  bad = [("--config.corpus=text", f"--config.corpus_path={u}/none/*.txt"),
+         ("--config.corpus=jsonl", f"--config.corpus_path={u}/gen.jsonl"),    # no "text" field
+         ("--config.corpus=tfds",),
+         ("--config.classify.own.name=r", f"--config.classify.own.train_path={u}/train.csv"),
+         ("--config.classify.own.name=r", f"--config.classify.own.train_path={u}/nope.csv"),
+         ("--config.classify.own.name=r",),
+         ("--config.qa.own.name=q", f"--config.qa.own.train_path={u}/gen.jsonl"),
+         ("--config.qa.own.name=q", f"--config.qa.own.train_path={u}/train.csv"),
+         ("--config.generate.own.name=g", f"--config.generate.own.train_path={u}/gen.jsonl")]
+  for flags in bad:
+    assert run_cli("compare", "--config", "compare:smoke", "--workdir", str(u / "w"),
+                   *flags) == 2, flags
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("plm-jax compare: error:") and "\n" not in err, err
+  assert not os.path.exists(u / "w")
 
 
 def test_welch_p_values_are_the_textbook_values():

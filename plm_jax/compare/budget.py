@@ -28,6 +28,10 @@ def pretrain_config(c, family: str, seed: int, steps: int = 1, hidden: int = 0):
   p = c.pretrain
   with config.unlocked():
     config.data.source = c.corpus
+    config.data.path = c.corpus_path
+    config.data.text_field = c.corpus_text_field
+    config.data.tfds_name = c.corpus_tfds_name
+    config.data.tfds_split = c.corpus_tfds_split
     config.data.vocab_size = p.vocab_size
     config.data.max_seq_length = p.max_seq_length
     config.data.dupe_factor = 1

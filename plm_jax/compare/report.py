@@ -222,6 +222,11 @@ def _downstream(c, workdir: str, results: dict, kind, task: str, columns: list,
     floor = scores.get(metric)
     rows.append(["*baseline*", *(f"*{scores[m]:.3f}*" if m in scores else "" for m in shown),
                  ""])
+  elif task == c[kind.group].own.name:
+    own = c[kind.group].own
+    lines += ["Your task, from " + ", ".join(f"{split} {own[f'{split}_path']}" for split in
+                                              ("train", "eval", "test") if own[f"{split}_path"])
+              + "".join(f"; {f} `{own[f]}`" for f in kind.own_fields if own[f]) + ".", ""]
   lines += _table(["family", *shown, "pretraining FLOPs per point"], rows)
   left_out = [f for f in c.families if f not in able]
   if left_out and kind.cannot:
