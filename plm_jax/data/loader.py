@@ -85,7 +85,7 @@ def masking_config(config, tokenizer) -> MaskingConfig:
   o = config.objective
   return MaskingConfig(
       mask_id=tokenizer.mask_id, random_token_ids=tokenizer.regular_ids(),
-      max_predictions=max_predictions_for(config.data.max_seq_length, o.mlm_probability),
+      max_predictions=mlm_predictions(config),
       mlm_probability=o.mlm_probability, span=o.masking, max_ngram=o.max_ngram,
       word_starts=None if o.masking == "token" else tokenizer.word_starts())
 
@@ -268,7 +268,15 @@ def predictions_per_sequence(config) -> int:
   t = config.data.max_seq_length
   if config.objective.name == "plm":
     return num_predict_for(t, config.objective.plm_k)
-  return max_predictions_for(t, config.objective.mlm_probability)
+  return mlm_predictions(config)
+
+
+def mlm_predictions(config) -> int:
+  """Positions a masked LM predicts in a sequence at most: objective.max_predictions, or
+  enough that round(mlm_probability x tokens) is never cut."""
+  o = config.objective
+  return o.get("max_predictions", 0) or max_predictions_for(config.data.max_seq_length,
+                                                            o.mlm_probability)
 
 
 def step_shape(config, vocab: int) -> StepShape:
@@ -315,7 +323,7 @@ def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
             "target_positions": ((b, s, p), np.int32), "target_labels": ((b, s, p), np.int32),
             "target_weights": ((b, s, p), np.float32)}
   if config.objective.name in ("mlm_nsp", "mlm_sop", "mlm"):
-    p = max_predictions_for(t, config.objective.mlm_probability)
+    p = mlm_predictions(config)
     shapes = {"input_ids": ((b, t), np.int32), "segment_ids": ((b, t), np.int32),
               "attention_mask": ((b, t), np.int32), "masked_positions": ((b, p), np.int32),
               "masked_labels": ((b, p), np.int32), "masked_weights": ((b, p), np.float32)}
