@@ -252,8 +252,8 @@ def _per_point(flops: float, runs: list, kind) -> str:
 
 
 def _throughput(c, results: dict, throughput: dict) -> list[str]:
-  keys = [k for k in ("tokens_per_s", "step_ms", "mfu", "peak_mem_gib", "temp_gib",
-                      "argument_gib")
+  keys = [k for k in ("tokens_per_s", "step_ms", "mfu_computed", "mfu", "peak_mem_gib",
+                      "temp_gib", "argument_gib")
           if any(k in b for b in results["bench"].values())]
   lines = ["## Throughput and memory", ""]
   lines += _table(["family", "pretraining tokens/s (measured in the runs)",
