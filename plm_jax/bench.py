@@ -3,8 +3,9 @@
 The step is the one training runs (same Trainer, same settings: what "auto" resolves to on this
 machine is printed first). Reported: compile time (the CLI leaves the persistent compilation
 cache off for bench, so it is a real compile), the compiled step's memory (temporaries,
-arguments, outputs), step time, tokens/s and sequences/s, model FLOPs per token in the PyTorch references' convention and
-as computed (with the LM head: see plm_jax/flops.py), MFU both ways over the device's datasheet
+arguments, outputs), step time, tokens/s and sequences/s, FLOPs per token as the step computes
+them (plm_jax/flops.py's one convention for every family: `mfu_computed`) and in the PyTorch
+references' model-FLOPs convention (`mfu`, to compare with published MFU), MFU both ways over the device's datasheet
 peak, and peak device memory. `--compile-only` stops after the compile (any size, on a CPU too).
 Nothing is written to disk.
 """
@@ -22,7 +23,7 @@ from flax import nnx
 from plm_jax import accelerator, aot, checks, families, parallel, topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.flops import flops_as_computed, peak_flops
+from plm_jax.flops import computed_flops_per_step, peak_flops
 from plm_jax.generate import SamplingConfig, generate
 from plm_jax.run.metrics_writer import console
 from plm_jax.families import model_config
@@ -84,16 +85,14 @@ def slowest_ops(trace_dir: str, steps: int, top: int = 12) -> list[dict]:
 
 
 def model_flops(config, n_params: int, vocab: int) -> tuple[float, float]:
-  """(per token in the references' convention, per token as plm-jax computes the step)."""
+  """(per token in the references' convention, per token as plm-jax's step computes it: one
+  convention for every family, plm_jax/flops.py)."""
   m, t = config.model, config.data.max_seq_length
   family = families.get(m.family)
   reference = family.flops_per_token(n_params, vocab=vocab, hidden=m.hidden_size,
                                      layers=m.num_layers, seq_len=t, max_position=m.max_position)
-  predictions = 0 if family.decoder else loader.predictions_per_sequence(config)
-  computed = flops_as_computed(reference, decoder=family.decoder, vocab=vocab,
-                               hidden=m.hidden_size, embed=m.embedding_size or m.hidden_size,
-                               predictions_per_token=predictions / t)
-  return reference, computed
+  shape = loader.step_shape(config, vocab)
+  return reference, computed_flops_per_step(shape) / (shape.rows * shape.segments * t)
 
 
 def bench_topology(config, topology_name: str) -> dict:
@@ -147,7 +146,7 @@ def bench(config, compile_only: bool = False, profile: str = "", topology_name: 
             "loss_chunk": config.objective.loss_chunk,
             "params_m": round(n_params / 1e6, 1), "B": b, "T": t,
             "compile_s": round(compile_s, 1), **compiled_memory(train_step),
-            "flops_per_token": round(reference), "flops_per_token_with_head": round(computed),
+            "flops_per_token": round(reference), "flops_per_token_computed": round(computed),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             # launch/bench_vs_reference.sh names the A/B runs (the flag under test)
             "tag": os.environ.get("PLM_JAX_BENCH_TAG", "")}
@@ -187,12 +186,13 @@ def bench(config, compile_only: bool = False, profile: str = "", topology_name: 
   mem = peak_memory_bytes()
   result.update({
       "step_ms": round(step_s * 1e3, 2), "tokens_per_s": round(tokens_per_s),
-      "seq_per_s": round(b / step_s, 1), "mfu": mfu(reference), "mfu_with_head": mfu(computed),
+      "seq_per_s": round(b / step_s, 1), "mfu": mfu(reference), "mfu_computed": mfu(computed),
       "peak_mem_gib": None if mem is None else round(mem / GIB, 2), "loss": loss})
   if profile:
     result["slowest_ops"] = result_ops
   mfu_text = ("n/a (unknown peak)" if peak is None else
-              f"{result['mfu']:.1%} ({result['mfu_with_head']:.1%} with the LM head)")
+              f"{result['mfu_computed']:.1%} as computed ({result['mfu']:.1%} in the references' "
+              "convention)")
   console(f"{result['step_ms']} ms/step, {result['tokens_per_s']:,} tokens/s, "
           f"{result['seq_per_s']:,} seq/s, MFU {mfu_text}, compile {result['compile_s']} s, "
           f"{memory}, peak memory "

@@ -166,6 +166,8 @@ def objective_group(objective: str) -> ml_collections.ConfigDict:
                                      # "tag", "qa", "seq2seq" (GPT generation); the
                                      # data.builder must build it
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
+  o.max_predictions = 0              # at most this many a sequence (ALBERT's reference: 20 of
+                                     # 512); 0 = ceil(mlm_probability x max_seq_length)
   o.masking = "token"                # what is chosen: "token" (BERT, RoBERTa), "word" (whole
                                      # words: BERT's whole-word masking) or "ngram" (ALBERT:
                                      # spans of n <= max_ngram words, p(n) ~ 1/n)

@@ -1,4 +1,4 @@
-"""AdamW (or LAMB) with warmup + decay, global-norm clipping, and no decay on biases or LayerNorm; for
+"""AdamW (or LAMB, ALBERT's: no trust ratio on biases or LayerNorm) with warmup + decay, global-norm clipping, and no decay on biases or LayerNorm; for
 fine-tuning, layer-wise learning-rate decay and a learning rate of the head's own."""
 
 import jax
@@ -56,6 +56,18 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def lamb(learning_rate, b1: float, b2: float, eps: float, weight_decay: float, mask
+         ) -> optax.GradientTransformation:
+  """LAMB as ALBERT's lamb_optimizer.py runs it: the Adam direction plus decoupled weight decay
+  on the matrices, rescaled by the trust ratio ||w|| / ||direction|| on the matrices only
+  (`exclude_from_layer_adaptation` defaults to the weight-decay exclusions: biases and
+  LayerNorm; optax.lamb rescales every parameter)."""
+  return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                     optax.add_decayed_weights(weight_decay, mask),
+                     optax.masked(optax.scale_by_trust_ratio(), mask),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
 def lr_factors(params, depth, num_layers: int, layer_decay: float, head_factor: float):
   """Per-parameter multipliers of the learning rate: layer_decay^(L + 1 - depth) for the body
   (ELECTRA / BEiT-style layer-wise decay: the embeddings change least), head_factor for the
@@ -90,7 +102,7 @@ def make_optimizer(o, total_steps: int, factors=None
   parts = []
   if o.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(o.clip_norm))
-  make = optax.lamb if o.get("optimizer", "adamw") == "lamb" else optax.adamw
+  make = lamb if o.get("optimizer", "adamw") == "lamb" else optax.adamw
   parts.append(make(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                     mask=decay_mask))
   if factors is not None:

@@ -11,7 +11,9 @@ figures come from the PartitionSpecs the run would use:
   streams and memory, remat, the kernel the target runs), plus the backward's working set of one
   layer, the XLA kernel's rematerialised scores and one loss chunk's logits; calibrated against
   XLA's TPU compiler (within 15% of `plan --compile`'s compiled size on the TPU presets).
-- FLOPs per step: the model-FLOPs convention of plm_jax/flops.py; the step time at a stated MFU.
+- FLOPs per step: what the step computes (plm_jax/flops.py's one convention for every family,
+  checked against XLA's count of the compiled step), and beside it the references' model-FLOPs
+  convention; the step time at a stated MFU of the computed FLOPs.
 
 A layout that cannot run is refused with the reason: heads or MLP not divisible by tensor, a
 batch that does not split, more memory per device than the device has (90% usable); and with
@@ -31,6 +33,7 @@ import numpy as np
 from plm_jax import aot, checks, families, parallel, residuals, topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
+from plm_jax.flops import computed_flops_per_step
 from plm_jax.run.metrics_writer import console
 from plm_jax.models.config import padded_vocab
 from plm_jax.trainer import AbstractState
@@ -87,9 +90,10 @@ class Plan:
   activation_bytes: int
   total_bytes: int
   device_bytes: float
-  flops_per_step: float
+  flops_per_step: float                  # as the step computes them (plm_jax/flops.py)
   mfu: float
   step_time_s: float | None
+  reference_flops_per_step: float = 0.0  # the references' model-FLOPs convention
 
   def lines(self) -> list[str]:
     g = lambda x: f"{x / GIB:,.2f} GiB"  # noqa: E731
@@ -101,7 +105,8 @@ class Plan:
            f"{g(self.grad_bytes)}, optimizer state {g(self.opt_bytes)}, activations (estimate) "
            f"{g(self.activation_bytes)}; total {g(self.total_bytes)}"
            + (f" of {g(self.device_bytes)}" if self.device_bytes else ""),
-           f"FLOPs per step {self.flops_per_step:.3e}"
+           f"FLOPs per step {self.flops_per_step:.3e} as computed "
+           f"({self.reference_flops_per_step:.3e} in the references' model-FLOPs convention)"
            + (f"; step time {self.step_time_s * 1e3:,.1f} ms at MFU {self.mfu:.0%}"
               if self.step_time_s is not None else "; step time: peak FLOP/s unknown")]
     return out
@@ -269,13 +274,14 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
                                     layers=m.num_layers, seq_len=config.data.max_seq_length,
                                     max_position=m.max_position)
   rows = loader.segments_per_row(config)
-  step_flops = per_token * config.train.batch_size * config.data.max_seq_length * rows
+  reference = per_token * config.train.batch_size * config.data.max_seq_length * rows
+  step_flops = computed_flops_per_step(loader.step_shape(config, vocab))
   step_time = step_flops / (t.num_devices * t.peak_flops * mfu) if t.peak_flops else None
   return Plan(topology_name or f"{num_devices} devices", t.num_devices, t.num_processes,
               dict(f["axis_sizes"]), config.train.batch_size,
               config.train.batch_size / (data * fsdp), f["micro"], n_params, f["params"],
               f["params"], f["opt"], f["acts"], f["total"], t.hbm_bytes, step_flops, mfu,
-              step_time)
+              step_time, reference)
 
 
 def plan(config, topology_name=None, num_devices=None, mfu=0.4, hbm_gib=0.0,

@@ -102,7 +102,7 @@ def test_bench_compile_only_prints_settings_and_memory(capsys):
   figures = json.loads(out.strip().splitlines()[-1])
   assert figures["temp_gib"] >= 0 and figures["compile_s"] > 0 and "step_ms" not in figures
   # GPT: the tied LM head (6 V d per token) is what the references' convention leaves out.
-  assert figures["flops_per_token_with_head"] - figures["flops_per_token"] == 6 * 4096 * 128
+  assert figures["flops_per_token_computed"] - figures["flops_per_token"] > 6 * 4096 * 128
 
 
 def test_data_bench_exits_cleanly_as_a_process():

@@ -1,6 +1,7 @@
 """`plm-jax compare`: the matched budget, the aggregation over seeds, and the command end to end
 (the CI smoke version: two families, one seed, a few steps; the whole tiny run is slow)."""
 
+import json
 import math
 import os
 import re
@@ -8,10 +9,11 @@ import re
 import jax
 import numpy as np
 import pytest
+from scipy import stats
 
 from helpers import family_config
 from plm_jax import cli, compare, flops
-from plm_jax.compare import baseline
+from plm_jax.compare import baseline, stages
 from plm_jax.configs import compare as compare_config
 from plm_jax.param_match import count_params, with_width
 from plm_jax.plan import make_plan
@@ -80,22 +82,113 @@ def test_bad_compare_configs_are_one_line(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_strengths_rank_by_mean_and_share_ties():
-  columns = [compare.Measure("acc", {"a": [0.5, 0.7], "b": [0.9, 0.9], "c": [0.1, 0.1]}),
-             compare.Measure("ppl", {"a": [10.0], "b": [30.0], "c": [10.0]}, False),
-             compare.Measure("same", {"a": [1.0], "b": [1.0]}),
-             compare.Measure("qa f1", {"a": [40.0], "b": [20.0]}),
-             compare.Measure("cloze", {"a": [9.0], "b": [11.0]}, floor=11.0)]
+def _user_files(tmp_path):
+  """A corpus and one task of each kind in the user's formats and field names."""
+  (tmp_path / "corpus").mkdir()
+  (tmp_path / "corpus" / "a.txt").write_text("One document here.\n\nAnother one there.\n")
+  (tmp_path / "train.csv").write_text("review,stars\ngood film,5\nbad film,1\n")
+  (tmp_path / "test.csv").write_text("review\nfine film\n")
+  (tmp_path / "gen.jsonl").write_text(json.dumps({"prompt": "a b", "completion": "b a"}) + "\n")
+  squad = {"data": [{"paragraphs": [{"context": "the cat sat", "qas": [
+      {"id": "1", "question": "who sat?", "answers": [{"text": "cat", "answer_start": 4}]}]}]}]}
+  (tmp_path / "qa.json").write_text(json.dumps(squad))
+  return tmp_path
+
+
+def test_the_users_corpus_and_tasks_reach_the_runs(tmp_path):
+  u = _user_files(tmp_path)
+  c = compare_config.get_config("smoke")
+  c.corpus, c.corpus_path = "text", str(u / "corpus" / "*.txt")
+  c.classify.own.update(name="reviews", train_path=str(u / "train.csv"),
+                        test_path=str(u / "test.csv"), text_field="review", label_field="stars")
+  c.qa.own.update(name="mine_qa", train_path=str(u / "qa.json"))
+  c.generate.own.update(name="swap", train_path=str(u / "gen.jsonl"), source_field="prompt",
+                        target_field="completion")
+  stages.normalise(c)
+  stages.validate(c)
+  assert c.classify.tasks == ("word_order", "reviews") and c.qa.tasks[-1] == "mine_qa"
+  pre = compare.pretrain_config(c, "bert", 0)
+  assert (pre.data.source, pre.data.path) == ("text", str(u / "corpus" / "*.txt"))
+  assert "`text` files" in stages.corpus_name(c, "") and "(1 files)" in stages.corpus_name(c, "")
+  kinds = {k.group: k for k in stages.DOWNSTREAM}
+  cls = stages.downstream_config(c, kinds["classify"], "reviews", 1, {})
+  assert (cls.finetune.task, cls.finetune.train_path, cls.finetune.test_path) == (
+      "csv", str(u / "train.csv"), str(u / "test.csv"))
+  assert (cls.classify.text_field, cls.classify.label_field, cls.train.seed) == (
+      "review", "stars", 1)
+  qa = stages.downstream_config(c, kinds["qa"], "mine_qa", 0, {})
+  assert (qa.finetune.task, qa.finetune.train_path) == ("json", str(u / "qa.json"))
+  gen = stages.downstream_config(c, kinds["generate"], "swap", 0, {})
+  assert (gen.finetune.task, gen.seq2seq.source_field, gen.seq2seq.target_field) == (
+      "jsonl", "prompt", "completion")
+
+
+def test_bad_user_data_is_one_line_before_anything_runs(tmp_path, capsys):
+  u = _user_files(tmp_path)
+  bad = [("--config.corpus=text", f"--config.corpus_path={u}/none/*.txt"),
+         ("--config.corpus=jsonl", f"--config.corpus_path={u}/gen.jsonl"),    # no "text" field
+         ("--config.corpus=tfds",),
+         ("--config.classify.own.name=r", f"--config.classify.own.train_path={u}/train.csv"),
+         ("--config.classify.own.name=r", f"--config.classify.own.train_path={u}/nope.csv"),
+         ("--config.classify.own.name=r",),
+         ("--config.qa.own.name=q", f"--config.qa.own.train_path={u}/gen.jsonl"),
+         ("--config.qa.own.name=q", f"--config.qa.own.train_path={u}/train.csv"),
+         ("--config.generate.own.name=g", f"--config.generate.own.train_path={u}/gen.jsonl")]
+  for flags in bad:
+    assert run_cli("compare", "--config", "compare:smoke", "--workdir", str(u / "w"),
+                   *flags) == 2, flags
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("plm-jax compare: error:") and "\n" not in err, err
+  assert not os.path.exists(u / "w")
+
+
+def test_welch_p_values_are_the_textbook_values():
+  # Welch's t-test by hand: t = (m1 - m2) / sqrt(s1^2/n1 + s2^2/n2), Welch-Satterthwaite df
+  a, b = [0.70, 0.72, 0.68, 0.71], [0.60, 0.66, 0.58, 0.65]
+  va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 4
+  t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+  df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 3)
+  assert compare.welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df))
+  assert math.isnan(compare.welch_p([0.5], [0.7, 0.8]))          # one seed: nothing to test
+  assert compare.welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0 and compare.welch_p([1, 1], [1, 1]) == 1
+
+
+def test_a_family_is_better_only_where_the_difference_is_significant():
+  columns = [compare.Measure("acc", {"a": [0.50, 0.52, 0.51], "b": [0.90, 0.91, 0.89],
+                                     "c": [0.10, 0.12, 0.11]}),
+             # RoBERTa's 0.584 ± 0.145 against BERT's 0.510 ± 0.028: not established
+             compare.Measure("noisy", {"a": [0.481, 0.538], "b": [0.481, 0.687]}),
+             compare.Measure("ppl", {"a": [10.0, 10.5, 9.5], "b": [30.0, 31.0, 29.0],
+                                     "c": [20.0, 21.0, 19.0]}, False),
+             compare.Measure("same", {"a": [1.0, 1.0], "b": [1.0, 1.0]}),
+             compare.Measure("one seed", {"a": [40.0], "b": [20.0]}),
+             compare.Measure("cloze", {"a": [9.0, 9.0], "b": [11.0, 11.0]}, floor=11.0)]
   lines = compare.strengths_and_weaknesses(columns, ["a", "b", "c"])
-  text = "\n".join(lines)
-  assert "same" in lines[2] and "same" not in text.split("| c |")[1]   # shown, not ranked
-  assert "| b | **0.900 ± 0.000** | 30.000 ± 0.000 | 1.000 ± 0.000 | 20.000 ± 0.000 | " \
-      "11.000 ± 0.000 |" in lines                     # none above its baseline: not ranked
-  assert "cloze (none above the baseline)" in lines[2]
-  assert "| c | 0.100 ± 0.000 | **10.000 ± 0.000** | — | — | — |" in lines
-  assert "- **a**: best at ppl, qa f1; worst at no measure." in lines
-  assert "- **b**: best at acc; worst at ppl, qa f1." in lines
-  assert "- **c**: best at ppl; worst at acc." in lines
+  assert "| b | **0.900 ± 0.010** | 0.584 ± 0.146 | 30.000 ± 1.000 | 1.000 ± 0.000 | " \
+      "20.000 ± 0.000 | 11.000 ± 0.000 |" in lines                 # noisy, one seed: no bold
+  assert "| a | 0.510 ± 0.010 | 0.510 ± 0.040 | **10.000 ± 0.500** | 1.000 ± 0.000 | " \
+      "40.000 ± 0.000 | 9.000 ± 0.000 |" in lines
+  assert "- **a**: best at ppl; worst at no measure; leads or trails at noisy, one seed, a " \
+      "difference not established with these seeds." in lines
+  assert "- **b**: best at acc; worst at ppl; leads or trails at noisy, one seed, a " \
+      "difference not established with these seeds." in lines
+  assert "- **c**: best at no measure; worst at acc." in lines
+  rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+  p_noisy = compare.welch_p([0.481, 0.687], [0.481, 0.538])
+  assert p_noisy > 0.05
+  assert rows["noisy"] == f"| noisy | b | {p_noisy:.3f} | a | {p_noisy:.3f} | 2 |"
+  assert rows["one seed"] == "| one seed | a | n/a | b | n/a | 1 |"
+  assert "cloze" not in rows and "same" not in rows        # under the baseline; all equal
+
+
+def test_base_runs_enough_seeds_to_establish_a_two_sigma_difference():
+  """Welch's test at p < 0.05 between two families whose means differ by twice the spread
+  over seeds: the power of compare:base's seeds (noncentral t, Welch's df at equal spread)."""
+  n = len(compare_config.get_config("base").seeds)
+  df, shift = 2 * n - 2, 2.0 / math.sqrt(2 / n)
+  critical = stats.t.ppf(0.975, df)
+  power = stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift)
+  assert power >= 0.8, (n, power)
 
 
 def test_downstream_result_prefers_the_labelled_test_split():

@@ -99,8 +99,9 @@ def test_every_parameter_of_every_family_decays_by_role(family, classify, scan):
 
 
 def test_lamb_scales_each_update_by_its_trust_ratio():
-  """optim.optimizer=lamb (ALBERT's): the AdamW direction (with decoupled decay on matrices)
-  rescaled per parameter by ||w|| / ||direction||."""
+  """optim.optimizer=lamb (ALBERT's lamb_optimizer.py): the AdamW direction (with decoupled decay
+  on matrices) rescaled per matrix by ||w|| / ||direction||; biases and LayerNorm take the plain
+  direction (exclude_from_layer_adaptation = exclude_from_weight_decay: "LayerNorm", "bias")."""
   lr, b1, b2, eps, wd = 0.01, 0.9, 0.99, 1e-6, 0.1
   o = optim(optimizer="lamb", learning_rate=lr, warmup_steps=0, schedule="constant", b1=b1,
             b2=b2, eps=eps, weight_decay=wd)
@@ -113,6 +114,6 @@ def test_lamb_scales_each_update_by_its_trust_ratio():
   for key, leaf, decays in (("w", "kernel", True), ("b", "bias", False)):
     w, g = np.asarray(params[key][leaf]), np.asarray(grads[key][leaf])
     direction = g / (np.abs(g) + eps) + (wd * w if decays else 0.0)   # first step: m/v = g/|g|
-    ratio = np.linalg.norm(w) / np.linalg.norm(direction)
+    ratio = np.linalg.norm(w) / np.linalg.norm(direction) if decays else 1.0
     np.testing.assert_allclose(np.asarray(updates[key][leaf]), -lr * ratio * direction,
                                rtol=1e-4)

@@ -5,6 +5,7 @@ to transformers with the same logits."""
 
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.finetune.qa import data as qa_data
 from plm_jax.finetune.qa.metrics import best_thresholds, exact, f1, normalize_answer, squad_metrics
 from plm_jax.families import model_config
+from plm_jax.finetune.qa.run import split_answers
 from plm_jax.models.config import padded_vocab
 from plm_jax.run import checkpoint
 
@@ -100,6 +102,28 @@ def test_metrics_equal_the_official_scripts(v2):
     assert best["best_f1_thresh"] == pytest.approx(theirs["best_f1_thresh"])
     assert best["best_exact_match"] == pytest.approx(theirs["best_exact"])
     assert best["best_exact_match_thresh"] == pytest.approx(theirs["best_exact_thresh"])
+
+
+def test_best_f1_is_the_official_scripts_on_the_written_predictions(monkeypatch):
+  """Where the null won, the written prediction is "" and the best non-null span is lost to
+  the official script: the report's best_f1 is the one the script prints from the written
+  predictions and null odds (sweeping the non-null spans instead gave another)."""
+  golds = {"a": ["cat"], "b": ["dog"], "c": []}
+  spans = {"a": "cat", "b": "dog", "c": "eel"}
+  written = {"a": "cat", "b": "", "c": ""}            # b and c: the null won
+  diffs = {"a": -2.0, "b": 0.5, "c": 1.0}
+  monkeypatch.setattr(qa_data, "best_answers", lambda *a: (written, spans, diffs))
+  examples = [types.SimpleNamespace(id=k, answers=v) for k, v in golds.items()]
+  data = types.SimpleNamespace(task=types.SimpleNamespace(unanswerable=True),
+                               examples={"eval": examples}, windows={"eval": None},
+                               labeled={"eval": True})
+  config = types.SimpleNamespace(qa=types.SimpleNamespace(
+      n_best=20, max_answer_length=30, null_score_diff_threshold=0.0))
+  report, answers = split_answers(config, data, "eval", {"start_logits": None,
+                                                         "end_logits": None})
+  official = ref.evaluate_v2(golds, answers["predictions"], answers["null_diffs"])
+  assert report["best_f1"] == pytest.approx(official["best_f1"]) == pytest.approx(200 / 3)
+  assert report["best_exact_match"] == pytest.approx(official["best_exact"])
 
 
 # --- windows and the way back ---------------------------------------------------------------------
@@ -353,6 +377,14 @@ def test_span_run_learns_and_is_evaluated_again(span_run, capsys):
   assert len(predictions) == 100 and set(predictions.values()) <= set(ANSWERS) | {""}
   odds = json.load(open(os.path.join(workdir, "validation_null_odds.json")))
   assert set(odds) == set(predictions)
+  # the official v2.0 script on the written files prints the report's best_f1 / best_exact
+  dev = json.load(open(span_run["dir"] / "dev.json"))
+  golds = {qa["id"]: [a["text"] for a in qa["answers"]] for article in dev["data"]
+           for p in article["paragraphs"] for qa in p["qas"]}
+  official = ref.evaluate_v2(golds, predictions, odds)
+  assert official["f1"] == pytest.approx(v["f1"])
+  assert official["best_f1"] == pytest.approx(v["best_f1"])
+  assert official["best_exact"] == pytest.approx(v["best_exact_match"])
   assert run_cli("evaluate", "--workdir", workdir, "--best", "--split", "validation") == 0
   again = json.load(open(os.path.join(workdir,
                                       f"eval_best_step_{report['best_step']}_validation.json")))

@@ -4,6 +4,8 @@ against the papers (numbers copied from them here, not from the configs)."""
 import pytest
 
 from plm_jax.configs import albert, bert, gpt, roberta, xlnet
+from plm_jax.data import loader
+from plm_jax.optim import make_schedule
 
 PAPERS = {
     # Devlin et al. (2018), A.2: 1M steps x 256 sequences, phase 1 at 128 tokens, Adam 1e-4
@@ -12,7 +14,9 @@ PAPERS = {
                            "data.max_seq_length": 128, "optim.learning_rate": 1e-4,
                            "optim.b2": 0.999, "optim.weight_decay": 0.01,
                            "optim.warmup_steps": 10_000, "optim.schedule": "linear_total",
-                           "model.dropout_rate": 0.1, "model.hidden_size": 768},
+                           "model.dropout_rate": 0.1, "model.hidden_size": 768,
+                           # the released bert_config.json: attention_probs_dropout_prob 0.1
+                           "model.attention_dropout_rate": 0.1},
     (bert, "large-paper"): {"model.num_layers": 24, "optim.learning_rate": 1e-4},
     # Liu et al. (2019), Table 9.
     (roberta, "base-paper"): {"train.steps": 500_000, "train.batch_size": 8192,
@@ -27,7 +31,10 @@ PAPERS = {
                              "data.max_seq_length": 512, "optim.optimizer": "lamb",
                              "optim.learning_rate": 0.00176, "objective.masking": "ngram",
                              "objective.max_ngram": 3, "model.dropout_rate": 0.0,
-                             "model.embedding_size": 128},
+                             "model.embedding_size": 128,
+                             # google-research/albert run_pretraining.py: max_predictions_per_seq
+                             # 20; optimization.py: polynomial decay over all steps from step 0
+                             "objective.max_predictions": 20, "optim.schedule": "linear_total"},
     # Brown et al. (2020), Table 2.1: 125M, lr 6e-4, 0.5M-token batches, 300B tokens.
     (gpt, "124m-paper"): {"optim.learning_rate": 6e-4, "train.batch_size": 512,
                           "train.steps": 572_204, "optim.warmup_steps": 715,
@@ -35,7 +42,7 @@ PAPERS = {
                           "optim.end_lr_fraction": 0.1, "optim.schedule": "cosine"},
     (gpt, "1.5b-paper"): {"optim.learning_rate": 2e-4, "train.batch_size": 1024},
     # Yang et al. (2019), Table 7.
-    (xlnet, "large-paper"): {"train.steps": 500_000, "train.batch_size": 8192,
+    (xlnet, "large-paper"): {"train.steps": 500_000,
                              "data.max_seq_length": 512, "model.mem_len": 384,
                              "objective.reuse_len": 256, "objective.plm_k": 6,
                              "optim.learning_rate": 4e-4, "optim.warmup_steps": 40_000,
@@ -53,3 +60,32 @@ def test_paper_recipes_hold_the_published_values(module, size):
     assert config[group][field] == pytest.approx(expected) if isinstance(expected, float) \
         else config[group][field] == expected, dotted
   assert config.model.size == size
+
+
+def test_xlnet_large_trains_on_the_papers_tokens_per_step():
+  """Yang et al. (2019), A.3: batch 8192 of sequence length 512, counted as sequences: a row of
+  plm_segments segments holds that many."""
+  config = xlnet.get_config("large-paper")
+  sequences = config.train.batch_size * loader.segments_per_row(config)
+  assert sequences == 8192 and sequences * config.data.max_seq_length == 8192 * 512
+
+
+def test_bert_attention_dropout_is_the_released_configs():
+  transformers = pytest.importorskip("transformers")
+  for size in ("base-paper", "large-paper"):
+    assert bert.get_config(size).model.attention_dropout_rate == \
+        transformers.BertConfig().attention_probs_dropout_prob
+
+
+def test_albert_predicts_20_positions_and_decays_from_step_0():
+  """ALBERT's run_pretraining.py: max_predictions_per_seq = 20 at 512 tokens (the masked
+  positions' width; 15% of 512 would be 77); optimization.py: the learning rate is
+  polynomial_decay(peak, step, num_train_steps, end 0, power 1) over all steps, replaced by
+  peak x step / warmup during the warmup."""
+  config = albert.get_config("base-paper")
+  assert loader.batch_shapes(config)["masked_positions"][0] == (config.train.batch_size, 20)
+  peak, warmup, total = 0.00176, 3125, 125_000
+  schedule = make_schedule(config.optim, total)
+  for step in (0, 1000, warmup, 60_000, total - 1):
+    reference = peak * step / warmup if step < warmup else peak * (1 - step / total)
+    assert float(schedule(step)) == pytest.approx(reference, rel=1e-5, abs=1e-10), step

@@ -10,8 +10,8 @@ Layout of DIR (each stage its own workdir, so a rerun continues what is unfinish
   report.md, plots/*.png            rewritten from the stages' results at every run
 A stage that finished holds RESULT_FILE (written last); a rerun skips it and reads it back.
 
-The budget: match="flops" gives every family the same model FLOPs (flops.py's convention, the
-one `plan` and `bench` use: families.Family.flops_per_token x tokens per step), match="tokens"
+The budget: match="flops" gives every family the same FLOPs as its step computes them
+(flops.computed_flops_per_step, the one convention `plan` and `bench` use too), match="tokens"
 the same tokens; train.steps = round(budget / per-step cost), at least 1. match="params" sizes
 each family's width to the same parameter count (param_match.py) and trains all on the
 reference's tokens.
@@ -20,14 +20,15 @@ reference's tokens.
 import os
 
 from plm_jax.compare.budget import family_config, plan_budget, pretrain_config
-from plm_jax.compare.report import (Measure, mean_std, strengths_and_weaknesses,
+from plm_jax.compare.report import (Measure, mean_std, strengths_and_weaknesses, welch_p,
                                     write_report)
 from plm_jax.compare.stages import (baseline, downstream_result, normalise, read_result,
                                     run_all, validate)
 from plm_jax.run.metrics_writer import console
 
 __all__ = ["Measure", "baseline", "compare", "downstream_result", "family_config", "mean_std",
-           "plan_budget", "pretrain_config", "read_result", "strengths_and_weaknesses"]
+           "plan_budget", "pretrain_config", "read_result", "strengths_and_weaknesses",
+           "welch_p"]
 
 
 def compare(c, workdir: str) -> dict:

@@ -1,16 +1,18 @@
 """compare's budget: every family's pretraining config with the comparison's shared corpus,
-vocabulary, batch and length, what a step of it costs (parameters, model FLOPs, tokens), and
-the steps (and, matching parameters, the width) each family gets for the matched budget."""
+vocabulary, batch and length, what a step of it costs (parameters, FLOPs, tokens), and
+the steps (and, matching parameters, the width) each family gets for the matched budget. FLOPs
+are counted as each family's step computes them (plm_jax/flops.py)."""
 
 from plm_jax import configs as presets, families
 from plm_jax.data import loader
+from plm_jax.flops import computed_flops_per_step
 from plm_jax.models.config import padded_vocab
 from plm_jax.param_match import count_params, match_width, with_width
 from plm_jax.plan import plan
 from plm_jax.run.metrics_writer import console
 
 MATCHES = ("flops", "tokens", "params")
-UNITS = {"flops": "model FLOPs", "tokens": "tokens", "params": "parameters"}
+UNITS = {"flops": "FLOPs as computed", "tokens": "tokens", "params": "parameters"}
 
 
 def uses_reference(c) -> bool:
@@ -26,6 +28,10 @@ def pretrain_config(c, family: str, seed: int, steps: int = 1, hidden: int = 0):
   p = c.pretrain
   with config.unlocked():
     config.data.source = c.corpus
+    config.data.path = c.corpus_path
+    config.data.text_field = c.corpus_text_field
+    config.data.tfds_name = c.corpus_tfds_name
+    config.data.tfds_split = c.corpus_tfds_split
     config.data.vocab_size = p.vocab_size
     config.data.max_seq_length = p.max_seq_length
     config.data.dupe_factor = 1
@@ -50,17 +56,21 @@ def family_config(c, costs: dict, family: str, seed: int):
 
 
 def step_cost(config) -> dict:
-  """Parameters, model FLOPs per token and per step, and tokens per step of a pretraining
-  config (as `plan` counts them: the configured vocabulary, padded)."""
+  """Parameters, FLOPs per step as the step computes them (plm_jax/flops.py: one convention for
+  every family, the one `plan` and `bench`'s MFU as computed use), the references' model FLOPs
+  (for comparing with published figures), and tokens per step of a pretraining config (the
+  configured vocabulary, padded)."""
   vocab = padded_vocab(config, config.data.vocab_size)
   n_params = count_params(config)
   m = config.model
-  per_token = families.get(m.family).flops_per_token(
+  reference = families.get(m.family).flops_per_token(
       n_params, vocab=vocab, hidden=m.hidden_size, layers=m.num_layers,
       seq_len=config.data.max_seq_length, max_position=m.max_position)
   tokens = config.train.batch_size * config.data.max_seq_length * loader.segments_per_row(config)
-  return {"params": n_params, "flops_per_token": float(per_token), "tokens_per_step": tokens,
-          "step_flops": float(per_token) * tokens, "hidden_size": m.hidden_size}
+  step = computed_flops_per_step(loader.step_shape(config, vocab))
+  return {"params": n_params, "flops_per_token": step / tokens, "tokens_per_step": tokens,
+          "step_flops": step, "reference_flops_per_token": float(reference),
+          "hidden_size": m.hidden_size}
 
 
 def steps_for(budget: float, per_step: float) -> int:

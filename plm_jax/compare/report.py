@@ -1,5 +1,6 @@
 """compare's report: DIR/report.md and its plots, from the stages' results (mean ± sample
-standard deviation over the seeds; the measured strengths and weaknesses of each family)."""
+standard deviation over the seeds; the measured strengths and weaknesses of each family, a
+family called better only where Welch's t-test across the seeds gives p < ALPHA)."""
 
 import dataclasses
 import math
@@ -7,6 +8,7 @@ import os
 import statistics
 
 import jax
+from scipy import stats
 
 from plm_jax.compare.budget import UNITS
 from plm_jax.compare.stages import DOWNSTREAM, PRETRAIN, baseline, tasks_dir
@@ -14,6 +16,7 @@ from plm_jax.data.builtin_tasks import ABOUT, BASELINES, task_paths
 from plm_jax.run import plots
 
 REPORT_FILE = "report.md"
+ALPHA = 0.05          # a difference is established at p < ALPHA
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -22,6 +25,21 @@ def mean_std(values) -> tuple[float, float]:
   if not values:
     return math.nan, math.nan
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _finite(values) -> list[float]:
+  return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def welch_p(a, b) -> float:
+  """The two-sided p-value of Welch's t-test that the values a and b (one per seed) have the
+  same mean; nan with fewer than two of either (no spread to test against)."""
+  a, b = _finite(a), _finite(b)
+  if len(a) < 2 or len(b) < 2:
+    return math.nan
+  if statistics.variance(a) == 0 and statistics.variance(b) == 0:
+    return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
+  return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def _cell(values, digits: int = 3) -> str:
@@ -127,7 +145,7 @@ def _figures(c, workdir: str, costs: dict, throughput: dict) -> dict:
   return {
       "loss_vs_flops.png": plots.line_figure(
           _loss_curves(workdir, c, costs), os.path.join(plot_dir, "loss_vs_flops.png"),
-          "pretraining FLOPs (model FLOPs)", "train loss (the whole objective)",
+          "pretraining FLOPs (as computed)", "train loss (the whole objective)",
           "Pretraining loss against FLOPs"),
       "params.png": plots.bar_figure(
           {f: costs[f]["params"] / 1e6 for f in fams}, os.path.join(plot_dir, "params.png"),
@@ -148,12 +166,23 @@ def _header(c, results: dict) -> list[str]:
 
 
 def _compute(c, costs: dict) -> list[str]:
-  return _table(["family", "size", "hidden", "params", "FLOPs/token", "tokens/step", "steps",
-                 "pretraining FLOPs", "tokens"],
+  spread = max(cost["flops"] for cost in costs.values()) / min(
+      cost["flops"] for cost in costs.values()) - 1
+  return _table(["family", "size", "hidden", "params", "FLOPs/token (as computed)",
+                 "FLOPs/token (references' convention)", "tokens/step", "steps",
+                 "pretraining FLOPs (as computed)", "tokens"],
                 [[f, c.sizes[f], str(costs[f]["hidden_size"]),
                   f"{costs[f]['params'] / 1e6:.2f}M", f"{costs[f]['flops_per_token']:.3g}",
+                  f"{costs[f]['reference_flops_per_token']:.3g}",
                   str(costs[f]["tokens_per_step"]), str(costs[f]["steps"]),
-                  f"{costs[f]['flops']:.3g}", f"{costs[f]['tokens']:,}"] for f in c.families])
+                  f"{costs[f]['flops']:.3g}", f"{costs[f]['tokens']:,}"] for f in c.families]) \
+      + ["FLOPs as computed: what each family's train step computes, forward and backward, "
+         "counted by one formula for every family (plm_jax/flops.py: the output layer where "
+         "it is applied, every depth of a shared layer, XLNet's two streams and memory; within "
+         "5% of XLA's count of the compiled step). The families' pretraining FLOPs differ by "
+         f"{100 * spread:.1f}% (whole steps). The references' convention (6 N + 12 L d T, the "
+         "encoders' MLM decoder at every token, no LM head for GPT) is shown only to compare "
+         "with published MFU.", ""]
 
 
 def _pretraining(c, measures: dict) -> list[str]:
@@ -193,6 +222,11 @@ def _downstream(c, workdir: str, results: dict, kind, task: str, columns: list,
     floor = scores.get(metric)
     rows.append(["*baseline*", *(f"*{scores[m]:.3f}*" if m in scores else "" for m in shown),
                  ""])
+  elif task == c[kind.group].own.name:
+    own = c[kind.group].own
+    lines += ["Your task, from " + ", ".join(f"{split} {own[f'{split}_path']}" for split in
+                                              ("train", "eval", "test") if own[f"{split}_path"])
+              + "".join(f"; {f} `{own[f]}`" for f in kind.own_fields if own[f]) + ".", ""]
   lines += _table(["family", *shown, "pretraining FLOPs per point"], rows)
   left_out = [f for f in c.families if f not in able]
   if left_out and kind.cannot:
@@ -218,8 +252,8 @@ def _per_point(flops: float, runs: list, kind) -> str:
 
 
 def _throughput(c, results: dict, throughput: dict) -> list[str]:
-  keys = [k for k in ("tokens_per_s", "step_ms", "mfu", "peak_mem_gib", "temp_gib",
-                      "argument_gib")
+  keys = [k for k in ("tokens_per_s", "step_ms", "mfu_computed", "mfu", "peak_mem_gib",
+                      "temp_gib", "argument_gib")
           if any(k in b for b in results["bench"].values())]
   lines = ["## Throughput and memory", ""]
   lines += _table(["family", "pretraining tokens/s (measured in the runs)",
@@ -232,27 +266,41 @@ def _throughput(c, results: dict, throughput: dict) -> list[str]:
       + ("; `bench` compiles each family's pretraining step on its own (memory per device)"
          if keys else "; `bench` off (compare's `bench` field: compile or time)") + ".", ""]
 
+def _p_text(p: float) -> str:
+  return "n/a" if math.isnan(p) else f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
+def _extreme(m: Measure, means: dict, top: bool) -> tuple[str, float]:
+  """The family with the best (top) or worst mean of a measure, and the largest Welch p-value
+  of it against any other family (it is established best / worst when that is < ALPHA)."""
+  sign = (1 if m.higher_is_better else -1) * (1 if top else -1)
+  family = max(means, key=lambda f: sign * means[f])
+  ps = [welch_p(m.values[family], m.values[f]) for f in means if f != family]
+  return family, max(ps, key=lambda p: math.inf if math.isnan(p) else p)
+
+
 def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[str]:
-  """A table of every measure (mean ± spread; the best in bold) and, per family, the measures
-  it is best and worst at among the families that have them."""
-  # a measure ranks the families that have it when they differ (ties share the rank); one
-  # only a single family has (generation: GPT) is shown, not ranked
+  """A table of every measure (mean ± spread; the best in bold where it is established), the
+  p-values of the best and worst family against the others, and, per family, the measures it
+  is established best and worst at among the families that have them, and those where it
+  leads or trails without the difference being established."""
+  # a measure ranks the families that have it when they differ; one only a single family has
+  # (generation: GPT) is shown, not ranked
   columns = [m for m in columns if m.means()]
   best, worst = {f: [] for f in fams}, {f: [] for f in fams}
-  marked = []
+  unsure = {f: [] for f in fams}
+  marked, tests = [], []
   for m in columns:
     means = m.means()
     if len(set(means.values())) < 2 or not m.ranked or not m.learned():
       marked.append(set())
       continue
-    sign = 1 if m.higher_is_better else -1
-    top, bottom = max(sign * v for v in means.values()), min(sign * v for v in means.values())
-    marked.append({f for f, v in means.items() if sign * v == top})
-    for f, v in means.items():
-      if sign * v == top:
-        best[f].append(m.name)
-      if sign * v == bottom:
-        worst[f].append(m.name)
+    (top, p_top), (bottom, p_bottom) = _extreme(m, means, True), _extreme(m, means, False)
+    seeds = min(len(_finite(m.values[f])) for f in means)
+    tests.append([m.name, top, _p_text(p_top), bottom, _p_text(p_bottom), str(seeds)])
+    marked.append({top} if p_top < ALPHA else set())
+    for family, p, established in ((top, p_top, best), (bottom, p_bottom, worst)):
+      (established if p < ALPHA else unsure)[family].append(m.name)
   lines = ["## Measured strengths and weaknesses", ""]
   if not columns:
     return lines + ["No measure to show.", ""]
@@ -263,11 +311,18 @@ def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[st
                                + ("" if m.ranked else " (not ranked)")
                                + ("" if m.learned() else " (none above the baseline)")
                                for m in columns)], rows)
+  if tests:
+    lines += _table(["measure", "best mean", "p (best vs each other, the largest)",
+                     "worst mean", "p (worst vs each other, the largest)", "seeds"], tests)
   for f in fams:
     lines.append(f"- **{f}**: best at {', '.join(best[f]) or 'no measure'}; worst at "
-                 f"{', '.join(worst[f]) or 'no measure'}.")
-  lines += ["", "Ranked by the mean over seeds among the families that have the measure (the "
-            "best in bold; a measure of one family is shown, not ranked; the token perplexity "
-            "is not ranked either: next-token, masked-token and permuted-order predictions are "
-            "different tasks).", ""]
+                 f"{', '.join(worst[f]) or 'no measure'}"
+                 + (f"; leads or trails at {', '.join(unsure[f])}, a difference not "
+                    "established with these seeds" if unsure[f] else "") + ".")
+  lines += ["", f"A family is called best (in bold) or worst at a measure only where Welch's "
+            f"t-test across the seeds gives p < {ALPHA} against every other family that has "
+            "it (the largest of those p-values is shown); otherwise the difference is not "
+            "established with the seeds run (with one seed none is). A measure of one family is "
+            "shown, not ranked; the token perplexity is not ranked either: next-token, "
+            "masked-token and permuted-order predictions are different tasks.", ""]
   return lines

@@ -2,7 +2,9 @@
 stage's config, and running (or, finished, reading back) every stage: bench, pretraining and
 fine-tuning per family and seed. A finished stage holds RESULT_FILE (written last)."""
 
+import csv
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -55,6 +57,11 @@ class Downstream:
   scale: float = 1.0             # score units per point: classification's metrics are
                                  # fractions (100), QA's and generation's percentages (1)
   perplexity: bool = False       # the report also ranks the targets' perplexity
+  formats: tuple = ()            # ((file ending, the preset's file task), ...): own tasks
+  own_fields: tuple = ()         # the own task's field names, set in config[preset]
+
+  def own_format(self, path: str) -> str | None:
+    return next((task for ending, task in self.formats if path.endswith(ending)), None)
 
 
 def _qa_fields(s, config) -> None:
@@ -72,17 +79,20 @@ DOWNSTREAM = (
     Downstream("classify", "classification", "classify", {"word_order": "jsonl"},
                CLASSIFICATION.finetune, lambda family: True,
                lambda config: config.finetune.metric or task_of(config).metric, (),
-               scale=100.0),
+               scale=100.0, formats=((".csv", "csv"), (".tsv", "csv"), (".jsonl", "jsonl")),
+               own_fields=("text_field", "text_pair_field", "label_field")),
     Downstream("qa", "question answering", "qa", {"cloze": "json"},
                QUESTION_ANSWERING.finetune,
                lambda family: family.span_model is not None,
                lambda config: config.finetune.metric or "f1", ("f1", "exact_match"),
-               "extractive QA needs a bidirectional encoder", _qa_fields),
+               "extractive QA needs a bidirectional encoder", _qa_fields,
+               formats=((".json", "json"),)),
     Downstream("generate", "generation", "seq2seq", {"unshuffle": "jsonl"},
                GENERATION.finetune, lambda family: family.decoder,
                lambda config: gen_task_of(config).metric,
                ("bleu", "rougeL", "exact_match", "perplexity"),
-               "generation fine-tuning needs a decoder", _generation_fields, perplexity=True),
+               "generation fine-tuning needs a decoder", _generation_fields, perplexity=True,
+               formats=((".jsonl", "jsonl"),), own_fields=("source_field", "target_field")),
 )
 BUILTIN_TASKS = {task for kind in DOWNSTREAM for task in kind.builtin}
 
@@ -97,10 +107,13 @@ def normalise(c) -> None:
   with c.unlocked():
     c.families = split(c.families)
     for kind in DOWNSTREAM:
-      c[kind.group].tasks = split(c[kind.group].tasks)
+      s = c[kind.group]
+      s.tasks = split(s.tasks) + ((s.own.name,) if s.own.name and s.own.name not in
+                                  split(s.tasks) else ())
 
 
 def validate(c) -> None:
+  validate_corpus(c)
   unknown = [f for f in c.families if f not in families.FAMILIES]
   if unknown or not c.families:
     raise ConfigError(f"compare families {unknown or '()'}: give one or more of "
@@ -135,6 +148,8 @@ def validate(c) -> None:
         raise ConfigError(f"compare task {task!r} is named twice ({seen.get(task, PRETRAIN)} "
                           f"and {kind.group}.tasks): each task is a directory of its own")
       seen[task] = f"{kind.group}.tasks"
+      if task == s.own.name:
+        continue
       home = next((k for k in DOWNSTREAM if task in k.builtin), None)
       if home is not None and home is not kind:
         raise ConfigError(f"compare {kind.group}.tasks: {task!r} is a {home.title} task; "
@@ -144,22 +159,104 @@ def validate(c) -> None:
           presets.load(f"{kind.preset}:{task}")
         except ConfigError as e:
           raise ConfigError(f"compare {kind.group}.tasks: {e}") from None
+    if s.own.name:
+      validate_own_task(kind, s.own)
     if s.tasks and (s.steps < 0 or s.batch_size < 1 or s.max_seq_length < 8
                     or (s.steps == 0 and s.epochs <= 0)):
       raise ConfigError(f"compare {kind.group}: give steps > 0 (or steps=0 and epochs > 0), "
                         "batch_size >= 1 and max_seq_length >= 8")
 
 
+CORPORA = ("builtin", "text", "jsonl", "tfds")
+
+
+def validate_corpus(c) -> None:
+  """The pretraining corpus: a source `train` reads, and files its glob matches."""
+  if c.corpus not in CORPORA:
+    raise ConfigError(f"compare corpus={c.corpus!r} is not one of {', '.join(CORPORA)}")
+  if c.corpus in ("text", "jsonl"):
+    found = sorted(glob.glob(c.corpus_path)) if c.corpus_path else []
+    if not found:
+      raise ConfigError(f"compare corpus={c.corpus}: corpus_path={c.corpus_path!r} matches no "
+                        "file; give a glob of the corpus's files, e.g. "
+                        "--config.corpus_path='data/*.txt'")
+    if c.corpus == "jsonl":
+      _has_fields(found[0], "jsonl", [c.corpus_text_field], "corpus_text_field")
+  if c.corpus == "tfds" and not c.corpus_tfds_name:
+    raise ConfigError("compare corpus=tfds: give --config.corpus_tfds_name=NAME")
+
+
+def _has_fields(path: str, fmt: str, fields: list, where: str) -> None:
+  """Refuses a file whose first record lacks one of `fields` (one line, naming what it has)."""
+  try:
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+      if fmt == "csv":
+        dialect = csv.excel_tab if path.endswith(".tsv") else csv.excel
+        keys = csv.DictReader(f, dialect=dialect).fieldnames or []
+      else:
+        line = next((x for x in f if x.strip()), "{}")
+        keys = list(json.loads(line))
+  except (OSError, ValueError, TypeError) as e:
+    raise ConfigError(f"compare: {path} cannot be read as {fmt}: {e}") from None
+  missing = [x for x in fields if x and x not in keys]
+  if missing:
+    raise ConfigError(f"compare {where}: {path} has no field {', '.join(map(repr, missing))} "
+                      f"(it has {', '.join(map(str, keys)) or 'none'})")
+
+
+def _squad_file(path: str, where: str) -> None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+    paragraph = data["data"][0]["paragraphs"][0]
+    paragraph["context"], paragraph["qas"][0]["question"]  # noqa: B018 - the format's keys
+  except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+    raise ConfigError(f"compare {where}: {path} is not a SQuAD-format file "
+                      f"(data[].paragraphs[].context / qas[].question): {e!r}") from None
+
+
+def validate_own_task(kind: Downstream, own) -> None:
+  """A task of the user's own: its files exist, in a format the kind reads, with its fields."""
+  where = f"{kind.group}.own ({own.name})"
+  if not own.train_path:
+    raise ConfigError(f"compare {where}: give {kind.group}.own.train_path")
+  for field in ("train_path", "eval_path", "test_path"):
+    path = own[field]
+    if not path:
+      continue
+    fmt = kind.own_format(path)
+    if fmt is None:
+      raise ConfigError(f"compare {where}: {field}={path!r}: a {kind.title} task reads "
+                        f"{' or '.join(e for e, _ in kind.formats)} files")
+    if not os.path.isfile(path):
+      raise ConfigError(f"compare {where}: {field}={path!r} does not exist")
+    if kind.own_fields:
+      # a test file may lack the label (it is then not scored)
+      names = [own[f] for f in kind.own_fields
+               if not (field == "test_path" and f == "label_field")]
+      _has_fields(path, fmt, names, where)
+    else:
+      _squad_file(path, where)
+
+
 def downstream_config(c, kind: Downstream, task: str, seed: int, files: dict):
   """The fine-tuning config of `task`: its preset (a built-in task: the preset's local-file
-  task reading the files compare wrote) with the stage's schedule and the seed."""
+  task reading the files compare wrote; the user's own: the preset's file task reading theirs)
+  with the stage's schedule and the seed."""
   s = c[kind.group]
-  config = presets.load(f"{kind.preset}:{kind.builtin.get(task, task)},mesh={c.mesh}")
+  own = task == s.own.name
+  preset = kind.own_format(s.own.train_path) if own else kind.builtin.get(task, task)
+  config = presets.load(f"{kind.preset}:{preset},mesh={c.mesh}")
   with config.unlocked():
     fields = config.finetune
     if task in kind.builtin:
       train, validation, test = (files[task][split] for split in SPLITS)
       fields.train_path, fields.eval_path, fields.test_path = train, validation, test
+    if own:
+      fields.train_path, fields.eval_path, fields.test_path = (
+          s.own.train_path, s.own.eval_path, s.own.test_path)
+      for field in kind.own_fields:
+        config[kind.preset][field] = s.own[field]
     config.train.seed = seed
     config.train.batch_size = s.batch_size
     config.data.max_seq_length = s.max_seq_length
@@ -304,8 +401,14 @@ def with_corpus(config, path: str):
 
 
 def corpus_name(c, path: str) -> str:
-  return (f"`{c.corpus}` less the built-in tasks' validation and test docstrings" if path
-          else f"`{c.corpus}`")
+  if path:
+    return f"`{c.corpus}` less the built-in tasks' validation and test docstrings"
+  if c.corpus == "tfds":
+    return f"`tfds` {c.corpus_tfds_name}[{c.corpus_tfds_split}]"
+  if c.corpus in ("text", "jsonl"):
+    return (f"`{c.corpus}` files {c.corpus_path} ({len(glob.glob(c.corpus_path))} files"
+            + (f", field {c.corpus_text_field}" if c.corpus == "jsonl" else "") + ")")
+  return f"`{c.corpus}`"
 
 
 def model_setup(config) -> dict:
@@ -377,7 +480,7 @@ def _downstream_stages(c, results: dict, family: str, seed: int, base: str, pre_
   for kind in DOWNSTREAM:
     if not kind.can(families.get(family)):
       continue
-    fields = {k: v for k, v in c[kind.group].to_dict().items() if k != "tasks"}
+    fields = {k: v for k, v in c[kind.group].to_dict().items() if k not in ("tasks", "own")}
     for task in c[kind.group].tasks:
       ft_dir = os.path.join(base, task)
       ft_config = downstream_config(c, kind, task, seed, files)
@@ -386,4 +489,5 @@ def _downstream_stages(c, results: dict, family: str, seed: int, base: str, pre_
           ft_dir, f"{family} seed {seed} {task} ({kind.title})",
           lambda: downstream_result(
               kind.run(ft_config, ft_dir, init_from=pre_dir, devices=devices), metric),
-          {"task": task, **fields, "task_examples": c.task_examples, "pretrain": pre_setup})
+          {"task": task, **fields, "task_examples": c.task_examples, "pretrain": pre_setup,
+           **({"own": c[kind.group].own.to_dict()} if task == c[kind.group].own.name else {})})

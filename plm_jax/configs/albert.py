@@ -9,7 +9,7 @@ xlarge a TPU v5p-128 (`v5p-128`); the paper's batch of 4096 is the global batch,
 micro-batches as that hardware needs. `tiny` is for tests and the CPU demo (any one device).
 """
 
-from plm_jax.configlib import make_config, paper_recipes, parse_arg, sized_for
+from plm_jax.configlib import apply_extra, make_config, paper_recipes, parse_arg, sized_for
 
 MODEL = dict(shared_layers=True, hidden_act="gelu_new", max_position=512, layer_norm_eps=1e-12)
 # As the paper ran it (Lan et al., 2019, section 4.1 and appendix): 125k steps of 4096 sequences
@@ -17,9 +17,15 @@ MODEL = dict(shared_layers=True, hidden_act="gelu_new", max_position=512, layer_
 # published models use a 30,000-entry SentencePiece vocabulary (imported from their
 # tokenizer.json); new runs train a WordPiece vocabulary. `tiny` (CPU tests, laptops) keeps
 # AdamW: LAMB's per-layer trust ratio moves 0.02-scale weights too slowly for a few hundred steps.
+# The reference's run_pretraining.py / optimization.py: at most 20 predictions per sequence
+# (max_predictions_per_seq, not 15% of 512 = 77), the linear decay counted over all steps from
+# step 0 with the warmup over it ("linear_total", as BERT's code), LAMB without the trust ratio
+# on biases and LayerNorm (plm_jax/optim.py lamb).
 PAPER = dict(data=dict(max_seq_length=512, vocab_size=30000),
              train=dict(steps=125_000, batch_size=4096, log_every=50),
-             optim=dict(optimizer="lamb", learning_rate=1.76e-3, warmup_steps=3125))
+             optim=dict(optimizer="lamb", learning_rate=1.76e-3, warmup_steps=3125,
+                        schedule="linear_total"),
+             extra={"objective.max_predictions": 20})
 SIZES = {
     "tiny": dict(model=dict(hidden_size=128, num_layers=4, num_heads=4, mlp_dim=512,
                             embedding_size=64),
@@ -50,6 +56,7 @@ def get_config(arg=None):
   config = make_config(family="albert", size_name=a["size"], mesh=a["mesh"],
                        model={**MODEL, **row["model"]}, data=row["data"], train=row["train"],
                        optim=row["optim"])
+  apply_extra(config, row)
   config.objective.masking = "ngram"
   config.model.dropout_rate = 0.0
   return config

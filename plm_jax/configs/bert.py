@@ -31,10 +31,12 @@ SIZES = {
 }
 # `base-paper`, `large-paper`: Devlin et al. (2018), appendix A.2 and the reference
 # optimization.py: 1M steps of 256 sequences, Adam(W) lr 1e-4 (beta2 0.999, eps 1e-6, weight
-# decay 0.01), 10k warmup steps, linear decay counted from step 0 ("linear_total"), dropout 0.1.
+# decay 0.01), 10k warmup steps, linear decay counted from step 0 ("linear_total"), dropout and
+# attention dropout 0.1 (the released bert_config.json's attention_probs_dropout_prob).
 # Phase 1 (90% of the steps) at 128 tokens, as here; phase 2 is the last 10% at 512 tokens
 # (README: "Published recipes").
-RECIPE = dict(optim=dict(schedule="linear_total", b2=0.999, eps=1e-6, weight_decay=0.01))
+RECIPE = dict(optim=dict(schedule="linear_total", b2=0.999, eps=1e-6, weight_decay=0.01),
+              extra={"model.attention_dropout_rate": 0.1})
 SIZES = paper_recipes(SIZES, {"base": RECIPE, "large": RECIPE})
 
 

@@ -2,8 +2,8 @@
 
 Each selected family is pretrained from its own preset (`sizes`: the family's SIZE argument) on
 the same corpus, with the same vocabulary size, batch and sequence length (`pretrain`), for as
-many steps as `match` allows: the same model FLOPs (plm_jax/flops.py's convention, as `plan`
-and `bench` count them), the same tokens, or the same parameter count (each family's width
+many steps as `match` allows: the same FLOPs as each family's step computes them
+(plm_jax/flops.py's one convention for every family, as `plan` and `bench` count them), the same tokens, or the same parameter count (each family's width
 sized to it, all trained on the same tokens). The budget is `budget` (FLOPs, tokens or
 parameters), or when 0 what `reference_family` has or spends in `reference_steps` steps. Every
 family then fine-tunes, with the same seeds, on the downstream tasks it can do:
@@ -12,6 +12,14 @@ family then fine-tunes, with the same seeds, on the downstream tasks it can do:
 - `qa.tasks`: extractive question answering, encoders only (qa_tasks.py's, e.g. squad, or
   `cloze`);
 - `generate.tasks`: generation, decoders only (gen_tasks.py's, e.g. xsum, or `unshuffle`).
+
+A task of your own is one per kind, from files: `<kind>.own.name` (its name in the report),
+`own.train_path` (`eval_path`, `test_path`) and its fields (`classify.own.text_field`,
+`text_pair_field`, `label_field` of CSV or JSON lines; SQuAD-format JSON for `qa`; the
+`generate.own.source_field` and `target_field` of JSON lines). The pretraining corpus is `corpus`
+(builtin | text | jsonl | tfds) with `corpus_path` (a glob), `corpus_text_field` or
+`corpus_tfds_name` / `corpus_tfds_split`: the data fields of `train`. A missing file or field
+is one line before anything runs.
 
 `word_order`, `cloze` and `unshuffle` need no download: the command writes them from the
 built-in corpus (plm_jax/data/builtin_tasks.py) into DIR/tasks/. A stage's `steps` > 0 fixes
@@ -57,7 +65,9 @@ SETUPS = {
                                 max_new_tokens=4),
                   bench="off", topology="", devices=1, task_examples=64),
     "base": dict(families=FAMILIES, size={**{f: "base" for f in FAMILIES}, "gpt": "124m"},
-                 seeds=[0, 1, 2], reference_steps=100_000,
+                 # six seeds: Welch's test establishes a difference of twice the spread over
+                 # seeds with power 0.8 (five: 0.79; tests/test_compare.py)
+                 seeds=[0, 1, 2, 3, 4, 5], reference_steps=100_000,
                  pretrain=dict(batch_size=256, max_seq_length=128, vocab_size=30522,
                                eval_steps=50, log_every=100),
                  classify=dict(_BASE_STAGE, tasks=["sst2", "mrpc", "rte", "word_order"]),
@@ -69,9 +79,21 @@ SETUPS = {
 }
 
 
-def _stage(row: dict, **extra) -> ml_collections.ConfigDict:
+def _own(**fields) -> ml_collections.ConfigDict:
+  """A task of the user's own, from files: reported as `name` ("" = none) beside `tasks`."""
+  o = ml_collections.ConfigDict()
+  o.name = ""
+  o.train_path = ""                            # required with a name
+  o.eval_path = ""                             # "" = a share of train held out
+  o.test_path = ""                             # "" = no test split (ranked on validation)
+  o.update(fields)
+  return o
+
+
+def _stage(row: dict, own: dict, **extra) -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.tasks = tuple(row["tasks"])                # () = no such stage
+  s.own = _own(**own)
   s.steps = row["steps"]                       # > 0: the steps of every run; 0 = epochs
   s.epochs = row["epochs"]
   s.batch_size = row["batch_size"]
@@ -102,14 +124,26 @@ def get_config(arg=None):
   c.budget = 0.0                               # FLOPs, tokens or parameters; 0 = the reference's
   c.reference_family = "bert"
   c.reference_steps = row["reference_steps"]
-  c.corpus = "builtin"                         # data.source of every pretraining run
+  c.corpus = "builtin"                         # data.source of every pretraining run: builtin |
+                                               # text | jsonl | tfds
   c.pretrain = ml_collections.ConfigDict(row["pretrain"])
   c.pretrain.learning_rate = 0.0               # 0 = each preset's own
-  c.classify = _stage(row["classify"])
-  c.qa = _stage(row["qa"], max_query_length=64, doc_stride=128)
+  # the corpus's files (text: a glob of plain text, blank lines between documents; jsonl: a
+  # glob of JSON lines, the text in corpus_text_field), or a TFDS dataset: as `train` reads them
+  c.corpus_path = ""
+  c.corpus_text_field = "text"
+  c.corpus_tfds_name = ""
+  c.corpus_tfds_split = "train"
+  # own: CSV (.csv / .tsv) or JSON lines (.jsonl), a text (and a second text) and a label field
+  c.classify = _stage(row["classify"], dict(text_field="text", text_pair_field="",
+                                            label_field="label"))
+  # own: SQuAD-format JSON files (.json)
+  c.qa = _stage(row["qa"], {}, max_query_length=64, doc_stride=128)
   # generation: the best checkpoint by validation loss (decoding during training is slow);
-  # the final report decodes report_examples prompts of each split greedily
-  c.generate = _stage(row["generate"], report_examples=256, max_new_tokens=64)
+  # the final report decodes report_examples prompts of each split greedily.
+  # own: JSON lines (.jsonl) with a prompt and a completion field
+  c.generate = _stage(row["generate"], dict(source_field="source", target_field="target"),
+                      report_examples=256, max_new_tokens=64)
   # the built-in tasks' first N examples of each split only (0 = all; the CI smoke: 64)
   c.task_examples = row.get("task_examples", 0)
   c.bench = row["bench"]                       # off | compile (memory) | time (+ tokens/s)

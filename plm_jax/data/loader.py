@@ -25,6 +25,7 @@ import numpy as np
 
 from plm_jax import objectives
 from plm_jax.data.pipeline import PreparedData
+from plm_jax.flops import StepShape
 from plm_jax.models.partitioning import BATCH_AXES
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, mask_tokens,
                                         max_predictions_for)
@@ -85,7 +86,7 @@ def masking_config(config, tokenizer) -> MaskingConfig:
   o = config.objective
   return MaskingConfig(
       mask_id=tokenizer.mask_id, random_token_ids=tokenizer.regular_ids(),
-      max_predictions=max_predictions_for(config.data.max_seq_length, o.mlm_probability),
+      max_predictions=objectives.of(config).predictions(config),
       mlm_probability=o.mlm_probability, span=o.masking, max_ngram=o.max_ngram,
       word_starts=None if o.masking == "token" else tokenizer.word_starts())
 
@@ -266,6 +267,26 @@ def segments_per_row(config) -> int:
 def predictions_per_sequence(config) -> int:
   """Positions an encoder predicts in a sequence (the width of its targets)."""
   return objectives.of(config).predictions(config)
+
+
+def step_shape(config, vocab: int) -> StepShape:
+  """What a pretraining step of `config` computes, for plm_jax.flops.computed_flops_per_step
+  (`vocab`: the padded vocabulary the model is built with)."""
+  m, o, t = config.model, config.objective, config.data.max_seq_length
+  shape = dict(rows=config.train.batch_size, seq_len=t, layers=m.num_layers,
+               hidden=m.hidden_size, mlp=m.mlp_dim, vocab=vocab,
+               embed=m.embedding_size or m.hidden_size, activation=m.hidden_act)
+  objective = objectives.of(config)
+  if objective.permuted:
+    # every segment after the first attends to the memory the one before kept
+    segments, kept = segments_per_row(config), min(m.mem_len, o.reuse_len or t)
+    p = num_predict_for(t, o.plm_k)
+    return StepShape(**shape, outputs=p, query=p, segments=segments,
+                     memory=kept * (segments - 1) / segments)
+  if not isinstance(objective, objectives.MaskedLM):
+    return StepShape(**shape, outputs=t)
+  return StepShape(**shape, outputs=predictions_per_sequence(config), head_transform=True,
+                   pair_head=objective.pair is not None)
 
 
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -51,7 +51,11 @@ class MaskedLM(Objective):
     return {"nsp_head": self.pair is not None}
 
   def predictions(self, config) -> int:
-    return max_predictions_for(config.data.max_seq_length, config.objective.mlm_probability)
+    """objective.max_predictions (ALBERT's 20), or enough that round(mlm_probability x
+    tokens) is never cut."""
+    o = config.objective
+    return o.get("max_predictions", 0) or max_predictions_for(config.data.max_seq_length,
+                                                              o.mlm_probability)
 
   def batch_shapes(self, config) -> dict:
     b, t = config.train.batch_size, config.data.max_seq_length

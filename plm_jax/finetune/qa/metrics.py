@@ -82,8 +82,9 @@ def squad_metrics(golds: dict[str, list[str]], predictions: dict[str, str], v2: 
 def best_thresholds(golds: dict[str, list[str]], answers: dict[str, str],
                     null_diffs: dict[str, float]) -> dict:
   """The no-answer threshold that would score best (evaluate-v2.0.py's find_best_thresh):
-  `answers` are the best non-null spans, `null_diffs` the null score minus that span's score;
-  a question is predicted unanswerable when its diff exceeds the threshold."""
+  `answers` are the predictions as written ("" where the null won), `null_diffs` the null
+  score minus the best span's score; a question is predicted unanswerable when its diff exceeds
+  the threshold."""
   exact_scores, f1_scores = raw_scores(golds, answers, True)
   has_answer = {i: bool(g) for i, g in golds.items()}
   out = {}

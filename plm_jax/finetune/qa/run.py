@@ -57,7 +57,7 @@ def split_answers(config, data: qa_data.QAData, split: str, logits: dict) -> tup
   no answers), and {"predictions", "null_diffs"} by question id."""
   q, v2 = config.qa, data.task.unanswerable
   examples = data.examples[split]
-  predictions, spans, diffs = qa_data.best_answers(
+  predictions, _, diffs = qa_data.best_answers(
       examples, data.windows[split], logits["start_logits"], logits["end_logits"], q.n_best,
       q.max_answer_length, v2, q.null_score_diff_threshold)
   report = {"examples": len(examples)}
@@ -65,7 +65,9 @@ def split_answers(config, data: qa_data.QAData, split: str, logits: dict) -> tup
     golds = {e.id: e.answers for e in examples}
     report.update(squad_metrics(golds, predictions, v2))
     if v2:
-      report.update(best_thresholds(golds, spans, diffs))
+      # swept over the answers written ("" where the null won), as the official script run on
+      # the written predictions and null odds sweeps them
+      report.update(best_thresholds(golds, predictions, diffs))
   return report, {"predictions": predictions, "null_diffs": diffs}
 
 
