@@ -82,12 +82,26 @@ def uninterrupted(tmp_path_factory, tokenizers_dir):
   return records(workdir)
 
 
+@pytest.fixture
+def dispositions():
+  """What SIGINT and SIGTERM did before the test, put back after it (a test that installs a
+  handler leaves the suite as it found it: started with SIGINT ignored, it stays so)."""
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  yield before
+  for s, handler in before.items():
+    signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly(
-    signum, uninterrupted, tokenizers_dir, tmp_path, monkeypatch, capsys):
+    signum, uninterrupted, tokenizers_dir, tmp_path, monkeypatch, capsys, dispositions):
   """The signal arrives (from this process, as a scheduler's would) while the batch of a
   random step is being prepared: from step 5 on, which the loader prepares only once the loop
-  (and so the handlers) runs, as data.prefetch = 4 batches are prepared ahead."""
+  (and so the handlers) runs, as data.prefetch = 4 batches are prepared ahead. Ctrl-C as a
+  terminal delivers it: Python's handler, whatever this test process was started with."""
+  if signum == signal.SIGINT:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  installed = signal.getsignal(signum)
   at = random.Random(int(signum)).randint(5, 10)
   original = loader.Batches.batch
 
@@ -105,7 +119,7 @@ def test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly(
   # the batches are prepared ahead (data.prefetch): the step in flight is at most a few back
   assert at - 5 <= stopped <= at + 1, (at, stopped)
   assert checkpoint.latest_step(str(workdir)) == stopped
-  assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)
+  assert signal.getsignal(signum) == installed          # the run's handler is gone again
   monkeypatch.setattr(loader.Batches, "batch", original)
   assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["bert"], 12)]) == 0
   resumed = records(workdir)
@@ -114,6 +128,41 @@ def test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly(
                                 [r["loss"] for r in uninterrupted])
   assert [r for r in map(json.loads, open(workdir / "metrics.jsonl"))
           if r["split"] == "resume"][0]["step"] == stopped
+
+
+def test_a_sigint_ignored_from_the_start_stays_ignored(tokenizers_dir, tmp_path, monkeypatch,
+                                                      dispositions):
+  """A job started in the background (`&` in a script, nohup, some CI runners) inherits an
+  ignored SIGINT: the run neither takes it over nor stops on it; SIGTERM still stops it."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  original = loader.Batches.batch
+
+  def batch(self, step):
+    if self.split == loader.TRAIN and step == 5:
+      os.kill(os.getpid(), signal.SIGINT)
+    return original(self, step)
+  monkeypatch.setattr(loader.Batches, "batch", batch)
+  workdir = tmp_path / "run"
+  assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["gpt"], 8, GPT)]) == 0
+  assert [r["step"] for r in records(workdir)] == list(range(1, 9))
+  assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  assert signal.getsignal(signal.SIGTERM) == dispositions[signal.SIGTERM]
+
+
+def test_the_signal_tests_pass_started_with_sigint_ignored_and_no_terminal():
+  """The suite as a background job or a CI runner starts it: SIGINT ignored (inherited through
+  exec), no terminal (a session of its own, stdin from /dev/null)."""
+  ignoring = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+              "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+  here = os.path.join(ROOT, "tests", "test_faults.py")
+  done = subprocess.run(
+      [sys.executable, "-c", ignoring, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+       f"{here}::test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly[2]",
+       f"{here}::test_a_sigint_ignored_from_the_start_stays_ignored"], cwd=ROOT,
+      capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+      start_new_session=True)
+  assert done.returncode == 0, done.stdout[-3000:]
+  assert "2 passed" in done.stdout, done.stdout[-3000:]
 
 
 def test_two_processes_stop_at_the_same_step_and_resume(tokenizers_dir, tmp_path):

@@ -9,7 +9,9 @@ One process: Python handlers set a flag that the loop reads after every step. Se
 processes: every process must save the same step, so the decision is JAX's preemption service
 (`multihost_utils.reached_preemption_sync_point`): a SIGTERM on any process reaches all of them
 and they agree on the next step to stop at. JAX's runtime owns SIGTERM there; SIGINT is turned
-into the same notice. A second SIGINT stops at once, without a checkpoint.
+into the same notice. A second SIGINT stops at once, without a checkpoint. A SIGINT that the
+process was started with ignored (a job started with `&` from a script, nohup, some CI runners)
+stays ignored, as Python and the usual convention leave it.
 
 Each way a run can stop short is an exception with its own exit status (README, "Exit
 statuses"), so a launcher can tell "resume me" from "fix me".
@@ -59,6 +61,8 @@ class StopRequests:
       return self                             # signal handlers live in the main thread only
     signals = (signal.SIGINT,) if self.multiprocess else (signal.SIGINT, signal.SIGTERM)
     for s in signals:
+      if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:
+        continue                              # inherited ignored: not ours to take over
       self._old[s] = signal.signal(s, self._handle)
     return self
 
