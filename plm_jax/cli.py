@@ -16,8 +16,11 @@ import logging as std_logging
 import os
 import sys
 import threading
+import traceback
+import types
 from typing import Callable
 
+import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -336,9 +339,53 @@ def _define_config(command: Command, fv: flags.FlagValues, early: flags.FlagValu
     config_flags.DEFINE_config_dict("config", config, "the workdir's config", flag_values=fv,
                                     lock_config=True, sys_argv=argv)
   elif command.config in (FILE, FILE_OR_WORKDIR):
+    _check_config_file(argv)
     config_flags.DEFINE_config_file("config", None, "config file[:arg], e.g. "
                                     "configs/bert.py:tiny", flag_values=fv, lock_config=True,
                                     sys_argv=argv)
+
+
+CONFIG_FILE_HELP = ("a config file is Python whose get_config(arg) returns an "
+                    "ml_collections.ConfigDict, as plm_jax/configs/*.py do")
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Runs the --config file's get_config once as ml_collections will, so that a mistake in it
+  (a syntax error, an exception, no get_config, a value that is not a ConfigDict) is one line
+  naming the file and line rather than a traceback from inside the flag parser."""
+  spec = next((a[len("--config="):] if a.startswith("--config=") else argv[i + 1]
+               for i, a in enumerate(argv) if a.startswith("--config=") or
+               (a == "--config" and i + 1 < len(argv))), None)
+  path, _, arg = (spec or "").partition(":")
+  if not os.path.isfile(path):
+    return                          # ml_collections' own error names a missing file
+  try:
+    with open(path, encoding="utf-8") as f:
+      code = compile(f.read(), path, "exec")
+  except SyntaxError as e:
+    raise UsageError(f"--config {path}, line {e.lineno}: {e.msg}; fix that line "
+                     f"({CONFIG_FILE_HELP})") from None
+  except (OSError, ValueError) as e:
+    raise UsageError(f"--config {path} cannot be read ({e}); {CONFIG_FILE_HELP}") from None
+  module = types.ModuleType("plm_jax_config_check")
+  module.__file__ = path
+  try:
+    exec(code, module.__dict__)  # noqa: S102 - the user's own config file, run as --config runs it
+    if not callable(getattr(module, "get_config", None)):
+      raise UsageError(f"--config {path} defines no get_config; {CONFIG_FILE_HELP}")
+    config = module.get_config(*([arg] if arg else []))
+  except (UsageError, PlmJaxError):
+    raise
+  except Exception as e:  # noqa: BLE001 - whatever the user's file raises, named with its line
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(path)]
+    where = f", line {lines[-1]}" if lines else ""
+    raise UsageError(f"--config {path}{where}: {type(e).__name__}: {e}; fix the file "
+                     f"({CONFIG_FILE_HELP})") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(f"--config {path}: get_config({arg!r}) returned {type(config).__name__} "
+                     f"{str(config)[:40]}, not an ml_collections.ConfigDict; return one (e.g. "
+                     "plm_jax.configlib.make_config(...), as plm_jax/configs/*.py do)")
 
 
 def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> list[str]:

@@ -473,6 +473,25 @@ def test_bad_inputs_are_one_line_and_leave_the_workdir_untouched(gpt_run, tmp_pa
   assert snapshot(gpt_run) == before
 
 
+@pytest.mark.parametrize("source, words", [
+    ("def get_config(arg=None):\n  return {\n", ", line 2: '{' was never closed; fix that line"),
+    ("def get_config(arg=None):\n  return {}\n", ": get_config('tiny') returned dict {}, not an "
+     "ml_collections.ConfigDict; return one"),
+    ("x = 1\n", " defines no get_config; a config file is Python whose get_config(arg)"),
+    ("import no_such_module_here\n", ", line 1: ModuleNotFoundError: No module named "
+     "'no_such_module_here'; fix the file"),
+    ("def get_config(arg=None):\n  n = 1\n  return n / 0\n", ", line 3: ZeroDivisionError"),
+])
+def test_a_config_file_with_a_mistake_is_one_line_naming_file_and_line(tmp_path, capsys, source,
+                                                                        words):
+  path = tmp_path / "mine.py"
+  path.write_text(source)
+  for command in ("train", "config"):
+    err = one_line(capsys, command, "--config", f"{path}:tiny", "--workdir", str(tmp_path / "w"))
+    assert f"--config {path}{words}" in err, err
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("content", ["{}", "{not json", '{"model": {"family": "gpt"}}'])
 def test_an_unreadable_config_json_is_named(gpt_run, tmp_path, capsys, content):
   import shutil
