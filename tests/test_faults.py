@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, family_config, snapshot
-from plm_jax import cli, pretrain
+from plm_jax import cli, pretrain, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.inference import load_params
 from plm_jax.run import checkpoint
@@ -490,6 +490,21 @@ def test_a_config_file_with_a_mistake_is_one_line_naming_file_and_line(tmp_path,
     err = one_line(capsys, command, "--config", f"{path}:tiny", "--workdir", str(tmp_path / "w"))
     assert f"--config {path}{words}" in err, err
   assert not (tmp_path / "w").exists()
+
+
+def test_a_finished_run_run_again_changes_nothing_and_says_so(gpt_run, tokenizers_dir, capsys):
+  args = train_args(gpt_run, tokenizers_dir["gpt"], 2, GPT)
+  before = snapshot(gpt_run)
+  evals = [r for r in records(gpt_run, "eval") if r["step"] == 2]
+  assert len(evals) == 1
+  assert cli.main(["plm-jax", *args]) == 0
+  out = capsys.readouterr().out
+  assert f"nothing to do: {gpt_run} is finished (checkpoint at step 2 >= train.steps=2" in out
+  assert snapshot(gpt_run) == before            # no resume record, no second evaluation
+  # the library call returns the recorded final evaluation
+  final = pretrain.train(workdirs.load_config(str(gpt_run)), str(gpt_run))
+  assert final == {k: v for k, v in evals[0].items() if k not in ("step", "split", "time")}
+  assert snapshot(gpt_run) == before
 
 
 @pytest.mark.parametrize("content", ["{}", "{not json", '{"model": {"family": "gpt"}}'])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from helpers import MINILM, ROOT, family_config
+from helpers import MINILM, ROOT, family_config, snapshot
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
@@ -282,9 +282,11 @@ def test_evaluate_best_on_test_split_and_another_mesh(keyword_run, capsys):
 
 @pytest.mark.e2e
 def test_finetune_resumes_and_refuses_other_runs(keyword_run, pretrained, tmp_path, capsys):
-  # the finished run resumes at its last step: nothing to do, the same report
+  # the finished run run again: nothing to do, nothing written (no second evaluation)
+  before = snapshot(keyword_run["workdir"])
   assert run_cli(*keyword_run["args"]) == 0
   assert "nothing to do" in capsys.readouterr().out
+  assert snapshot(keyword_run["workdir"]) == before
   # a pretraining run as the fine-tuning workdir
   args = list(keyword_run["args"])
   args[args.index("--workdir") + 1] = pretrained["bert"]
