@@ -246,10 +246,12 @@ COMMANDS = {c.name: c for c in (
             example="plm-jax import-hf --hf-dir path/to/bert --workdir runs/imported"),
     Command("export-hf", "write a checkpoint (a fine-tuned classifier's too) as a directory "
             "transformers loads",
-            lambda config, a: export_hf(a.workdir, a.out, a.step, a.best),
+            lambda config, a: export_hf(a.workdir, a.out, a.step, a.best, a.overwrite),
             (_workdir("the run to export"),
-             Flag("out", "string", "directory to write the transformers model to",
-                  required=True), STEP, BEST),
+             Flag("out", "string", "directory to write the transformers model to (new or "
+                  "empty)", required=True), STEP, BEST,
+             Flag("overwrite", "bool", "write into a non-empty --out, over the files of the "
+                  "same names", False)),
             example="plm-jax export-hf --workdir runs/bert-tiny --out hf/bert-tiny"),
     Command("generate", "continue prompts with a GPT model (key/value cache)", _generate,
             (_workdir("the run to restore"), STEP,

@@ -470,6 +470,21 @@ def test_bad_inputs_are_one_line_and_leave_the_workdir_untouched(gpt_run, tmp_pa
                  "--config.train.steps=0")
   assert "train.steps=0 leaves nothing to train in a fresh --workdir" in err
   assert not (tmp_path / "z").exists()
+  # a vocabulary smaller than the corpus' alphabet: the trainer would silently make it larger
+  err = one_line(capsys, "train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "z"),
+                 "--config.data.vocab_size=10")
+  needed = int(re.search(r"data.vocab_size=10 is below the ([\d,]+) entries a bpe vocabulary "
+                         r"of this corpus needs", err).group(1).replace(",", ""))
+  assert needed > 10 and f"use --config.data.vocab_size={needed} or more" in err
+  assert not (tmp_path / "z").exists()
+  # a body without a checkpoint: refused before the new workdir is made
+  import shutil
+  empty = tmp_path / "no-checkpoint"
+  shutil.copytree(gpt_run, empty, ignore=shutil.ignore_patterns("checkpoints"))
+  err = one_line(capsys, "finetune", "--config", f"{ROOT}/configs/seq2seq.py", "--init-from",
+                 str(empty), "--workdir", str(tmp_path / "ft"))
+  assert f"--init-from {str(empty)!r} holds no checkpoint yet" in err
+  assert not (tmp_path / "ft").exists()
   assert snapshot(gpt_run) == before
 
 

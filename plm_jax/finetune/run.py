@@ -205,6 +205,10 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
       raise ConfigError(f"--init-from {init_from!r} holds no plm-jax run (no "
                         f"{workdirs.CONFIG_FILE}); give a pretraining workdir (plm-jax train) "
                         "or an imported model (plm-jax import-hf)")
+    if not checkpoint.complete_steps(init_from):
+      raise CheckpointError(f"--init-from {init_from!r} holds no checkpoint yet (nothing in "
+                            f"{checkpoint.checkpoint_dir(init_from)}); let its plm-jax train "
+                            "save one (train.steps, checkpoint.every), or give another run")
     config = with_body_of(config, workdirs.load_config(init_from))
     with config.unlocked():
       config.finetune.init_from = os.path.abspath(init_from)   # check_body names it
