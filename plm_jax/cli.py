@@ -123,7 +123,9 @@ def _generate(config, a):
   if not prompts:
     raise UsageError("give --prompt TEXT or --prompts-file FILE")
   cfg = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                       top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+                       top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+                       repetition_penalty=a.repetition_penalty,
+                       no_repeat_ngram_size=a.no_repeat_ngram_size)
   outputs = generate_text(load_params(a.workdir, a.step), prompts, cfg, a.num_samples)
   for prompt, samples in zip(prompts, outputs):
     for sample in samples:
@@ -262,6 +264,10 @@ COMMANDS = {c.name: c for c in (
              Flag("top-k", "integer", "sample from the k best tokens (0 = all)", 0),
              Flag("top-p", "float", "nucleus sampling mass", 1.0),
              Flag("seed", "integer", "sampling seed", 0),
+             Flag("repetition-penalty", "float", "> 1: tokens already in the text are less "
+                  "likely (transformers' repetition_penalty)", 1.0),
+             Flag("no-repeat-ngram-size", "integer", "> 0: no n-gram of this size twice "
+                  "(transformers' no_repeat_ngram_size)", 0),
              Flag("num-samples", "integer", "continuations per prompt", 1),
              Flag("json", "bool", "also print the results as one JSON line", False)),
             example="plm-jax generate --workdir runs/gpt-tiny --prompt 'Return the'"),

@@ -404,6 +404,10 @@ def seq2seq_group(values: dict) -> ml_collections.ConfigDict:
   g.top_k = 0                        # sample: the k best tokens only (0 = all)
   g.top_p = 1.0                      # sample: nucleus mass (1 = all)
   g.seed = 0                         # sample: its seed
+  g.repetition_penalty = 1.0         # any decode: > 1 makes tokens already in the sequence less
+                                     # likely (transformers' repetition_penalty)
+  g.no_repeat_ngram_size = 0         # any decode: > 0 no n-gram of this size twice
+                                     # (transformers' no_repeat_ngram_size)
   g.max_new_tokens = 64              # tokens generated per prompt at most
   g.decode_batch = 32                # prompts decoded together
   g.update(values)

@@ -459,7 +459,10 @@ def test_bad_inputs_are_one_line_and_leave_the_workdir_untouched(gpt_run, tmp_pa
   assert "corrupt" not in err
   for flag, words in ((["--max-new-tokens", "500"], "exceed the model's 128 positions; use "
                        "--max-new-tokens"), (["--temperature", "-1"], "--temperature -1.0 must "
-                       "be >= 0"), (["--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]")):
+                       "be >= 0"), (["--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]"),
+                      (["--repetition-penalty", "0"], "--repetition-penalty 0.0 must be > 0"),
+                      (["--no-repeat-ngram-size", "-2"], "--no-repeat-ngram-size -2 must be "
+                       ">= 0")):
     err = one_line(capsys, "generate", "--workdir", str(gpt_run), "--prompt", "def", *flag)
     assert words in err, err
   err = one_line(capsys, "finetune", "--config", f"{ROOT}/configs/classify.py:builtin",
