@@ -10,6 +10,7 @@ be overridden with `--config.optim.learning_rate=3e-4` (a misspelt field is an e
 `plm-jax config --config FILE:ARG` lists every field with its value.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging as std_logging
@@ -39,9 +40,10 @@ from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_
                                load_params, untrained_heads)
 from plm_jax.plan import plan
 from plm_jax.pretrain import train
+from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console
 from plm_jax.run.plots import plot_runs
-from plm_jax.run.stopping import RunStopped
+from plm_jax.run.stopping import OutsideTheLoop, RunStopped
 from plm_jax.topology import TOPOLOGIES
 
 
@@ -82,6 +84,7 @@ class Command:
   positional: str = ""         # the attribute that takes the arguments after the flags
   compile_cache: bool = True   # load compiled steps from the persistent cache (bench times a
                                # real compile: off)
+  resumable: bool = False      # trains in --workdir: a SIGTERM at any moment exits 75 (resume)
 
 
 def _workdir(help_text="the run directory: checkpoints, logs, tokenizer") -> Flag:
@@ -163,14 +166,15 @@ def _ints(text: str, flag: str) -> list[int]:
 COMMANDS = {c.name: c for c in (
     Command("train", "pretrain, or resume from the workdir's latest checkpoint",
             lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
-            "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
+            "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny",
+            resumable=True),
     Command("finetune", "fine-tune a pretrained body with a new classification, tagging or "
             "question-answering head, or a GPT on prompt -> completion pairs (seq2seq:TASK)",
             lambda config, a: finetune(config, a.workdir, init_from=a.init_from),
             (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "
                               "whose latest checkpoint the body starts from")), FILE, True,
             "plm-jax finetune --config configs/classify.py:builtin --init-from runs/bert-tiny "
-            "--workdir runs/builtin"),
+            "--workdir runs/builtin", resumable=True),
     Command("evaluate", "restore a checkpoint on the devices present and print its metrics",
             _evaluate,
             (_workdir(), STEP,
@@ -185,7 +189,7 @@ COMMANDS = {c.name: c for c in (
             lambda config, a: compare(config, a.workdir),
             (_workdir("the comparison's directory: a workdir per family, seed and stage, "
                       "report.md, plots/"),), FILE, False,
-            "plm-jax compare --config compare:tiny --workdir runs/compare"),
+            "plm-jax compare --config compare:tiny --workdir runs/compare", resumable=True),
     Command("plan", "memory, FLOPs and step time of a config on a topology, without it",
             lambda config, a: plan(config, a.topology, a.devices, a.mfu, a.hbm_gib,
                                    a.peak_tflops, a.compile),
@@ -514,6 +518,26 @@ def _unless(ignored, error_of, hook):
   return filtered
 
 
+def _run(command: Command, early: flags.FlagValues, flag_argv: list[str]) -> None:
+  fv = flags.FlagValues()
+  _define(command, fv)
+  _define_config(command, fv, early, flag_argv)
+  positional = _parse(command, fv, flag_argv)
+  args = Args(command, fv, positional)
+  if command.compile_cache:
+    accelerator.enable_compilation_cache()     # a rerun loads its compiled steps
+  command.run(_config(command, fv), args)
+
+
+def _kept(workdir: str | None) -> str:
+  """What a run stopped outside its steps keeps, for its one line."""
+  steps = checkpoint.complete_steps(workdir) if workdir else []
+  if steps:
+    return (f"the last checkpoint, step {steps[-1]} in {checkpoint.checkpoint_dir(workdir)}, "
+            "is intact")
+  return "nothing of the run was lost"
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -534,18 +558,19 @@ def main(argv: list[str] | None = None) -> int:
   flag_argv = [f"plm-jax {command.name}", *_normalise(rest, command)]
   try:
     early = _first_pass(command, flag_argv)
+    launch = None
     if command.distributed:
       # Before anything touches jax (a workdir's config is fitted to the devices below).
-      distributed.initialize(distributed.detect(*(early[name].value for name in (
-          "coordinator", "num-processes", "process-id", "heartbeat-timeout"))))
-    fv = flags.FlagValues()
-    _define(command, fv)
-    _define_config(command, fv, early, flag_argv)
-    positional = _parse(command, fv, flag_argv)
-    args = Args(command, fv, positional)
-    if command.compile_cache:
-      accelerator.enable_compilation_cache()     # a rerun loads its compiled steps
-    command.run(_config(command, fv), args)
+      launch = distributed.detect(*(early[name].value for name in (
+          "coordinator", "num-processes", "process-id", "heartbeat-timeout")))
+      distributed.initialize(launch)
+    # One process: SIGTERM before or after the steps ends in one line and 75 too (several:
+    # JAX's preemption service owns SIGTERM; the step loop stops them all).
+    stops = (OutsideTheLoop(lambda: _kept(early["workdir"].value))
+             if command.resumable and (launch is None or launch.mode == "single")
+             else contextlib.nullcontext())
+    with stops:
+      _run(command, early, flag_argv)
   except RunStopped as e:
     print(f"plm-jax {command.name}: {e}", file=sys.stderr)
     return e.exit_code

@@ -165,6 +165,70 @@ def test_the_signal_tests_pass_started_with_sigint_ignored_and_no_terminal():
   assert "2 passed" in done.stdout, done.stdout[-3000:]
 
 
+def test_sigterm_at_start_up_or_in_the_final_evaluation_is_one_line_and_75(
+    tokenizers_dir, tmp_path, monkeypatch, capsys, dispositions):
+  """Before step 1 (while the step compiles) and after the last (in the final evaluation) a
+  SIGTERM ends the command as one during the steps does: one line, exit 75, the last
+  checkpoint intact; the same command then finishes the run, with one record per step and
+  one final evaluation."""
+  from plm_jax.trainer import Trainer
+  compile_step, evaluate = Trainer.compile_train_step, pretrain.evaluate_params
+
+  def compile_signalled(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return compile_step(self)
+  monkeypatch.setattr(Trainer, "compile_train_step", compile_signalled)
+  workdir = tmp_path / "run"
+  args = train_args(workdir, tokenizers_dir["gpt"], 4, GPT, "--config.train.eval_every=0")
+  assert cli.main(["plm-jax", *args]) == EXIT_PREEMPTED
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  assert ("stopped by SIGTERM outside the training steps (starting up, or in the final "
+          "evaluation): nothing of the run was lost; run the same command to resume") in err
+  assert checkpoint.latest_step(str(workdir)) is None
+  monkeypatch.setattr(Trainer, "compile_train_step", compile_step)
+
+  def evaluate_signalled(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(*a, **k)
+  monkeypatch.setattr(pretrain, "evaluate_params", evaluate_signalled)
+  assert cli.main(["plm-jax", *args]) == EXIT_PREEMPTED
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  assert (f"in the final evaluation): the last checkpoint, step 4 in "
+          f"{checkpoint.checkpoint_dir(str(workdir))}, is intact") in err
+  assert checkpoint.latest_step(str(workdir)) == 4 and not records(workdir, "eval")
+  assert signal.getsignal(signal.SIGTERM) == dispositions[signal.SIGTERM]
+  monkeypatch.setattr(pretrain, "evaluate_params", evaluate)
+  assert cli.main(["plm-jax", *args]) == 0
+  assert "resumed from step 4" in capsys.readouterr().out
+  assert [r["step"] for r in records(workdir)] == [1, 2, 3, 4]
+  assert [r["step"] for r in records(workdir, "eval")] == [4]
+
+
+def test_sigterm_while_a_process_starts_is_one_line_and_75(tokenizers_dir, tmp_path):
+  """A real process, signalled while it reads its data (before any step)."""
+  command = [sys.executable, "-m", "plm_jax.cli",
+             *train_args(tmp_path / "run", tokenizers_dir["gpt"], 4, GPT)]
+  log = tmp_path / "log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  try:
+    deadline = time.time() + 200
+    while "data:" not in open(log).read() and time.time() < deadline:
+      assert proc.poll() is None, open(log).read()[-3000:]
+      time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == EXIT_PREEMPTED, open(log).read()[-3000:]
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  text = open(log).read()
+  assert "Traceback" not in text and text.splitlines()[-1].startswith(
+      "plm-jax train: stopped by SIGTERM outside the training steps"), text[-3000:]
+
+
 def test_two_processes_stop_at_the_same_step_and_resume(tokenizers_dir, tmp_path):
   """SIGTERM to the launcher reaches both processes; JAX's preemption service makes them save
   the same step; two processes resume it with exactly the losses of an uninterrupted 2-process
