@@ -271,6 +271,103 @@ def test_checkpoints_by_time(tmp_path, tokenizers_dir, monkeypatch):
   assert sorted(saved) == [2, 4, 6]
 
 
+# --- resuming on a machine of another size ---------------------------------------------------------
+
+def consumed_rows(monkeypatch) -> list:
+  """The input rows of every train batch the step loop takes, in order (not those prefetched)."""
+  rows = []
+  original = loader.Prefetcher.__next__
+
+  def taken(self):
+    batch = original(self)
+    rows.extend(np.asarray(batch["input_ids"]).tolist())
+    return batch
+  monkeypatch.setattr(loader.Prefetcher, "__next__", taken)
+  return rows
+
+
+def test_another_batch_size_goes_on_with_the_examples_not_yet_seen(tokenizers_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+  """3 steps of 16 examples, then 6 of 8: the 96 examples of 6 steps of 16, in order: none
+  repeated, none skipped; the checkpoint keeps the position in examples."""
+  rows = consumed_rows(monkeypatch)
+  def args(workdir, steps, batch):
+    return ["plm-jax", *train_args(workdir, tokenizers_dir["gpt"], steps, GPT,
+                                   f"--config.train.batch_size={batch}")]
+  assert cli.main(args(tmp_path / "straight", 6, 16)) == 0
+  want = list(rows)
+  assert len(want) == 96 and len({tuple(r) for r in want}) > 80      # mostly distinct rows
+  rows.clear()
+  workdir = tmp_path / "run"
+  assert cli.main(args(workdir, 3, 16)) == 0
+  assert len(rows) == 48
+  capsys.readouterr()
+  assert cli.main(args(workdir, 9, 8)) == 0
+  assert ("data: resumed at example 48 of the training stream, saved with another batch size "
+          "(now 8 per step)") in capsys.readouterr().out
+  assert rows == want
+  meta = checkpoint.read_meta(checkpoint.make_manager(str(workdir), read_only=True), 9)
+  assert meta["data_iterator"] == {"next_index": 9, "next_example": 96}
+
+
+def cut_back(workdir, to, step):
+  """A copy of `workdir` as it was when only the checkpoint of `step` was written (a run
+  stopped there): the later checkpoints removed (the resumed run drops the later records)."""
+  import shutil
+  shutil.copytree(workdir, to)
+  for name in os.listdir(to / "checkpoints"):
+    if name.isdigit() and int(name) > step:
+      shutil.rmtree(to / "checkpoints" / name)
+  return to
+
+
+def test_resuming_on_fewer_devices_matches_the_uninterrupted_run(tokenizers_dir, tmp_path):
+  """8 simulated devices to step 3, then 4 for the rest: the losses of 8 devices all along
+  (within 1e-5: the reductions run over another split of the batch)."""
+  config = family_config("gpt", **{"train.steps": 6, "train.log_every": 1,
+                                   "train.batch_size": 16, "checkpoint.every": 3,
+                                   "data.tokenizer": tokenizers_dir["gpt"]})
+  straight = tmp_path / "straight"
+  pretrain.train(config, str(straight))
+  run = cut_back(straight, tmp_path / "run", 3)
+  pretrain.train(config, str(run), devices=jax.devices()[:4])
+  got, want = records(run), records(straight)
+  assert [r["step"] for r in got] == list(range(1, 7))
+  np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], atol=1e-5,
+                             rtol=0)
+
+
+def test_resuming_on_another_number_of_processes_matches(tokenizers_dir, tmp_path):
+  """2 processes (4 devices each) to step 3, then 1 process (8 devices), and 1 then 2: the
+  same global batches row for row, the losses of one process all along within 1e-5."""
+  def one(workdir):
+    args = train_args(workdir, tokenizers_dir["gpt"], 6, GPT, "--config.train.batch_size=16")
+    return [sys.executable, "-m", "plm_jax.cli",
+            *[a for a in args if a != "--config.checkpoint.every=1000"],
+            "--config.checkpoint.every=3"]
+
+  def two(workdir):
+    return [sys.executable, "-m", "plm_jax.launch_local", "--num-processes", "2",
+            "--devices-per-process", "4", "--log-dir", str(tmp_path / "logs"), "--",
+            *one(workdir)]
+
+  def run(command):
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done.stdout
+  run(one(tmp_path / "one"))
+  run(two(tmp_path / "two"))
+  want = [r["loss"] for r in records(tmp_path / "one")]
+  for first, then, name in ((tmp_path / "two", one, "two-then-one"),
+                            (tmp_path / "one", two, "one-then-two")):
+    workdir = cut_back(first, tmp_path / name, 3)
+    assert "resumed from step 3" in run(then(workdir))
+    got = records(workdir)
+    assert [r["step"] for r in got] == list(range(1, 7))
+    np.testing.assert_allclose([r["loss"] for r in got], want, atol=1e-5, rtol=0,
+                               err_msg=name)
+
+
 # --- divergence ----------------------------------------------------------------------------------
 
 def poison(monkeypatch, steps):
@@ -303,7 +400,9 @@ def test_stop_saves_the_last_finite_state_and_names_the_step(tmp_path, tokenizer
   got, want = load_params(workdir, 3), load_params(reference, 3)
   jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
   meta = checkpoint.read_meta(checkpoint.make_manager(workdir, read_only=True), 3)
-  assert meta["data_iterator"] == {"next_index": 3} and meta["diverged_at"] == 4
+  batch = gpt(tokenizers_dir).train.batch_size
+  assert meta["data_iterator"] == {"next_index": 3, "next_example": 3 * batch}
+  assert meta["diverged_at"] == 4
 
 
 def test_skip_drops_the_update_counts_it_and_goes_on(tmp_path, tokenizers_dir, monkeypatch):

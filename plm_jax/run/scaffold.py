@@ -65,6 +65,7 @@ class Run:
     self._managers = []
     self.writer: MetricsWriter | None = None
     self._batches = None
+    self._train: loader.Batches | None = None
     self.last_saved: int | None = resume_step
     try:
       self.manager = self._open(checkpoint.CHECKPOINT_DIR, config.checkpoint.keep,
@@ -164,8 +165,13 @@ class Run:
   def batches(self, train: loader.Batches, meta: dict):
     """The train batches from the restored loader position (or the state's step), prefetched;
     stopped when the run closes."""
-    self._batches = train.iterator(meta.get("data_iterator") or
-                                   {"next_index": self.resume_step or 0})
+    state = meta.get("data_iterator") or {"next_index": self.resume_step or 0}
+    self._train, self._batches = train, train.iterator(state)
+    moved = train.position(state["next_index"]) - state["next_index"] * train.global_batch
+    if moved:
+      console(f"data: resumed at example {train.position(state['next_index']):,} of the "
+              f"training stream, saved with another batch size (now {train.global_batch} per "
+              "step): the examples not yet seen come next, none repeated or skipped")
     return self._batches
 
   # --- saving --------------------------------------------------------------------------------------
@@ -331,7 +337,10 @@ class Run:
     bad = first_step + halted[0]          # the step whose update was refused
     good = int(state["step"])             # the state stood still at the last finite step
     if self.last_saved != good and good > 0:
-      self.save(good, state, {"tokens_seen": tokens_seen, "data_iterator": {"next_index": good},
+      position = {"next_index": good}
+      if self._train is not None:
+        position["next_example"] = self._train.position(good)
+      self.save(good, state, {"tokens_seen": tokens_seen, "data_iterator": position,
                               "diverged_at": bad}, wait=True)
     m = fetched[halted[0]]
     what = f"loss {m['loss']}, gradient norm {m['grad_norm']}"
