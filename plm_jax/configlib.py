@@ -266,6 +266,9 @@ def train_group(values: dict) -> ml_collections.ConfigDict:
                                      # last finite state, exit 3); "skip": it goes on, counting
                                      # skipped_steps, and stops after max_consecutive_skips
   t.max_consecutive_skips = 10       # "skip": non-finite steps in a row before it stops
+  t.spike_factor = 100.0             # a loss over this many times the running level of the
+                                     # losses before it (after 10 steps) counts as non-finite:
+                                     # the finite but huge losses of a diverging run; 0 = off
   t.step_timeout_s = 0.0             # watchdog: no progress for this long dumps every thread's
                                      # stack and exits 4; 0 = derived from the measured step
                                      # time (at least 5 minutes; 30 before the first log)

@@ -425,18 +425,41 @@ def test_skip_drops_the_update_counts_it_and_goes_on(tmp_path, tokenizers_dir, m
                    str(tmp_path / "many"))
 
 
-def test_a_good_run_continued_at_a_divergent_rate_keeps_a_finite_checkpoint(tmp_path,
-                                                                            tokenizers_dir):
+def test_a_good_run_continued_at_a_divergent_rate_keeps_a_good_checkpoint(tmp_path,
+                                                                          tokenizers_dir,
+                                                                          capsys):
+  """At learning rate 1e4 the losses grow huge before they stop being finite: the first one
+  over train.spike_factor x the running level stops the run, and the checkpoint it leaves to
+  resume from evaluates as the good run did (not to the huge loss), however many checkpoints
+  the diverging steps saved (keep=2, one every step)."""
   workdir = tmp_path / "run"
-  args = train_args(workdir, tokenizers_dir["gpt"], 4, GPT, "--config.checkpoint.every=2",
+  args = train_args(workdir, tokenizers_dir["gpt"], 12, GPT, "--config.checkpoint.every=4",
                     "--config.checkpoint.keep=2")
   assert cli.main(["plm-jax", *args]) == 0
+  good = records(workdir, "eval")[-1]["loss"]
   more = [a for a in args if "train.steps" not in a and "checkpoint.every" not in a]
+  capsys.readouterr()
   code = cli.main(["plm-jax", *more, "--config.train.steps=40", "--config.checkpoint.every=1",
                    "--config.optim.learning_rate=1e4", "--config.optim.warmup_steps=0"])
-  assert code == EXIT_DIVERGED
-  latest = load_params(str(workdir))
-  assert finite(latest.params) and latest.step >= 4
+  err = capsys.readouterr().err
+  assert code == EXIT_DIVERGED, err
+  spiked = int(re.search(r"step (\d+) had a loss spike \(loss [\d.e+]+, gradient norm "
+                         r"[\d.e+]+: a spike over 100 x the running loss level", err).group(1))
+  kept = int(re.search(r"checkpoint of step (\d+), the last before the update that spiked",
+                       err).group(1))
+  assert 12 <= kept <= spiked - 2 and checkpoint.latest_step(str(workdir)) == kept
+  assert checkpoint.complete_steps(str(workdir)) == [kept - 1, kept] or kept == 12
+  capsys.readouterr()
+  assert cli.main(["plm-jax", "evaluate", "--workdir", str(workdir)]) == 0
+  loss = float(re.search(r"loss ([\d.]+)", capsys.readouterr().out).group(1))
+  assert loss < 2 * good, (loss, good)
+
+
+def test_a_spike_is_configurable(tmp_path, tokenizers_dir, capsys):
+  assert "train.spike_factor=0.5 must be > 1 (or 0 = off)" in one_line(
+      capsys, *train_args(tmp_path / "w", tokenizers_dir["gpt"], 2, GPT,
+                          "--config.train.spike_factor=0.5"))
+  assert not (tmp_path / "w").exists()
 
 
 # --- hangs ---------------------------------------------------------------------------------------
@@ -686,6 +709,31 @@ def test_a_finished_run_run_again_changes_nothing_and_says_so(gpt_run, tokenizer
   final = pretrain.train(workdirs.load_config(str(gpt_run)), str(gpt_run))
   assert final == {k: v for k, v in evals[0].items() if k not in ("step", "split", "time")}
   assert snapshot(gpt_run) == before
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tokenizers_dir, tmp_path,
+                                                                   capsys):
+  """The newest checkpoint unreadable: the run says so in one line, resumes from the one
+  before (the unreadable one set aside, not deleted) and ends with the uninterrupted losses."""
+  straight = tmp_path / "straight"
+  args = lambda w: train_args(w, tokenizers_dir["gpt"], 6, GPT, "--config.checkpoint.keep=10")
+  args_every = lambda w: [a for a in args(w) if a != "--config.checkpoint.every=1000"] + [
+      "--config.checkpoint.every=1"]
+  assert cli.main(["plm-jax", *args_every(straight)]) == 0
+  workdir = cut_back(straight, tmp_path / "run", 4)
+  for f in (workdir / "checkpoints" / "4" / "params" / "d").iterdir():
+    f.unlink()
+  capsys.readouterr()
+  assert cli.main(["plm-jax", *args_every(workdir)]) == 0
+  out = capsys.readouterr().out
+  line = next(l for l in out.splitlines() if "is corrupt or incomplete" in l)
+  assert f"checkpoint {workdir}/checkpoints/4 is corrupt or incomplete (" in line
+  assert line.endswith("resuming from the previous checkpoint, step 3, instead (the unreadable "
+                       "one is kept as corrupt-4)") and "::" not in line, line
+  assert (workdir / "checkpoints" / "corrupt-4" / "params").is_dir()
+  got, want = records(workdir), records(straight)
+  assert [r["step"] for r in got] == list(range(1, 7))
+  np.testing.assert_array_equal([r["loss"] for r in got], [r["loss"] for r in want])
 
 
 @pytest.mark.parametrize("content", ["{}", "{not json", '{"model": {"family": "gpt"}}'])
