@@ -143,6 +143,9 @@ def _schedule(config) -> None:
   if t.max_consecutive_skips < 0 or t.step_timeout_s < 0 or config.checkpoint.every_seconds < 0:
     raise ConfigError("train.max_consecutive_skips, train.step_timeout_s and "
                       "checkpoint.every_seconds must be >= 0")
+  if t.spike_factor != 0 and t.spike_factor <= 1:
+    raise ConfigError(f"train.spike_factor={t.spike_factor} must be > 1 (or 0 = off); e.g. "
+                      "--config.train.spike_factor=100")
   accelerator.prng_impl(t.prng_impl)             # raises for a value it does not know
   if t.progress_bar not in PROGRESS_BAR:
     raise ConfigError(f"train.progress_bar={t.progress_bar!r} is not one of "

@@ -10,14 +10,18 @@ be overridden with `--config.optim.learning_rate=3e-4` (a misspelt field is an e
 `plm-jax config --config FILE:ARG` lists every field with its value.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging as std_logging
 import os
 import sys
 import threading
+import traceback
+import types
 from typing import Callable
 
+import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -36,9 +40,10 @@ from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_
                                load_params, untrained_heads)
 from plm_jax.plan import plan
 from plm_jax.pretrain import train
+from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console
 from plm_jax.run.plots import plot_runs
-from plm_jax.run.stopping import RunStopped
+from plm_jax.run.stopping import OutsideTheLoop, RunStopped
 from plm_jax.topology import TOPOLOGIES
 
 
@@ -79,6 +84,7 @@ class Command:
   positional: str = ""         # the attribute that takes the arguments after the flags
   compile_cache: bool = True   # load compiled steps from the persistent cache (bench times a
                                # real compile: off)
+  resumable: bool = False      # trains in --workdir: a SIGTERM at any moment exits 75 (resume)
 
 
 def _workdir(help_text="the run directory: checkpoints, logs, tokenizer") -> Flag:
@@ -120,7 +126,9 @@ def _generate(config, a):
   if not prompts:
     raise UsageError("give --prompt TEXT or --prompts-file FILE")
   cfg = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                       top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+                       top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+                       repetition_penalty=a.repetition_penalty,
+                       no_repeat_ngram_size=a.no_repeat_ngram_size)
   outputs = generate_text(load_params(a.workdir, a.step), prompts, cfg, a.num_samples)
   for prompt, samples in zip(prompts, outputs):
     for sample in samples:
@@ -158,14 +166,15 @@ def _ints(text: str, flag: str) -> list[int]:
 COMMANDS = {c.name: c for c in (
     Command("train", "pretrain, or resume from the workdir's latest checkpoint",
             lambda config, a: train(config, a.workdir), (_workdir(),), FILE_OR_WORKDIR, True,
-            "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny"),
+            "plm-jax train --config configs/bert.py:tiny --workdir runs/bert-tiny",
+            resumable=True),
     Command("finetune", "fine-tune a pretrained body with a new classification, tagging or "
             "question-answering head, or a GPT on prompt -> completion pairs (seq2seq:TASK)",
             lambda config, a: finetune(config, a.workdir, init_from=a.init_from),
             (_workdir(), Flag("init-from", "string", "the pretraining (or import-hf) workdir "
                               "whose latest checkpoint the body starts from")), FILE, True,
             "plm-jax finetune --config configs/classify.py:builtin --init-from runs/bert-tiny "
-            "--workdir runs/builtin"),
+            "--workdir runs/builtin", resumable=True),
     Command("evaluate", "restore a checkpoint on the devices present and print its metrics",
             _evaluate,
             (_workdir(), STEP,
@@ -180,7 +189,7 @@ COMMANDS = {c.name: c for c in (
             lambda config, a: compare(config, a.workdir),
             (_workdir("the comparison's directory: a workdir per family, seed and stage, "
                       "report.md, plots/"),), FILE, False,
-            "plm-jax compare --config compare:tiny --workdir runs/compare"),
+            "plm-jax compare --config compare:tiny --workdir runs/compare", resumable=True),
     Command("plan", "memory, FLOPs and step time of a config on a topology, without it",
             lambda config, a: plan(config, a.topology, a.devices, a.mfu, a.hbm_gib,
                                    a.peak_tflops, a.compile),
@@ -243,10 +252,12 @@ COMMANDS = {c.name: c for c in (
             example="plm-jax import-hf --hf-dir path/to/bert --workdir runs/imported"),
     Command("export-hf", "write a checkpoint (a fine-tuned classifier's too) as a directory "
             "transformers loads",
-            lambda config, a: export_hf(a.workdir, a.out, a.step, a.best),
+            lambda config, a: export_hf(a.workdir, a.out, a.step, a.best, a.overwrite),
             (_workdir("the run to export"),
-             Flag("out", "string", "directory to write the transformers model to",
-                  required=True), STEP, BEST),
+             Flag("out", "string", "directory to write the transformers model to (new or "
+                  "empty)", required=True), STEP, BEST,
+             Flag("overwrite", "bool", "write into a non-empty --out, over the files of the "
+                  "same names", False)),
             example="plm-jax export-hf --workdir runs/bert-tiny --out hf/bert-tiny"),
     Command("generate", "continue prompts with a GPT model (key/value cache)", _generate,
             (_workdir("the run to restore"), STEP,
@@ -257,6 +268,10 @@ COMMANDS = {c.name: c for c in (
              Flag("top-k", "integer", "sample from the k best tokens (0 = all)", 0),
              Flag("top-p", "float", "nucleus sampling mass", 1.0),
              Flag("seed", "integer", "sampling seed", 0),
+             Flag("repetition-penalty", "float", "> 1: tokens already in the text are less "
+                  "likely (transformers' repetition_penalty)", 1.0),
+             Flag("no-repeat-ngram-size", "integer", "> 0: no n-gram of this size twice "
+                  "(transformers' no_repeat_ngram_size)", 0),
              Flag("num-samples", "integer", "continuations per prompt", 1),
              Flag("json", "bool", "also print the results as one JSON line", False)),
             example="plm-jax generate --workdir runs/gpt-tiny --prompt 'Return the'"),
@@ -336,9 +351,53 @@ def _define_config(command: Command, fv: flags.FlagValues, early: flags.FlagValu
     config_flags.DEFINE_config_dict("config", config, "the workdir's config", flag_values=fv,
                                     lock_config=True, sys_argv=argv)
   elif command.config in (FILE, FILE_OR_WORKDIR):
+    _check_config_file(argv)
     config_flags.DEFINE_config_file("config", None, "config file[:arg], e.g. "
                                     "configs/bert.py:tiny", flag_values=fv, lock_config=True,
                                     sys_argv=argv)
+
+
+CONFIG_FILE_HELP = ("a config file is Python whose get_config(arg) returns an "
+                    "ml_collections.ConfigDict, as plm_jax/configs/*.py do")
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Runs the --config file's get_config once as ml_collections will, so that a mistake in it
+  (a syntax error, an exception, no get_config, a value that is not a ConfigDict) is one line
+  naming the file and line rather than a traceback from inside the flag parser."""
+  spec = next((a[len("--config="):] if a.startswith("--config=") else argv[i + 1]
+               for i, a in enumerate(argv) if a.startswith("--config=") or
+               (a == "--config" and i + 1 < len(argv))), None)
+  path, _, arg = (spec or "").partition(":")
+  if not os.path.isfile(path):
+    return                          # ml_collections' own error names a missing file
+  try:
+    with open(path, encoding="utf-8") as f:
+      code = compile(f.read(), path, "exec")
+  except SyntaxError as e:
+    raise UsageError(f"--config {path}, line {e.lineno}: {e.msg}; fix that line "
+                     f"({CONFIG_FILE_HELP})") from None
+  except (OSError, ValueError) as e:
+    raise UsageError(f"--config {path} cannot be read ({e}); {CONFIG_FILE_HELP}") from None
+  module = types.ModuleType("plm_jax_config_check")
+  module.__file__ = path
+  try:
+    exec(code, module.__dict__)  # noqa: S102 - the user's own config file, run as --config runs it
+    if not callable(getattr(module, "get_config", None)):
+      raise UsageError(f"--config {path} defines no get_config; {CONFIG_FILE_HELP}")
+    config = module.get_config(*([arg] if arg else []))
+  except (UsageError, PlmJaxError):
+    raise
+  except Exception as e:  # noqa: BLE001 - whatever the user's file raises, named with its line
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(path)]
+    where = f", line {lines[-1]}" if lines else ""
+    raise UsageError(f"--config {path}{where}: {type(e).__name__}: {e}; fix the file "
+                     f"({CONFIG_FILE_HELP})") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(f"--config {path}: get_config({arg!r}) returned {type(config).__name__} "
+                     f"{str(config)[:40]}, not an ml_collections.ConfigDict; return one (e.g. "
+                     "plm_jax.configlib.make_config(...), as plm_jax/configs/*.py do)")
 
 
 def _parse(command: Command, fv: flags.FlagValues, argv: list[str]) -> list[str]:
@@ -459,6 +518,26 @@ def _unless(ignored, error_of, hook):
   return filtered
 
 
+def _run(command: Command, early: flags.FlagValues, flag_argv: list[str]) -> None:
+  fv = flags.FlagValues()
+  _define(command, fv)
+  _define_config(command, fv, early, flag_argv)
+  positional = _parse(command, fv, flag_argv)
+  args = Args(command, fv, positional)
+  if command.compile_cache:
+    accelerator.enable_compilation_cache()     # a rerun loads its compiled steps
+  command.run(_config(command, fv), args)
+
+
+def _kept(workdir: str | None) -> str:
+  """What a run stopped outside its steps keeps, for its one line."""
+  steps = checkpoint.complete_steps(workdir) if workdir else []
+  if steps:
+    return (f"the last checkpoint, step {steps[-1]} in {checkpoint.checkpoint_dir(workdir)}, "
+            "is intact")
+  return "nothing of the run was lost"
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -479,18 +558,19 @@ def main(argv: list[str] | None = None) -> int:
   flag_argv = [f"plm-jax {command.name}", *_normalise(rest, command)]
   try:
     early = _first_pass(command, flag_argv)
+    launch = None
     if command.distributed:
       # Before anything touches jax (a workdir's config is fitted to the devices below).
-      distributed.initialize(distributed.detect(*(early[name].value for name in (
-          "coordinator", "num-processes", "process-id", "heartbeat-timeout"))))
-    fv = flags.FlagValues()
-    _define(command, fv)
-    _define_config(command, fv, early, flag_argv)
-    positional = _parse(command, fv, flag_argv)
-    args = Args(command, fv, positional)
-    if command.compile_cache:
-      accelerator.enable_compilation_cache()     # a rerun loads its compiled steps
-    command.run(_config(command, fv), args)
+      launch = distributed.detect(*(early[name].value for name in (
+          "coordinator", "num-processes", "process-id", "heartbeat-timeout")))
+      distributed.initialize(launch)
+    # One process: SIGTERM before or after the steps ends in one line and 75 too (several:
+    # JAX's preemption service owns SIGTERM; the step loop stops them all).
+    stops = (OutsideTheLoop(lambda: _kept(early["workdir"].value))
+             if command.resumable and (launch is None or launch.mode == "single")
+             else contextlib.nullcontext())
+    with stops:
+      _run(command, early, flag_argv)
   except RunStopped as e:
     print(f"plm-jax {command.name}: {e}", file=sys.stderr)
     return e.exit_code

@@ -265,6 +265,9 @@ def train_group(values: dict) -> ml_collections.ConfigDict:
                                      # last finite state, exit 3); "skip": it goes on, counting
                                      # skipped_steps, and stops after max_consecutive_skips
   t.max_consecutive_skips = 10       # "skip": non-finite steps in a row before it stops
+  t.spike_factor = 100.0             # a loss over this many times the running level of the
+                                     # losses before it (after 10 steps) counts as non-finite:
+                                     # the finite but huge losses of a diverging run; 0 = off
   t.step_timeout_s = 0.0             # watchdog: no progress for this long dumps every thread's
                                      # stack and exits 4; 0 = derived from the measured step
                                      # time (at least 5 minutes; 30 before the first log)
@@ -403,6 +406,10 @@ def seq2seq_group(values: dict) -> ml_collections.ConfigDict:
   g.top_k = 0                        # sample: the k best tokens only (0 = all)
   g.top_p = 1.0                      # sample: nucleus mass (1 = all)
   g.seed = 0                         # sample: its seed
+  g.repetition_penalty = 1.0         # any decode: > 1 makes tokens already in the sequence less
+                                     # likely (transformers' repetition_penalty)
+  g.no_repeat_ngram_size = 0         # any decode: > 0 no n-gram of this size twice
+                                     # (transformers' no_repeat_ngram_size)
   g.max_new_tokens = 64              # tokens generated per prompt at most
   g.decode_batch = 32                # prompts decoded together
   g.update(values)

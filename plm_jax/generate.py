@@ -4,7 +4,8 @@ The prompt is processed once (prefill), then one token per step, each step readi
 keys/values instead of recomputing the prefix, so the cost per new token stays flat as the
 sequence grows. Prompts of different lengths are left-padded into a bucket (a multiple of
 `bucket`), so each (batch, bucket, max_new_tokens) shape compiles once. Greedy decoding
-(temperature 0) or sampling with temperature, top-k and top-p, reproducible from a seed; or
+(temperature 0) or sampling with temperature, top-k and top-p, reproducible from a seed, either
+with transformers' repetition penalty and no-repeat n-gram size (`penalize`); or
 beam search (`beam_search`), whose hypotheses share the same cache layout with the batch rows
 reordered after every step.
 
@@ -31,6 +32,44 @@ class SamplingConfig:
   top_p: float = 1.0            # 1 = no nucleus filter
   seed: int = 0
   eos_id: int | None = None     # stop a row at this token (it is kept in the output)
+  # transformers' generate settings of the same names (see `penalize`)
+  repetition_penalty: float = 1.0   # > 1: tokens already in the sequence are less likely
+  no_repeat_ngram_size: int = 0     # > 0: no n-gram of this size occurs twice
+
+
+def penalize(logits: jax.Array, buffer: jax.Array, seen: jax.Array, index,
+             repetition_penalty: float, no_repeat_ngram_size: int) -> jax.Array:
+  """transformers' RepetitionPenaltyLogitsProcessor, then its NoRepeatNGramLogitsProcessor, on
+  the logits [B, V] of the token for slot `index` of `buffer` [B, S], whose sequence so far is
+  the slots where `seen` (prompt and generated tokens; left padding is no part of it).
+
+  The penalty (CTRL's) divides the positive logits of every token in the sequence by it and
+  multiplies the negative ones; an n-gram size bans each token that would complete an n-gram
+  the sequence holds already (its last n - 1 tokens seen before, followed by it)."""
+  if repetition_penalty == 1.0 and no_repeat_ngram_size <= 0:
+    return logits
+  logits = logits.astype(jnp.float32)
+  b, total = buffer.shape
+  rows = jnp.arange(b)[:, None]
+  if repetition_penalty != 1.0:
+    present = jnp.zeros(logits.shape, bool).at[rows, buffer].max(seen)
+    logits = jnp.where(present, jnp.where(logits < 0, logits * repetition_penalty,
+                                          logits / repetition_penalty), logits)
+  n = no_repeat_ngram_size
+  if 0 < n <= total:
+    w = total - n + 1
+    # an earlier n-gram starting at slot j: its slots j .. j + n - 1 all in the sequence (the
+    # sequence is contiguous: its first and last slot suffice)
+    match = seen[:, :w] & seen[:, n - 1:]
+    start = index - (n - 1)                              # the last n - 1 tokens: slots start..
+    if n > 1:
+      match &= (start >= 0) & jax.lax.dynamic_index_in_dim(seen, jnp.maximum(start, 0), axis=1)
+    for k in range(n - 1):
+      last = jax.lax.dynamic_index_in_dim(buffer, jnp.maximum(start, 0) + k, axis=1)
+      match &= buffer[:, k:k + w] == last
+    banned = jnp.zeros(logits.shape, bool).at[rows, buffer[:, n - 1:]].max(match)
+    logits = jnp.where(banned, -jnp.inf, logits)
+  return logits
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -86,6 +125,9 @@ def _compiled(graphdef, cfg: SamplingConfig, batch: int, bucket: int):
     return jax.lax.dynamic_index_in_dim(logits, index - 1, axis=1, keepdims=False)
 
   def pick(logits, buffer, positions, valid, index, done, key):
+    seen = valid & (jnp.arange(total)[None, :] < index)
+    logits = penalize(logits, buffer, seen, index, cfg.repetition_penalty,
+                      cfg.no_repeat_ngram_size)
     nxt = _choose(logits, jax.random.fold_in(key, index), cfg)
     if cfg.eos_id is not None:
       nxt = jnp.where(done, cfg.eos_id, nxt)
@@ -194,6 +236,9 @@ class BeamConfig:
   # favours short outputs. 0.6 is GNMT's and T5's value.
   length_penalty: float = 0.6
   eos_id: int | None = None
+  # as SamplingConfig's, on the log-probabilities (as transformers' beam search applies them)
+  repetition_penalty: float = 1.0
+  no_repeat_ngram_size: int = 0
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -273,16 +318,17 @@ def _reorder(cache, parents):
 
 
 @functools.lru_cache(maxsize=32)
-def _beam_compiled(graphdef, candidates: int):
-  def best(logits):
+def _beam_compiled(graphdef, candidates: int, penalty: float, ngram: int):
+  def best(logits, buffer, valid, index):
+    """The best next tokens for slot `index` of each row (its hypothesis in `buffer`)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jax.lax.top_k(logp, candidates)
+    return jax.lax.top_k(penalize(logp, buffer, valid, index, penalty, ngram), candidates)
 
-  def step(params, cache, parents, tokens, positions, valid, index):
+  def step(params, cache, parents, tokens, positions, valid, index, buffer):
     model = nnx.merge(graphdef, params)
     logits, cache = model.decode(tokens[:, None], positions[:, None], _reorder(cache, parents),
                                  index, valid)
-    return best(logits[:, 0]), cache
+    return best(logits[:, 0], buffer, valid, index + 1), cache
 
   return jax.jit(best), jax.jit(step, donate_argnums=1)
 
@@ -316,21 +362,25 @@ def beam_search(model: nnx.Module, prompts: list[list[int]], cfg: BeamConfig, *,
   graphdef, params = nnx.split(model, nnx.Param)
   prefill = _compiled(graphdef, SamplingConfig(max_new_tokens=cfg.max_new_tokens), rows,
                       width)[0]
-  first, step = _beam_compiled(graphdef, min(2 * k, model.cfg.vocab_size))
+  first, step = _beam_compiled(graphdef, min(2 * k, model.cfg.vocab_size),
+                               cfg.repetition_penalty, cfg.no_repeat_ngram_size)
   logits, cache = prefill(params, jnp.asarray(buffer), jnp.asarray(positions),
                           jnp.asarray(valid))
-  state = {"cache": cache, "t": 0}
+  state = {"cache": cache, "t": 0, "buffer": buffer}
 
   def scorer(parents, tokens):
     if parents is None:
-      values, ids = first(logits)
+      values, ids = first(logits, jnp.asarray(buffer), jnp.asarray(valid), width)
     else:
       t = state["t"]
       valid[:, width + t] = True
+      # each row's hypothesis so far (its parent's, then its new token), for the penalties
+      state["buffer"] = state["buffer"][parents]
+      state["buffer"][:, width + t] = tokens
       (values, ids), state["cache"] = step(params, state["cache"], jnp.asarray(parents),
                                            jnp.asarray(tokens, jnp.int32),
                                            jnp.asarray(lengths + t), jnp.asarray(valid),
-                                           width + t)
+                                           width + t, jnp.asarray(state["buffer"]))
       state["t"] = t + 1
     values, ids = jax.device_get((values, ids))
     return values.reshape(batch, k, -1), ids.reshape(batch, k, -1)

@@ -124,6 +124,12 @@ def check_sampling(cfg: SamplingConfig, longest_prompt: int, max_position: int) 
     raise ConfigError(f"--top-p {cfg.top_p} must be in (0, 1] (1 = no nucleus filter)")
   if cfg.top_k < 0:
     raise ConfigError(f"--top-k {cfg.top_k} must be >= 0 (0 = all tokens)")
+  if cfg.repetition_penalty <= 0:
+    raise ConfigError(f"--repetition-penalty {cfg.repetition_penalty} must be > 0 (1 = none; "
+                      "1.2 is common)")
+  if cfg.no_repeat_ngram_size < 0:
+    raise ConfigError(f"--no-repeat-ngram-size {cfg.no_repeat_ngram_size} must be >= 0 "
+                      "(0 = none)")
 
 
 def fill_mask(restored: Loaded, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:

@@ -1,12 +1,14 @@
 """`plm-jax train`: pretrain (or resume) a model on its corpus."""
 
+import os
+
 import jax
 
 from plm_jax import checks, distributed, parallel, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.models.config import padded_vocab
-from plm_jax.run.metrics_writer import console, format_metrics
+from plm_jax.run.metrics_writer import METRICS_FILE, console, format_metrics, recorded
 from plm_jax.run.scaffold import Run
 from plm_jax.run_data import load_data, record_prepared_fields
 from plm_jax.trainer import Trainer, evaluate_params
@@ -27,6 +29,16 @@ def train(config, workdir: str, devices=None) -> dict:
                       "--config.train.steps=N")
   # Every process resumes from the step process 0 found (a shared filesystem may lag).
   resume_step = distributed.agree(found.step)
+  if resume_step is not None and resume_step >= config.train.steps:
+    # A finished run (its final evaluation recorded) is left as it is: run again, it would
+    # only record that evaluation a second time.
+    final = recorded(workdir, resume_step, "eval")
+    if distributed.agree(int(final is not None)):
+      console(f"nothing to do: {workdir} is finished (checkpoint at step {resume_step} >= "
+              f"train.steps={config.train.steps}, its final evaluation in "
+              f"{os.path.join(workdir, METRICS_FILE)}); nothing was changed; raise "
+              "--config.train.steps to train further")
+      return final
   data = load_data(config, found.tokenizer)
   tokenizer = data.tokenizer
   mesh = parallel.mesh_for(config, devices)

@@ -7,7 +7,9 @@ The train step is a pure function compiled once, ahead of time, with explicit Na
 donated state.
 
 Divergence is handled inside the step, without a host sync: an update whose loss or gradient
-norm is not finite is never applied. `nonfinite_run` counts consecutive such steps; past the
+norm is not finite, or whose loss spikes over the running level of the losses before it
+(train.spike_factor times it; `loss_level` holds that level and the steps it has seen), is
+never applied. `nonfinite_run` counts consecutive such steps; past the
 allowance (0 for train.nonfinite=stop, train.max_consecutive_skips for skip) the run is halted:
 no later update is applied and the step counter stands still, so the state stays the last
 finite one until the host, at its next log or save, stops the run (plm_jax/run/scaffold.py).
@@ -58,7 +60,8 @@ class AbstractState:
         transform_non_params=lambda _: jax.sharding.PartitionSpec(),
         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     specs = {"step": jax.sharding.PartitionSpec(), "params": param_specs, "opt_state": opt_specs,
-             "nonfinite_run": jax.sharding.PartitionSpec()}
+             "nonfinite_run": jax.sharding.PartitionSpec(),
+             "loss_level": jax.sharding.PartitionSpec()}
     return cls(mcfg, graphdef, optimizer, schedule, state, specs)
 
 
@@ -124,10 +127,13 @@ class Trainer:
     return {**self._counters(step), **restored}, meta
 
   def _counters(self, step: int) -> dict:
-    """The step and the count of consecutive non-finite steps (0: not kept in checkpoints)."""
+    """The step, the count of consecutive non-finite steps and the running loss level (not
+    kept in checkpoints: a resumed run measures the level again)."""
     return {"step": jax.device_put(jnp.asarray(step, jnp.int32), self.state_shardings["step"]),
             "nonfinite_run": jax.device_put(jnp.zeros((), jnp.int32),
-                                            self.state_shardings["nonfinite_run"])}
+                                            self.state_shardings["nonfinite_run"]),
+            "loss_level": jax.device_put(jnp.zeros((2,), jnp.float32),
+                                         self.state_shardings["loss_level"])}
 
   def model(self, params) -> nnx.Module:
     return nnx.merge(self.graphdef, params)
@@ -140,6 +146,7 @@ class Trainer:
     prng_impl = accelerator.prng_impl(config.train.prng_impl)
     batch_shardings = self.batch_shardings
     allowance = max_nonfinite_run(config)
+    spike_factor = config.train.spike_factor
 
     def train_step(state, batch):
       with axis_rules(rules, mesh):
@@ -173,8 +180,12 @@ class Trainer:
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state["step"])
         metrics["tokens"] = jnp.sum(batch["attention_mask"])       # real tokens, all hosts
-        # Never apply a non-finite update; halt past the allowance (see the module's doc).
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        # Never apply a non-finite update (nor one whose loss spikes); halt past the allowance
+        # (see the module's doc).
+        level, seen = state["loss_level"][0], state["loss_level"][1]
+        spike = ((spike_factor > 0) & (seen >= SPIKE_WARMUP_STEPS)
+                 & (metrics["loss"] > spike_factor * level))
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & ~spike
         before = state["nonfinite_run"]
         run = jnp.where(before > allowance, before, jnp.where(finite, 0, before + 1))
         halted = run > allowance
@@ -182,10 +193,16 @@ class Trainer:
         keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
         metrics["halted"] = halted.astype(jnp.float32)
+        metrics["spike"] = spike.astype(jnp.float32)
+        metrics["loss_level"] = level
+        loss = metrics["loss"].astype(jnp.float32)
+        updated = jnp.stack([jnp.where(seen > 0, SPIKE_DECAY * level + (1 - SPIKE_DECAY) * loss,
+                                       loss), seen + 1])
         new_state = {"step": state["step"] + jnp.where(halted, 0, 1).astype(jnp.int32),
                      "params": jax.tree.map(keep, params, state["params"]),
                      "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
-                     "nonfinite_run": run}
+                     "nonfinite_run": run,
+                     "loss_level": jnp.where(apply, updated, state["loss_level"])}
         return new_state, metrics
 
     return train_step
@@ -218,6 +235,12 @@ class Trainer:
                    out_shardings=parallel.replicated(self.mesh))
 
 
+# The running loss level a spike is measured against: an exponential mean of the applied
+# steps' losses, trusted once it has seen this many.
+SPIKE_DECAY = 0.9
+SPIKE_WARMUP_STEPS = 10
+
+
 def max_nonfinite_run(config) -> int:
   """Consecutive non-finite steps a run may skip before it halts."""
   return config.train.max_consecutive_skips if config.train.nonfinite == "skip" else 0
@@ -245,7 +268,8 @@ def _init_params(mcfg, key) -> dict:
 def _init_state(mcfg, optimizer, key) -> dict:
   params = _init_params(mcfg, key)
   return {"step": jnp.zeros((), jnp.int32), "params": params,
-          "opt_state": optimizer.init(params), "nonfinite_run": jnp.zeros((), jnp.int32)}
+          "opt_state": optimizer.init(params), "nonfinite_run": jnp.zeros((), jnp.int32),
+          "loss_level": jnp.zeros((2,), jnp.float32)}
 
 
 def _split_micro(x, accum: int, sharding):

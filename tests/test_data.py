@@ -352,7 +352,7 @@ def test_iterator_resumes_where_it_stopped(bert_data):
     next(first)
   state = first.get_state()
   first.close()
-  assert state == {"next_index": 4}
+  assert state == {"next_index": 4, "next_example": 4 * config.train.batch_size}
   resumed = train.iterator(json.loads(json.dumps(state)))   # as stored in a checkpoint
   for want in expected[4:]:
     got = next(resumed)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, family_config, snapshot
-from plm_jax import cli, pretrain
+from plm_jax import cli, pretrain, workdir as workdirs
 from plm_jax.data import loader
 from plm_jax.inference import load_params
 from plm_jax.run import checkpoint
@@ -82,12 +82,26 @@ def uninterrupted(tmp_path_factory, tokenizers_dir):
   return records(workdir)
 
 
+@pytest.fixture
+def dispositions():
+  """What SIGINT and SIGTERM did before the test, put back after it (a test that installs a
+  handler leaves the suite as it found it: started with SIGINT ignored, it stays so)."""
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  yield before
+  for s, handler in before.items():
+    signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly(
-    signum, uninterrupted, tokenizers_dir, tmp_path, monkeypatch, capsys):
+    signum, uninterrupted, tokenizers_dir, tmp_path, monkeypatch, capsys, dispositions):
   """The signal arrives (from this process, as a scheduler's would) while the batch of a
   random step is being prepared: from step 5 on, which the loader prepares only once the loop
-  (and so the handlers) runs, as data.prefetch = 4 batches are prepared ahead."""
+  (and so the handlers) runs, as data.prefetch = 4 batches are prepared ahead. Ctrl-C as a
+  terminal delivers it: Python's handler, whatever this test process was started with."""
+  if signum == signal.SIGINT:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  installed = signal.getsignal(signum)
   at = random.Random(int(signum)).randint(5, 10)
   original = loader.Batches.batch
 
@@ -105,7 +119,7 @@ def test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly(
   # the batches are prepared ahead (data.prefetch): the step in flight is at most a few back
   assert at - 5 <= stopped <= at + 1, (at, stopped)
   assert checkpoint.latest_step(str(workdir)) == stopped
-  assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)
+  assert signal.getsignal(signum) == installed          # the run's handler is gone again
   monkeypatch.setattr(loader.Batches, "batch", original)
   assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["bert"], 12)]) == 0
   resumed = records(workdir)
@@ -114,6 +128,105 @@ def test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly(
                                 [r["loss"] for r in uninterrupted])
   assert [r for r in map(json.loads, open(workdir / "metrics.jsonl"))
           if r["split"] == "resume"][0]["step"] == stopped
+
+
+def test_a_sigint_ignored_from_the_start_stays_ignored(tokenizers_dir, tmp_path, monkeypatch,
+                                                      dispositions):
+  """A job started in the background (`&` in a script, nohup, some CI runners) inherits an
+  ignored SIGINT: the run neither takes it over nor stops on it; SIGTERM still stops it."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  original = loader.Batches.batch
+
+  def batch(self, step):
+    if self.split == loader.TRAIN and step == 5:
+      os.kill(os.getpid(), signal.SIGINT)
+    return original(self, step)
+  monkeypatch.setattr(loader.Batches, "batch", batch)
+  workdir = tmp_path / "run"
+  assert cli.main(["plm-jax", *train_args(workdir, tokenizers_dir["gpt"], 8, GPT)]) == 0
+  assert [r["step"] for r in records(workdir)] == list(range(1, 9))
+  assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  assert signal.getsignal(signal.SIGTERM) == dispositions[signal.SIGTERM]
+
+
+def test_the_signal_tests_pass_started_with_sigint_ignored_and_no_terminal():
+  """The suite as a background job or a CI runner starts it: SIGINT ignored (inherited through
+  exec), no terminal (a session of its own, stdin from /dev/null)."""
+  ignoring = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+              "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+  here = os.path.join(ROOT, "tests", "test_faults.py")
+  done = subprocess.run(
+      [sys.executable, "-c", ignoring, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+       f"{here}::test_a_signal_saves_the_step_reached_and_the_run_resumes_exactly[2]",
+       f"{here}::test_a_sigint_ignored_from_the_start_stays_ignored"], cwd=ROOT,
+      capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+      start_new_session=True)
+  assert done.returncode == 0, done.stdout[-3000:]
+  assert "2 passed" in done.stdout, done.stdout[-3000:]
+
+
+def test_sigterm_at_start_up_or_in_the_final_evaluation_is_one_line_and_75(
+    tokenizers_dir, tmp_path, monkeypatch, capsys, dispositions):
+  """Before step 1 (while the step compiles) and after the last (in the final evaluation) a
+  SIGTERM ends the command as one during the steps does: one line, exit 75, the last
+  checkpoint intact; the same command then finishes the run, with one record per step and
+  one final evaluation."""
+  from plm_jax.trainer import Trainer
+  compile_step, evaluate = Trainer.compile_train_step, pretrain.evaluate_params
+
+  def compile_signalled(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return compile_step(self)
+  monkeypatch.setattr(Trainer, "compile_train_step", compile_signalled)
+  workdir = tmp_path / "run"
+  args = train_args(workdir, tokenizers_dir["gpt"], 4, GPT, "--config.train.eval_every=0")
+  assert cli.main(["plm-jax", *args]) == EXIT_PREEMPTED
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  assert ("stopped by SIGTERM outside the training steps (starting up, or in the final "
+          "evaluation): nothing of the run was lost; run the same command to resume") in err
+  assert checkpoint.latest_step(str(workdir)) is None
+  monkeypatch.setattr(Trainer, "compile_train_step", compile_step)
+
+  def evaluate_signalled(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(*a, **k)
+  monkeypatch.setattr(pretrain, "evaluate_params", evaluate_signalled)
+  assert cli.main(["plm-jax", *args]) == EXIT_PREEMPTED
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  assert (f"in the final evaluation): the last checkpoint, step 4 in "
+          f"{checkpoint.checkpoint_dir(str(workdir))}, is intact") in err
+  assert checkpoint.latest_step(str(workdir)) == 4 and not records(workdir, "eval")
+  assert signal.getsignal(signal.SIGTERM) == dispositions[signal.SIGTERM]
+  monkeypatch.setattr(pretrain, "evaluate_params", evaluate)
+  assert cli.main(["plm-jax", *args]) == 0
+  assert "resumed from step 4" in capsys.readouterr().out
+  assert [r["step"] for r in records(workdir)] == [1, 2, 3, 4]
+  assert [r["step"] for r in records(workdir, "eval")] == [4]
+
+
+def test_sigterm_while_a_process_starts_is_one_line_and_75(tokenizers_dir, tmp_path):
+  """A real process, signalled while it reads its data (before any step)."""
+  command = [sys.executable, "-m", "plm_jax.cli",
+             *train_args(tmp_path / "run", tokenizers_dir["gpt"], 4, GPT)]
+  log = tmp_path / "log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  try:
+    deadline = time.time() + 200
+    while "data:" not in open(log).read() and time.time() < deadline:
+      assert proc.poll() is None, open(log).read()[-3000:]
+      time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == EXIT_PREEMPTED, open(log).read()[-3000:]
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  text = open(log).read()
+  assert "Traceback" not in text and text.splitlines()[-1].startswith(
+      "plm-jax train: stopped by SIGTERM outside the training steps"), text[-3000:]
 
 
 def test_two_processes_stop_at_the_same_step_and_resume(tokenizers_dir, tmp_path):
@@ -158,6 +271,103 @@ def test_checkpoints_by_time(tmp_path, tokenizers_dir, monkeypatch):
   assert sorted(saved) == [2, 4, 6]
 
 
+# --- resuming on a machine of another size ---------------------------------------------------------
+
+def consumed_rows(monkeypatch) -> list:
+  """The input rows of every train batch the step loop takes, in order (not those prefetched)."""
+  rows = []
+  original = loader.Prefetcher.__next__
+
+  def taken(self):
+    batch = original(self)
+    rows.extend(np.asarray(batch["input_ids"]).tolist())
+    return batch
+  monkeypatch.setattr(loader.Prefetcher, "__next__", taken)
+  return rows
+
+
+def test_another_batch_size_goes_on_with_the_examples_not_yet_seen(tokenizers_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+  """3 steps of 16 examples, then 6 of 8: the 96 examples of 6 steps of 16, in order: none
+  repeated, none skipped; the checkpoint keeps the position in examples."""
+  rows = consumed_rows(monkeypatch)
+  def args(workdir, steps, batch):
+    return ["plm-jax", *train_args(workdir, tokenizers_dir["gpt"], steps, GPT,
+                                   f"--config.train.batch_size={batch}")]
+  assert cli.main(args(tmp_path / "straight", 6, 16)) == 0
+  want = list(rows)
+  assert len(want) == 96 and len({tuple(r) for r in want}) > 80      # mostly distinct rows
+  rows.clear()
+  workdir = tmp_path / "run"
+  assert cli.main(args(workdir, 3, 16)) == 0
+  assert len(rows) == 48
+  capsys.readouterr()
+  assert cli.main(args(workdir, 9, 8)) == 0
+  assert ("data: resumed at example 48 of the training stream, saved with another batch size "
+          "(now 8 per step)") in capsys.readouterr().out
+  assert rows == want
+  meta = checkpoint.read_meta(checkpoint.make_manager(str(workdir), read_only=True), 9)
+  assert meta["data_iterator"] == {"next_index": 9, "next_example": 96}
+
+
+def cut_back(workdir, to, step):
+  """A copy of `workdir` as it was when only the checkpoint of `step` was written (a run
+  stopped there): the later checkpoints removed (the resumed run drops the later records)."""
+  import shutil
+  shutil.copytree(workdir, to)
+  for name in os.listdir(to / "checkpoints"):
+    if name.isdigit() and int(name) > step:
+      shutil.rmtree(to / "checkpoints" / name)
+  return to
+
+
+def test_resuming_on_fewer_devices_matches_the_uninterrupted_run(tokenizers_dir, tmp_path):
+  """8 simulated devices to step 3, then 4 for the rest: the losses of 8 devices all along
+  (within 1e-5: the reductions run over another split of the batch)."""
+  config = family_config("gpt", **{"train.steps": 6, "train.log_every": 1,
+                                   "train.batch_size": 16, "checkpoint.every": 3,
+                                   "data.tokenizer": tokenizers_dir["gpt"]})
+  straight = tmp_path / "straight"
+  pretrain.train(config, str(straight))
+  run = cut_back(straight, tmp_path / "run", 3)
+  pretrain.train(config, str(run), devices=jax.devices()[:4])
+  got, want = records(run), records(straight)
+  assert [r["step"] for r in got] == list(range(1, 7))
+  np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], atol=1e-5,
+                             rtol=0)
+
+
+def test_resuming_on_another_number_of_processes_matches(tokenizers_dir, tmp_path):
+  """2 processes (4 devices each) to step 3, then 1 process (8 devices), and 1 then 2: the
+  same global batches row for row, the losses of one process all along within 1e-5."""
+  def one(workdir):
+    args = train_args(workdir, tokenizers_dir["gpt"], 6, GPT, "--config.train.batch_size=16")
+    return [sys.executable, "-m", "plm_jax.cli",
+            *[a for a in args if a != "--config.checkpoint.every=1000"],
+            "--config.checkpoint.every=3"]
+
+  def two(workdir):
+    return [sys.executable, "-m", "plm_jax.launch_local", "--num-processes", "2",
+            "--devices-per-process", "4", "--log-dir", str(tmp_path / "logs"), "--",
+            *one(workdir)]
+
+  def run(command):
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done.stdout
+  run(one(tmp_path / "one"))
+  run(two(tmp_path / "two"))
+  want = [r["loss"] for r in records(tmp_path / "one")]
+  for first, then, name in ((tmp_path / "two", one, "two-then-one"),
+                            (tmp_path / "one", two, "one-then-two")):
+    workdir = cut_back(first, tmp_path / name, 3)
+    assert "resumed from step 3" in run(then(workdir))
+    got = records(workdir)
+    assert [r["step"] for r in got] == list(range(1, 7))
+    np.testing.assert_allclose([r["loss"] for r in got], want, atol=1e-5, rtol=0,
+                               err_msg=name)
+
+
 # --- divergence ----------------------------------------------------------------------------------
 
 def poison(monkeypatch, steps):
@@ -190,7 +400,9 @@ def test_stop_saves_the_last_finite_state_and_names_the_step(tmp_path, tokenizer
   got, want = load_params(workdir, 3), load_params(reference, 3)
   jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
   meta = checkpoint.read_meta(checkpoint.make_manager(workdir, read_only=True), 3)
-  assert meta["data_iterator"] == {"next_index": 3} and meta["diverged_at"] == 4
+  batch = gpt(tokenizers_dir).train.batch_size
+  assert meta["data_iterator"] == {"next_index": 3, "next_example": 3 * batch}
+  assert meta["diverged_at"] == 4
 
 
 def test_skip_drops_the_update_counts_it_and_goes_on(tmp_path, tokenizers_dir, monkeypatch):
@@ -213,18 +425,41 @@ def test_skip_drops_the_update_counts_it_and_goes_on(tmp_path, tokenizers_dir, m
                    str(tmp_path / "many"))
 
 
-def test_a_good_run_continued_at_a_divergent_rate_keeps_a_finite_checkpoint(tmp_path,
-                                                                            tokenizers_dir):
+def test_a_good_run_continued_at_a_divergent_rate_keeps_a_good_checkpoint(tmp_path,
+                                                                          tokenizers_dir,
+                                                                          capsys):
+  """At learning rate 1e4 the losses grow huge before they stop being finite: the first one
+  over train.spike_factor x the running level stops the run, and the checkpoint it leaves to
+  resume from evaluates as the good run did (not to the huge loss), however many checkpoints
+  the diverging steps saved (keep=2, one every step)."""
   workdir = tmp_path / "run"
-  args = train_args(workdir, tokenizers_dir["gpt"], 4, GPT, "--config.checkpoint.every=2",
+  args = train_args(workdir, tokenizers_dir["gpt"], 12, GPT, "--config.checkpoint.every=4",
                     "--config.checkpoint.keep=2")
   assert cli.main(["plm-jax", *args]) == 0
+  good = records(workdir, "eval")[-1]["loss"]
   more = [a for a in args if "train.steps" not in a and "checkpoint.every" not in a]
+  capsys.readouterr()
   code = cli.main(["plm-jax", *more, "--config.train.steps=40", "--config.checkpoint.every=1",
                    "--config.optim.learning_rate=1e4", "--config.optim.warmup_steps=0"])
-  assert code == EXIT_DIVERGED
-  latest = load_params(str(workdir))
-  assert finite(latest.params) and latest.step >= 4
+  err = capsys.readouterr().err
+  assert code == EXIT_DIVERGED, err
+  spiked = int(re.search(r"step (\d+) had a loss spike \(loss [\d.e+]+, gradient norm "
+                         r"[\d.e+]+: a spike over 100 x the running loss level", err).group(1))
+  kept = int(re.search(r"checkpoint of step (\d+), the last before the update that spiked",
+                       err).group(1))
+  assert 12 <= kept <= spiked - 2 and checkpoint.latest_step(str(workdir)) == kept
+  assert checkpoint.complete_steps(str(workdir)) == [kept - 1, kept] or kept == 12
+  capsys.readouterr()
+  assert cli.main(["plm-jax", "evaluate", "--workdir", str(workdir)]) == 0
+  loss = float(re.search(r"loss ([\d.]+)", capsys.readouterr().out).group(1))
+  assert loss < 2 * good, (loss, good)
+
+
+def test_a_spike_is_configurable(tmp_path, tokenizers_dir, capsys):
+  assert "train.spike_factor=0.5 must be > 1 (or 0 = off)" in one_line(
+      capsys, *train_args(tmp_path / "w", tokenizers_dir["gpt"], 2, GPT,
+                          "--config.train.spike_factor=0.5"))
+  assert not (tmp_path / "w").exists()
 
 
 # --- hangs ---------------------------------------------------------------------------------------
@@ -410,7 +645,10 @@ def test_bad_inputs_are_one_line_and_leave_the_workdir_untouched(gpt_run, tmp_pa
   assert "corrupt" not in err
   for flag, words in ((["--max-new-tokens", "500"], "exceed the model's 128 positions; use "
                        "--max-new-tokens"), (["--temperature", "-1"], "--temperature -1.0 must "
-                       "be >= 0"), (["--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]")):
+                       "be >= 0"), (["--top-p", "1.5"], "--top-p 1.5 must be in (0, 1]"),
+                      (["--repetition-penalty", "0"], "--repetition-penalty 0.0 must be > 0"),
+                      (["--no-repeat-ngram-size", "-2"], "--no-repeat-ngram-size -2 must be "
+                       ">= 0")):
     err = one_line(capsys, "generate", "--workdir", str(gpt_run), "--prompt", "def", *flag)
     assert words in err, err
   err = one_line(capsys, "finetune", "--config", f"{ROOT}/configs/classify.py:builtin",
@@ -421,7 +659,81 @@ def test_bad_inputs_are_one_line_and_leave_the_workdir_untouched(gpt_run, tmp_pa
                  "--config.train.steps=0")
   assert "train.steps=0 leaves nothing to train in a fresh --workdir" in err
   assert not (tmp_path / "z").exists()
+  # a vocabulary smaller than the corpus' alphabet: the trainer would silently make it larger
+  err = one_line(capsys, "train", "--config", f"{GPT}:tiny", "--workdir", str(tmp_path / "z"),
+                 "--config.data.vocab_size=10")
+  needed = int(re.search(r"data.vocab_size=10 is below the ([\d,]+) entries a bpe vocabulary "
+                         r"of this corpus needs", err).group(1).replace(",", ""))
+  assert needed > 10 and f"use --config.data.vocab_size={needed} or more" in err
+  assert not (tmp_path / "z").exists()
+  # a body without a checkpoint: refused before the new workdir is made
+  import shutil
+  empty = tmp_path / "no-checkpoint"
+  shutil.copytree(gpt_run, empty, ignore=shutil.ignore_patterns("checkpoints"))
+  err = one_line(capsys, "finetune", "--config", f"{ROOT}/configs/seq2seq.py", "--init-from",
+                 str(empty), "--workdir", str(tmp_path / "ft"))
+  assert f"--init-from {str(empty)!r} holds no checkpoint yet" in err
+  assert not (tmp_path / "ft").exists()
   assert snapshot(gpt_run) == before
+
+
+@pytest.mark.parametrize("source, words", [
+    ("def get_config(arg=None):\n  return {\n", ", line 2: '{' was never closed; fix that line"),
+    ("def get_config(arg=None):\n  return {}\n", ": get_config('tiny') returned dict {}, not an "
+     "ml_collections.ConfigDict; return one"),
+    ("x = 1\n", " defines no get_config; a config file is Python whose get_config(arg)"),
+    ("import no_such_module_here\n", ", line 1: ModuleNotFoundError: No module named "
+     "'no_such_module_here'; fix the file"),
+    ("def get_config(arg=None):\n  n = 1\n  return n / 0\n", ", line 3: ZeroDivisionError"),
+])
+def test_a_config_file_with_a_mistake_is_one_line_naming_file_and_line(tmp_path, capsys, source,
+                                                                        words):
+  path = tmp_path / "mine.py"
+  path.write_text(source)
+  for command in ("train", "config"):
+    err = one_line(capsys, command, "--config", f"{path}:tiny", "--workdir", str(tmp_path / "w"))
+    assert f"--config {path}{words}" in err, err
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_finished_run_run_again_changes_nothing_and_says_so(gpt_run, tokenizers_dir, capsys):
+  args = train_args(gpt_run, tokenizers_dir["gpt"], 2, GPT)
+  before = snapshot(gpt_run)
+  evals = [r for r in records(gpt_run, "eval") if r["step"] == 2]
+  assert len(evals) == 1
+  assert cli.main(["plm-jax", *args]) == 0
+  out = capsys.readouterr().out
+  assert f"nothing to do: {gpt_run} is finished (checkpoint at step 2 >= train.steps=2" in out
+  assert snapshot(gpt_run) == before            # no resume record, no second evaluation
+  # the library call returns the recorded final evaluation
+  final = pretrain.train(workdirs.load_config(str(gpt_run)), str(gpt_run))
+  assert final == {k: v for k, v in evals[0].items() if k not in ("step", "split", "time")}
+  assert snapshot(gpt_run) == before
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tokenizers_dir, tmp_path,
+                                                                   capsys):
+  """The newest checkpoint unreadable: the run says so in one line, resumes from the one
+  before (the unreadable one set aside, not deleted) and ends with the uninterrupted losses."""
+  straight = tmp_path / "straight"
+  args = lambda w: train_args(w, tokenizers_dir["gpt"], 6, GPT, "--config.checkpoint.keep=10")
+  args_every = lambda w: [a for a in args(w) if a != "--config.checkpoint.every=1000"] + [
+      "--config.checkpoint.every=1"]
+  assert cli.main(["plm-jax", *args_every(straight)]) == 0
+  workdir = cut_back(straight, tmp_path / "run", 4)
+  for f in (workdir / "checkpoints" / "4" / "params" / "d").iterdir():
+    f.unlink()
+  capsys.readouterr()
+  assert cli.main(["plm-jax", *args_every(workdir)]) == 0
+  out = capsys.readouterr().out
+  line = next(l for l in out.splitlines() if "is corrupt or incomplete" in l)
+  assert f"checkpoint {workdir}/checkpoints/4 is corrupt or incomplete (" in line
+  assert line.endswith("resuming from the previous checkpoint, step 3, instead (the unreadable "
+                       "one is kept as corrupt-4)") and "::" not in line, line
+  assert (workdir / "checkpoints" / "corrupt-4" / "params").is_dir()
+  got, want = records(workdir), records(straight)
+  assert [r["step"] for r in got] == list(range(1, 7))
+  np.testing.assert_array_equal([r["loss"] for r in got], [r["loss"] for r in want])
 
 
 @pytest.mark.parametrize("content", ["{}", "{not json", '{"model": {"family": "gpt"}}'])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from helpers import MINILM, ROOT, family_config
+from helpers import MINILM, ROOT, family_config, snapshot
 from plm_jax import cli
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import DataError
@@ -282,9 +282,11 @@ def test_evaluate_best_on_test_split_and_another_mesh(keyword_run, capsys):
 
 @pytest.mark.e2e
 def test_finetune_resumes_and_refuses_other_runs(keyword_run, pretrained, tmp_path, capsys):
-  # the finished run resumes at its last step: nothing to do, the same report
+  # the finished run run again: nothing to do, nothing written (no second evaluation)
+  before = snapshot(keyword_run["workdir"])
   assert run_cli(*keyword_run["args"]) == 0
   assert "nothing to do" in capsys.readouterr().out
+  assert snapshot(keyword_run["workdir"]) == before
   # a pretraining run as the fine-tuning workdir
   args = list(keyword_run["args"])
   args[args.index("--workdir") + 1] = pretrained["bert"]
@@ -425,7 +427,8 @@ def test_builtin_task_is_fixed_and_balanced():
 
 def test_labels_of_files(tmp_path, tokenizers_dir):
   """String classes from train and validation; unlabelled validation rows are dropped; a test
-  placeholder label is "no label"; integer ratings 1..5 are five classes, not six."""
+  placeholder label is "no label"; integer ratings 1..5 are five classes, not six; a label
+  that only the validation file holds is refused (the model would never see its class)."""
   from configs import classify
   tok = TextTokenizer.load(tokenizers_dir["bert"])
 
@@ -440,19 +443,23 @@ def test_labels_of_files(tmp_path, tokenizers_dir):
   config.finetune.train_path = write("train.csv", [("a b", "cat"), ("c d", "dog"), ("", "cat")])
   config.finetune.eval_path = write("eval.csv", [("a", "cat"), ("b", ""), ("c", "emu")])
   config.finetune.test_path = write("test.csv", [("a", "?"), ("b", "dog"), ("c", "")])
+  with pytest.raises(DataError, match=r"eval.csv: the label\(s\) 'emu' \(1 record\(s\)\) never "
+                                      r"appear in the training records of \S+train.csv"):
+    cdata.load(config, tok)
+  config.finetune.eval_path = write("eval.csv", [("a", "cat"), ("b", ""), ("c", "dog")])
   d = cdata.load(config, tok)
-  assert d.label_names == ("cat", "dog", "emu") and d.num_classes == 3
+  assert d.label_names == ("cat", "dog") and d.num_classes == 2
   assert list(d.splits["train"]["labels"]) == [0, 1] and d.skipped["train"] == 1
-  assert list(d.splits["eval"]["labels"]) == [0, 2] and d.skipped["eval"] == 1
+  assert list(d.splits["eval"]["labels"]) == [0, 1] and d.skipped["eval"] == 1
   assert list(d.splits["test"]["labels"]) == [cdata.UNLABELED, 1, cdata.UNLABELED]
   assert d.labeled["test"] and list(d.record_ids["test"]) == [0, 1, 2]
   assert list(d.record_ids["train"]) == [0, 1]
-  config.finetune.train_path = write("r.csv", [("a", 1), ("b", 5), ("c", 3), ("d", 2)])
+  config.finetune.train_path = write("r.csv", [("a", 1), ("b", 5), ("c", 3), ("d", 2), ("e", 4)])
   config.finetune.eval_path = write("re.csv", [("a", 4)])
   config.finetune.test_path = ""
   d = cdata.load(config, tok)
   assert d.num_classes == 5 and d.label_names == ("1", "2", "3", "4", "5")
-  assert list(d.splits["train"]["labels"]) == [0, 4, 2, 1]
+  assert list(d.splits["train"]["labels"]) == [0, 4, 2, 1, 3]
 
 
 @pytest.mark.e2e

@@ -1,6 +1,7 @@
 """Generation with the key/value cache, sampling filters, fill-mask, decode benchmark."""
 
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from flax import nnx
 
 from plm_jax import families, models
 from plm_jax.generate import (BeamConfig, SamplingConfig, beam_loop, beam_search, filter_logits,
-                             generate, greedy, length_penalty)
+                             generate, greedy, length_penalty, penalize)
 
 
 def tiny_gpt(scan_layers: bool = True):
@@ -59,6 +60,77 @@ def test_eos_stops_a_row(gpt):
   assert out == first[:cut + 1]
 
 
+def hf_processors(penalty: float, ngram: int):
+  """transformers' own logits processors for the same settings (in generate's order)."""
+  transformers = pytest.importorskip("transformers")
+  out = []
+  if penalty != 1.0:
+    out.append(transformers.RepetitionPenaltyLogitsProcessor(penalty))
+  if ngram > 0:
+    out.append(transformers.NoRepeatNGramLogitsProcessor(ngram))
+  return out
+
+
+def hf_penalized(logits, sequence, processors):
+  torch = pytest.importorskip("torch")
+  scores = torch.tensor(np.asarray(logits, np.float32)[None])
+  ids = torch.tensor([sequence], dtype=torch.long)
+  for processor in processors:
+    scores = processor(ids, scores)
+  return scores[0].numpy()
+
+
+@pytest.mark.parametrize("penalty, ngram", [(1.3, 0), (0.7, 0), (1.0, 1), (1.0, 2), (1.0, 3),
+                                            (1.5, 2), (1.2, 4)])
+def test_penalties_equal_transformers_on_the_same_logits(penalty, ngram):
+  """Left-padded rows of several lengths, tokens from a few ids (so n-grams repeat), logits of
+  both signs: the same logits out as transformers' processors on each row's sequence."""
+  rng = np.random.default_rng(ngram * 10 + int(penalty * 10))
+  vocab, width = 40, 24
+  lengths = [1, 2, 5, 13, 24, 3]
+  buffer = np.zeros((len(lengths), width + 1), np.int32)
+  seen = np.zeros(buffer.shape, bool)
+  for r, n in enumerate(lengths):
+    buffer[r, width - n:width] = rng.integers(0, 6 if r % 2 else vocab, n)
+    seen[r, width - n:width] = True
+  logits = rng.normal(0, 3, (len(lengths), vocab)).astype(np.float32)
+  got = np.asarray(penalize(jnp.asarray(logits), jnp.asarray(buffer), jnp.asarray(seen), width,
+                            penalty, ngram))
+  processors = hf_processors(penalty, ngram)
+  for r, n in enumerate(lengths):
+    want = hf_penalized(logits[r], buffer[r, width - n:width].tolist(), processors)
+    # the same tokens banned; the penalised values within XLA's division (an ulp of torch's)
+    np.testing.assert_array_equal(np.isinf(got[r]), np.isinf(want), err_msg=f"row {r}")
+    np.testing.assert_allclose(got[r], want, rtol=2e-7, atol=0, err_msg=f"row {r}: {n} tokens")
+  changed = (got != logits).sum()
+  assert changed > 0                                    # the settings did something here
+
+
+def test_generate_with_penalties_is_transformers_greedy(gpt):
+  """Cached decoding of left-padded prompts with both settings gives, token for token, greedy
+  decoding by recomputing the prefix with transformers' processors applied to its logits; no
+  generated token then completes a bigram the sequence held before."""
+  torch = pytest.importorskip("torch")
+  prompts = [[5, 6, 5, 6, 7], [9, 10], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 8]]
+  cfg = SamplingConfig(max_new_tokens=20, repetition_penalty=1.3, no_repeat_ngram_size=2)
+  got = generate(gpt, prompts, cfg)
+  plain = generate(gpt, prompts, SamplingConfig(max_new_tokens=20))
+  processors = hf_processors(1.3, 2)
+  width = 48                  # causal: the logits at a position ignore the zeros after it
+  forward = jax.jit(lambda ids: gpt(ids)["logits"])
+  for prompt, row in zip(prompts, got):
+    sequence = list(prompt)
+    for _ in range(20):
+      ids = jnp.asarray([sequence + [0] * (width - len(sequence))])
+      logits = np.asarray(forward(ids)[0, len(sequence) - 1], np.float32)
+      sequence.append(int(torch.argmax(torch.tensor(hf_penalized(logits, sequence,
+                                                                 processors)))))
+    assert row == sequence[len(prompt):]
+    for i in range(len(prompt), len(sequence)):     # no generated token repeats a bigram
+      assert (sequence[i - 1], sequence[i]) not in set(zip(sequence[:i - 1], sequence[1:i]))
+  assert got != plain                       # the untrained model repeats itself without them
+
+
 def test_top_k_and_top_p_filters():
   logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.1]]))
   k2 = np.asarray(filter_logits(logits, 2, 1.0))
@@ -86,6 +158,20 @@ def test_beam_of_one_is_greedy(gpt):
   beam_rows = beam_search(gpt, prompts, BeamConfig(beam_size=1, max_new_tokens=10,
                                                    length_penalty=0.0, eos_id=eos))
   assert beam_rows == greedy_rows and greedy_rows[0][-1] == eos
+
+
+def test_beam_search_with_no_repeated_ngrams(gpt):
+  """A beam of one bans the n-grams greedy decoding bans; a wider beam repeats no bigram."""
+  prompts = [[5, 6, 5, 6, 7], [9, 10]]
+  greedy_rows = generate(gpt, prompts, SamplingConfig(max_new_tokens=16, no_repeat_ngram_size=2))
+  beam = dict(max_new_tokens=16, length_penalty=0.0, no_repeat_ngram_size=2)
+  assert beam_search(gpt, prompts, BeamConfig(beam_size=1, **beam)) == greedy_rows
+  assert beam_search(gpt, prompts, BeamConfig(beam_size=1, **{**beam, "no_repeat_ngram_size": 0})
+                     ) != greedy_rows
+  for prompt, row in zip(prompts, beam_search(gpt, prompts, BeamConfig(beam_size=3, **beam))):
+    sequence = prompt + row
+    for i in range(len(prompt), len(sequence)):
+      assert (sequence[i - 1], sequence[i]) not in set(zip(sequence[:i - 1], sequence[1:i]))
 
 
 def test_beam_search_scores_at_least_greedy(gpt):

@@ -2,6 +2,7 @@
 same texts with the exported tokenizer, gives plm-jax's logits; --best, --step and bad input."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -177,3 +178,19 @@ def test_export_best_latest_step_and_bad_input(tokenizers, tmp_path, capsys):
   with pytest.raises(CheckpointError, match="holds a pretraining run"):
     export_hf(str(pretraining), str(tmp_path / "x"), best=True)
   assert not (tmp_path / "x").exists()
+  # a folder that holds files already: refused, untouched; --overwrite writes over the names
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "config.json").write_text("my own")
+  (mine / "notes.txt").write_text("kept")
+  args = ["plm-jax", "export-hf", "--workdir", str(run), "--out", str(mine)]
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"--out {str(mine)!r} is not empty (2 entries: config.json, " \
+      "notes.txt); give a new or empty directory, or --overwrite" in err, err
+  assert sorted(os.listdir(mine)) == ["config.json", "notes.txt"]
+  assert (mine / "config.json").read_text() == "my own"
+  assert cli.main([*args, "--overwrite"]) == 0
+  np.testing.assert_allclose(head(mine), saved[("checkpoints", 5)]["classifier"]["kernel"].T,
+                             rtol=1e-6)
+  assert (mine / "notes.txt").read_text() == "kept"

@@ -313,3 +313,32 @@ def test_imported_gpt2_finetuned_for_generation(imported_gpt2, tmp_path, capsys)
   assert run_cli(*args) == 2
   assert "generation fine-tuning needs a decoder (GPT) body" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "new")
+
+
+def test_decoding_takes_the_repetition_settings(tokenizers_dir):
+  """seq2seq.repetition_penalty and no_repeat_ngram_size reach the decoder of the evaluation
+  and the report (greedy and beam alike) and are named in the report's decode settings."""
+  from flax import nnx
+  from plm_jax import families, models
+  from plm_jax.configs import seq2seq
+  from plm_jax.finetune.seq2seq import run as gen_run
+  from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
+  tok = TextTokenizer.load(tokenizers_dir["gpt"])
+  module = families.build(models.ModelConfig(
+      family="gpt", vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+      mlp_dim=64, max_position=64, dropout_rate=0.0, layer_norm_eps=1e-5), nnx.Rngs(0))
+  prompts = [tok.encode_batch([text])[0] for text in ("the cat sat", "a b a b a b")]
+  config = seq2seq.get_config()
+  settings = dict(repetition_penalty=1.4, no_repeat_ngram_size=2)
+  config.seq2seq.update(max_new_tokens=12, **settings)
+  plain = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in generate(
+      module, prompts, SamplingConfig(max_new_tokens=12, eos_id=tok.eos_id))]
+  want = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in generate(
+      module, prompts, SamplingConfig(max_new_tokens=12, eos_id=tok.eos_id, **settings))]
+  assert gen_run.decode(module, tok, prompts, config) == want != plain
+  assert gen_run.decode_settings(config) == {"decode": "greedy", "max_new_tokens": 12,
+                                             **settings}
+  config.seq2seq.update(decode="beam", beam_size=2)
+  want = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in beam_search(
+      module, prompts, BeamConfig(2, 12, config.seq2seq.length_penalty, tok.eos_id, **settings))]
+  assert gen_run.decode(module, tok, prompts, config) == want

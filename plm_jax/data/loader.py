@@ -11,8 +11,10 @@ each epoch) and independent of the number of processes.
 
 `iterator()` prepares the next batches in a background thread while the device computes (a
 batch is masked in a few vectorised numpy calls; Grain's per-element threads cost more than they
-saved here). Its state is `{"next_index": step}`, saved in every checkpoint, so a resumed run
-sees exactly the batches an uninterrupted run would have seen.
+saved here). Its state is `{"next_index": step, "next_example": e}`, saved in every
+checkpoint: the next step and the next stream element, so a resumed run sees exactly the batches
+an uninterrupted run would have seen, and one with another global batch size goes on with the
+very examples not yet seen (its batches start at element e: none repeated, none skipped).
 """
 
 import math
@@ -51,18 +53,20 @@ class Rows:
 
 class ProcessRows:
   """Row j of this process is row rows[j % L] of the global batch of step j // L, that is stream
-  element (j // L) * B + rows[j % L], returned with that index (masks are a function of it)."""
+  element offset + (j // L) * B + rows[j % L], returned with that index (masks are a function
+  of it). `offset` is 0 unless a run resumed with another batch size (Batches.iterator)."""
 
   def __init__(self, stream, rows, global_batch: int, process_count: int):
     self.stream, self.rows = stream, np.asarray(rows)
     self.global_batch, self.n = global_batch, process_count
+    self.offset = 0
 
   def __len__(self) -> int:
     return len(self.stream) // self.n
 
   def __getitem__(self, j: int) -> dict:
     step, r = divmod(j, len(self.rows))
-    index = step * self.global_batch + int(self.rows[r])
+    index = self.offset + step * self.global_batch + int(self.rows[r])
     return {**self.stream[index], "index": index}
 
 
@@ -158,11 +162,13 @@ class Server:
 class Prefetcher:
   """Prepares the batches of the next steps in a background thread while the device computes.
 
-  Its state is the next step, `{"next_index": step}`, the same as a Grain iterator's.
+  Its state is the next step and (`example_of(step)`) the stream element its batch starts at:
+  `{"next_index": step, "next_example": e}`.
   """
 
-  def __init__(self, batch_fn, next_index: int, depth: int):
+  def __init__(self, batch_fn, next_index: int, depth: int, example_of=None):
     self._batch_fn, self._next = batch_fn, next_index
+    self._example_of = example_of
     self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, args=(next_index,), daemon=True)
@@ -195,7 +201,10 @@ class Prefetcher:
     return batch
 
   def get_state(self) -> dict:
-    return {"next_index": self._next}
+    state = {"next_index": self._next}
+    if self._example_of is not None:
+      state["next_example"] = self._example_of(self._next)
+    return state
 
   def close(self, timeout: float = 30.0) -> None:
     """Stops the thread and waits for the batch it is making: a daemon thread still inside
@@ -235,8 +244,8 @@ class Batches:
     # increasing order (as make_array_from_process_local_data places them): the global batch
     # is then the same, row for row, on any number of processes, and so are its dropout masks
     # and its loss.
-    mine = grain.MapDataset.source(ProcessRows(stream, rows, self.global_batch, n))
-    self.dataset = mine.batch(self.local_batch).map(server)
+    self._rows = ProcessRows(stream, rows, self.global_batch, n)
+    self.dataset = grain.MapDataset.source(self._rows).batch(self.local_batch).map(server)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of the global batch of `step`."""
@@ -244,9 +253,18 @@ class Batches:
 
   def iterator(self, state: dict | None = None) -> Prefetcher:
     """Batches from `state["next_index"]` on, prepared `data.prefetch` steps ahead in a
-    background thread; `get_state()` gives the position to save in a checkpoint."""
-    start = int((state or {}).get("next_index", 0))
-    return Prefetcher(self.batch, start, self.config.data.prefetch)
+    background thread; `get_state()` gives the position to save in a checkpoint. With
+    `state["next_example"]` the batch of that step starts at that stream element, whatever
+    batch size the state was saved with (a state without it: at step x this batch size)."""
+    state = state or {}
+    start = int(state.get("next_index", 0))
+    self._rows.offset = int(state.get("next_example", start * self.global_batch)) - \
+        start * self.global_batch
+    return Prefetcher(self.batch, start, self.config.data.prefetch, self.position)
+
+  def position(self, step: int) -> int:
+    """The stream element the global batch of `step` starts at."""
+    return self._rows.offset + step * self.global_batch
 
   def eval_steps(self, requested: int) -> int:
     """Batches that cover the split once, capped at `requested` (0 = no cap)."""

@@ -30,7 +30,7 @@ from plm_jax.data import examples as ex
 from plm_jax.data import sources
 from plm_jax.data.tokenizer import LM_ROLES, MLM_ROLES, TOKENIZER_FILE, TextTokenizer, \
     load_tokenizer, train_tokenizer
-from plm_jax.errors import DataError
+from plm_jax.errors import ConfigError, DataError
 
 # builder: (the objective its examples train, tokenised by sentence?). A family trains the
 # objectives its registry entry lists, so it takes the builders of those objectives.
@@ -92,8 +92,15 @@ def tokenizer_for(config, sample_documents, log=None) -> TextTokenizer:
   if config.data.tokenizer:
     tok = load_tokenizer(config.data.tokenizer)
   else:
-    tok = cached_training(sample_documents, families.get(config.model.family).tokenizer_kind,
-                          config.data.vocab_size, config.data.lowercase, log=log)
+    kind = families.get(config.model.family).tokenizer_kind
+    tok = cached_training(sample_documents, kind, config.data.vocab_size, config.data.lowercase,
+                          log=log)
+    if tok.vocab_size > config.data.vocab_size:
+      # the trainer never goes below the corpus' alphabet and the special tokens
+      raise ConfigError(f"data.vocab_size={config.data.vocab_size} is below the "
+                        f"{tok.vocab_size:,} entries a {kind} vocabulary of this corpus needs "
+                        "(its alphabet and special tokens); use --config.data.vocab_size="
+                        f"{tok.vocab_size} or more")
   tok.require(required_roles(builder))
   return tok
 
@@ -132,7 +139,7 @@ def cached_training(documents, kind: str, vocab_size: int, lowercase: bool,
       pass                                 # a damaged cache entry is trained again
   t0 = time.time()
   tok = train_tokenizer((s for d in documents for s in d), kind, vocab_size, lowercase=lowercase)
-  log(f"tokenizer: trained a {kind} vocabulary of {vocab_size:,} on {len(documents):,} "
+  log(f"tokenizer: trained a {kind} vocabulary of {tok.vocab_size:,} on {len(documents):,} "
       f"documents in {time.time() - t0:.1f}s")
   tmp = None
   try:

@@ -13,6 +13,7 @@ Workdir of a fine-tuning run:
 """
 
 import copy
+import json
 import math
 import os
 from typing import Callable
@@ -35,6 +36,7 @@ from plm_jax.run.metrics_writer import console, format_metrics
 from plm_jax.run.scaffold import Run
 from plm_jax.trainer import Trainer
 
+REPORT_FILE = "test_report.json"      # the final report, written by every kind at the end
 # Model fields a fine-tuning config sets itself; every other model field (the architecture)
 # comes from the run it starts from.
 RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "attention_impl", "dtype",
@@ -154,6 +156,9 @@ def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = Non
   config, tokenizer = kind.start_config(config, workdir, init_from, found)
   checks.validate(config, len(devices))          # before any data is read
   data = kind.load(config, tokenizer, workdir, found)
+  finished = _finished(workdir, config, resume_step)
+  if finished is not None:
+    return finished
   metric = kind.metric(config, data)
   mesh = parallel.mesh_for(config, devices)
   trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
@@ -186,6 +191,21 @@ def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = Non
       on_eval(state, int(state["step"]))
   run.summary(int(state["step"]))
   return kind.final(workdir, config, trainer, predictor, tokenizer, data, best.step, metric)
+
+
+def _finished(workdir: str, config, resume_step: int | None) -> dict | None:
+  """The final report of a run that is finished (its checkpoint at train.steps, its report
+  written), said so; None when there is still something to do. Running it again would only
+  record its last evaluation a second time."""
+  path = os.path.join(workdir, REPORT_FILE)
+  if resume_step is None or resume_step < config.train.steps:
+    return None
+  if not distributed.agree(int(os.path.exists(path))):
+    return None
+  console(f"nothing to do: {workdir} is finished (checkpoint at step {resume_step} >= "
+          f"train.steps={config.train.steps}, its report in {path}); nothing was changed")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 # --- the config: a task's fields over the body's architecture -------------------------------------
@@ -241,6 +261,10 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
       raise ConfigError(f"--init-from {init_from!r} holds no plm-jax run (no "
                         f"{workdirs.CONFIG_FILE}); give a pretraining workdir (plm-jax train) "
                         "or an imported model (plm-jax import-hf)")
+    if not checkpoint.complete_steps(init_from):
+      raise CheckpointError(f"--init-from {init_from!r} holds no checkpoint yet (nothing in "
+                            f"{checkpoint.checkpoint_dir(init_from)}); let its plm-jax train "
+                            "save one (train.steps, checkpoint.every), or give another run")
     config = with_body_of(config, workdirs.load_config(init_from))
     with config.unlocked():
       config.finetune.init_from = os.path.abspath(init_from)   # check_body names it

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from plm_jax import checks, objectives, parallel, workdir as workdirs
-from plm_jax.errors import CheckpointError
+from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.hf import convert as hf
 from plm_jax.inference import UNTRAINED_HEADS_FILE, fit_to_devices, load_params
 from plm_jax.run import checkpoint
@@ -48,11 +48,18 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   return {"workdir": workdir, "fresh": pretrained.fresh}
 
 
-def export_hf(workdir: str, out: str, step: int | None = None, best: bool = False) -> dict:
+def export_hf(workdir: str, out: str, step: int | None = None, best: bool = False,
+              overwrite: bool = False) -> dict:
   """Writes the parameters of `step` (default: the latest; `best`: a fine-tuning run's best
   checkpoint, in best/) as a transformers directory: a pretraining run as its family's
   pretraining model, a fine-tuned classifier as its *ForSequenceClassification (labels, and a
   tokenizer that lays out and pads texts as the classifier expects)."""
+  present = sorted(os.listdir(out)) if os.path.isdir(out) else []
+  if present and not overwrite:
+    raise ConfigError(f"--out {out!r} is not empty ({len(present)} entries: "
+                      f"{', '.join(present[:3])}{', ...' if len(present) > 3 else ''}); give a "
+                      "new or empty directory, or --overwrite to write over the files of the "
+                      "same names")
   config = workdirs.load_config(workdir)
   classifier = objectives.fine_tuned_head(config) is not None
   # every fine-tuning run keeps a best/ (generation's too, whose model is a plain GPT LM)

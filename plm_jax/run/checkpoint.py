@@ -72,6 +72,14 @@ def _abstract(tree, shardings):
                       tree, shardings)
 
 
+class CorruptCheckpoint(CheckpointError):
+  """A checkpoint that cannot be read (`step`): a resuming run falls back to the one before."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, shardings: dict,
             *, params_only: bool = False) -> dict:
   """Restores onto the given shardings (any mesh: Orbax reshards on load). A checkpoint from
@@ -109,9 +117,12 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, sha
         raise OptimizerMismatch(
             f"checkpoint {where} holds an optimizer state of another shape than this config's "
             f"optimizer ({mismatch})") from None
-    raise CheckpointError(
+    # the reader's own words, without its C++ type names and addresses
+    detail = re.sub(r"\s+", " ", re.sub(r"<[^>]*>|\b[\w.]+::[\w:<>]+|\[[\w./:]+\]", "",
+                                       detail)).strip(" ;:,")
+    raise CorruptCheckpoint(
         f"checkpoint {where} is corrupt or incomplete ({detail}); delete that folder to resume "
-        "from the previous checkpoint") from None
+        "from the previous checkpoint", step) from None
 
 
 def _restore_items(manager, step: int, targets: dict, params_only: bool) -> dict:

@@ -183,6 +183,26 @@ def format_metrics(metrics: dict, keys: tuple[str, ...]) -> str:
   return " | ".join(parts)
 
 
+def recorded(workdir: str, step: int, split: str) -> dict | None:
+  """The metrics of the last `split` record at `step` in the run's metrics.jsonl (None if
+  there is none)."""
+  found = None
+  try:
+    with open(os.path.join(workdir, METRICS_FILE), encoding="utf-8") as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if record.get("step") == step and record.get("split") == split:
+          found = record
+  except OSError:
+    return None
+  if found is None:
+    return None
+  return {k: v for k, v in found.items() if k not in ("step", "split", "time")}
+
+
 def drop_records_after(path: str, step: int) -> int:
   """Rewrites metrics.jsonl without the records of steps > `step` (atomically); returns how
   many were dropped. A torn last line (a crash mid-write) is dropped too."""

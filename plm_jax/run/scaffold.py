@@ -14,6 +14,7 @@ evaluation) and how a run ends short of its last step, losing at most the step i
 
   SIGTERM / SIGINT / a preemption notice   checkpoint at the step reached, exit 75 (resume)
   a non-finite loss or gradient norm       checkpoint of the last finite state, exit 3
+  a loss spike (train.spike_factor)        later checkpoints set aside, the one before kept, exit 3
   a checkpoint that cannot be written      the last complete one kept, exit 5
   no progress for train.step_timeout_s     every thread's stack dumped, exit 4 (watchdog.py)
 """
@@ -39,12 +40,14 @@ from plm_jax.run.watchdog import Watchdog
 from plm_jax.trainer import Trainer, max_nonfinite_run
 
 # Per-step values of the train step that are not means to log.
-FLAGS = ("tokens", "nonfinite", "halted")
+FLAGS = ("tokens", "nonfinite", "halted", "spike", "loss_level")
 SCHEDULE = ("learning_rate",)        # a function of the step, finite whatever the batch
 # Steps the host may dispatch ahead of the device. Enough to keep the device busy; few enough
 # that a stop request (a preemption's grace period is often 30 s) and the watchdog see the
 # device's progress, not only the host's.
 MAX_IN_FLIGHT = 2
+SET_ASIDE = "spiked-"     # checkpoints saved after an update whose loss spiked, kept aside
+CORRUPT = "corrupt-"      # checkpoints that cannot be read, kept aside
 
 
 class Run:
@@ -65,6 +68,7 @@ class Run:
     self._managers = []
     self.writer: MetricsWriter | None = None
     self._batches = None
+    self._train: loader.Batches | None = None
     self.last_saved: int | None = resume_step
     try:
       self.manager = self._open(checkpoint.CHECKPOINT_DIR, config.checkpoint.keep,
@@ -121,7 +125,13 @@ class Run:
         return init(), {}
     t0 = time.time()
     try:
-      state, meta = self.trainer.restore_state(self.manager, self.resume_step)
+      try:
+        state, meta = self.trainer.restore_state(self.manager, self.resume_step)
+      except checkpoint.CorruptCheckpoint as e:
+        state, meta = self._previous_checkpoint(e)
+      if "loss_level" in meta:
+        state["loss_level"] = jax.device_put(np.asarray(meta["loss_level"], np.float32),
+                                             self.trainer.state_shardings["loss_level"])
     except checkpoint.OptimizerMismatch as e:
       saved = workdirs.load_config(self.path).optim
       changed = [f"optim.{k}: saved {saved[k]!r}, now {v!r}"
@@ -133,6 +143,25 @@ class Run:
     console(f"resumed from step {self.resume_step} in {checkpoint.checkpoint_dir(self.path)} "
             f"in {time.time() - t0:.1f}s")
     return state, meta
+
+  def _previous_checkpoint(self, error: "checkpoint.CorruptCheckpoint") -> tuple[dict, dict]:
+    """Falls back from a checkpoint that cannot be read to the newest one before it that can,
+    saying so; the unreadable ones are set aside (checkpoints/corrupt-<step>), not deleted."""
+    bad = [error.step]
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      if step >= error.step:
+        continue
+      try:
+        restored = self.trainer.restore_state(self.manager, step)
+      except checkpoint.CorruptCheckpoint:
+        bad.append(step)
+        continue
+      self._set_aside(bad, CORRUPT)
+      console(f"{error}: resuming from the previous checkpoint, step {step}, instead (the "
+              f"unreadable one is kept as {CORRUPT}{error.step})")
+      self.resume_step = self.last_saved = step
+      return restored
+    raise error
 
   def accept(self, tokenizer) -> None:
     """The run is accepted: its config and tokenizer are written, metrics may follow. Nothing
@@ -164,8 +193,13 @@ class Run:
   def batches(self, train: loader.Batches, meta: dict):
     """The train batches from the restored loader position (or the state's step), prefetched;
     stopped when the run closes."""
-    self._batches = train.iterator(meta.get("data_iterator") or
-                                   {"next_index": self.resume_step or 0})
+    state = meta.get("data_iterator") or {"next_index": self.resume_step or 0}
+    self._train, self._batches = train, train.iterator(state)
+    moved = train.position(state["next_index"]) - state["next_index"] * train.global_batch
+    if moved:
+      console(f"data: resumed at example {train.position(state['next_index']):,} of the "
+              f"training stream, saved with another batch size (now {train.global_batch} per "
+              "step): the examples not yet seen come next, none repeated or skipped")
     return self._batches
 
   # --- saving --------------------------------------------------------------------------------------
@@ -268,9 +302,8 @@ class Run:
           unlogged = int(np.sum([m["tokens"] for m in fetched])) if fetched else 0
           # The last step's and a stopping run's saves are waited for: nothing after them may
           # cost them (a signal during the final evaluation, the process ending).
-          self.save(done, state, {"tokens_seen": tokens_seen + unlogged,
-                                  "data_iterator": batches.get_state()},
-                    wait=stop or done == total)
+          self.save(done, state, self.meta(done, state, tokens_seen + unlogged) |
+                    {"data_iterator": batches.get_state()}, wait=stop or done == total)
           t_saved = self.clock()
           watchdog.beat()
         if stop:
@@ -322,6 +355,30 @@ class Run:
     except OSError as e:
       self._save_failed(step, e, what="the metrics of")
 
+  def meta(self, step: int, state: dict, tokens_seen: int) -> dict:
+    """A checkpoint's meta: tokens seen, the loader's position, the running loss level (a
+    resumed run measures spikes against it at once)."""
+    position = {"next_index": step}
+    if self._train is not None:
+      position["next_example"] = self._train.position(step)
+    level = [float(x) for x in jax.device_get(state["loss_level"])]
+    return {"tokens_seen": tokens_seen, "data_iterator": position, "loss_level": level}
+
+  def _set_aside_after(self, step: int) -> int:
+    """Renames the checkpoints after `step` to checkpoints/spiked-<step> (nothing is deleted;
+    a resume no longer takes them); returns the newest step left (0 if none)."""
+    self._set_aside([s for s in checkpoint.complete_steps(self.path) if s > step], SET_ASIDE)
+    return max([s for s in checkpoint.complete_steps(self.path) if s <= step], default=0)
+
+  def _set_aside(self, steps: list[int], prefix: str) -> None:
+    """Renames checkpoints/<step> to checkpoints/<prefix><step>: out of the resume's way."""
+    self.manager.wait_until_finished()
+    where = checkpoint.checkpoint_dir(self.path)
+    if jax.process_index() == 0:
+      for step in steps:
+        os.replace(os.path.join(where, str(step)), os.path.join(where, f"{prefix}{step}"))
+    self.manager.reload()
+
   def _check_finite(self, fetched: list, first_step: int, state: dict, tokens_seen: int) -> None:
     """Stops the run when the compiled step halted on non-finite values (trainer.py): saves
     the last finite state (unless already saved) and names the step that diverged."""
@@ -330,20 +387,33 @@ class Run:
       return
     bad = first_step + halted[0]          # the step whose update was refused
     good = int(state["step"])             # the state stood still at the last finite step
-    if self.last_saved != good and good > 0:
-      self.save(good, state, {"tokens_seen": tokens_seen, "data_iterator": {"next_index": good},
-                              "diverged_at": bad}, wait=True)
     m = fetched[halted[0]]
+    if m["spike"]:
+      # The loss of step `bad` is that of the state the update before it made: that state,
+      # and any checkpoint of it, is suspect; the newest checkpoint before it is the good one.
+      good = self._set_aside_after(good - 1)
+    elif self.last_saved != good and good > 0:
+      self.save(good, state, self.meta(good, state, tokens_seen) | {"diverged_at": bad},
+                wait=True)
     what = f"loss {m['loss']}, gradient norm {m['grad_norm']}"
+    if m["spike"]:
+      what += (f": a spike over {self.config.train.spike_factor:g} x the running loss level "
+               f"{m['loss_level']:.4g}, train.spike_factor")
     if self.config.train.nonfinite == "skip":
       why = (f"{max_nonfinite_run(self.config) + 1} steps in a row (up to step {bad}) had a "
              f"non-finite loss or gradient ({what}; train.max_consecutive_skips="
              f"{self.config.train.max_consecutive_skips})")
     else:
       why = f"step {bad} had a non-finite loss or gradient ({what}; train.nonfinite=stop)"
-    saved = (f"checkpoint of step {good}, the last finite state, in "
-             f"{checkpoint.checkpoint_dir(self.path)}" if good > 0 else "no checkpoint (it "
-             "diverged at the first step)")
+    if m["spike"]:
+      why = why.replace("had a non-finite loss or gradient", "had a loss spike")
+      saved = (f"checkpoint of step {good}, the last before the update that spiked, kept in "
+               f"{checkpoint.checkpoint_dir(self.path)} (later ones set aside as "
+               f"{SET_ASIDE}<step>)" if good else "no checkpoint from before the spike")
+    else:
+      saved = (f"checkpoint of step {good}, the last finite state, in "
+               f"{checkpoint.checkpoint_dir(self.path)}" if good > 0 else "no checkpoint (it "
+               "diverged at the first step)")
     raise Diverged(f"diverged: {why}; its update was not applied; {saved}; lower "
                    "optim.learning_rate (or raise optim.warmup_steps) and run the same command "
                    "to resume")

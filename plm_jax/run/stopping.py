@@ -9,7 +9,9 @@ One process: Python handlers set a flag that the loop reads after every step. Se
 processes: every process must save the same step, so the decision is JAX's preemption service
 (`multihost_utils.reached_preemption_sync_point`): a SIGTERM on any process reaches all of them
 and they agree on the next step to stop at. JAX's runtime owns SIGTERM there; SIGINT is turned
-into the same notice. A second SIGINT stops at once, without a checkpoint.
+into the same notice. A second SIGINT stops at once, without a checkpoint. A SIGINT that the
+process was started with ignored (a job started with `&` from a script, nohup, some CI runners)
+stays ignored, as Python and the usual convention leave it.
 
 Each way a run can stop short is an exception with its own exit status (README, "Exit
 statuses"), so a launcher can tell "resume me" from "fix me".
@@ -18,6 +20,7 @@ statuses"), so a launcher can tell "resume me" from "fix me".
 import os
 import signal
 import threading
+from typing import Callable
 
 import jax
 from jax.experimental import multihost_utils
@@ -59,6 +62,8 @@ class StopRequests:
       return self                             # signal handlers live in the main thread only
     signals = (signal.SIGINT,) if self.multiprocess else (signal.SIGINT, signal.SIGTERM)
     for s in signals:
+      if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:
+        continue                              # inherited ignored: not ours to take over
       self._old[s] = signal.signal(s, self._handle)
     return self
 
@@ -86,3 +91,33 @@ class StopRequests:
     for s, handler in self._old.items():
       signal.signal(s, handler)
     self._old.clear()
+
+
+class OutsideTheLoop:
+  """For the life of a command that trains, in one process: a SIGTERM while no step loop
+  listens (start-up before step 1, the final evaluation) ends the command with one line and
+  EXIT_PREEMPTED, as one during the steps does, so a launcher runs it again. The loop's
+  StopRequests takes SIGTERM over while it runs and gives it back after. `where()` says what
+  is kept (the last checkpoint)."""
+
+  def __init__(self, where: Callable[[], str]):
+    self.where = where
+    self._old = None
+    self._raised = False
+
+  def __enter__(self) -> "OutsideTheLoop":
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, _frame) -> None:
+    if self._raised:
+      return                                  # the first one is already ending the command
+    self._raised = True
+    raise Preempted(f"stopped by {signal.Signals(signum).name} outside the training steps "
+                    f"(starting up, or in the final evaluation): {self.where()}; run the same "
+                    "command to resume")
+
+  def __exit__(self, *_) -> None:
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)

@@ -261,8 +261,16 @@ def resolve_labels(task: Task, splits: dict[str, Records], names: tuple[str, ...
   if task.num_classes == 1:
     return 1, ()
   if not names:
-    keys = {k for s in (TRAIN, EVAL) if s in splits
-            for k in map(_class_key, splits[s].labels) if k not in (None, "-1")}
+    seen = {s: [k for k in map(_class_key, splits[s].labels) if k not in (None, "-1")]
+            for s in (TRAIN, EVAL) if s in splits}
+    keys = {k for s in seen.values() for k in s}
+    unseen = sorted(keys - set(seen[TRAIN]))
+    if unseen and EVAL in splits:
+      count = sum(k in unseen for k in seen[EVAL])
+      raise DataError(f"{splits[EVAL].where}: the label(s) {', '.join(map(repr, unseen[:5]))} "
+                      f"({count} record(s)) never appear in the training records of "
+                      f"{splits[TRAIN].where}: the model would get a class it never saw in "
+                      "training; fix the labels, or add training records of that class")
     if not all(k.isdigit() for k in keys):
       names = tuple(sorted(keys))                                  # strings
     elif sorted(map(int, keys)) != list(range(len(keys))):

@@ -100,13 +100,15 @@ def decode(module, tokenizer: TextTokenizer, prompts: list[list[int]], config) -
     chunk = prompts[start:start + size]
     padded = chunk + [chunk[-1]] * (size - len(chunk))
     if g.decode == "beam":
-      rows = beam_search(module, padded, BeamConfig(g.beam_size, g.max_new_tokens,
-                                                    g.length_penalty, eos))
+      rows = beam_search(module, padded, BeamConfig(
+          g.beam_size, g.max_new_tokens, g.length_penalty, eos,
+          repetition_penalty=g.repetition_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size))
     else:
       sampled = g.decode == "sample"
       rows = generate(module, padded, SamplingConfig(
           max_new_tokens=g.max_new_tokens, temperature=g.temperature if sampled else 0.0,
-          top_k=g.top_k, top_p=g.top_p, seed=g.seed + start, eos_id=eos))
+          top_k=g.top_k, top_p=g.top_p, seed=g.seed + start, eos_id=eos,
+          repetition_penalty=g.repetition_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size))
     out += [tokenizer.decode([t for t in r if t != eos]).strip() for r in rows[:len(chunk)]]
   return out
 
@@ -178,6 +180,10 @@ def decode_settings(config) -> dict:
     out.update(beam_size=g.beam_size, length_penalty=g.length_penalty)
   elif g.decode == "sample":
     out.update(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed)
+  if g.repetition_penalty != 1.0:
+    out.update(repetition_penalty=g.repetition_penalty)
+  if g.no_repeat_ngram_size > 0:
+    out.update(no_repeat_ngram_size=g.no_repeat_ngram_size)
   return out
 
 

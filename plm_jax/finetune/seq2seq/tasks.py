@@ -98,6 +98,10 @@ def validate_seq2seq(config) -> None:
     raise ConfigError(f"seq2seq.decode={g.decode!r} is not one of {', '.join(DECODERS)}")
   if g.beam_size < 1 or g.max_new_tokens < 1 or g.decode_batch < 1:
     raise ConfigError("seq2seq.beam_size, max_new_tokens and decode_batch must be >= 1")
+  if g.repetition_penalty <= 0 or g.no_repeat_ngram_size < 0:
+    raise ConfigError(f"seq2seq.repetition_penalty={g.repetition_penalty} must be > 0 (1 = "
+                      f"none) and seq2seq.no_repeat_ngram_size={g.no_repeat_ngram_size} >= 0 "
+                      "(0 = none); e.g. --config.seq2seq.repetition_penalty=1.2")
   if g.eval_examples < 0 or g.report_examples < 0 or g.max_target_length < 0:
     raise ConfigError("seq2seq.eval_examples, report_examples and max_target_length must be "
                       ">= 0 (0 = decoding off / the whole split / no cap)")
