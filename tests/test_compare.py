@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from helpers import family_config
-from plm_jax import cli, compare, flops
+from plm_jax import cli, compare
+from plm_jax.hardware import flops
 from plm_jax.compare import baseline
 from plm_jax.configs import compare as compare_config
-from plm_jax.param_match import count_params, with_width
-from plm_jax.plan import make_plan
+from plm_jax.sizing.param_match import count_params, with_width
+from plm_jax.sizing.plan import make_plan
 from plm_jax.trainer import AbstractState
 
 

@@ -5,8 +5,8 @@ the steps (and, matching parameters, the width) each family gets for the matched
 from plm_jax import configs as presets, families
 from plm_jax.data import loader
 from plm_jax.models.config import padded_vocab
-from plm_jax.param_match import count_params, match_width, with_width
-from plm_jax.plan import plan
+from plm_jax.sizing.param_match import count_params, match_width, with_width
+from plm_jax.sizing.plan import plan
 from plm_jax.run.metrics_writer import console
 
 MATCHES = ("flops", "tokens", "params")

@@ -2,7 +2,7 @@
 
 Each selected family is pretrained from its own preset (`sizes`: the family's SIZE argument) on
 the same corpus, with the same vocabulary size, batch and sequence length (`pretrain`), for as
-many steps as `match` allows: the same model FLOPs (plm_jax/flops.py's convention, as `plan`
+many steps as `match` allows: the same model FLOPs (plm_jax/hardware/flops.py's convention, as `plan`
 and `bench` count them), the same tokens, or the same parameter count (each family's width
 sized to it, all trained on the same tokens). The budget is `budget` (FLOPs, tokens or
 parameters), or when 0 what `reference_family` has or spends in `reference_steps` steps. Every

@@ -4,7 +4,7 @@ The step is the one training runs (same Trainer, same settings: what "auto" reso
 machine is printed first). Reported: compile time (the CLI leaves the persistent compilation
 cache off for bench, so it is a real compile), the compiled step's memory (temporaries,
 arguments, outputs), step time, tokens/s and sequences/s, model FLOPs per token in the PyTorch references' convention and
-as computed (with the LM head: see plm_jax/flops.py), MFU both ways over the device's datasheet
+as computed (with the LM head: see plm_jax/hardware/flops.py), MFU both ways over the device's datasheet
 peak, and peak device memory. `--compile-only` stops after the compile (any size, on a CPU too).
 Nothing is written to disk.
 """
@@ -19,11 +19,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import accelerator, aot, checks, families, parallel, topology
+from plm_jax import checks, families, parallel
+from plm_jax.hardware import accelerator, topology
+from plm_jax.sizing import aot
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.flops import flops_as_computed, peak_flops
-from plm_jax.generate import SamplingConfig, generate
+from plm_jax.hardware.flops import flops_as_computed, peak_flops
+from plm_jax.models.generate import SamplingConfig, generate
 from plm_jax.run.metrics_writer import console
 from plm_jax.families import model_config
 from plm_jax.models.config import padded_vocab
@@ -98,7 +100,7 @@ def model_flops(config, n_params: int, vocab: int) -> tuple[float, float]:
 
 def bench_topology(config, topology_name: str) -> dict:
   """`bench --compile-only --topology NAME`: the train step compiled for a TPU topology on this
-  host (plm_jax/aot.py): its settings, kernels, memory per chip, collectives, compile time."""
+  host (plm_jax/sizing/aot.py): its settings, kernels, memory per chip, collectives, compile time."""
   topology.get_compilable(topology_name)
   console(f"compiling the {config.model.family} {config.model.size} train step for "
           f"{topology_name} (XLA's TPU compiler, ahead of time on this host)...")

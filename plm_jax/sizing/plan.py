@@ -1,17 +1,17 @@
 """`plm-jax plan`: what a config needs on a topology, without the hardware.
 
-The mesh is built from fake devices of the named topology (plm_jax/topology.py) with the same
+The mesh is built from fake devices of the named topology (plm_jax/hardware/topology.py) with the same
 code as a real run, the model and optimizer abstractly (no parameter is allocated), and the
 figures come from the PartitionSpecs the run would use:
 
 - parameters, gradients and optimizer state per device: each tensor's shard (its dimensions
   divided by the mesh axes its spec names, rounded up as XLA pads), times its dtype's size;
 - activations per device: what autodiff keeps for the backward pass, traced from the model the
-  run builds (plm_jax/residuals.py: every family's LayerNorm, GELU, dropout masks, XLNet's two
+  run builds (plm_jax/sizing/residuals.py: every family's LayerNorm, GELU, dropout masks, XLNet's two
   streams and memory, remat, the kernel the target runs), plus the backward's working set of one
   layer, the XLA kernel's rematerialised scores and one loss chunk's logits; calibrated against
   XLA's TPU compiler (within 15% of `plan --compile`'s compiled size on the TPU presets).
-- FLOPs per step: the model-FLOPs convention of plm_jax/flops.py; the step time at a stated MFU.
+- FLOPs per step: the model-FLOPs convention of plm_jax/hardware/flops.py; the step time at a stated MFU.
 
 A layout that cannot run is refused with the reason: heads or MLP not divisible by tensor, a
 batch that does not split, more memory per device than the device has (90% usable); and with
@@ -28,7 +28,9 @@ import math
 import jax
 import numpy as np
 
-from plm_jax import aot, checks, families, parallel, residuals, topology
+from plm_jax import checks, families, parallel
+from plm_jax.sizing import aot, residuals
+from plm_jax.hardware import topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.run.metrics_writer import console
@@ -59,7 +61,7 @@ def tree_bytes(state, specs, axis_sizes: dict) -> int:
 def activation_bytes(config, micro_batch: int, tensor: int, vocab: int, predictions: int,
                      platform: str) -> int:
   """Activation bytes per device for a micro-batch of `micro_batch` rows: what autodiff keeps
-  for the backward pass, traced from the model (plm_jax/residuals.py), plus the backward's
+  for the backward pass, traced from the model (plm_jax/sizing/residuals.py), plus the backward's
   working set of one layer, the XLA kernel's scores and one loss chunk's logits."""
   rows = micro_batch * loader.segments_per_row(config)
   logits_rows = rows * (config.data.max_seq_length
