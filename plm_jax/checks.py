@@ -10,7 +10,8 @@ import math
 
 import jax
 
-from plm_jax import accelerator, families, objectives
+from plm_jax import families, objectives
+from plm_jax.hardware import accelerator
 from plm_jax.data import pipeline
 from plm_jax.errors import ConfigError, DataError
 from plm_jax.configlib import KINDS

@@ -25,26 +25,27 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from plm_jax import __version__, accelerator, distributed, topology, workdir as workdirs
+from plm_jax import __version__, workdir as workdirs
+from plm_jax.hardware import accelerator, distributed, topology
 from plm_jax import configs as presets
-from plm_jax.bench import bench, bench_decode
+from plm_jax.sizing.bench import bench, bench_decode
 from plm_jax.compare import compare
 from plm_jax.configlib import MOVED
-from plm_jax.data_commands import data_bench, data_prepare, tokenizer_train
+from plm_jax.commands.data import data_bench, data_prepare, tokenizer_train
 from plm_jax.errors import PlmJaxError
-from plm_jax.evaluate import evaluate
+from plm_jax.commands.evaluate import evaluate
 from plm_jax.finetune.kinds import finetune
-from plm_jax.generate import SamplingConfig
+from plm_jax.models.generate import SamplingConfig
 from plm_jax.hf.workdir import export_hf, import_hf
 from plm_jax.inference import (fill_mask, filled_text, fit_to_devices, generate_text,
                                load_params, untrained_heads)
-from plm_jax.plan import plan
-from plm_jax.pretrain import train
+from plm_jax.sizing.plan import plan
+from plm_jax.commands.pretrain import train
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console
 from plm_jax.run.plots import plot_runs
 from plm_jax.run.stopping import OutsideTheLoop, RunStopped
-from plm_jax.topology import TOPOLOGIES
+from plm_jax.hardware.topology import TOPOLOGIES
 
 
 class UsageError(Exception):

@@ -2,7 +2,7 @@
 
 `configs/<family>.py` files hold only what differs per family (a size table whose rows give the
 model shape and the data / train / optim values of that size, `tiny` included) and call
-`make_config`; the mesh presets are plm_jax/mesh_presets.py. Every field is commented here, grouped as model / objective / data /
+`make_config`; the mesh presets are plm_jax/hardware/mesh_presets.py. Every field is commented here, grouped as model / objective / data /
 optim / train / checkpoint / mesh / bench. Configs are locked by the CLI, so an override of a
 misspelt field is an error.
 """
@@ -18,7 +18,7 @@ from plm_jax.finetune.classify.tasks import validate_classify
 from plm_jax.finetune.qa.tasks import validate_qa
 from plm_jax.finetune.seq2seq.tasks import validate_seq2seq
 from plm_jax.finetune.tag.tasks import validate_tag
-from plm_jax.mesh_presets import PRESETS
+from plm_jax.hardware.mesh_presets import PRESETS
 
 # Logical axis -> mesh axes. Parameters: "embed" is sharded over fsdp (ZeRO-3 style), the
 # "heads"/"mlp"/"vocab" axes over tensor (Megatron style). Activations: the batch over data and
@@ -54,7 +54,7 @@ def parse_arg(arg: str | None, sizes: dict, default_size: str, noun: str = "size
     raise ConfigError(f"config {noun} {out['size']!r} is not one of {sorted(sizes)}")
   if out["mesh"] not in PRESETS:
     raise ConfigError(f"mesh preset {out['mesh']!r} is not one of {sorted(PRESETS)} "
-                      "(plm_jax/mesh_presets.py)")
+                      "(plm_jax/hardware/mesh_presets.py)")
   return out
 
 
@@ -73,7 +73,7 @@ def paper_recipes(sizes: dict, recipes: dict) -> dict:
 
 
 def sized_for(target: str, row: dict, accum: int = 1) -> dict:
-  """`row` with the hardware it is sized for: `target` names a topology of plm_jax/topology.py
+  """`row` with the hardware it is sized for: `target` names a topology of plm_jax/hardware/topology.py
   (run with the mesh preset mesh_presets.for_topology gives it), and `accum` micro-batches a
   step (optim.grad_accum_steps) make the paper's global batch fit there unchanged. `plm-jax
   plan` accepts every sized row on its target (tests/test_plan.py)."""
@@ -144,7 +144,7 @@ def model_group(family: str, size_name: str, size: dict) -> ml_collections.Confi
   m.attention_impl = "auto"          # "auto" (cudnn on NVIDIA GPUs, splash on TPUs, else xla),
                                      # "xla", "cudnn" (the GPU flash kernel) or "splash" (TPU)
   m.dtype = "auto"                   # compute dtype: "auto" (bfloat16 on GPU/TPU, float32 on
-                                     # CPU), "float32" or "bfloat16" (plm_jax/accelerator.py)
+                                     # CPU), "float32" or "bfloat16" (plm_jax/hardware/accelerator.py)
   m.param_dtype = "float32"          # storage dtype of parameters and optimizer state
   m.remat = False                    # rematerialise each block in the backward pass
   m.scan_layers = True               # run the layers as one lax.scan: compile time does not
@@ -286,7 +286,7 @@ def checkpoint_group() -> ml_collections.ConfigDict:
 
 
 def mesh_group(mesh: str) -> ml_collections.ConfigDict:
-  """The device mesh (plm_jax/parallel.py), from a preset of plm_jax/mesh_presets.py."""
+  """The device mesh (plm_jax/parallel.py), from a preset of plm_jax/hardware/mesh_presets.py."""
   ms = ml_collections.ConfigDict()
   ms.preset = mesh                   # the preset the axes below came from (informational)
   preset = PRESETS[mesh]

@@ -20,7 +20,8 @@ from typing import Callable
 
 from flax import nnx
 
-from plm_jax import accelerator, flops, objectives
+from plm_jax import objectives
+from plm_jax.hardware import accelerator, flops
 from plm_jax.errors import ConfigError
 from plm_jax.hf import tables as hf_tables
 from plm_jax.models.bert import BertForPreTraining

@@ -13,7 +13,7 @@ from flax import nnx
 from plm_jax import checks, families, objectives, parallel, workdir as workdirs
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
-from plm_jax.generate import SamplingConfig, generate
+from plm_jax.models.generate import SamplingConfig, generate
 from plm_jax.models.config import padded_vocab
 from plm_jax.run import checkpoint
 from plm_jax.trainer import Trainer

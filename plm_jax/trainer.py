@@ -1,5 +1,5 @@
 """The trainer: train state, the sharded train and eval steps (a library; the commands that
-train are plm_jax/pretrain.py and plm_jax/finetune/run.py, the loop is plm_jax/run/scaffold.py).
+train are plm_jax/commands/pretrain.py and plm_jax/finetune/run.py, the loop is plm_jax/run/scaffold.py).
 
 The state is a plain pytree {"step", "params", "opt_state", "nonfinite_run"} whose params are
 the pure-dict form of the model's nnx.Param state; the model's structure (graphdef) is static.
@@ -24,7 +24,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from plm_jax import accelerator, families, objectives, parallel
+from plm_jax import families, objectives, parallel
+from plm_jax.hardware import accelerator
 from plm_jax.data import loader
 from plm_jax.models import kernel_choice
 from plm_jax.models.config import ModelConfig

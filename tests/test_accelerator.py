@@ -9,7 +9,8 @@ import jax
 import pytest
 
 from helpers import ROOT, family_config
-from plm_jax import accelerator, checks
+from plm_jax import checks
+from plm_jax.hardware import accelerator
 from plm_jax.cli import main
 from plm_jax.errors import ConfigError
 from plm_jax.families import model_config
@@ -78,7 +79,7 @@ def test_compilation_cache_directory(monkeypatch, tmp_path):
 def test_slowest_ops_sums_device_time_by_name(tmp_path):
   """From a profiler trace: only the device's events count (not the host's), summed by name."""
   import gzip
-  from plm_jax.bench import slowest_ops
+  from plm_jax.sizing.bench import slowest_ops
   events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
             {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
             {"ph": "X", "pid": 1, "tid": 1, "name": "python", "dur": 90000},

@@ -14,7 +14,8 @@ import pytest
 from jax.sharding import Mesh
 
 from helpers import family_config
-from plm_jax import plan, topology
+from plm_jax.sizing import plan
+from plm_jax.hardware import topology
 from plm_jax.errors import ConfigError
 from plm_jax.models import splash
 

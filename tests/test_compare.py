@@ -12,11 +12,12 @@ import pytest
 from scipy import stats
 
 from helpers import family_config
-from plm_jax import cli, compare, flops
+from plm_jax import cli, compare
+from plm_jax.hardware import flops
 from plm_jax.compare import baseline, stages
 from plm_jax.configs import compare as compare_config
-from plm_jax.param_match import count_params, with_width
-from plm_jax.plan import make_plan
+from plm_jax.sizing.param_match import count_params, with_width
+from plm_jax.sizing.plan import make_plan
 from plm_jax.trainer import AbstractState
 
 

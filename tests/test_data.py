@@ -430,7 +430,8 @@ def test_builder_must_fit_the_objective():
 def test_each_process_reads_the_rows_its_devices_hold():
   """On a v5e-256 (4 chips per host) a host's devices hold non-contiguous blocks of the batch;
   each process must read exactly those rows, and all processes together the whole batch."""
-  from plm_jax import parallel, topology
+  from plm_jax import parallel
+  from plm_jax.hardware import topology
   t = topology.get("v5e-256")
   mesh = parallel.make_mesh((16, 16, 1), topology.fake_devices(t))
   rows = [loader.process_rows(mesh, p, 512) for p in range(t.num_processes)]

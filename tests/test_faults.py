@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, family_config, snapshot
-from plm_jax import cli, pretrain, workdir as workdirs
+from plm_jax import cli, workdir as workdirs
+from plm_jax.commands import pretrain
 from plm_jax.data import loader
 from plm_jax.inference import load_params
 from plm_jax.run import checkpoint

@@ -1,4 +1,4 @@
-"""FLOPs as the step computes them (plm_jax/flops.py) against XLA's own count of each family's
+"""FLOPs as the step computes them (plm_jax/hardware/flops.py) against XLA's own count of each family's
 compiled train step, and `compare`'s budget spending the same XLA-counted compute on every
 family."""
 
@@ -7,7 +7,8 @@ import functools
 import jax
 import pytest
 
-from plm_jax import compare, flops, parallel
+from plm_jax import compare, parallel
+from plm_jax.hardware import flops
 from plm_jax.configs import compare as compare_config
 from plm_jax.data import loader
 from plm_jax.models.config import padded_vocab

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from plm_jax import families, models
-from plm_jax.generate import (BeamConfig, SamplingConfig, beam_loop, beam_search, filter_logits,
+from plm_jax.models.generate import (BeamConfig, SamplingConfig, beam_loop, beam_search, filter_logits,
                              generate, greedy, length_penalty, penalize)
 
 

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from helpers import MINILM  # noqa: E402
 from plm_jax.errors import CheckpointError  # noqa: E402
-from plm_jax.generate import greedy  # noqa: E402
+from plm_jax.models.generate import greedy  # noqa: E402
 from plm_jax.hf import convert as hf
 
 V = 120

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from plm_jax.hlo_stats import collectives, mosaic_kernels, shape_bytes
+from plm_jax.hardware.hlo_stats import collectives, mosaic_kernels, shape_bytes
 
 # A hand-written scheduled module in the form XLA's TPU compiler prints: an async all-gather in
 # a loop of 3 iterations whose trip count is only in its condition, a reduce-scatter fused as

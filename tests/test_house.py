@@ -15,21 +15,23 @@ CONFIGS = pathlib.Path(ROOT) / "plm_jax" / "configs"      # the packaged presets
 # Low to high: a module imports only modules of its own layer or below (and no cycles within
 # a layer). A new module must be placed here.
 LAYERS = [
-    # 0: facts that need nothing (plm_jax.configs: where the packaged presets lie)
-    ("plm_jax", "plm_jax.errors", "plm_jax.mesh_presets", "plm_jax.configs"),
-    # 1: the runtime (processes, topologies, console) and the logical axes
-    ("plm_jax.distributed", "plm_jax.topology", "plm_jax.run", "plm_jax.run.metrics_writer",
-     "plm_jax.models.partitioning", "plm_jax.accelerator", "plm_jax.run.lock",
-     "plm_jax.run.watchdog", "plm_jax.run.stopping", "plm_jax.run.plots", "plm_jax.run.trackers"),
+    # 0: facts that need nothing (plm_jax.configs: where the packaged presets lie; the
+    # packages' own __init__ files)
+    ("plm_jax", "plm_jax.errors", "plm_jax.hardware", "plm_jax.hardware.mesh_presets",
+     "plm_jax.configs", "plm_jax.sizing", "plm_jax.commands"),
+    # 1: the runtime (devices, processes, topologies, console) and the logical axes
+    ("plm_jax.hardware.distributed", "plm_jax.hardware.topology",
+     "plm_jax.hardware.accelerator", "plm_jax.run", "plm_jax.run.metrics_writer",
+     "plm_jax.models.partitioning", "plm_jax.run.lock", "plm_jax.run.watchdog",
+     "plm_jax.run.stopping", "plm_jax.run.plots", "plm_jax.run.trackers"),
     # 2: models, objectives, reading and tokenising text, pure tables and formulas (each
     # fine-tuning kind's metrics)
     ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",
      "plm_jax.data", "plm_jax.data.tokenizer", "plm_jax.data.compact", "plm_jax.data.sources",
      "plm_jax.data.examples", "plm_jax.data.builtin_corpus", "plm_jax.data.builtin_tasks",
-     "plm_jax.flops", "plm_jax.hf", "plm_jax.hf.tables", "plm_jax.generate", "plm_jax.optim",
-     "plm_jax.finetune", "plm_jax.finetune.classify", "plm_jax.finetune.tag",
-     "plm_jax.finetune.qa", "plm_jax.finetune.seq2seq", "plm_jax.finetune.*.metrics",
-     "plm_jax.hlo_stats"),
+     "plm_jax.hardware.flops", "plm_jax.hardware.hlo_stats", "plm_jax.hf", "plm_jax.hf.tables",
+     "plm_jax.optim", "plm_jax.finetune", "plm_jax.finetune.classify", "plm_jax.finetune.tag",
+     "plm_jax.finetune.qa", "plm_jax.finetune.seq2seq", "plm_jax.finetune.*.metrics"),
     # 3: the family registry
     ("plm_jax.families",),
     # 4: configs, the kinds' task tables, the data pipeline and loader, the mesh
@@ -37,18 +39,19 @@ LAYERS = [
      "plm_jax.data.loader", "plm_jax.parallel"),
     # 5: the checks pass, checkpoints, the workdir, the kinds' data
     ("plm_jax.checks", "plm_jax.run.checkpoint", "plm_jax.workdir", "plm_jax.finetune.*.data"),
-    # 6: the trainer, Hugging Face interop
-    ("plm_jax.trainer", "plm_jax.hf.convert", "plm_jax.residuals"),
+    # 6: the trainer, Hugging Face interop, what autodiff keeps for the backward pass
+    ("plm_jax.trainer", "plm_jax.hf.convert", "plm_jax.sizing.residuals"),
     # 7: the run scaffold, restoring, a run's data, sizing a config to a parameter count
-    ("plm_jax.run.scaffold", "plm_jax.inference", "plm_jax.run_data", "plm_jax.param_match"),
+    ("plm_jax.run.scaffold", "plm_jax.inference", "plm_jax.run.data",
+     "plm_jax.sizing.param_match"),
     # 8: the fine-tuning run every kind shares, then each kind's run
     ("plm_jax.finetune.predict", "plm_jax.finetune.run"),
     ("plm_jax.finetune.*.run",),
     # 10: the kind registry
     ("plm_jax.finetune.kinds",),
     # 11: the commands' library functions
-    ("plm_jax.pretrain", "plm_jax.evaluate", "plm_jax.aot", "plm_jax.plan", "plm_jax.bench",
-     "plm_jax.hf.workdir", "plm_jax.data_commands", "plm_jax.compare", "plm_jax.compare.*"),
+    ("plm_jax.commands.*", "plm_jax.sizing.aot", "plm_jax.sizing.plan", "plm_jax.sizing.bench",
+     "plm_jax.hf.workdir", "plm_jax.compare", "plm_jax.compare.*"),
     # 12: entry points
     ("plm_jax.cli", "plm_jax.launch_local"),
     # 13: the packaged presets (config files: they import the config layer and below only,
@@ -93,6 +96,17 @@ def imported(tree: ast.Module, known: set[str]) -> set[str]:
         full = f"{node.module}.{a.name}"
         out.add(full if full in known else node.module)
   return out
+
+
+def test_every_module_has_a_layer():
+  for name in modules():
+    layer_of(name)
+
+
+def test_the_package_root_holds_a_dozen_modules_at_most():
+  """New code goes in the folder of its layer (hardware/, sizing/, commands/, run/, ...)."""
+  root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+  assert len(root) <= 12, root
 
 
 def test_every_import_points_down_the_layers():
@@ -184,7 +198,7 @@ NAMES_KINDS = ("plm_jax.finetune.kinds", "plm_jax.finetune.*", "plm_jax.objectiv
 STILL_NAMING_KINDS = {"plm_jax.compare.stages"}
 # The same words meaning something else: bench's JSON "tag" labels an A/B run
 # (launch/bench_vs_reference.sh).
-NOT_KINDS = {("plm_jax.bench", "tag")}
+NOT_KINDS = {("plm_jax.sizing.bench", "tag")}
 # Where an objective's name may be compared with a constant: the registries.
 COMPARES_OBJECTIVES = ("plm_jax.objectives.*", "plm_jax.families", "plm_jax.finetune.kinds")
 

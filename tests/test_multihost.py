@@ -12,7 +12,8 @@ import time
 import pytest
 
 from helpers import ROOT
-from plm_jax import cli, distributed
+from plm_jax import cli
+from plm_jax.hardware import distributed
 from plm_jax.errors import ConfigError
 
 CONFIGS = {"bert": os.path.join(ROOT, "configs", "bert.py"),

@@ -9,9 +9,9 @@ from jax.experimental import mesh_utils
 
 from helpers import family_config
 from plm_jax import checks, parallel
-from plm_jax import topology
+from plm_jax.hardware import topology
 from plm_jax.errors import ConfigError
-from plm_jax.mesh_presets import PRESETS
+from plm_jax.hardware.mesh_presets import PRESETS
 
 
 def mesh_cfg(data, fsdp, tensor):

@@ -1,12 +1,12 @@
-"""Sizing a config's width to a parameter count (plm_jax/param_match.py): each check counts
+"""Sizing a config's width to a parameter count (plm_jax/sizing/param_match.py): each check counts
 abstractly (no parameter is allocated), at a small vocabulary."""
 
 import pytest
 
-from plm_jax import param_match
+from plm_jax.sizing import param_match
 from plm_jax.configs import load as load_config_file
 from plm_jax.errors import ConfigError
-from plm_jax.param_match import count_params, match_width, with_width
+from plm_jax.sizing.param_match import count_params, match_width, with_width
 
 
 def preset(spec: str):

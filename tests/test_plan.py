@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from plm_jax import cli, configs, residuals
+from plm_jax import cli, configs
+from plm_jax.sizing import residuals
 from plm_jax.errors import ConfigError
-from plm_jax.mesh_presets import for_topology
-from plm_jax.plan import make_plan
+from plm_jax.hardware.mesh_presets import for_topology
+from plm_jax.sizing.plan import make_plan
 
 
 def config_of(family_file, arg, **overrides):

@@ -6,8 +6,9 @@ import importlib
 
 import pytest
 
-from plm_jax import aot, topology
-from plm_jax.plan import make_plan
+from plm_jax.sizing import aot
+from plm_jax.hardware import topology
+from plm_jax.sizing.plan import make_plan
 
 GIB = 2 ** 30
 

@@ -322,7 +322,7 @@ def test_decoding_takes_the_repetition_settings(tokenizers_dir):
   from plm_jax import families, models
   from plm_jax.configs import seq2seq
   from plm_jax.finetune.seq2seq import run as gen_run
-  from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
+  from plm_jax.models.generate import BeamConfig, SamplingConfig, beam_search, generate
   tok = TextTokenizer.load(tokenizers_dir["gpt"])
   module = families.build(models.ModelConfig(
       family="gpt", vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from helpers import family_config
-from plm_jax import parallel, pretrain
+from plm_jax import parallel
+from plm_jax.commands import pretrain
 from plm_jax.data import loader, pipeline
 from plm_jax.models.config import padded_vocab
 from plm_jax.trainer import Trainer
@@ -125,7 +126,7 @@ def test_train_step_compiles_once(tmp_path, tokenizers_dir):
 
 def test_checkpoint_from_a_sharded_mesh_evaluates_the_same_on_one_device(tmp_path, tokenizers_dir):
   """Saved from 8 devices with fsdp x tensor, restored on 1 device (and on all 8, FSDP)."""
-  from plm_jax.evaluate import evaluate
+  from plm_jax.commands.evaluate import evaluate
   config = family_config("bert", **{"train.steps": 3, "data.tokenizer": tokenizers_dir["bert"],
                                     "mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2})
   _, final, workdir = run(tmp_path, "sharded", config)

@@ -1,14 +1,14 @@
 """compare's budget: every family's pretraining config with the comparison's shared corpus,
 vocabulary, batch and length, what a step of it costs (parameters, FLOPs, tokens), and
 the steps (and, matching parameters, the width) each family gets for the matched budget. FLOPs
-are counted as each family's step computes them (plm_jax/flops.py)."""
+are counted as each family's step computes them (plm_jax/hardware/flops.py)."""
 
 from plm_jax import configs as presets, families
 from plm_jax.data import loader
-from plm_jax.flops import computed_flops_per_step
+from plm_jax.hardware.flops import computed_flops_per_step
 from plm_jax.models.config import padded_vocab
-from plm_jax.param_match import count_params, match_width, with_width
-from plm_jax.plan import plan
+from plm_jax.sizing.param_match import count_params, match_width, with_width
+from plm_jax.sizing.plan import plan
 from plm_jax.run.metrics_writer import console
 
 MATCHES = ("flops", "tokens", "params")
@@ -56,7 +56,7 @@ def family_config(c, costs: dict, family: str, seed: int):
 
 
 def step_cost(config) -> dict:
-  """Parameters, FLOPs per step as the step computes them (plm_jax/flops.py: one convention for
+  """Parameters, FLOPs per step as the step computes them (plm_jax/hardware/flops.py: one convention for
   every family, the one `plan` and `bench`'s MFU as computed use), the references' model FLOPs
   (for comparing with published figures), and tokens per step of a pretraining config (the
   configured vocabulary, padded)."""

@@ -177,7 +177,7 @@ def _compute(c, costs: dict) -> list[str]:
                   str(costs[f]["tokens_per_step"]), str(costs[f]["steps"]),
                   f"{costs[f]['flops']:.3g}", f"{costs[f]['tokens']:,}"] for f in c.families]) \
       + ["FLOPs as computed: what each family's train step computes, forward and backward, "
-         "counted by one formula for every family (plm_jax/flops.py: the output layer where "
+         "counted by one formula for every family (plm_jax/hardware/flops.py: the output layer where "
          "it is applied, every depth of a shared layer, XLNet's two streams and memory; within "
          "5% of XLA's count of the compiled step). The families' pretraining FLOPs differ by "
          f"{100 * spread:.1f}% (whole steps). The references' convention (6 N + 12 L d T, the "

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from plm_jax import configs as presets, families
-from plm_jax.bench import bench
+from plm_jax.sizing.bench import bench
 from plm_jax.compare.budget import (MATCHES, UNITS, estimate, family_config, plan_budget,
                                     uses_reference)
 from plm_jax.data.builtin_tasks import (PRETRAIN_FILE, SPLITS, task_paths,
@@ -29,7 +29,7 @@ from plm_jax.finetune.qa.run import QUESTION_ANSWERING
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.seq2seq.run import GENERATION
 from plm_jax.finetune.seq2seq.tasks import gen_task_of
-from plm_jax.pretrain import train
+from plm_jax.commands.pretrain import train
 from plm_jax.run import plots
 from plm_jax.run.metrics_writer import console
 

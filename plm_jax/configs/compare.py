@@ -3,7 +3,7 @@
 Each selected family is pretrained from its own preset (`sizes`: the family's SIZE argument) on
 the same corpus, with the same vocabulary size, batch and sequence length (`pretrain`), for as
 many steps as `match` allows: the same FLOPs as each family's step computes them
-(plm_jax/flops.py's one convention for every family, as `plan` and `bench` count them), the same tokens, or the same parameter count (each family's width
+(plm_jax/hardware/flops.py's one convention for every family, as `plan` and `bench` count them), the same tokens, or the same parameter count (each family's width
 sized to it, all trained on the same tokens). The budget is `budget` (FLOPs, tokens or
 parameters), or when 0 what `reference_family` has or spends in `reference_steps` steps. Every
 family then fine-tunes, with the same seeds, on the downstream tasks it can do:

@@ -27,7 +27,7 @@ import numpy as np
 
 from plm_jax import objectives
 from plm_jax.data.pipeline import PreparedData
-from plm_jax.flops import StepShape
+from plm_jax.hardware.flops import StepShape
 from plm_jax.models.partitioning import BATCH_AXES
 from plm_jax.objectives.masking import (MaskingConfig, example_uniforms, mask_tokens,
                                         max_predictions_for)
@@ -288,7 +288,7 @@ def predictions_per_sequence(config) -> int:
 
 
 def step_shape(config, vocab: int) -> StepShape:
-  """What a pretraining step of `config` computes, for plm_jax.flops.computed_flops_per_step
+  """What a pretraining step of `config` computes, for plm_jax.hardware.flops.computed_flops_per_step
   (`vocab`: the padded vocabulary the model is built with)."""
   m, o, t = config.model, config.objective, config.data.max_seq_length
   shape = dict(rows=config.train.batch_size, seq_len=t, layers=m.num_layers,

@@ -20,8 +20,8 @@ from typing import Callable
 
 import jax
 
-from plm_jax import checks, configlib, distributed, families, objectives, parallel, \
-    workdir as workdirs
+from plm_jax import checks, configlib, families, objectives, parallel, workdir as workdirs
+from plm_jax.hardware import distributed
 from plm_jax.data import loader
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError

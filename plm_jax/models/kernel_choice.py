@@ -1,7 +1,7 @@
 """Which attention kernel each attention call runs, and why: one table, decided per call.
 
 `model.attention_impl` names the kernel a run would like (resolved from "auto" by
-plm_jax/accelerator.py); each call then takes it only where the kernel takes that call, and
+plm_jax/hardware/accelerator.py); each call then takes it only where the kernel takes that call, and
 XLA's attention otherwise. The conditions are read from jax 0.10's own checks
 (jax/_src/cudnn/fused_attention_stablehlo.py: check_layout, check_is_flash_attention;
 jax/_src/nn/functions.py: dot_product_attention) and the splash kernel's tiles:

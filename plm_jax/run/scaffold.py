@@ -29,7 +29,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from plm_jax import accelerator, distributed, workdir as workdirs
+from plm_jax import workdir as workdirs
+from plm_jax.hardware import accelerator, distributed
 from plm_jax.data import loader
 from plm_jax.errors import CheckpointError
 from plm_jax.run import checkpoint

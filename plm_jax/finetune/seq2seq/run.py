@@ -28,7 +28,7 @@ from plm_jax.finetune.run import (Kind, refuse_other_data, resolve_schedule,
 from plm_jax.finetune.seq2seq import data as gen_data
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.seq2seq.tasks import best_metric, gen_task_of, require_decoder
-from plm_jax.generate import BeamConfig, SamplingConfig, beam_search, generate
+from plm_jax.models.generate import BeamConfig, SamplingConfig, beam_search, generate
 from plm_jax.inference import load_params
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console, format_metrics

@@ -11,7 +11,7 @@ from plm_jax.errors import ConfigError
 from plm_jax.finetune import kinds
 from plm_jax.inference import load_params, restore_config
 from plm_jax.run.metrics_writer import console, format_metrics
-from plm_jax.run_data import load_data
+from plm_jax.run.data import load_data
 from plm_jax.trainer import evaluate_params
 
 

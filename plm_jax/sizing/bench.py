@@ -4,7 +4,7 @@ The step is the one training runs (same Trainer, same settings: what "auto" reso
 machine is printed first). Reported: compile time (the CLI leaves the persistent compilation
 cache off for bench, so it is a real compile), the compiled step's memory (temporaries,
 arguments, outputs), step time, tokens/s and sequences/s, FLOPs per token as the step computes
-them (plm_jax/flops.py's one convention for every family: `mfu_computed`) and in the PyTorch
+them (plm_jax/hardware/flops.py's one convention for every family: `mfu_computed`) and in the PyTorch
 references' model-FLOPs convention (`mfu`, to compare with published MFU), MFU both ways over the device's datasheet
 peak, and peak device memory. `--compile-only` stops after the compile (any size, on a CPU too).
 Nothing is written to disk.
@@ -20,11 +20,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from plm_jax import accelerator, aot, checks, families, parallel, topology
+from plm_jax import checks, families, parallel
+from plm_jax.hardware import accelerator, topology
+from plm_jax.sizing import aot
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.flops import computed_flops_per_step, peak_flops
-from plm_jax.generate import SamplingConfig, generate
+from plm_jax.hardware.flops import computed_flops_per_step, peak_flops
+from plm_jax.models.generate import SamplingConfig, generate
 from plm_jax.run.metrics_writer import console
 from plm_jax.families import model_config
 from plm_jax.models.config import padded_vocab
@@ -86,7 +88,7 @@ def slowest_ops(trace_dir: str, steps: int, top: int = 12) -> list[dict]:
 
 def model_flops(config, n_params: int, vocab: int) -> tuple[float, float]:
   """(per token in the references' convention, per token as plm-jax's step computes it: one
-  convention for every family, plm_jax/flops.py)."""
+  convention for every family, plm_jax/hardware/flops.py)."""
   m, t = config.model, config.data.max_seq_length
   family = families.get(m.family)
   reference = family.flops_per_token(n_params, vocab=vocab, hidden=m.hidden_size,
@@ -97,7 +99,7 @@ def model_flops(config, n_params: int, vocab: int) -> tuple[float, float]:
 
 def bench_topology(config, topology_name: str) -> dict:
   """`bench --compile-only --topology NAME`: the train step compiled for a TPU topology on this
-  host (plm_jax/aot.py): its settings, kernels, memory per chip, collectives, compile time."""
+  host (plm_jax/sizing/aot.py): its settings, kernels, memory per chip, collectives, compile time."""
   topology.get_compilable(topology_name)
   console(f"compiling the {config.model.family} {config.model.size} train step for "
           f"{topology_name} (XLA's TPU compiler, ahead of time on this host)...")

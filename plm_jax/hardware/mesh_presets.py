@@ -5,7 +5,7 @@ They ship inside the package, so an installed plm-jax needs no checkout beside i
 Each preset gives the ICI sizes (within one slice / node: fast links) of the three mesh axes
 data, fsdp and tensor, and optionally DCN sizes (across slices / nodes: slow links); an axis's
 size is ICI x DCN. -1 (ICI only) means "the devices of a slice / node the other axes leave".
-`topology` names the hardware of plm_jax/topology.py the preset is meant for: the tests build
+`topology` names the hardware of plm_jax/hardware/topology.py the preset is meant for: the tests build
 every preset's mesh from fake devices of that topology, and `plm-jax plan --topology` uses it.
 
 Rules of thumb: FSDP within a slice or node (its all-gathers want fast links), data parallelism

@@ -34,7 +34,8 @@ import numpy as np
 from flax import nnx
 from jax import ad_checkpoint
 
-from plm_jax import accelerator, families, objectives
+from plm_jax import families, objectives
+from plm_jax.hardware import accelerator
 from plm_jax.data import loader
 from plm_jax.models import splash
 from plm_jax.families import model_config

@@ -5,7 +5,7 @@ import time
 
 import jax
 
-from plm_jax import distributed
+from plm_jax.hardware import distributed
 from plm_jax.data import pipeline
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError

@@ -4,13 +4,14 @@ import os
 
 import jax
 
-from plm_jax import checks, distributed, parallel, workdir as workdirs
+from plm_jax import checks, parallel, workdir as workdirs
+from plm_jax.hardware import distributed
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
 from plm_jax.models.config import padded_vocab
 from plm_jax.run.metrics_writer import METRICS_FILE, console, format_metrics, recorded
 from plm_jax.run.scaffold import Run
-from plm_jax.run_data import load_data, record_prepared_fields
+from plm_jax.run.data import load_data, record_prepared_fields
 from plm_jax.trainer import Trainer, evaluate_params
 
 

@@ -1,17 +1,17 @@
 """`plm-jax plan`: what a config needs on a topology, without the hardware.
 
-The mesh is built from fake devices of the named topology (plm_jax/topology.py) with the same
+The mesh is built from fake devices of the named topology (plm_jax/hardware/topology.py) with the same
 code as a real run, the model and optimizer abstractly (no parameter is allocated), and the
 figures come from the PartitionSpecs the run would use:
 
 - parameters, gradients and optimizer state per device: each tensor's shard (its dimensions
   divided by the mesh axes its spec names, rounded up as XLA pads), times its dtype's size;
 - activations per device: what autodiff keeps for the backward pass, traced from the model the
-  run builds (plm_jax/residuals.py: every family's LayerNorm, GELU, dropout masks, XLNet's two
+  run builds (plm_jax/sizing/residuals.py: every family's LayerNorm, GELU, dropout masks, XLNet's two
   streams and memory, remat, the kernel the target runs), plus the backward's working set of one
   layer, the XLA kernel's rematerialised scores and one loss chunk's logits; calibrated against
   XLA's TPU compiler (within 15% of `plan --compile`'s compiled size on the TPU presets).
-- FLOPs per step: what the step computes (plm_jax/flops.py's one convention for every family,
+- FLOPs per step: what the step computes (plm_jax/hardware/flops.py's one convention for every family,
   checked against XLA's count of the compiled step), and beside it the references' model-FLOPs
   convention; the step time at a stated MFU of the computed FLOPs.
 
@@ -30,10 +30,12 @@ import math
 import jax
 import numpy as np
 
-from plm_jax import aot, checks, families, parallel, residuals, topology
+from plm_jax import checks, families, parallel
+from plm_jax.sizing import aot, residuals
+from plm_jax.hardware import topology
 from plm_jax.data import loader
 from plm_jax.errors import ConfigError
-from plm_jax.flops import computed_flops_per_step
+from plm_jax.hardware.flops import computed_flops_per_step
 from plm_jax.run.metrics_writer import console
 from plm_jax.models.config import padded_vocab
 from plm_jax.trainer import AbstractState
@@ -62,7 +64,7 @@ def tree_bytes(state, specs, axis_sizes: dict) -> int:
 def activation_bytes(config, micro_batch: int, tensor: int, vocab: int, predictions: int,
                      platform: str) -> int:
   """Activation bytes per device for a micro-batch of `micro_batch` rows: what autodiff keeps
-  for the backward pass, traced from the model (plm_jax/residuals.py), plus the backward's
+  for the backward pass, traced from the model (plm_jax/sizing/residuals.py), plus the backward's
   working set of one layer, the XLA kernel's scores and one loss chunk's logits."""
   rows = micro_batch * loader.segments_per_row(config)
   logits_rows = rows * (config.data.max_seq_length
@@ -90,7 +92,7 @@ class Plan:
   activation_bytes: int
   total_bytes: int
   device_bytes: float
-  flops_per_step: float                  # as the step computes them (plm_jax/flops.py)
+  flops_per_step: float                  # as the step computes them (plm_jax/hardware/flops.py)
   mfu: float
   step_time_s: float | None
   reference_flops_per_step: float = 0.0  # the references' model-FLOPs convention

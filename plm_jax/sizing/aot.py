@@ -2,7 +2,7 @@
 
 `compile_step(config, "v5p-128")` builds the step `plm-jax train` would run (same config
 resolution, same Trainer) over a mesh of libtpu's compile-only devices of the topology
-(plm_jax/topology.py), with every "auto" setting resolved for the TPU (accelerator.targeting),
+(plm_jax/hardware/topology.py), with every "auto" setting resolved for the TPU (accelerator.targeting),
 and compiles it with XLA's TPU compiler: the program, its memory per chip and its collectives
 are the ones the pod would run, found before the pod is rented. It is what
 `plm-jax bench --compile-only --topology NAME` prints and what `plm-jax plan --compile` checks
@@ -17,9 +17,10 @@ import time
 
 import jax
 
-from plm_jax import accelerator, checks, parallel, topology
+from plm_jax import checks, parallel
+from plm_jax.hardware import accelerator, topology
 from plm_jax.errors import ConfigError
-from plm_jax.hlo_stats import collectives, mosaic_kernels
+from plm_jax.hardware.hlo_stats import collectives, mosaic_kernels
 from plm_jax.models.config import padded_vocab
 from plm_jax.trainer import Trainer
 
