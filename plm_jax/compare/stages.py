@@ -140,6 +140,11 @@ def validate(c) -> None:
   missing = [f for f in needed if f not in c.sizes]
   if missing:
     raise ConfigError(f"compare sizes has no entry for {', '.join(sorted(missing))}")
+  _validate_stages(c)
+
+
+def _validate_stages(c) -> None:
+  """Each downstream stage: its tasks named once, in the right kind, known before anything runs."""
   seen: dict = {}
   for kind in DOWNSTREAM:
     s = c[kind.group]
