@@ -195,7 +195,7 @@ KIND_NAMES = {"classify", "tag", "qa", "seq2seq"}
 NAMES_KINDS = ("plm_jax.finetune.kinds", "plm_jax.finetune.*", "plm_jax.objectives.*",
                "plm_jax.configlib", "plm_jax.configs.*")
 # Modules that still tell kinds apart by name, to be emptied.
-STILL_NAMING_KINDS = {"plm_jax.compare.stages"}
+STILL_NAMING_KINDS: set[str] = set()
 # The same words meaning something else: bench's JSON "tag" labels an A/B run
 # (launch/bench_vs_reference.sh).
 NOT_KINDS = {("plm_jax.sizing.bench", "tag")}

@@ -3,14 +3,12 @@ stage's config, and running (or, finished, reading back) every stage: bench, pre
 fine-tuning per family and seed. A finished stage holds RESULT_FILE (written last)."""
 
 import csv
-import dataclasses
 import glob
 import json
 import math
 import os
 import re
 import statistics
-from typing import Callable
 
 import jax
 import numpy as np
@@ -22,13 +20,10 @@ from plm_jax.compare.budget import (MATCHES, UNITS, estimate, family_config, pla
 from plm_jax.data.builtin_tasks import (PRETRAIN_FILE, SPLITS, task_paths,
                                         write_builtin_tasks, write_pretraining_text)
 from plm_jax.errors import ConfigError
-from plm_jax.finetune.classify.run import CLASSIFICATION
-from plm_jax.finetune.classify.tasks import task_of
+from plm_jax.finetune.kinds import KINDS
+from plm_jax.finetune.run import Downstream
 from plm_jax.finetune.qa.metrics import squad_metrics
-from plm_jax.finetune.qa.run import QUESTION_ANSWERING
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
-from plm_jax.finetune.seq2seq.run import GENERATION
-from plm_jax.finetune.seq2seq.tasks import gen_task_of
 from plm_jax.commands.pretrain import train
 from plm_jax.run import plots
 from plm_jax.run.metrics_writer import console
@@ -39,61 +34,9 @@ TASKS_DIR = "tasks"
 BENCH_MODES = ("off", "compile", "time")
 
 
-@dataclasses.dataclass(frozen=True)
-class Downstream:
-  """One kind of downstream stage: where its fields are in the compare config, the fine-tuning
-  preset it starts from, the built-in tasks it reads from files, and which families can."""
-
-  group: str                     # the compare config's group (classify | qa | generate)
-  title: str                     # the report's name of the kind
-  preset: str                    # the fine-tuning config file (classify | qa | seq2seq)
-  builtin: dict                  # {built-in task: the preset's local-file task}
-  run: Callable                  # (config, workdir, init_from, devices) -> final report
-  can: Callable                  # (families.Family) -> bool
-  metric: Callable               # (config) -> the metric the report ranks by
-  shown: tuple                   # the metrics of its tables (the ranked one first)
-  cannot: str = ""               # why a family that cannot is left out
-  configure: Callable = lambda s, config: None    # the stage's own fields (s) into the config
-  scale: float = 1.0             # score units per point: classification's metrics are
-                                 # fractions (100), QA's and generation's percentages (1)
-  perplexity: bool = False       # the report also ranks the targets' perplexity
-  formats: tuple = ()            # ((file ending, the preset's file task), ...): own tasks
-  own_fields: tuple = ()         # the own task's field names, set in config[preset]
-
-  def own_format(self, path: str) -> str | None:
-    return next((task for ending, task in self.formats if path.endswith(ending)), None)
-
-
-def _qa_fields(s, config) -> None:
-  config.qa.max_query_length = s.max_query_length
-  config.qa.doc_stride = s.doc_stride
-
-
-def _generation_fields(s, config) -> None:
-  config.seq2seq.eval_examples = 0            # the best checkpoint by validation loss
-  config.seq2seq.report_examples = s.report_examples
-  config.seq2seq.max_new_tokens = s.max_new_tokens
-
-
-DOWNSTREAM = (
-    Downstream("classify", "classification", "classify", {"word_order": "jsonl"},
-               CLASSIFICATION.finetune, lambda family: True,
-               lambda config: config.finetune.metric or task_of(config).metric, (),
-               scale=100.0, formats=((".csv", "csv"), (".tsv", "csv"), (".jsonl", "jsonl")),
-               own_fields=("text_field", "text_pair_field", "label_field")),
-    Downstream("qa", "question answering", "qa", {"cloze": "json"},
-               QUESTION_ANSWERING.finetune,
-               lambda family: family.span_model is not None,
-               lambda config: config.finetune.metric or "f1", ("f1", "exact_match"),
-               "extractive QA needs a bidirectional encoder", _qa_fields,
-               formats=((".json", "json"),)),
-    Downstream("generate", "generation", "seq2seq", {"unshuffle": "jsonl"},
-               GENERATION.finetune, lambda family: family.decoder,
-               lambda config: gen_task_of(config).metric,
-               ("bleu", "rougeL", "exact_match", "perplexity"),
-               "generation fine-tuning needs a decoder", _generation_fields, perplexity=True,
-               formats=((".jsonl", "jsonl"),), own_fields=("source_field", "target_field")),
-)
+# The kinds of downstream stage, in the kind registry's order: each kind says its own
+# (Kind.compare_stage, plm_jax/finetune/<kind>/run.py).
+DOWNSTREAM = tuple(stage for stage in (kind.compare_stage() for kind in KINDS.values()) if stage)
 BUILTIN_TASKS = {task for kind in DOWNSTREAM for task in kind.builtin}
 
 

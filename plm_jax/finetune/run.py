@@ -13,6 +13,7 @@ Workdir of a fine-tuning run:
 """
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -41,6 +42,31 @@ REPORT_FILE = "test_report.json"      # the final report, written by every kind 
 # comes from the run it starts from.
 RUNTIME_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "attention_impl", "dtype",
                         "remat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+  """What a kind brings to `plm-jax compare` (Kind.compare_stage), one downstream stage: where its fields are in the compare config, the fine-tuning
+  preset it starts from, the built-in tasks it reads from files, and which families can."""
+
+  group: str                     # the compare config's group (classify | qa | generate)
+  title: str                     # the report's name of the kind
+  preset: str                    # the fine-tuning config file (classify | qa | seq2seq)
+  builtin: dict                  # {built-in task: the preset's local-file task}
+  run: Callable                  # (config, workdir, init_from, devices) -> final report
+  can: Callable                  # (families.Family) -> bool
+  metric: Callable               # (config) -> the metric the report ranks by
+  shown: tuple                   # the metrics of its tables (the ranked one first)
+  cannot: str = ""               # why a family that cannot is left out
+  configure: Callable = lambda s, config: None    # the stage's own fields (s) into the config
+  scale: float = 1.0             # score units per point: classification's metrics are
+                                 # fractions (100), QA's and generation's percentages (1)
+  perplexity: bool = False       # the report also ranks the targets' perplexity
+  formats: tuple = ()            # ((file ending, the preset's file task), ...): own tasks
+  own_fields: tuple = ()         # the own task's field names, set in config[preset]
+
+  def own_format(self, path: str) -> str | None:
+    return next((task for ending, task in self.formats if path.endswith(ending)), None)
 
 
 class Kind:
@@ -74,6 +100,10 @@ class Kind:
   def hf_architecture(self, config) -> str:
     """The transformers class its fine-tuned model exports as (`plm-jax export-hf`)."""
     return head_architecture(families.get(config.model.family).hf, self.model_head(config))
+
+  def compare_stage(self) -> Downstream | None:
+    """Its downstream stage in `plm-jax compare` (None: compare leaves it out)."""
+    return None
 
   # --- the run ---------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from plm_jax import workdir as workdirs
 from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
 from plm_jax.finetune.qa import data as qa_data
 from plm_jax.finetune.qa.metrics import best_thresholds, squad_metrics
-from plm_jax.finetune.run import Kind, refuse_other_data, resolve_schedule
+from plm_jax.finetune.run import Downstream, Kind, refuse_other_data, resolve_schedule
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console, format_metrics
 
@@ -148,6 +148,20 @@ class QuestionAnswering(Kind):
 
   def evaluate_split(self, loaded, split, name, label):
     return evaluate_split(loaded, split, name, label)
+
+  def compare_stage(self) -> Downstream:
+    return Downstream(
+        "qa", "question answering", "qa", {"cloze": "json"}, self.finetune,
+        lambda family: family.span_model is not None,
+        lambda config: config.finetune.metric or "f1", ("f1", "exact_match"),
+        "extractive QA needs a bidirectional encoder", _compare_fields,
+        formats=((".json", "json"),))
+
+
+def _compare_fields(s, config) -> None:
+  """A compare stage's own fields (s) into its QA config."""
+  config.qa.max_query_length = s.max_query_length
+  config.qa.doc_stride = s.doc_stride
 
 
 QUESTION_ANSWERING = QuestionAnswering()

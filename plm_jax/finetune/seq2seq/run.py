@@ -23,7 +23,7 @@ from plm_jax.data.pipeline import PreparedData
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import ConfigError
 from plm_jax.finetune.classify.data import EVAL, TEST, TRAIN
-from plm_jax.finetune.run import (Kind, refuse_other_data, resolve_schedule,
+from plm_jax.finetune.run import (Downstream, Kind, refuse_other_data, resolve_schedule,
                                   start_config as run_start_config)
 from plm_jax.finetune.seq2seq import data as gen_data
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
@@ -245,6 +245,21 @@ class Generation(Kind):
 
   def evaluate_split(self, loaded, split, name, label):
     return evaluate_split(loaded, split, name, label)
+
+  def compare_stage(self) -> Downstream:
+    return Downstream(
+        "generate", "generation", "seq2seq", {"unshuffle": "jsonl"}, self.finetune,
+        lambda family: family.decoder, lambda config: gen_task_of(config).metric,
+        ("bleu", "rougeL", "exact_match", "perplexity"),
+        "generation fine-tuning needs a decoder", _compare_fields, perplexity=True,
+        formats=((".jsonl", "jsonl"),), own_fields=("source_field", "target_field"))
+
+
+def _compare_fields(s, config) -> None:
+  """A compare stage's own fields (s) into its generation config."""
+  config.seq2seq.eval_examples = 0            # the best checkpoint by validation loss
+  config.seq2seq.report_examples = s.report_examples
+  config.seq2seq.max_new_tokens = s.max_new_tokens
 
 
 GENERATION = Generation()
