@@ -671,8 +671,12 @@ def test_bad_inputs_are_one_line_and_leave_the_workdir_untouched(gpt_run, tmp_pa
   import shutil
   empty = tmp_path / "no-checkpoint"
   shutil.copytree(gpt_run, empty, ignore=shutil.ignore_patterns("checkpoints"))
+  pairs = tmp_path / "pairs.jsonl"       # valid data: the missing checkpoint is the one mistake
+  pairs.write_text("".join(json.dumps({"source": "a b", "target": "b a"}) + "\n"
+                           for _ in range(4)))
   err = one_line(capsys, "finetune", "--config", f"{ROOT}/configs/seq2seq.py", "--init-from",
-                 str(empty), "--workdir", str(tmp_path / "ft"))
+                 str(empty), "--workdir", str(tmp_path / "ft"),
+                 *(f"--config.finetune.{split}_path={pairs}" for split in ("train", "eval")))
   assert f"--init-from {str(empty)!r} holds no checkpoint yet" in err
   assert not (tmp_path / "ft").exists()
   assert snapshot(gpt_run) == before

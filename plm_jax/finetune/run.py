@@ -186,6 +186,8 @@ def run_finetuning(kind: Kind, config, workdir: str, init_from: str | None = Non
   config, tokenizer = kind.start_config(config, workdir, init_from, found)
   checks.validate(config, len(devices))          # before any data is read
   data = kind.load(config, tokenizer, workdir, found)
+  if found.config is None:
+    require_checkpoint(config.finetune.init_from)
   finished = _finished(workdir, config, resume_step)
   if finished is not None:
     return finished
@@ -291,10 +293,6 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
       raise ConfigError(f"--init-from {init_from!r} holds no plm-jax run (no "
                         f"{workdirs.CONFIG_FILE}); give a pretraining workdir (plm-jax train) "
                         "or an imported model (plm-jax import-hf)")
-    if not checkpoint.complete_steps(init_from):
-      raise CheckpointError(f"--init-from {init_from!r} holds no checkpoint yet (nothing in "
-                            f"{checkpoint.checkpoint_dir(init_from)}); let its plm-jax train "
-                            "save one (train.steps, checkpoint.every), or give another run")
     config = with_body_of(config, workdirs.load_config(init_from))
     with config.unlocked():
       config.finetune.init_from = os.path.abspath(init_from)   # check_body names it
@@ -303,6 +301,15 @@ def start_config(config, workdir: str, init_from: str | None, found: workdirs.Fo
   with config.unlocked():
     config.finetune.init_from = os.path.abspath(init_from)
   return config, tokenizer
+
+
+def require_checkpoint(init_from: str) -> None:
+  """A fresh start needs a body to load. Checked after the config and the data (their mistakes
+  are the more telling ones) and before anything is written to the new workdir."""
+  if not checkpoint.complete_steps(init_from):
+    raise CheckpointError(f"--init-from {init_from!r} holds no checkpoint yet (nothing in "
+                          f"{checkpoint.checkpoint_dir(init_from)}); let its plm-jax train "
+                          "save one (train.steps, checkpoint.every), or give another run")
 
 
 def refuse_other_data(config, workdir: str, found: workdirs.Found) -> None:
