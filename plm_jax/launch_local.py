@@ -8,9 +8,11 @@ jax.distributed), JAX_PLATFORMS=cpu and its own simulated device count: the mult
 paths (per-process data, cross-process collectives, every process writing its checkpoint
 shards) run on a laptop exactly as on a pod. With --platform gpu each process gets its own
 GPUs of this host instead (one process per GPU, no torchrun). Output lines are prefixed with the process index
-(and copied to --log-dir/process_<i>.log). When a process fails, the others are given
---grace seconds to stop on their own (jax's heartbeat stops them) and are then killed; the exit
-status is the first failure's.
+(and copied to --log-dir/process_<i>.log; each process's native log, XLA's and Gloo's own output,
+goes to --log-dir/process_<i>.native.log). When a process fails, the others are given --grace
+seconds to stop on their own (jax's heartbeat stops them: one line naming the lost process, exit
+75) and are then killed. The exit status is the first a process chose itself (1-127, e.g. 75:
+run again); only when every failure was a death by a signal, the first of those (128 + N).
 """
 
 import argparse
@@ -30,10 +32,12 @@ def free_port() -> int:
 
 
 def child_env(base: dict, process_id: int, num_processes: int, devices: int, port: int,
-              heartbeat: int, platform: str = "cpu") -> dict:
+              heartbeat: int, platform: str = "cpu", log_dir: str | None = None) -> dict:
   """The environment of process `process_id`: its place in the run and its devices (CPU:
   `devices` simulated ones; GPU: GPUs process_id * devices ... + devices - 1)."""
   env = dict(base)
+  if log_dir:
+    env["PLM_JAX_LOG_DIR"] = os.path.abspath(log_dir)   # native logs beside process_<i>.log
   env.update({
       "PLM_JAX_COORDINATOR": f"127.0.0.1:{port}",
       "PLM_JAX_NUM_PROCESSES": str(num_processes),
@@ -76,7 +80,8 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
         if log_dir else None
     logs.append(log)
     p = subprocess.Popen(command, env=child_env(os.environ, i, num_processes,
-                                                devices_per_process, port, heartbeat, platform),
+                                                devices_per_process, port, heartbeat, platform,
+                                                log_dir),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     procs.append(p)
@@ -85,17 +90,24 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
     pumps.append(t)
 
   def forward(signum, _frame):
+    # To each process's group, as a scheduler's preemption would: a plm-jax process of a
+    # multi-process run is a parent and the child it supervises.
     for p in procs:
       if p.poll() is None:
-        p.send_signal(signum)
+        try:
+          os.killpg(p.pid, signum)
+        except ProcessLookupError:
+          pass
   old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-  first_failure, failed_at = 0, None
+  failures, failed_at = [], None
   try:
     while any(p.poll() is None for p in procs):
       for i, p in enumerate(procs):
         code = p.poll()
-        if code not in (None, 0) and not first_failure:
-          first_failure, failed_at = code, time.time()
+        if code not in (None, 0) and i not in [j for j, _ in failures]:
+          failures.append((i, code))
+        if code not in (None, 0) and failed_at is None:
+          failed_at = time.time()
           print(f"[launch_local] process {i} exited with status {code}; waiting up to "
                 f"{grace:.0f}s for the others to stop", file=sys.stderr, flush=True)
       if failed_at is not None and time.time() - failed_at > grace:
@@ -116,8 +128,21 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
     for log in logs:
       if log is not None:
         log.close()
-  codes = [p.returncode for p in procs]
-  return first_failure or next((c for c in codes if c), 0)
+  seen = [j for j, _ in failures]
+  failures += [(i, p.returncode) for i, p in enumerate(procs) if p.returncode and i not in seen]
+  return run_status([code for _, code in failures])
+
+
+def run_status(failures: list[int]) -> int:
+  """The run's exit status from its processes' failing statuses, in the order they ended: the
+  first a process chose itself (1-127: it said why, e.g. 75 when a peer was lost) over a death
+  by a signal (negative, or 128 + N from a shell), which says nothing of what to do next."""
+  chosen = [c for c in failures if 0 < c < 128]
+  if chosen:
+    return chosen[0]
+  if failures:
+    return failures[0] if failures[0] > 0 else 128 - failures[0]
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:
