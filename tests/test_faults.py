@@ -426,16 +426,18 @@ def test_skip_drops_the_update_counts_it_and_goes_on(tmp_path, tokenizers_dir, m
                    str(tmp_path / "many"))
 
 
+@pytest.mark.parametrize("keep", [2, 1])
 def test_a_good_run_continued_at_a_divergent_rate_keeps_a_good_checkpoint(tmp_path,
                                                                           tokenizers_dir,
-                                                                          capsys):
+                                                                          capsys, keep):
   """At learning rate 1e4 the losses grow huge before they stop being finite: the first one
   over train.spike_factor x the running level stops the run, and the checkpoint it leaves to
   resume from evaluates as the good run did (not to the huge loss), however many checkpoints
-  the diverging steps saved (keep=2, one every step)."""
+  the diverging steps saved (one every step) and however few are kept (keep=1: the one before
+  the newest must outlive it until the step after the newest shows no spike)."""
   workdir = tmp_path / "run"
   args = train_args(workdir, tokenizers_dir["gpt"], 12, GPT, "--config.checkpoint.every=4",
-                    "--config.checkpoint.keep=2")
+                    f"--config.checkpoint.keep={keep}")
   assert cli.main(["plm-jax", *args]) == 0
   good = records(workdir, "eval")[-1]["loss"]
   more = [a for a in args if "train.steps" not in a and "checkpoint.every" not in a]
@@ -446,14 +448,52 @@ def test_a_good_run_continued_at_a_divergent_rate_keeps_a_good_checkpoint(tmp_pa
   assert code == EXIT_DIVERGED, err
   spiked = int(re.search(r"step (\d+) had a loss spike \(loss [\d.e+]+, gradient norm "
                          r"[\d.e+]+: a spike over 100 x the running loss level", err).group(1))
-  kept = int(re.search(r"checkpoint of step (\d+), the last before the update that spiked",
-                       err).group(1))
+  named = re.search(r"checkpoint of step (\d+), the last before the update that spiked", err)
+  assert named, err
+  kept = int(named.group(1))
   assert 12 <= kept <= spiked - 2 and checkpoint.latest_step(str(workdir)) == kept
-  assert checkpoint.complete_steps(str(workdir)) == [kept - 1, kept] or kept == 12
+  if keep == 2:
+    assert checkpoint.complete_steps(str(workdir)) == [kept - 1, kept] or kept == 12
+  assert checkpoint.complete_steps(str(workdir))[-1] == kept
+  # the suspect ones are set aside, not deleted
+  aside = sorted(int(n.split("-")[1]) for n in os.listdir(checkpoint.checkpoint_dir(
+      str(workdir))) if n.startswith("spiked-"))
+  assert aside and aside[0] == kept + 1 and aside[-1] <= spiked - 1, aside
   capsys.readouterr()
   assert cli.main(["plm-jax", "evaluate", "--workdir", str(workdir)]) == 0
   loss = float(re.search(r"loss ([\d.]+)", capsys.readouterr().out).group(1))
   assert loss < 2 * good, (loss, good)
+
+
+def test_a_save_in_flight_at_a_spike_is_set_aside_too(tmp_path):
+  """The newest checkpoint may still be saving (async) when a spike is seen: it is of a suspect
+  state like the others after the good one, and must not stay behind as the newest one, the
+  one a resume takes (the halt line would name the step before it)."""
+  from plm_jax.run.scaffold import Run, SET_ASIDE
+  where = tmp_path / "checkpoints"
+  (where / "12").mkdir(parents=True)
+
+  class SavingStep13:
+    """A manager whose save of step 13 completes when waited for."""
+    def wait_until_finished(self):
+      (where / "13").mkdir(exist_ok=True)
+
+    def reload(self):
+      pass
+  run = Run.__new__(Run)
+  run.path, run.manager = str(tmp_path), SavingStep13()
+  assert run._set_aside_after(12) == 12
+  assert checkpoint.complete_steps(str(tmp_path)) == [12]
+  assert (where / f"{SET_ASIDE}13").is_dir()
+
+
+def test_keep_1_keeps_2_while_spikes_are_watched():
+  from plm_jax.run.scaffold import kept_checkpoints
+  def config(keep, spike_factor):
+    return family_config("gpt", **{"checkpoint.keep": keep, "train.spike_factor": spike_factor})
+  assert kept_checkpoints(config(1, 100.0)) == 2
+  assert kept_checkpoints(config(3, 100.0)) == 3
+  assert kept_checkpoints(config(1, 0.0)) == 1        # spikes off: keep as asked
 
 
 def test_a_spike_is_configurable(tmp_path, tokenizers_dir, capsys):
