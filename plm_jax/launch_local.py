@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 
+EXIT_PREEMPTED = 75      # plm_jax/run/stopping.py (not imported: the launcher stays light)
 
 def free_port() -> int:
   with socket.socket() as s:
@@ -70,11 +71,24 @@ def _pump(stream, prefix: str, sink, log) -> None:
 def launch(command: list[str], num_processes: int, devices_per_process: int, *,
            port: int | None = None, log_dir: str | None = None, grace: float = 90.0,
            heartbeat: int = 10, platform: str = "cpu") -> int:
-  """Runs `command` as `num_processes` processes; returns the first non-zero exit status."""
+  """Runs `command` as `num_processes` processes; returns the run's exit status (run_status)."""
   port = port or free_port()
   if log_dir:
     os.makedirs(log_dir, exist_ok=True)
-  procs, pumps, logs = [], [], []
+  procs, pumps, logs, received = [], [], [], []
+
+  def forward(signum, _frame):
+    # To each process's group, as a scheduler's preemption would: a plm-jax process of a
+    # multi-process run is a parent and the child it supervises.
+    received.append(signum)
+    for p in procs:
+      if p.poll() is None:
+        try:
+          os.killpg(p.pid, signum)
+        except ProcessLookupError:
+          pass
+  # Before the first process starts: a SIGTERM must never end the launcher and orphan them.
+  old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
   for i in range(num_processes):
     log = open(os.path.join(log_dir, f"process_{i}.log"), "w", encoding="utf-8") \
         if log_dir else None
@@ -89,16 +103,6 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
     t.start()
     pumps.append(t)
 
-  def forward(signum, _frame):
-    # To each process's group, as a scheduler's preemption would: a plm-jax process of a
-    # multi-process run is a parent and the child it supervises.
-    for p in procs:
-      if p.poll() is None:
-        try:
-          os.killpg(p.pid, signum)
-        except ProcessLookupError:
-          pass
-  old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
   failures, failed_at = [], None
   try:
     while any(p.poll() is None for p in procs):
@@ -130,13 +134,24 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
         log.close()
   seen = [j for j, _ in failures]
   failures += [(i, p.returncode) for i, p in enumerate(procs) if p.returncode and i not in seen]
-  return run_status([code for _, code in failures])
+  codes = [code for _, code in failures]
+  status = run_status(codes, received)
+  if status == EXIT_PREEMPTED and not any(0 < c < 128 for c in codes):
+    print(f"[launch_local] stopped by {signal.Signals(received[0]).name} while the processes "
+          "were starting (before any could save): nothing of the run was lost; run the same "
+          "command again", file=sys.stderr, flush=True)
+  return status
 
 
-def run_status(failures: list[int]) -> int:
+def run_status(failures: list[int], forwarded=()) -> int:
   """The run's exit status from its processes' failing statuses, in the order they ended: the
   first a process chose itself (1-127: it said why, e.g. 75 when a peer was lost) over a death
-  by a signal (negative, or 128 + N from a shell), which says nothing of what to do next."""
+  by a signal (negative, or 128 + N from a shell), which says nothing of what to do next. A
+  process ended by a SIGTERM or SIGINT the launcher forwarded (one that came before the
+  process could handle it: while its interpreter started) was stopped before it saved
+  anything: EXIT_PREEMPTED, run again."""
+  stopped = {-s for s in forwarded} | {128 + s for s in forwarded}
+  failures = [EXIT_PREEMPTED if c in stopped else c for c in failures]
   chosen = [c for c in failures if 0 < c < 128]
   if chosen:
     return chosen[0]

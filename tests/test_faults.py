@@ -230,6 +230,65 @@ def test_sigterm_while_a_process_starts_is_one_line_and_75(tokenizers_dir, tmp_p
       "plm-jax train: stopped by SIGTERM outside the training steps"), text[-3000:]
 
 
+@pytest.mark.parametrize("moment", ["start-up", "distributed"])
+def test_sigterm_while_two_processes_start_is_one_line_each_and_75(tokenizers_dir, tmp_path,
+                                                                   moment):
+  """A preemption before step 1 of a 2-process run (SIGTERM to every process, through the
+  launcher): at once ("start-up": the processes just started, their interpreters may not
+  handle a signal yet) or once both have joined the run ("distributed": JAX's preemption
+  service holds SIGTERM). Each process says at most one line (stopped while starting, or
+  preempted at step 1 with a checkpoint; none when the signal ended its interpreter before
+  any handler, which the launcher then says), no traceback; the launcher exits 75; the same
+  command then finishes the run."""
+  logs = tmp_path / "logs"
+  command = [sys.executable, "-m", "plm_jax.launch_local", "--num-processes", "2",
+             "--devices-per-process", "4", "--log-dir", str(logs), "--grace", "60", "--",
+             sys.executable, "-m", "plm_jax.cli",
+             *train_args(tmp_path / "run", tokenizers_dir["gpt"], 2, GPT)]
+  out = tmp_path / "out"
+  with open(out, "w") as sink:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  wanted = "[launch_local]" if moment == "start-up" else "[1] [process 1/2]"
+  try:
+    deadline = time.time() + 200
+    while time.time() < deadline:
+      text = open(out).read()
+      if moment == "start-up" and all((logs / f"process_{i}.log").exists() for i in (0, 1)):
+        break
+      if wanted in text and "[0] [process 0/2]" in text:
+        break
+      assert proc.poll() is None, text[-3000:]
+      time.sleep(0.05)
+    assert "step 1/" not in open(out).read(), "too late: the run reached its first step"
+    os.kill(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=240)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  said = open(out).read()
+  assert code == EXIT_PREEMPTED, said[-4000:]
+  assert "Traceback" not in said and "Check failure" not in said, said[-3000:]
+  ends = []
+  for i in (0, 1):
+    lines = [l for l in (logs / f"process_{i}.log").read_text().splitlines() if l.strip()]
+    verdicts = [l for l in lines if l.startswith("plm-jax train: ")]
+    assert len(verdicts) <= 1 and lines[-1:] == verdicts, (i, lines[-5:])
+    ends += verdicts
+  one_line = (r"plm-jax train: (stopped by SIGTERM while starting up \(before its training "
+              r"steps\): nothing of the run was lost; run the same command to resume|preempted "
+              r"at step 1 \(a preemption notice\): checkpoint saved)")
+  assert all(re.match(one_line, l) for l in ends), ends
+  if moment == "distributed":
+    assert len(ends) == 2, said[-3000:]          # both were running plm-jax: both say it
+  if not ends:                                   # the launcher says it for them
+    assert said.rstrip().splitlines()[-1].startswith(
+        "[launch_local] stopped by SIGTERM while the processes were starting"), said[-3000:]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-3000:]
+  assert re.search(r"^\[0\] step 2/2", done.stdout, re.M)
+
+
 def test_two_processes_stop_at_the_same_step_and_resume(tokenizers_dir, tmp_path):
   """SIGTERM to the launcher reaches both processes; JAX's preemption service makes them save
   the same step; two processes resume it with exactly the losses of an uninterrupted 2-process

@@ -220,3 +220,15 @@ def test_the_launcher_reports_what_a_process_chose_over_a_peer_killed_by_a_signa
   assert launch_local.run_status([137, 75]) == 75
   assert launch_local.run_status([1, 75]) == 1         # a failure to fix is not requeued
   assert launch_local.run_status([-9, -6]) == 137
+  # ended by the SIGTERM the launcher forwarded, before it could handle one: run again
+  assert launch_local.run_status([-15, 143], forwarded=[signal.SIGTERM]) == EXIT_PREEMPTED
+  assert launch_local.run_status([-15]) == 143        # a SIGTERM from elsewhere: not ours
+  assert launch_local.EXIT_PREEMPTED == EXIT_PREEMPTED
+
+
+def test_a_long_native_log_is_read_by_its_ends(tmp_path):
+  log = tmp_path / "n.log"
+  log.write_text("plm-jax: process 0 of 2\n" + "x" * 3_000_000 + "\n" +
+                 NATIVE_LOG.split("\n", 1)[1])
+  text = supervisor._read(str(log))
+  assert len(text) < 1_100_000 and "process 0 of 2" in text and "Task 1 heartbeat" in text

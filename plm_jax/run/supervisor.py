@@ -69,20 +69,24 @@ def supervise(argv: list[str], name: str, kept: Callable[[], str],
   path = native_log_path()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   open(path, "w").close()              # this run's log only: the verdict is read from it
-  child = subprocess.Popen([sys.executable, "-m", "plm_jax.cli", *argv[1:]],
-                           env=dict(os.environ, **{ENV_NATIVE_LOG: path}))
-  received = []
+  received, children = [], []
 
   def forward(signum, _frame):
     received.append(signum)
-    if signum == signal.SIGTERM and child.poll() is None:
+    if signum == signal.SIGTERM and children and children[0].poll() is None:
       # A preemption notice may reach this process alone (PID 1 of a container); a second
       # SIGTERM where it reached both is harmless (JAX's notifier only sets a flag).
-      child.send_signal(signum)
+      children[0].send_signal(signum)
+  # Installed before the child starts: a SIGTERM must not end this process and orphan it.
   # SIGINT is not forwarded: a Ctrl-C reaches the child too (one process group), and a second
   # one would tell it to stop without a checkpoint.
   old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
+    child = subprocess.Popen([sys.executable, "-m", "plm_jax.cli", *argv[1:]],
+                             env=dict(os.environ, **{ENV_NATIVE_LOG: path}))
+    children.append(child)
+    if signal.SIGTERM in received:
+      child.send_signal(signal.SIGTERM)   # came while it was being started
     code = child.wait()
   finally:
     for s, handler in old.items():
@@ -170,12 +174,21 @@ def _native(text: str) -> None:
   os.write(2, text.encode(errors="replace"))
 
 
-def _read(path: str) -> str:
+def _read(path: str, head: int = 4096, tail: int = 1 << 20) -> str:
+  """The log's start (where the child says which process it is) and its last megabyte (how it
+  ended): a long run's native log may be large."""
   try:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      return f.read()
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      if size <= head + tail:
+        data = f.read()
+      else:
+        data = f.read(head) + b"\n...\n"
+        f.seek(size - tail)
+        data += f.read()
   except OSError:
     return ""
+  return data.decode("utf-8", errors="replace")
 
 
 def _remove(path: str) -> None:
