@@ -192,9 +192,10 @@ def test_an_abort_over_a_lost_peer_is_one_line_and_run_again():
                   "/w/checkpoints, is intact; run the same command again (this process's native "
                   "log: /logs/n.log)")
   # the coordinator itself lost: the survivors' logs name no task
-  coordinator_gone = ("plm-jax: process 1 of 2\nF1206 client.h:80] Terminating process because "
-                      "the JAX distributed service detected fatal errors. UNAVAILABLE: failed to "
-                      "connect to all addresses\n")
+  coordinator_gone = ("plm-jax: process 1 of 2\nF1206 03:56:23.929018   17606 client.h:80] "
+                      "Terminating process because the JAX distributed service detected fatal "
+                      "errors. This most likely indicates that another task died\n:UNKNOWN:Error "
+                      'received from peer  {grpc_message:"Socket closed", grpc_status:14}\n')
   line, code = supervisor.verdict(-signal.SIGABRT, coordinator_gone, "n.log", kept)
   assert code == EXIT_PREEMPTED and line.startswith("the coordinator (process 0 of 2)")
 
