@@ -11,10 +11,11 @@
 #   bash launch/tpu_vm.sh logs          # each worker's log into ./tpu-logs/
 #
 # `run` outlives preemptions: when the command exits 75 (a preemption notice: every worker saved
-# a checkpoint at the same step), 4 (hung: stopped by the watchdog) or 255 (ssh lost the VM), it
-# recreates the TPU VM if it is gone or preempted, installs this checkout again and runs the same
-# command, which resumes from the last checkpoint; at most MAX_RESTARTS times (default 20;
-# MAX_RESTARTS=0 runs once). The workdir must outlive the VM (a gs:// bucket).
+# a checkpoint at the same step; or a worker lost a peer: the last checkpoint is intact), 4
+# (hung: stopped by the watchdog) or 255 (ssh lost the VM), it recreates the TPU VM if it is
+# gone or preempted, installs this checkout again and runs the same command, which resumes
+# from the last checkpoint; at most MAX_RESTARTS times (default 20; MAX_RESTARTS=0 runs once).
+# The workdir must outlive the VM (a gs:// bucket).
 #   bash launch/tpu_vm.sh down          # delete the VM / queued resource
 #
 # Multi-slice: NUM_SLICES=2 ACCELERATOR=v5litepod-256 ... creates a queued resource of 2 slices
@@ -122,9 +123,18 @@ MEGASCALE_NUM_SLICES=$NUM_SLICES MEGASCALE_SLICE_ID=$slice"
     pids+=($!)
     slice=$((slice + 1))
   done
+  # The run's status: the first a worker chose itself (1-127; 75 when it lost a peer: run
+  # again) over a death by a signal or a lost ssh (128-255), which says nothing of what to do.
   status=0
   for pid in "${pids[@]}"; do
-    wait "$pid" || status=$?
+    code=0
+    wait "$pid" || code=$?
+    if [ "$code" -eq 0 ]; then
+      continue
+    fi
+    if [ "$status" -eq 0 ] || { [ "$status" -ge 128 ] && [ "$code" -lt 128 ]; }; then
+      status=$code
+    fi
   done
   return "$status"
 }

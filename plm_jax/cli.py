@@ -21,6 +21,7 @@ import traceback
 import types
 from typing import Callable
 
+import jax
 import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
@@ -44,6 +45,7 @@ from plm_jax.commands.pretrain import train
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console
 from plm_jax.run.plots import plot_runs
+from plm_jax.run import supervisor
 from plm_jax.run.stopping import OutsideTheLoop, RunStopped
 from plm_jax.hardware.topology import TOPOLOGIES
 
@@ -557,14 +559,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   quiet_libraries()
   flag_argv = [f"plm-jax {command.name}", *_normalise(rest, command)]
+  launch = None
   try:
     early = _first_pass(command, flag_argv)
-    launch = None
     if command.distributed:
       # Before anything touches jax (a workdir's config is fitted to the devices below).
       launch = distributed.detect(*(early[name].value for name in (
           "coordinator", "num-processes", "process-id", "heartbeat-timeout")))
+      if launch.mode != "single":
+        # A lost peer aborts the others in C++: a parent process turns that into one line.
+        if not supervisor.supervised():
+          return supervisor.supervise(argv, command.name,
+                                      lambda: _kept(early["workdir"].value),
+                                      launch.num_processes)
+        supervisor.redirect_native_output()
       distributed.initialize(launch)
+      if launch.mode != "single":
+        supervisor.note_place(jax.process_index(), jax.process_count())
     # One process: SIGTERM before or after the steps ends in one line and 75 too (several:
     # JAX's preemption service owns SIGTERM; the step loop stops them all).
     stops = (OutsideTheLoop(lambda: _kept(early["workdir"].value))
@@ -575,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
   except RunStopped as e:
     print(f"plm-jax {command.name}: {e}", file=sys.stderr)
     return e.exit_code
+  except jax.errors.JaxRuntimeError as e:
+    if launch is not None and launch.mode != "single":
+      # A collective cut off by a dead peer: the runtime's verdict on it is on its way.
+      supervisor.await_verdict(e, launch.heartbeat_timeout_s)
+    raise
   except (flags.Error, UsageError, PlmJaxError) as e:
     print(f"plm-jax {command.name}: error: {e}", file=sys.stderr)
     return 2

@@ -278,7 +278,8 @@ def train_group(values: dict) -> ml_collections.ConfigDict:
 def checkpoint_group() -> ml_collections.ConfigDict:
   ck = ml_collections.ConfigDict()
   ck.every = 500                     # steps between saves (and always at the end)
-  ck.keep = 3                        # checkpoints kept (oldest deleted first)
+  ck.keep = 3                        # checkpoints kept (oldest deleted first); 2 at least
+                                     # while train.spike_factor is on (scaffold.py)
   ck.every_seconds = 0               # also save when this long has passed since the last save
                                      # (0 = off); several processes decide at log steps
   ck.async_save = True               # save in the background while training continues

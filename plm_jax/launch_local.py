@@ -8,9 +8,11 @@ jax.distributed), JAX_PLATFORMS=cpu and its own simulated device count: the mult
 paths (per-process data, cross-process collectives, every process writing its checkpoint
 shards) run on a laptop exactly as on a pod. With --platform gpu each process gets its own
 GPUs of this host instead (one process per GPU, no torchrun). Output lines are prefixed with the process index
-(and copied to --log-dir/process_<i>.log). When a process fails, the others are given
---grace seconds to stop on their own (jax's heartbeat stops them) and are then killed; the exit
-status is the first failure's.
+(and copied to --log-dir/process_<i>.log; each process's native log, XLA's and Gloo's own output,
+goes to --log-dir/process_<i>.native.log). When a process fails, the others are given --grace
+seconds to stop on their own (jax's heartbeat stops them: one line naming the lost process, exit
+75) and are then killed. The exit status is the first a process chose itself (1-127, e.g. 75:
+run again); only when every failure was a death by a signal, the first of those (128 + N).
 """
 
 import argparse
@@ -22,6 +24,7 @@ import sys
 import threading
 import time
 
+EXIT_PREEMPTED = 75      # plm_jax/run/stopping.py (not imported: the launcher stays light)
 
 def free_port() -> int:
   with socket.socket() as s:
@@ -30,10 +33,12 @@ def free_port() -> int:
 
 
 def child_env(base: dict, process_id: int, num_processes: int, devices: int, port: int,
-              heartbeat: int, platform: str = "cpu") -> dict:
+              heartbeat: int, platform: str = "cpu", log_dir: str | None = None) -> dict:
   """The environment of process `process_id`: its place in the run and its devices (CPU:
   `devices` simulated ones; GPU: GPUs process_id * devices ... + devices - 1)."""
   env = dict(base)
+  if log_dir:
+    env["PLM_JAX_LOG_DIR"] = os.path.abspath(log_dir)   # native logs beside process_<i>.log
   env.update({
       "PLM_JAX_COORDINATOR": f"127.0.0.1:{port}",
       "PLM_JAX_NUM_PROCESSES": str(num_processes),
@@ -66,17 +71,31 @@ def _pump(stream, prefix: str, sink, log) -> None:
 def launch(command: list[str], num_processes: int, devices_per_process: int, *,
            port: int | None = None, log_dir: str | None = None, grace: float = 90.0,
            heartbeat: int = 10, platform: str = "cpu") -> int:
-  """Runs `command` as `num_processes` processes; returns the first non-zero exit status."""
+  """Runs `command` as `num_processes` processes; returns the run's exit status (run_status)."""
   port = port or free_port()
   if log_dir:
     os.makedirs(log_dir, exist_ok=True)
-  procs, pumps, logs = [], [], []
+  procs, pumps, logs, received = [], [], [], []
+
+  def forward(signum, _frame):
+    # To each process's group, as a scheduler's preemption would: a plm-jax process of a
+    # multi-process run is a parent and the child it supervises.
+    received.append(signum)
+    for p in procs:
+      if p.poll() is None:
+        try:
+          os.killpg(p.pid, signum)
+        except ProcessLookupError:
+          pass
+  # Before the first process starts: a SIGTERM must never end the launcher and orphan them.
+  old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
   for i in range(num_processes):
     log = open(os.path.join(log_dir, f"process_{i}.log"), "w", encoding="utf-8") \
         if log_dir else None
     logs.append(log)
     p = subprocess.Popen(command, env=child_env(os.environ, i, num_processes,
-                                                devices_per_process, port, heartbeat, platform),
+                                                devices_per_process, port, heartbeat, platform,
+                                                log_dir),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     procs.append(p)
@@ -84,18 +103,15 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
     t.start()
     pumps.append(t)
 
-  def forward(signum, _frame):
-    for p in procs:
-      if p.poll() is None:
-        p.send_signal(signum)
-  old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-  first_failure, failed_at = 0, None
+  failures, failed_at = [], None
   try:
     while any(p.poll() is None for p in procs):
       for i, p in enumerate(procs):
         code = p.poll()
-        if code not in (None, 0) and not first_failure:
-          first_failure, failed_at = code, time.time()
+        if code not in (None, 0) and i not in [j for j, _ in failures]:
+          failures.append((i, code))
+        if code not in (None, 0) and failed_at is None:
+          failed_at = time.time()
           print(f"[launch_local] process {i} exited with status {code}; waiting up to "
                 f"{grace:.0f}s for the others to stop", file=sys.stderr, flush=True)
       if failed_at is not None and time.time() - failed_at > grace:
@@ -116,8 +132,32 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
     for log in logs:
       if log is not None:
         log.close()
-  codes = [p.returncode for p in procs]
-  return first_failure or next((c for c in codes if c), 0)
+  seen = [j for j, _ in failures]
+  failures += [(i, p.returncode) for i, p in enumerate(procs) if p.returncode and i not in seen]
+  codes = [code for _, code in failures]
+  status = run_status(codes, received)
+  if status == EXIT_PREEMPTED and not any(0 < c < 128 for c in codes):
+    print(f"[launch_local] stopped by {signal.Signals(received[0]).name} while the processes "
+          "were starting (before any could save): nothing of the run was lost; run the same "
+          "command again", file=sys.stderr, flush=True)
+  return status
+
+
+def run_status(failures: list[int], forwarded=()) -> int:
+  """The run's exit status from its processes' failing statuses, in the order they ended: the
+  first a process chose itself (1-127: it said why, e.g. 75 when a peer was lost) over a death
+  by a signal (negative, or 128 + N from a shell), which says nothing of what to do next. A
+  process ended by a SIGTERM or SIGINT the launcher forwarded (one that came before the
+  process could handle it: while its interpreter started) was stopped before it saved
+  anything: EXIT_PREEMPTED, run again."""
+  stopped = {-s for s in forwarded} | {128 + s for s in forwarded}
+  failures = [EXIT_PREEMPTED if c in stopped else c for c in failures]
+  chosen = [c for c in failures if 0 < c < 128]
+  if chosen:
+    return chosen[0]
+  if failures:
+    return failures[0] if failures[0] > 0 else 128 - failures[0]
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -230,6 +230,67 @@ def test_sigterm_while_a_process_starts_is_one_line_and_75(tokenizers_dir, tmp_p
       "plm-jax train: stopped by SIGTERM outside the training steps"), text[-3000:]
 
 
+@pytest.mark.parametrize("moment", ["start-up", "distributed"])
+def test_sigterm_while_two_processes_start_is_one_line_each_and_75(tokenizers_dir, tmp_path,
+                                                                   moment):
+  """A preemption before step 1 of a 2-process run (SIGTERM to every process, through the
+  launcher): at once ("start-up": the processes just started, their interpreters may not
+  handle a signal yet) or once both have joined the run ("distributed": JAX's preemption
+  service holds SIGTERM). Each process says at most one line (stopped while starting, or
+  preempted at step 1 with a checkpoint; none when the signal ended its interpreter before
+  any handler, which the launcher then says), no traceback; the launcher exits 75; the same
+  command then resumes a run stopped at step 1."""
+  logs = tmp_path / "logs"
+  command = [sys.executable, "-m", "plm_jax.launch_local", "--num-processes", "2",
+             "--devices-per-process", "4", "--log-dir", str(logs), "--grace", "60", "--",
+             sys.executable, "-m", "plm_jax.cli",
+             *train_args(tmp_path / "run", tokenizers_dir["gpt"], 2, GPT)]
+  out = tmp_path / "out"
+  with open(out, "w") as sink:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  wanted = "[launch_local]" if moment == "start-up" else "[1] [process 1/2]"
+  try:
+    deadline = time.time() + 200
+    while time.time() < deadline:
+      text = open(out).read()
+      if moment == "start-up" and all((logs / f"process_{i}.log").exists() for i in (0, 1)):
+        break
+      if wanted in text and "[0] [process 0/2]" in text:
+        break
+      assert proc.poll() is None, text[-3000:]
+      time.sleep(0.05)
+    assert "step 1/" not in open(out).read(), "too late: the run reached its first step"
+    os.kill(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=240)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  said = open(out).read()
+  assert code == EXIT_PREEMPTED, said[-4000:]
+  assert "Traceback" not in said and "Check failure" not in said, said[-3000:]
+  ends = []
+  for i in (0, 1):
+    lines = [l for l in (logs / f"process_{i}.log").read_text().splitlines() if l.strip()]
+    verdicts = [l for l in lines if l.startswith("plm-jax train: ")]
+    assert len(verdicts) <= 1 and lines[-1:] == verdicts, (i, lines[-5:])
+    ends += verdicts
+  one_line = (r"plm-jax train: (stopped by SIGTERM while starting up \(before its training "
+              r"steps\): nothing of the run was lost; run the same command to resume|preempted "
+              r"at step 1 \(a preemption notice\): checkpoint saved)")
+  assert all(re.match(one_line, l) for l in ends), ends
+  if moment == "distributed":
+    assert len(ends) == 2, said[-3000:]          # both were running plm-jax: both say it
+  if not ends:                                   # the launcher says it for them
+    assert said.rstrip().splitlines()[-1].startswith(
+        "[launch_local] stopped by SIGTERM while the processes were starting"), said[-3000:]
+  if moment == "distributed":                    # (at start-up nothing was saved to resume)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "resumed from step 1" in done.stdout and re.search(r"^\[0\] step 2/2", done.stdout,
+                                                              re.M)
+
+
 def test_two_processes_stop_at_the_same_step_and_resume(tokenizers_dir, tmp_path):
   """SIGTERM to the launcher reaches both processes; JAX's preemption service makes them save
   the same step; two processes resume it with exactly the losses of an uninterrupted 2-process
@@ -426,16 +487,18 @@ def test_skip_drops_the_update_counts_it_and_goes_on(tmp_path, tokenizers_dir, m
                    str(tmp_path / "many"))
 
 
+@pytest.mark.parametrize("keep", [2, 1])
 def test_a_good_run_continued_at_a_divergent_rate_keeps_a_good_checkpoint(tmp_path,
                                                                           tokenizers_dir,
-                                                                          capsys):
+                                                                          capsys, keep):
   """At learning rate 1e4 the losses grow huge before they stop being finite: the first one
   over train.spike_factor x the running level stops the run, and the checkpoint it leaves to
   resume from evaluates as the good run did (not to the huge loss), however many checkpoints
-  the diverging steps saved (keep=2, one every step)."""
+  the diverging steps saved (one every step) and however few are kept (keep=1: the one before
+  the newest must outlive it until the step after the newest shows no spike)."""
   workdir = tmp_path / "run"
   args = train_args(workdir, tokenizers_dir["gpt"], 12, GPT, "--config.checkpoint.every=4",
-                    "--config.checkpoint.keep=2")
+                    f"--config.checkpoint.keep={keep}")
   assert cli.main(["plm-jax", *args]) == 0
   good = records(workdir, "eval")[-1]["loss"]
   more = [a for a in args if "train.steps" not in a and "checkpoint.every" not in a]
@@ -446,14 +509,52 @@ def test_a_good_run_continued_at_a_divergent_rate_keeps_a_good_checkpoint(tmp_pa
   assert code == EXIT_DIVERGED, err
   spiked = int(re.search(r"step (\d+) had a loss spike \(loss [\d.e+]+, gradient norm "
                          r"[\d.e+]+: a spike over 100 x the running loss level", err).group(1))
-  kept = int(re.search(r"checkpoint of step (\d+), the last before the update that spiked",
-                       err).group(1))
+  named = re.search(r"checkpoint of step (\d+), the last before the update that spiked", err)
+  assert named, err
+  kept = int(named.group(1))
   assert 12 <= kept <= spiked - 2 and checkpoint.latest_step(str(workdir)) == kept
-  assert checkpoint.complete_steps(str(workdir)) == [kept - 1, kept] or kept == 12
+  if keep == 2:
+    assert checkpoint.complete_steps(str(workdir)) == [kept - 1, kept] or kept == 12
+  assert checkpoint.complete_steps(str(workdir))[-1] == kept
+  # the suspect ones are set aside, not deleted
+  aside = sorted(int(n.split("-")[1]) for n in os.listdir(checkpoint.checkpoint_dir(
+      str(workdir))) if n.startswith("spiked-"))
+  assert aside and aside[0] == kept + 1 and aside[-1] <= spiked - 1, aside
   capsys.readouterr()
   assert cli.main(["plm-jax", "evaluate", "--workdir", str(workdir)]) == 0
   loss = float(re.search(r"loss ([\d.]+)", capsys.readouterr().out).group(1))
   assert loss < 2 * good, (loss, good)
+
+
+def test_a_save_in_flight_at_a_spike_is_set_aside_too(tmp_path):
+  """The newest checkpoint may still be saving (async) when a spike is seen: it is of a suspect
+  state like the others after the good one, and must not stay behind as the newest one, the
+  one a resume takes (the halt line would name the step before it)."""
+  from plm_jax.run.scaffold import Run, SET_ASIDE
+  where = tmp_path / "checkpoints"
+  (where / "12").mkdir(parents=True)
+
+  class SavingStep13:
+    """A manager whose save of step 13 completes when waited for."""
+    def wait_until_finished(self):
+      (where / "13").mkdir(exist_ok=True)
+
+    def reload(self):
+      pass
+  run = Run.__new__(Run)
+  run.path, run.manager = str(tmp_path), SavingStep13()
+  assert run._set_aside_after(12) == 12
+  assert checkpoint.complete_steps(str(tmp_path)) == [12]
+  assert (where / f"{SET_ASIDE}13").is_dir()
+
+
+def test_keep_1_keeps_2_while_spikes_are_watched():
+  from plm_jax.run.scaffold import kept_checkpoints
+  def config(keep, spike_factor):
+    return family_config("gpt", **{"checkpoint.keep": keep, "train.spike_factor": spike_factor})
+  assert kept_checkpoints(config(1, 100.0)) == 2
+  assert kept_checkpoints(config(3, 100.0)) == 3
+  assert kept_checkpoints(config(1, 0.0)) == 1        # spikes off: keep as asked
 
 
 def test_a_spike_is_configurable(tmp_path, tokenizers_dir, capsys):

@@ -23,7 +23,8 @@ LAYERS = [
     ("plm_jax.hardware.distributed", "plm_jax.hardware.topology",
      "plm_jax.hardware.accelerator", "plm_jax.run", "plm_jax.run.metrics_writer",
      "plm_jax.models.partitioning", "plm_jax.run.lock", "plm_jax.run.watchdog",
-     "plm_jax.run.stopping", "plm_jax.run.plots", "plm_jax.run.trackers"),
+     "plm_jax.run.stopping", "plm_jax.run.supervisor", "plm_jax.run.plots",
+     "plm_jax.run.trackers"),
     # 2: models, objectives, reading and tokenising text, pure tables and formulas (each
     # fine-tuning kind's metrics)
     ("plm_jax.models", "plm_jax.models.*", "plm_jax.objectives", "plm_jax.objectives.*",

@@ -13,7 +13,8 @@ jax does anything else; it starts the distributed runtime when the run spans pro
 
 Failure detection is JAX's: every process heartbeats to the coordination service; when one
 dies (or stops answering for `heartbeat_timeout` seconds) the service tells the others, which
-exit with an error instead of hanging in a collective or at a barrier.
+abort (in C++) instead of hanging in a collective or at a barrier; plm_jax/run/supervisor.py
+turns that abort into one line and a status a launcher runs again.
 """
 
 import dataclasses

@@ -72,7 +72,7 @@ class Run:
     self._train: loader.Batches | None = None
     self.last_saved: int | None = resume_step
     try:
-      self.manager = self._open(checkpoint.CHECKPOINT_DIR, config.checkpoint.keep,
+      self.manager = self._open(checkpoint.CHECKPOINT_DIR, kept_checkpoints(config),
                                 config.checkpoint.async_save)
     except BaseException:
       self.lock.release()
@@ -368,6 +368,9 @@ class Run:
   def _set_aside_after(self, step: int) -> int:
     """Renames the checkpoints after `step` to checkpoints/spiked-<step> (nothing is deleted;
     a resume no longer takes them); returns the newest step left (0 if none)."""
+    # A save still in flight (async) is of a step after `step` too: it must be complete before
+    # the listing, or it would stay behind as the newest checkpoint, the one a resume takes.
+    self.manager.wait_until_finished()
     self._set_aside([s for s in checkpoint.complete_steps(self.path) if s > step], SET_ASIDE)
     return max([s for s in checkpoint.complete_steps(self.path) if s <= step], default=0)
 
@@ -418,6 +421,15 @@ class Run:
     raise Diverged(f"diverged: {why}; its update was not applied; {saved}; lower "
                    "optim.learning_rate (or raise optim.warmup_steps) and run the same command "
                    "to resume")
+
+
+def kept_checkpoints(config) -> int:
+  """How many checkpoints rotation keeps: checkpoint.keep, but 2 at least while spikes are
+  watched (train.spike_factor). A spike's loss is that of the state the update before it made,
+  so the newest checkpoint may be of that suspect state; the one before it must still be there
+  to resume from, and with keep=1 rotation would already have deleted it."""
+  keep = config.checkpoint.keep
+  return max(keep, 2) if config.train.spike_factor else keep
 
 
 def _not_writable(path: str, error: OSError) -> CheckpointError:
