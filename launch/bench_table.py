@@ -59,8 +59,7 @@ def table(recs: list[dict]) -> tuple[list[str], int]:
   for r in ours:
     mark = "" if r["compile_s"] <= COMPILE_TARGET_S else f" (target <= {COMPILE_TARGET_S:g} s)"
     lines.append(f"{r['family']} T={r['T']} B={r['B']}: compile {r['compile_s']} s{mark}, "
-                 f"MFU {r.get('mfu')} ({r.get('mfu_computed', r.get('mfu_with_head'))} as "
-                 f"computed), temporaries "
+                 f"MFU {r.get('mfu')} ({r.get('mfu_computed')} as computed), temporaries "
                  f"{r.get('temp_gib')} GiB, peak {r.get('peak_mem_gib')} GiB; "
                  f"{r.get('dtype')}, {r.get('attention')} attention, {r.get('prng')}")
   ab = [r for r in recs if r.get("figure") == "plm_jax_bench" and r.get("tag")]

@@ -12,7 +12,7 @@ import jax
 
 from plm_jax import families, objectives
 from plm_jax.hardware import accelerator
-from plm_jax.data import pipeline
+from plm_jax.data import phases, pipeline
 from plm_jax.errors import ConfigError, DataError
 from plm_jax.configlib import KINDS
 from plm_jax.objectives.masking import SPANS
@@ -31,7 +31,10 @@ def validate(config, num_devices: int, num_processes: int | None = None
   shape = resolve_mesh_shape(config.mesh, num_devices)
   validate_data(config)
   _model(config, shape, num_devices)
-  _batch(config, shape, jax.process_count() if num_processes is None else num_processes)
+  processes = jax.process_count() if num_processes is None else num_processes
+  _batch(config, shape, processes)
+  if phases.enabled(config):                    # phase 2's micro-batches split too
+    _batch(phases.phase_config(config, 2), shape, processes)
   _schedule(config)
   if num_processes is None:                     # a run here (not a plan for another machine)
     _kernels_here(config)
@@ -59,6 +62,35 @@ def validate_data(config) -> None:
   if config.data.max_seq_length > m.max_position:
     raise ConfigError(f"data.max_seq_length={config.data.max_seq_length} exceeds "
                       f"model.max_position={m.max_position}; lower it or raise max_position")
+  _phases(config)
+
+
+def _phases(config) -> None:
+  """A second phase (plm_jax/data/phases.py): pretraining, a length the model takes, a switch
+  that leaves steps to both phases."""
+  if not phases.enabled(config):
+    return
+  d, m, steps = config.data, config.model, config.train.steps
+  if config.objective.name in KINDS:
+    raise ConfigError("data.phase2_seq_length is for pretraining (fine-tuning reads examples of "
+                      "one length); use --config.data.phase2_seq_length=0")
+  if objectives.get(config.objective.name).permuted:
+    raise ConfigError("data.phase2_seq_length: XLNet's segments (objective.reuse_len) are sized "
+                      "for one length; use --config.data.phase2_seq_length=0")
+  if d.phase2_seq_length > m.max_position:
+    raise ConfigError(f"data.phase2_seq_length={d.phase2_seq_length} exceeds "
+                      f"model.max_position={m.max_position}; lower it or raise max_position")
+  if not 0 < d.phase2_from < 1:
+    raise ConfigError(f"data.phase2_from={d.phase2_from:g} must be in (0, 1): the fraction of "
+                      "train.steps before phase 2 (BERT's 0.9)")
+  switch = phases.switch_step(config)
+  if steps > 0 and not 0 < switch < steps:
+    raise ConfigError(f"data.phase2_from={d.phase2_from:g} of train.steps={steps} leaves "
+                      f"{'phase 1' if switch <= 0 else 'phase 2'} no step; raise train.steps "
+                      "or use --config.data.phase2_seq_length=0 for one phase")
+  if config.objective.phase2_max_predictions < 0:
+    raise ConfigError(f"objective.phase2_max_predictions={config.objective.phase2_max_predictions}"
+                      " must be >= 0 (0: 15% of data.phase2_seq_length)")
 
 
 def _objective(config) -> None:

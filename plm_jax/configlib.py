@@ -168,6 +168,8 @@ def objective_group(objective: str) -> ml_collections.ConfigDict:
   o.mlm_probability = 0.15           # share of non-special tokens chosen for prediction
   o.max_predictions = 0              # at most this many a sequence (ALBERT's reference: 20 of
                                      # 512); 0 = ceil(mlm_probability x max_seq_length)
+  o.phase2_max_predictions = 0       # the same in phase 2 (data.phase2_seq_length; BERT's 80 of
+                                     # 512); 0 = ceil(mlm_probability x phase2_seq_length)
   o.masking = "token"                # what is chosen: "token" (BERT, RoBERTa), "word" (whole
                                      # words: BERT's whole-word masking) or "ngram" (ALBERT:
                                      # spans of n <= max_ngram words, p(n) ~ 1/n)
@@ -201,6 +203,14 @@ def data_group(builder: str, values: dict) -> ml_collections.ConfigDict:
                                      # instead of the source)
   d.builder = builder                # nsp | full_sentences (BERT); blocks | packed (GPT)
   d.max_seq_length = 128             # tokens per example
+  # A second phase at another length (BERT's: the last 10% of the steps at 512 tokens), in the
+  # same run: one optimizer state and one learning-rate schedule over train.steps; only the
+  # examples change (plm_jax/data/phases.py). Pretraining only.
+  d.phase2_seq_length = 0            # tokens per example from the switch on; 0 = one phase
+  d.phase2_from = 0.9                # the switch: this fraction of train.steps, rounded
+  d.phase2_prepared = ""             # phase 2's `plm-jax data prepare` directory (made with
+                                     # max_seq_length = phase2_seq_length); "" = tokenised from
+                                     # the source when the run starts
   d.tokenizer = ""                   # tokenizer.json / vocab.txt / vocab.json(+merges.txt) or a
                                      # dir holding one; "" = train one on the corpus, or reuse
                                      # the one trained on the same documents before (cached in
@@ -234,6 +244,8 @@ def optim_group(values: dict) -> ml_collections.ConfigDict:
   op.eps = 1e-6
   op.clip_norm = 1.0                 # global-norm gradient clipping; 0 = off
   op.grad_accum_steps = 1            # micro-batches per step (batch_size is the global total)
+  op.phase2_grad_accum_steps = 0     # the same in phase 2 (data.phase2_seq_length: its longer
+                                     # sequences may need more); 0 = grad_accum_steps
   op.update(values)
   return op
 

@@ -177,9 +177,52 @@ def test_a_family_is_better_only_where_the_difference_is_significant():
   rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
   p_noisy = compare.welch_p([0.481, 0.687], [0.481, 0.538])
   assert p_noisy > 0.05
-  assert rows["noisy"] == f"| noisy | b | {p_noisy:.3f} | a | {p_noisy:.3f} | 2 |"
-  assert rows["one seed"] == "| one seed | a | n/a | b | n/a | 1 |"
+  assert rows["noisy"] == f"| noisy | b | {p_noisy:.3f} | a | {p_noisy:.3f} | Welch, 2 seeds |"
+  assert rows["one seed"] == "| one seed | a | n/a | b | n/a | Welch, 1 seed |"
   assert "cloze" not in rows and "same" not in rows        # under the baseline; all equal
+
+
+def _mean_of(records, indices):
+  return float(np.mean(np.asarray(records["correct"])[indices]))
+
+
+def test_paired_bootstrap_p_values_match_the_binomial_reference():
+  """Per-example correctness where b equals a but for k of n examples that only a gets right:
+  a resample's difference flips sign (to 0) exactly when it draws none of the k, probability
+  (1 - k/n)^n, so the two-sided p is 2 (1 - k/n)^n."""
+  n, k = 20, 3
+  a = {"correct": [1.0] * 10 + [0.0] * 10}
+  b = {"correct": [0.0] * k + [1.0] * (10 - k) + [0.0] * 10}
+  reference = 2 * (1 - k / n) ** n
+  p = compare.bootstrap_p(a, b, _mean_of, resamples=20_000)
+  assert p == pytest.approx(reference, abs=0.01)            # binomial sd ~0.0024
+  assert compare.bootstrap_p(a, b, _mean_of) == pytest.approx(reference, abs=0.03)  # 1000
+  assert compare.bootstrap_p(a, a, _mean_of) == 1.0         # identical scores: no difference
+  many = {"correct": [1.0] * 60 + [0.0] * 40}
+  few = {"correct": [1.0] * 30 + [0.0] * 70}
+  assert compare.bootstrap_p(many, few, _mean_of) < 0.05    # 0.6 vs 0.3 on 100 examples
+  assert math.isnan(compare.bootstrap_p(many, a, _mean_of))  # not the same examples
+
+
+def test_a_one_seed_report_tests_with_the_paired_bootstrap():
+  clear = {"a": {"correct": [1.0] * 60 + [0.0] * 40}, "b": {"correct": [1.0] * 30 + [0.0] * 70}}
+  close = {"a": {"correct": [1.0] * 31 + [0.0] * 69}, "b": {"correct": [1.0] * 30 + [0.0] * 70}}
+  columns = [compare.Measure("clear", {"a": [0.6], "b": [0.3]}, examples=clear,
+                             resampled=_mean_of),
+             compare.Measure("close", {"a": [0.31], "b": [0.30]}, examples=close,
+                             resampled=_mean_of)]
+  lines = compare.strengths_and_weaknesses(columns, ["a", "b"])
+  rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+  p_clear = compare.bootstrap_p(clear["a"], clear["b"], _mean_of)
+  p_close = compare.bootstrap_p(close["a"], close["b"], _mean_of)
+  assert p_clear < 0.05 < p_close
+  test = "paired bootstrap over 100 examples, 1 seed"
+  assert rows["clear"] == f"| clear | a | {p_clear:.3f} | b | {p_clear:.3f} | {test} |" \
+      or p_clear < 0.001 and rows["clear"] == f"| clear | a | < 0.001 | b | < 0.001 | {test} |"
+  assert rows["close"] == f"| close | a | {p_close:.3f} | b | {p_close:.3f} | {test} |"
+  assert "| a | **0.600 ± 0.000** | 0.310 ± 0.000 |" in lines    # established with one seed
+  assert "- **a**: best at clear; worst at no measure; leads or trails at close, a difference " \
+      "not established with these seeds." in lines
 
 
 def test_base_runs_enough_seeds_to_establish_a_two_sigma_difference():
@@ -275,3 +318,22 @@ def test_albert_counts_its_shared_layer_at_every_depth():
   kw = dict(vocab=4096, hidden=m.hidden_size, layers=m.num_layers, seq_len=64, max_position=128)
   assert flops.shared_layer_encoder_flops_per_token(10 ** 6, **kw) == \
       flops.encoder_flops_per_token(10 ** 6 + (m.num_layers - 1) * layer, **kw)
+
+
+def test_the_kinds_recompute_their_metric_on_a_resample():
+  """Classification's records give its report's metrics back (accuracy by hand here); a
+  resample's BLEU is the corpus BLEU of the resampled sentences."""
+  from plm_jax.finetune.kinds import KINDS
+  from plm_jax.finetune.seq2seq.metrics import generation_metrics
+  stages_of = {k.group: k for k in stages.DOWNSTREAM}
+  logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 2.0]])
+  records = {"labels": [0, 1, 1, 1], "logits": logits.tolist()}
+  classify = stages_of["classify"]
+  assert classify.resampled(records, np.arange(4), "accuracy") == 0.75
+  assert classify.resampled(records, np.array([2, 2, 0]), "accuracy") == pytest.approx(1 / 3)
+  generate = stages_of["generate"]
+  text = {"predictions": ["a b c d", "e f g", "x y z w"], "references": ["a b c d", "e f h", "x y z w"]}
+  picked = [0, 0, 1]
+  assert generate.resampled(text, np.array(picked), "bleu") == pytest.approx(generation_metrics(
+      [text["predictions"][i] for i in picked], [text["references"][i] for i in picked])["bleu"])
+  assert {k.name for k in KINDS.values()} >= {"classify", "qa", "seq2seq"}

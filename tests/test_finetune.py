@@ -238,6 +238,10 @@ def test_best_checkpoint_kept_beside_the_latest(keyword_run):
   rows = list(csv.reader(open(os.path.join(workdir, "test_predictions.tsv")), delimiter="\t"))
   assert rows[0] == ["index", "prediction"] and len(rows) == 97
   assert {r[1] for r in rows[1:]} <= {"red", "green", "blue"}
+  # the per-example records compare's one-seed bootstrap resamples: the report's accuracy back
+  records = json.load(open(os.path.join(workdir, "validation_examples.json")))
+  correct = np.argmax(records["logits"], -1) == np.asarray(records["labels"])
+  assert float(np.mean(correct)) == pytest.approx(report["validation"]["accuracy"])
 
 
 @pytest.mark.e2e

@@ -37,7 +37,7 @@ LAYERS = [
     ("plm_jax.families",),
     # 4: configs, the kinds' task tables, the data pipeline and loader, the mesh
     ("plm_jax.configlib", "plm_jax.finetune.*.tasks", "plm_jax.data.pipeline",
-     "plm_jax.data.loader", "plm_jax.parallel"),
+     "plm_jax.data.loader", "plm_jax.data.phases", "plm_jax.parallel"),
     # 5: the checks pass, checkpoints, the workdir, the kinds' data
     ("plm_jax.checks", "plm_jax.run.checkpoint", "plm_jax.workdir", "plm_jax.finetune.*.data"),
     # 6: the trainer, Hugging Face interop, what autodiff keeps for the backward pass

@@ -66,7 +66,9 @@ def test_bench_table_pairs_each_work_with_its_reference(tmp_path):
   import bench_table
   (tmp_path / "plm.log").write_text("noise\n" + "\n".join([
       _bench_line(family="gpt", T=1024, B=32, tokens_per_s=800000),
-      _bench_line(family="bert", T=128, B=256, seq_per_s=5000.0),
+      _bench_line(family="bert", T=128, B=256, seq_per_s=5000.0, mfu=0.41, mfu_computed=0.45,
+                  temp_gib=3.5, peak_mem_gib=7.25, dtype="bfloat16", attention="cudnn",
+                  prng="rbg"),
       _bench_line(family="gpt", T=1024, B=32, tokens_per_s=840000,
                   tag="--xla_gpu_enable_latency_hiding_scheduler=true")]))
   (tmp_path / "ref.log").write_text("\n".join(json.dumps(r) for r in [
@@ -80,6 +82,9 @@ def test_bench_table_pairs_each_work_with_its_reference(tmp_path):
   assert "| BERT-base MLM+NSP seq/s, T=128 B=256 | 5000.0 | 2000.0 | 2.50x | >= 2.0x met |" in text
   assert "T=512 B=64 | missing | 600.0 |" in text and missing == 1     # the failed run counts
   assert "| `--xla_gpu_enable_latency_hiding_scheduler=true` | 840000 | +5.0% |" in text
+  # the compile line reads bench's current keys (plm_jax/sizing/bench.py's result)
+  assert ("bert T=128 B=256: compile 9.0 s, MFU 0.41 (0.45 as computed), temporaries 3.5 GiB, "
+          "peak 7.25 GiB; bfloat16, cudnn attention, rbg") in text
   assert bench_table.main(["x", str(tmp_path / "plm.log"), str(tmp_path / "ref.log")]) == 1
 
 

@@ -212,3 +212,24 @@ def test_a_refusal_proposes_values_that_plan_accepts(capsys, args, first):
   for flags in flag_sets:                              # each proposal, applied, is accepted
     assert cli.main(command + flags) == 0, (flags, capsys.readouterr().err)
     capsys.readouterr()
+
+
+def test_a_two_phase_run_is_planned_at_both_lengths():
+  """bert:base-paper's phase 2 is the plan of the same run at 512 tokens, 80 predictions and
+  its 4 micro-batches, written out by hand; without them phase 2 does not fit one H100, and the
+  refusal proposes phase 2's own micro-batches."""
+  p = make_plan(config_of("bert", "base-paper,mesh=dp"), "1xh100")
+  by_hand = config_of("bert", "base-paper,mesh=dp")
+  by_hand.data.phase2_seq_length = 0
+  by_hand.data.max_seq_length = 512
+  by_hand.objective.max_predictions = 80
+  by_hand.optim.grad_accum_steps = 4
+  second = make_plan(by_hand, "1xh100")
+  assert p.phase2["total_bytes"] == second.total_bytes > p.total_bytes
+  assert p.phase2["flops_per_step"] == second.flops_per_step
+  assert (p.phase2["from_step"], p.phase2["seq_len"], p.micro_batch) == (900_000, 512, 256)
+  too_big = config_of("bert", "base-paper,mesh=dp")
+  too_big.optim.phase2_grad_accum_steps = 0
+  with pytest.raises(ConfigError, match=r"^phase 2 \(512 tokens.*does not fit.*"
+                                        r"--config\.optim\.phase2_grad_accum_steps=4"):
+    make_plan(too_big, "1xh100")

@@ -4,7 +4,7 @@ against the papers (numbers copied from them here, not from the configs)."""
 import pytest
 
 from plm_jax.configs import albert, bert, gpt, roberta, xlnet
-from plm_jax.data import loader
+from plm_jax.data import loader, phases
 from plm_jax.optim import make_schedule
 
 PAPERS = {
@@ -16,8 +16,17 @@ PAPERS = {
                            "optim.warmup_steps": 10_000, "optim.schedule": "linear_total",
                            "model.dropout_rate": 0.1, "model.hidden_size": 768,
                            # the released bert_config.json: attention_probs_dropout_prob 0.1
-                           "model.attention_dropout_rate": 0.1},
-    (bert, "large-paper"): {"model.num_layers": 24, "optim.learning_rate": 1e-4},
+                           "model.attention_dropout_rate": 0.1,
+                           # A.2: "we train 90% of the steps with sequence length 128, the
+                           # remaining 10% with 512"; the README's max_predictions_per_seq 20
+                           # (128) and 80 (512)
+                           "data.phase2_seq_length": 512, "data.phase2_from": 0.9,
+                           "objective.max_predictions": 20,
+                           "objective.phase2_max_predictions": 80},
+    (bert, "large-paper"): {"model.num_layers": 24, "optim.learning_rate": 1e-4,
+                            "data.max_seq_length": 128, "data.phase2_seq_length": 512,
+                            "data.phase2_from": 0.9, "objective.max_predictions": 20,
+                            "objective.phase2_max_predictions": 80},
     # Liu et al. (2019), Table 9.
     (roberta, "base-paper"): {"train.steps": 500_000, "train.batch_size": 8192,
                               "data.max_seq_length": 512, "optim.learning_rate": 6e-4,
@@ -89,3 +98,19 @@ def test_albert_predicts_20_positions_and_decays_from_step_0():
   for step in (0, 1000, warmup, 60_000, total - 1):
     reference = peak * step / warmup if step < warmup else peak * (1 - step / total)
     assert float(schedule(step)) == pytest.approx(reference, rel=1e-5, abs=1e-10), step
+
+
+@pytest.mark.parametrize("size", ["base-paper", "large-paper"])
+def test_bert_trains_its_last_10_percent_at_512_tokens_on_one_schedule(size):
+  """Devlin et al. (2018), A.2: 900k steps at 128 tokens, 100k at 512, the batch unchanged;
+  google-research/bert: max_predictions_per_seq 20 and 80, one polynomial decay over all
+  num_train_steps from step 0 (the phase-2 run restarts nothing)."""
+  config = bert.get_config(size)
+  assert phases.switch_step(config) == 900_000
+  widths = [(c.data.max_seq_length, loader.batch_shapes(c)["masked_positions"][0])
+            for c in (phases.phase_config(config, p) for p in (1, 2))]
+  assert widths == [(128, (256, 20)), (512, (256, 80))]
+  peak, warmup, total = 1e-4, 10_000, 1_000_000
+  schedule = make_schedule(config.optim, config.train.steps)
+  for step in (899_999, 900_000, 950_000):          # the switch does not touch the schedule
+    assert float(schedule(step)) == pytest.approx(peak * (1 - step / total), rel=1e-5), step

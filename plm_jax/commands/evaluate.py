@@ -6,7 +6,7 @@ import os
 import jax
 
 from plm_jax import workdir as workdirs
-from plm_jax.data import loader
+from plm_jax.data import loader, phases
 from plm_jax.errors import ConfigError
 from plm_jax.finetune import kinds
 from plm_jax.inference import load_params, restore_config
@@ -37,6 +37,9 @@ def evaluate(workdir: str, step: int | None = None, eval_steps: int | None = Non
   if eval_steps is not None:
     with config.unlocked():
       config.train.eval_steps = eval_steps
+  # a two-phase run's checkpoint at the length of the phase that trained it (as the run's own
+  # evaluations: a finished run at its last phase's)
+  config = phases.phase_config(config, phases.phase_after(config, loaded.step))
   held_out = load_data(config, loaded.tokenizer, eval_only=True)
   eval_data = loader.Batches(config, held_out, loader.EVAL, mesh=trainer.mesh)
   steps = eval_data.eval_steps(config.train.eval_steps)

@@ -6,10 +6,10 @@ import jax
 
 from plm_jax import checks, parallel, workdir as workdirs
 from plm_jax.hardware import distributed
-from plm_jax.data import loader
+from plm_jax.data import loader, phases
 from plm_jax.errors import ConfigError
 from plm_jax.models.config import padded_vocab
-from plm_jax.run.metrics_writer import METRICS_FILE, console, format_metrics, recorded
+from plm_jax.run.metrics_writer import METRICS_FILE, console, format_metrics, recorded, timed
 from plm_jax.run.scaffold import Run
 from plm_jax.run.data import load_data, record_prepared_fields
 from plm_jax.trainer import Trainer, evaluate_params
@@ -40,29 +40,47 @@ def train(config, workdir: str, devices=None) -> dict:
               f"{os.path.join(workdir, METRICS_FILE)}); nothing was changed; raise "
               "--config.train.steps to train further")
       return final
-  data = load_data(config, found.tokenizer)
-  tokenizer = data.tokenizer
   mesh = parallel.mesh_for(config, devices)
-  trainer = Trainer.create(config, mesh, padded_vocab(config, tokenizer.vocab_size),
-                           tokenizer.pad_id)
-  train_batches = loader.Batches(config, data, loader.TRAIN, mesh=mesh)
-  eval_batches = loader.Batches(config, data, loader.EVAL, mesh=mesh)
-  eval_steps = eval_batches.eval_steps(config.train.eval_steps)
+  # One phase, or BERT's two (plm_jax/data/phases.py): each its examples, batches and train
+  # step; the state, the schedule and the run are one.
+  count = 2 if phases.enabled(config) else 1
+  one_phase = [phases.phase_config(config, p) for p in range(1, count + 1)]
+  data = [load_data(one_phase[0], found.tokenizer)]
+  tokenizer = data[0].tokenizer
+  data += [load_data(c, tokenizer) for c in one_phase[1:]]
+  trainers = [Trainer.create(c, mesh, padded_vocab(config, tokenizer.vocab_size),
+                             tokenizer.pad_id) for c in one_phase]
+  train_batches = [loader.Batches(c, d, loader.TRAIN, mesh=mesh) for c, d in zip(one_phase, data)]
+  eval_batches = [loader.Batches(c, d, loader.EVAL, mesh=mesh) for c, d in zip(one_phase, data)]
+  trainer = trainers[0]
   keys = trainer.objective.eval_keys
+  switch = phases.switch_step(config)
+  train = train_batches[0] if count == 1 else phases.PhasedBatches(*train_batches, switch)
 
   with Run(config, workdir, trainer, resume_step) as run:
     state, meta = run.start(lambda: trainer.init_state(config.train.seed))
     run.accept(tokenizer)
     run.describe(f"{config.model.family} {config.model.size}")
     train_step = run.compile()
+    if count == 2:
+      t1, t2 = (c.data.max_seq_length for c in one_phase)
+      console(f"phases: steps 1-{switch} at {t1} tokens, {switch + 1}-{config.train.steps} at "
+              f"{t2} (data.phase2_from={config.data.phase2_from:g}); one learning-rate "
+              "schedule over all")
+      with timed(f"compiled the phase-2 train step ({t2} tokens)"):
+        second = trainers[1].compile_train_step()
+      train_step = phases.by_length({t1: train_step, t2: second})
 
     def evaluate(state, step) -> dict:
-      metrics = evaluate_params(trainer, state["params"], eval_batches, eval_steps)
+      phase = phases.phase_after(config, step)
+      held_out = eval_batches[phase - 1]
+      metrics = evaluate_params(trainers[phase - 1], state["params"], held_out,
+                                held_out.eval_steps(config.train.eval_steps))
       run.writer.write(step, "eval", metrics)
       console(f"eval @ step {step}: {format_metrics(metrics, keys)}")
       return metrics
 
-    state = run.loop(train_step, state, meta, run.batches(train_batches, meta), evaluate)
+    state = run.loop(train_step, state, meta, run.batches(train, meta), evaluate)
     final = evaluate(state, int(state["step"]))
   run.summary(int(state["step"]))
   return final

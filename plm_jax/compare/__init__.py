@@ -20,13 +20,13 @@ reference's tokens.
 import os
 
 from plm_jax.compare.budget import family_config, plan_budget, pretrain_config
-from plm_jax.compare.report import (Measure, mean_std, strengths_and_weaknesses, welch_p,
-                                    write_report)
+from plm_jax.compare.report import (Measure, bootstrap_p, mean_std, strengths_and_weaknesses,
+                                    welch_p, write_report)
 from plm_jax.compare.stages import (baseline, downstream_result, normalise, read_result,
                                     run_all, validate)
 from plm_jax.run.metrics_writer import console
 
-__all__ = ["Measure", "baseline", "compare", "downstream_result", "family_config", "mean_std",
+__all__ = ["Measure", "baseline", "bootstrap_p", "compare", "downstream_result", "family_config", "mean_std",
            "plan_budget", "pretrain_config", "read_result", "strengths_and_weaknesses",
            "welch_p"]
 

@@ -34,6 +34,7 @@ def pretrain_config(c, family: str, seed: int, steps: int = 1, hidden: int = 0):
     config.data.tfds_split = c.corpus_tfds_split
     config.data.vocab_size = p.vocab_size
     config.data.max_seq_length = p.max_seq_length
+    config.data.phase2_seq_length = 0        # one length for every family (the budget's)
     config.data.dupe_factor = 1
     config.model.max_position = max(config.model.max_position, p.max_seq_length)
     config.train.batch_size = p.batch_size

@@ -1,13 +1,16 @@
 """compare's report: DIR/report.md and its plots, from the stages' results (mean ± sample
 standard deviation over the seeds; the measured strengths and weaknesses of each family, a
-family called better only where Welch's t-test across the seeds gives p < ALPHA)."""
+family called better only where Welch's t-test across the seeds gives p < ALPHA, or, run with
+one seed, a paired bootstrap over the evaluation examples)."""
 
 import dataclasses
 import math
 import os
 import statistics
+from typing import Callable
 
 import jax
+import numpy as np
 from scipy import stats
 
 from plm_jax.compare.budget import UNITS
@@ -40,6 +43,38 @@ def welch_p(a, b) -> float:
   if statistics.variance(a) == 0 and statistics.variance(b) == 0:
     return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
   return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+RESAMPLES = 1000      # the paired bootstrap's resamples of the evaluation examples
+BOOTSTRAP_SEED = 0    # its fixed RNG: a report is the same every time it is written
+
+
+def bootstrap_p(a, b, metric, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
+  """The two-sided p-value of a paired bootstrap over the evaluation examples (one seed per
+  family): `a` and `b` are two families' per-example records of the same examples in the same
+  order, `metric(records, indices)` the task's metric over those examples (recomputed whole on
+  each resample: corpus metrics such as BLEU as well as means). The same indices, drawn with
+  replacement, resample both; p is twice the share of resamples whose difference does not
+  have the observed one's sign (at most 1); 1 when the observed difference is 0, nan when the
+  records are not of the same examples."""
+  n = _count(a)
+  if n == 0 or n != _count(b):
+    return math.nan
+  whole = np.arange(n)
+  observed = metric(a, whole) - metric(b, whole)
+  if observed == 0:
+    return 1.0
+  rng = np.random.default_rng(seed)
+  flipped = 0
+  for _ in range(resamples):
+    idx = rng.integers(0, n, n)
+    flipped += np.sign(metric(a, idx) - metric(b, idx)) != np.sign(observed)
+  return min(1.0, 2 * flipped / resamples)
+
+
+def _count(records) -> int:
+  """Examples in a family's per-example records ({field: [value per example]})."""
+  return len(next(iter(records.values()))) if records else 0
 
 
 def _cell(values, digits: int = 3) -> str:
@@ -92,6 +127,20 @@ class Measure:
   higher_is_better: bool = True
   ranked: bool = True            # False: shown only (not comparable across the families)
   floor: float | None = None     # what learning nothing scores: no family above it, no ranking
+  # one seed: {family: its per-example records of the evaluation} and the metric over a
+  # resample of them, (records, indices) -> value, for the paired bootstrap
+  examples: dict | None = None
+  resampled: Callable | None = None
+
+  def test(self, f: str, g: str) -> tuple[float, str]:
+    """(p, the test's name) of families f and g: Welch's across the seeds, or with one seed
+    each the paired bootstrap over the evaluation examples where both have them."""
+    seeds = min(len(_finite(self.values[f])), len(_finite(self.values[g])))
+    records = self.examples or {}
+    if seeds == 1 and self.resampled is not None and f in records and g in records:
+      return (bootstrap_p(records[f], records[g], self.resampled),
+              f"paired bootstrap over {_count(records[f])} examples, 1 seed")
+    return welch_p(self.values[f], self.values[g]), f"Welch, {seeds} seed{'s' * (seeds != 1)}"
 
   def learned(self) -> bool:
     sign = 1 if self.higher_is_better else -1
@@ -231,8 +280,13 @@ def _downstream(c, workdir: str, results: dict, kind, task: str, columns: list,
   left_out = [f for f in c.families if f not in able]
   if left_out and kind.cannot:
     lines += [f"Not run: {', '.join(left_out)} ({kind.cannot}).", ""]
+  # one seed: the paired bootstrap over the examples every family was evaluated on
+  examples = {f: runs[f][0]["examples"] for f in able
+              if len(seeds) == 1 and "examples" in runs[f][0]}
+  resampled = None if kind.resampled is None else \
+      (lambda records, indices: kind.resampled(records, indices, metric))
   columns.append(Measure(f"{task} {metric}", {f: [r["score"] for r in runs[f]] for f in able},
-                         floor=floor))
+                         floor=floor, examples=examples or None, resampled=resampled))
   if kind.perplexity and "perplexity" in first["numbers"]:
     columns.append(Measure(f"{task} target perplexity", {
         f: [r["numbers"].get("perplexity") for r in runs[f]] for f in able}, False))
@@ -270,13 +324,14 @@ def _p_text(p: float) -> str:
   return "n/a" if math.isnan(p) else f"{p:.3f}" if p >= 0.001 else "< 0.001"
 
 
-def _extreme(m: Measure, means: dict, top: bool) -> tuple[str, float]:
-  """The family with the best (top) or worst mean of a measure, and the largest Welch p-value
-  of it against any other family (it is established best / worst when that is < ALPHA)."""
+def _extreme(m: Measure, means: dict, top: bool) -> tuple[str, float, str]:
+  """The family with the best (top) or worst mean of a measure, the largest p-value of it
+  against any other family (it is established best / worst when that is < ALPHA) and the
+  test that gave it (Measure.test)."""
   sign = (1 if m.higher_is_better else -1) * (1 if top else -1)
   family = max(means, key=lambda f: sign * means[f])
-  ps = [welch_p(m.values[family], m.values[f]) for f in means if f != family]
-  return family, max(ps, key=lambda p: math.inf if math.isnan(p) else p)
+  tests = [m.test(family, f) for f in means if f != family]
+  return family, *max(tests, key=lambda t: math.inf if math.isnan(t[0]) else t[0])
 
 
 def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[str]:
@@ -295,9 +350,9 @@ def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[st
     if len(set(means.values())) < 2 or not m.ranked or not m.learned():
       marked.append(set())
       continue
-    (top, p_top), (bottom, p_bottom) = _extreme(m, means, True), _extreme(m, means, False)
-    seeds = min(len(_finite(m.values[f])) for f in means)
-    tests.append([m.name, top, _p_text(p_top), bottom, _p_text(p_bottom), str(seeds)])
+    (top, p_top, test), (bottom, p_bottom, _) = (_extreme(m, means, True),
+                                                 _extreme(m, means, False))
+    tests.append([m.name, top, _p_text(p_top), bottom, _p_text(p_bottom), test])
     marked.append({top} if p_top < ALPHA else set())
     for family, p, established in ((top, p_top, best), (bottom, p_bottom, worst)):
       (established if p < ALPHA else unsure)[family].append(m.name)
@@ -313,16 +368,20 @@ def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[st
                                for m in columns)], rows)
   if tests:
     lines += _table(["measure", "best mean", "p (best vs each other, the largest)",
-                     "worst mean", "p (worst vs each other, the largest)", "seeds"], tests)
+                     "worst mean", "p (worst vs each other, the largest)", "test"], tests)
   for f in fams:
     lines.append(f"- **{f}**: best at {', '.join(best[f]) or 'no measure'}; worst at "
                  f"{', '.join(worst[f]) or 'no measure'}"
                  + (f"; leads or trails at {', '.join(unsure[f])}, a difference not "
                     "established with these seeds" if unsure[f] else "") + ".")
-  lines += ["", f"A family is called best (in bold) or worst at a measure only where Welch's "
-            f"t-test across the seeds gives p < {ALPHA} against every other family that has "
-            "it (the largest of those p-values is shown); otherwise the difference is not "
-            "established with the seeds run (with one seed none is). A measure of one family is "
+  lines += ["", f"A family is called best (in bold) or worst at a measure only where the test "
+            f"gives p < {ALPHA} against every other family that has it (the largest of those "
+            "p-values is shown): Welch's t-test across the seeds, or, with one seed, a paired "
+            f"bootstrap over the evaluation examples ({RESAMPLES} resamples of the examples, "
+            "the same for every family, with a fixed RNG; p is twice the share of resamples "
+            "where the difference changes sign; a downstream task's measures only, the "
+            "others are not established with one seed); otherwise the difference is not "
+            "established with the seeds run. A measure of one family is "
             "shown, not ranked; the token perplexity is not ranked either: next-token, "
             "masked-token and permuted-order predictions are different tasks.", ""]
   return lines

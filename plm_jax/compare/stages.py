@@ -306,6 +306,13 @@ def downstream_result(report: dict, metric: str) -> dict:
   return {"metric": metric, "split": split, "score": numbers[metric], "numbers": numbers}
 
 
+def with_examples(result: dict, kind: Downstream, workdir: str) -> dict:
+  """The result with the per-example records of its split, where the kind writes them: a
+  one-seed report tests the families' difference with a paired bootstrap over them."""
+  records = kind.records(workdir, result["split"])
+  return result if records is None else {**result, "examples": records}
+
+
 def tasks_dir(c, workdir: str) -> str:
   """Where the built-in tasks are written: DIR/tasks, or DIR/tasks-first<N> with only the
   first task_examples records of each split (another directory: files of one cap only)."""
@@ -435,7 +442,8 @@ def _downstream_stages(c, results: dict, family: str, seed: int, base: str, pre_
       metric = kind.metric(ft_config)
       results["downstream"][(family, seed, task)] = stage(
           ft_dir, f"{family} seed {seed} {task} ({kind.title})",
-          lambda: downstream_result(
+          lambda: with_examples(downstream_result(
               kind.run(ft_config, ft_dir, init_from=pre_dir, devices=devices), metric),
+              kind, ft_dir),
           {"task": task, **fields, "task_examples": c.task_examples, "pretrain": pre_setup,
            **({"own": c[kind.group].own.to_dict()} if task == c[kind.group].own.name else {})})

@@ -33,11 +33,19 @@ SIZES = {
 # optimization.py: 1M steps of 256 sequences, Adam(W) lr 1e-4 (beta2 0.999, eps 1e-6, weight
 # decay 0.01), 10k warmup steps, linear decay counted from step 0 ("linear_total"), dropout and
 # attention dropout 0.1 (the released bert_config.json's attention_probs_dropout_prob).
-# Phase 1 (90% of the steps) at 128 tokens, as here; phase 2 is the last 10% at 512 tokens
-# (README: "Published recipes").
+# Two phases in the one run (plm_jax/data/phases.py): 90% of the steps at 128 tokens and 20
+# predictions a sequence, the last 10% at 512 tokens and 80 (the reference
+# create_pretraining_data.py's max_predictions_per_seq; 15% of 512 would be 77), the decay over
+# all 1M steps.
 RECIPE = dict(optim=dict(schedule="linear_total", b2=0.999, eps=1e-6, weight_decay=0.01),
-              extra={"model.attention_dropout_rate": 0.1})
-SIZES = paper_recipes(SIZES, {"base": RECIPE, "large": RECIPE})
+              data=dict(phase2_seq_length=512, phase2_from=0.9),
+              extra={"model.attention_dropout_rate": 0.1,
+                     "objective.max_predictions": 20, "objective.phase2_max_predictions": 80})
+# base is sized for one H100: phase 2's 256 x 512 tokens fit there in 4 micro-batches (large's
+# on 8 GPUs in one)
+SIZES = paper_recipes(SIZES, {"base": {**RECIPE, "optim": {**RECIPE["optim"],
+                                                           "phase2_grad_accum_steps": 4}},
+                              "large": RECIPE})
 
 
 def get_config(arg=None):

@@ -162,13 +162,13 @@ class Server:
 class Prefetcher:
   """Prepares the batches of the next steps in a background thread while the device computes.
 
-  Its state is the next step and (`example_of(step)`) the stream element its batch starts at:
-  `{"next_index": step, "next_example": e}`.
+  Its state is `state_of(next step)`: the next step and the stream element its batch starts
+  at, `{"next_index": step, "next_example": e}` (just the step without `state_of`).
   """
 
-  def __init__(self, batch_fn, next_index: int, depth: int, example_of=None):
+  def __init__(self, batch_fn, next_index: int, depth: int, state_of=None):
     self._batch_fn, self._next = batch_fn, next_index
-    self._example_of = example_of
+    self._state_of = state_of
     self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, args=(next_index,), daemon=True)
@@ -201,10 +201,9 @@ class Prefetcher:
     return batch
 
   def get_state(self) -> dict:
-    state = {"next_index": self._next}
-    if self._example_of is not None:
-      state["next_example"] = self._example_of(self._next)
-    return state
+    if self._state_of is None:
+      return {"next_index": self._next}
+    return self._state_of(self._next)
 
   def close(self, timeout: float = 30.0) -> None:
     """Stops the thread and waits for the batch it is making: a daemon thread still inside
@@ -256,15 +255,29 @@ class Batches:
     background thread; `get_state()` gives the position to save in a checkpoint. With
     `state["next_example"]` the batch of that step starts at that stream element, whatever
     batch size the state was saved with (a state without it: at step x this batch size)."""
+    start = self.resume(state)
+    return Prefetcher(self.batch, start, self.config.data.prefetch, self.state_at)
+
+  def resume(self, state: dict | None) -> int:
+    """Places the stream as `state` says (see `iterator`); returns the step it starts at."""
     state = state or {}
     start = int(state.get("next_index", 0))
     self._rows.offset = int(state.get("next_example", start * self.global_batch)) - \
         start * self.global_batch
-    return Prefetcher(self.batch, start, self.config.data.prefetch, self.position)
+    return start
 
   def position(self, step: int) -> int:
     """The stream element the global batch of `step` starts at."""
     return self._rows.offset + step * self.global_batch
+
+  def offset(self, step: int) -> int:
+    """Elements the stream of `step` is moved by from step x batch size: not 0 after a resume
+    with another batch size."""
+    return self._rows.offset
+
+  def state_at(self, step: int) -> dict:
+    """The loader position a checkpoint keeps, `step` being the next step."""
+    return {"next_index": step, "next_example": self.position(step)}
 
   def eval_steps(self, requested: int) -> int:
     """Batches that cover the split once, capped at `requested` (0 = no cap)."""

@@ -98,6 +98,41 @@ def split_report(pred: dict, regression: bool, labeled: bool) -> dict:
   return out
 
 
+def examples_path(workdir: str, split: str) -> str:
+  """The per-example records of a split's final report ("validation" | "test"), for compare's
+  paired bootstrap (Kind.example_records): {field: [value per example]}, in example order."""
+  return os.path.join(workdir, f"{split}_examples.json")
+
+
+def write_examples(workdir: str, split: str, records: dict) -> None:
+  if jax.process_index() == 0:
+    with open(examples_path(workdir, split), "w", encoding="utf-8") as f:
+      json.dump(records, f)
+
+
+def read_examples(workdir: str, split: str) -> dict | None:
+  path = examples_path(workdir, split)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def classification_records(pred: dict) -> dict:
+  """The labelled examples' labels and outputs (any classification metric is recomputed from
+  them, on any resample)."""
+  mask = cdata.is_labeled(pred["labels"])
+  return {"labels": pred["labels"][mask].tolist(), "logits": pred["logits"][mask].tolist()}
+
+
+def classification_metric(records: dict, indices, metric: str) -> float:
+  """`metric` of the resampled examples `indices` of classification_records (one output: a
+  regression)."""
+  logits = np.asarray(records["logits"], np.float32)[indices]
+  labels = np.asarray(records["labels"])[indices]
+  return float(split_metrics(labels, logits, logits.shape[-1] == 1)[metric])
+
+
 def test_report(workdir, config, trainer, predictor, data, best_step: int, metric: str) -> dict:
   """The best checkpoint on the validation and test splits; writes test_report.json and the
   test predictions."""
@@ -118,6 +153,8 @@ def test_report(workdir, config, trainer, predictor, data, best_step: int, metri
             + (format_metrics(report[name], keys) if data.labeled[split] else
                f"{report[name]['examples']:,} examples without labels: predictions only"))
     labeled = cdata.is_labeled(pred["labels"])
+    if data.labeled[split] and labeled.any():
+      write_examples(workdir, name, classification_records(pred))
     if not regression and data.labeled[split] and labeled.any():
       classes = per_class_report(pred["labels"][labeled], pred["logits"][labeled],
                                  tuple(data.label_names))

@@ -10,6 +10,8 @@ Workdir of a fine-tuning run:
   metrics.jsonl, tensorboard/     train and validation metrics
   test_report.json                metrics on the test split (when it is labelled) of the best
   test_predictions.tsv            "index<TAB>prediction" per test record (GLUE's format)
+  <split>_examples.json           per-example records of the final report's labelled splits
+                                  (compare's one-seed paired bootstrap: Kind.example_records)
 """
 
 import copy
@@ -27,7 +29,8 @@ from plm_jax.data import loader
 from plm_jax.data.tokenizer import TextTokenizer
 from plm_jax.errors import CheckpointError, ConfigError
 from plm_jax.finetune.classify.metrics import higher_is_better
-from plm_jax.finetune.predict import SPLITS, Predictor, eval_name, write_eval_result
+from plm_jax.finetune.predict import (SPLITS, Predictor, eval_name, read_examples,
+                                      write_eval_result)
 from plm_jax.hf.tables import head_architecture
 from plm_jax.inference import load_params
 from plm_jax.models.classifier import HEAD_PARAMS
@@ -64,6 +67,10 @@ class Downstream:
   perplexity: bool = False       # the report also ranks the targets' perplexity
   formats: tuple = ()            # ((file ending, the preset's file task), ...): own tasks
   own_fields: tuple = ()         # the own task's field names, set in config[preset]
+  # the per-example records of a run's split, (workdir, split) -> dict | None, and the metric
+  # over a resample of them, (records, indices, metric) -> float: one seed's paired bootstrap
+  records: Callable = lambda workdir, split: None
+  resampled: Callable | None = None
 
   def own_format(self, path: str) -> str | None:
     return next((task for ending, task in self.formats if path.endswith(ending)), None)
@@ -147,6 +154,16 @@ class Kind:
   def final(self, workdir: str, config, trainer, predictor, tokenizer, data, best_step: int,
             metric: str) -> dict:
     """The final report, written in the workdir."""
+    raise NotImplementedError
+
+  def example_records(self, workdir: str, split: str) -> dict | None:
+    """The per-example records its final report wrote for `split` ("validation" | "test"),
+    {field: [value per example]} (None: none written), for compare's paired bootstrap."""
+    return read_examples(workdir, split)
+
+  def resampled_metric(self, records: dict, indices, metric: str) -> float:
+    """`metric` over the examples `indices` of `records` (drawn with replacement: a
+    bootstrap resample), recomputed as the report computes it."""
     raise NotImplementedError
 
   def evaluate_split(self, loaded, split: str, name: str, label: str) -> tuple[dict, object]:

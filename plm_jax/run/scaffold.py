@@ -69,7 +69,7 @@ class Run:
     self._managers = []
     self.writer: MetricsWriter | None = None
     self._batches = None
-    self._train: loader.Batches | None = None
+    self._train = None        # the train batches (loader.Batches or phases.PhasedBatches)
     self.last_saved: int | None = resume_step
     try:
       self.manager = self._open(checkpoint.CHECKPOINT_DIR, kept_checkpoints(config),
@@ -191,13 +191,12 @@ class Run:
     console(f"attention: {self.trainer.attention_kernels}")
     return step
 
-  def batches(self, train: loader.Batches, meta: dict):
+  def batches(self, train, meta: dict):
     """The train batches from the restored loader position (or the state's step), prefetched;
     stopped when the run closes."""
     state = meta.get("data_iterator") or {"next_index": self.resume_step or 0}
     self._train, self._batches = train, train.iterator(state)
-    moved = train.position(state["next_index"]) - state["next_index"] * train.global_batch
-    if moved:
+    if train.offset(state["next_index"]):
       console(f"data: resumed at example {train.position(state['next_index']):,} of the "
               f"training stream, saved with another batch size (now {train.global_batch} per "
               "step): the examples not yet seen come next, none repeated or skipped")
@@ -359,9 +358,7 @@ class Run:
   def meta(self, step: int, state: dict, tokens_seen: int) -> dict:
     """A checkpoint's meta: tokens seen, the loader's position, the running loss level (a
     resumed run measures spikes against it at once)."""
-    position = {"next_index": step}
-    if self._train is not None:
-      position["next_example"] = self._train.position(step)
+    position = {"next_index": step} if self._train is None else self._train.state_at(step)
     level = [float(x) for x in jax.device_get(state["loss_level"])]
     return {"tokens_seen": tokens_seen, "data_iterator": position, "loss_level": level}
 

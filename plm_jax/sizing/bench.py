@@ -23,7 +23,7 @@ from flax import nnx
 from plm_jax import checks, families, parallel
 from plm_jax.hardware import accelerator, topology
 from plm_jax.sizing import aot
-from plm_jax.data import loader
+from plm_jax.data import loader, phases
 from plm_jax.errors import ConfigError
 from plm_jax.hardware.flops import computed_flops_per_step, peak_flops
 from plm_jax.models.generate import SamplingConfig, generate
@@ -127,6 +127,15 @@ def bench(config, compile_only: bool = False, profile: str = "", topology_name: 
                         "the step on this machine's devices")
     return bench_topology(config, topology_name)
   checks.validate(config, jax.device_count())
+  if phases.enabled(config):
+    # one step shape is timed: phase 1's; phase 2's is that of the one-phase config below
+    second = phases.phase_config(config, 2)
+    console(f"bench times phase 1's step; phase 2's ({second.data.max_seq_length} tokens): "
+            f"--config.data.phase2_seq_length=0 --config.data.max_seq_length="
+            f"{second.data.max_seq_length} --config.objective.max_predictions="
+            f"{loader.predictions_per_sequence(second)} --config.optim.grad_accum_steps="
+            f"{second.optim.grad_accum_steps}")
+    config = phases.phase_config(config, 1)
   mesh = parallel.mesh_for(config)
   vocab = padded_vocab(config, config.data.vocab_size)
   trainer = Trainer.create(config, mesh, vocab)

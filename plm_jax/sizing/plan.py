@@ -33,7 +33,7 @@ import numpy as np
 from plm_jax import checks, families, parallel
 from plm_jax.sizing import aot, residuals
 from plm_jax.hardware import topology
-from plm_jax.data import loader
+from plm_jax.data import loader, phases
 from plm_jax.errors import ConfigError
 from plm_jax.hardware.flops import computed_flops_per_step
 from plm_jax.run.metrics_writer import console
@@ -96,6 +96,9 @@ class Plan:
   mfu: float
   step_time_s: float | None
   reference_flops_per_step: float = 0.0  # the references' model-FLOPs convention
+  # a two-phase run (plm_jax/data/phases.py): the fields above are phase 1's, these phase 2's
+  # (its length, first step, activation and total bytes, FLOPs and time per step); both fit
+  phase2: dict | None = None
 
   def lines(self) -> list[str]:
     g = lambda x: f"{x / GIB:,.2f} GiB"  # noqa: E731
@@ -111,6 +114,15 @@ class Plan:
            f"({self.reference_flops_per_step:.3e} in the references' model-FLOPs convention)"
            + (f"; step time {self.step_time_s * 1e3:,.1f} ms at MFU {self.mfu:.0%}"
               if self.step_time_s is not None else "; step time: peak FLOP/s unknown")]
+    if self.phase2:
+      p = self.phase2
+      out[-1] = "phase 1: " + out[-1]
+      out.append(f"phase 2 (from step {p['from_step'] + 1:,}, {p['seq_len']} tokens): "
+                 f"activations (estimate) {g(p['activation_bytes'])}, total "
+                 f"{g(p['total_bytes'])} per device (micro-batch {p['micro_batch']}); FLOPs per step "
+                 f"{p['flops_per_step']:.3e} as computed"
+                 + (f"; step time {p['step_time_s'] * 1e3:,.1f} ms"
+                    if p["step_time_s"] is not None else ""))
     return out
 
 
@@ -246,6 +258,27 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
   """The plan of `config` on a topology, or a ConfigError naming why it cannot run and the
   changes that fit; `check(config) -> compiled figures or None` (plan --compile) compiles each
   proposed change and keeps those the compiler fits too."""
+  if phases.enabled(config):
+    # each phase is a step of its own shape: both must fit; the plan is phase 1's, with
+    # phase 2's figures beside it
+    first = make_plan(phases.phase_config(config, 1), topology_name, num_devices, mfu, hbm_gib,
+                      peak_tflops, check)
+    try:
+      second = make_plan(phases.phase_config(config, 2), topology_name, num_devices, mfu,
+                         hbm_gib, peak_tflops, check)
+    except ConfigError as e:
+      # its proposals are for phase 2's step: its own micro-batches
+      why = str(e).replace("--config.optim.grad_accum_steps=",
+                           "--config.optim.phase2_grad_accum_steps=")
+      raise ConfigError(f"phase 2 ({config.data.phase2_seq_length} tokens, "
+                        f"data.phase2_seq_length): {why}") from None
+    first.phase2 = {"seq_len": config.data.phase2_seq_length,
+                    "from_step": phases.switch_step(config), "micro_batch": second.micro_batch,
+                    "activation_bytes": second.activation_bytes,
+                    "total_bytes": second.total_bytes,
+                    "flops_per_step": second.flops_per_step,
+                    "step_time_s": second.step_time_s}
+    return first
   t = _topology(topology_name, num_devices, hbm_gib, peak_tflops)
   if not 0 < mfu <= 1:
     raise ConfigError(f"--mfu {mfu} must be in (0, 1]")

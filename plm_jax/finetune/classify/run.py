@@ -7,7 +7,8 @@ import time
 from plm_jax import workdir as workdirs
 from plm_jax.finetune.classify import data as cdata
 from plm_jax.finetune.classify.tasks import task_of
-from plm_jax.finetune.predict import predicted_split, prepared_split, split_report, test_report
+from plm_jax.finetune.predict import (classification_metric, predicted_split, prepared_split,
+                                      split_report, test_report)
 from plm_jax.finetune.run import Downstream, Kind, refuse_other_data, resolve_schedule
 from plm_jax.run.metrics_writer import console, format_metrics
 
@@ -77,12 +78,16 @@ class Classification(Kind):
   def evaluate_split(self, loaded, split, name, label):
     return evaluate_split(loaded, split, name, label)
 
+  def resampled_metric(self, records, indices, metric):
+    return classification_metric(records, indices, metric)
+
   def compare_stage(self) -> Downstream:
     return Downstream(
         "classify", "classification", "classify", {"word_order": "jsonl"}, self.finetune,
         lambda family: True, lambda config: config.finetune.metric or task_of(config).metric,
         (), scale=100.0, formats=((".csv", "csv"), (".tsv", "csv"), (".jsonl", "jsonl")),
-        own_fields=("text_field", "text_pair_field", "label_field"))
+        own_fields=("text_field", "text_pair_field", "label_field"),
+        records=self.example_records, resampled=self.resampled_metric)
 
 
 CLASSIFICATION = Classification()

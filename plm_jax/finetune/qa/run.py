@@ -16,11 +16,12 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from plm_jax import workdir as workdirs
-from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split
+from plm_jax.finetune.predict import Predictor, predicted_split, prepared_split, write_examples
 from plm_jax.finetune.qa import data as qa_data
-from plm_jax.finetune.qa.metrics import best_thresholds, squad_metrics
+from plm_jax.finetune.qa.metrics import best_thresholds, raw_scores, squad_metrics
 from plm_jax.finetune.run import Downstream, Kind, refuse_other_data, resolve_schedule
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console, format_metrics
@@ -89,10 +90,19 @@ def qa_test_report(workdir, config, trainer, predictor, data, best_step: int,
             + (format_metrics(report[name], trainer.objective.eval_keys) if data.labeled[split]
                else f"{report[name]['examples']:,} questions without answers: predictions only"))
     write_answers(workdir, name, answers, data.task.unanswerable)
+    if data.labeled[split]:
+      write_examples(workdir, name, question_scores(data, split, answers["predictions"]))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "test_report.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
   return report
+
+
+def question_scores(data: qa_data.QAData, split: str, predictions: dict) -> dict:
+  """SQuAD's exact match and F1 of each question, in percent (the split's are their means)."""
+  golds = {e.id: e.answers for e in data.examples[split]}
+  exact, f1 = raw_scores(golds, predictions, data.task.unanswerable)
+  return {"exact_match": [100.0 * exact[q] for q in golds], "f1": [100.0 * f1[q] for q in golds]}
 
 
 def write_answers(workdir: str, name: str, answers: dict, unanswerable: bool) -> None:
@@ -149,13 +159,18 @@ class QuestionAnswering(Kind):
   def evaluate_split(self, loaded, split, name, label):
     return evaluate_split(loaded, split, name, label)
 
+  def resampled_metric(self, records, indices, metric):
+    # exact match and F1 are means over the questions
+    return float(np.mean(np.asarray(records[metric])[indices]))
+
   def compare_stage(self) -> Downstream:
     return Downstream(
         "qa", "question answering", "qa", {"cloze": "json"}, self.finetune,
         lambda family: family.span_model is not None,
         lambda config: config.finetune.metric or "f1", ("f1", "exact_match"),
         "extractive QA needs a bidirectional encoder", _compare_fields,
-        formats=((".json", "json"),))
+        formats=((".json", "json"),), records=self.example_records,
+        resampled=self.resampled_metric)
 
 
 def _compare_fields(s, config) -> None:

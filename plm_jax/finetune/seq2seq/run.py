@@ -29,6 +29,7 @@ from plm_jax.finetune.seq2seq import data as gen_data
 from plm_jax.finetune.seq2seq.metrics import generation_metrics
 from plm_jax.finetune.seq2seq.tasks import best_metric, gen_task_of, require_decoder
 from plm_jax.models.generate import BeamConfig, SamplingConfig, beam_search, generate
+from plm_jax.finetune.predict import write_examples
 from plm_jax.inference import load_params
 from plm_jax.run import checkpoint
 from plm_jax.run.metrics_writer import console, format_metrics
@@ -165,6 +166,9 @@ def final_report(workdir, config, trainer, tokenizer, data, best_step: int, metr
     report[name], rows = split_report(trainer, tokenizer, params, config, data[split], batches,
                                       _all(config.seq2seq.report_examples))
     write_predictions(os.path.join(workdir, f"{name}_predictions.jsonl"), rows)
+    if rows:
+      write_examples(workdir, name, {"predictions": [r["prediction"] for r in rows],
+                                     "references": [r["reference"] for r in rows]})
     console(f"{name} ({data[split].pairs.where}) @ best step {best_step}: "
             + format_metrics(report[name], trainer.objective.eval_keys))
   if jax.process_index() == 0:
@@ -246,13 +250,19 @@ class Generation(Kind):
   def evaluate_split(self, loaded, split, name, label):
     return evaluate_split(loaded, split, name, label)
 
+  def resampled_metric(self, records, indices, metric):
+    # corpus metrics (BLEU) too: recomputed whole on the resampled predictions
+    return float(generation_metrics([records["predictions"][i] for i in indices],
+                                    [records["references"][i] for i in indices])[metric])
+
   def compare_stage(self) -> Downstream:
     return Downstream(
         "generate", "generation", "seq2seq", {"unshuffle": "jsonl"}, self.finetune,
         lambda family: family.decoder, lambda config: gen_task_of(config).metric,
         ("bleu", "rougeL", "exact_match", "perplexity"),
         "generation fine-tuning needs a decoder", _compare_fields, perplexity=True,
-        formats=((".jsonl", "jsonl"),), own_fields=("source_field", "target_field"))
+        formats=((".jsonl", "jsonl"),), own_fields=("source_field", "target_field"),
+        records=self.example_records, resampled=self.resampled_metric)
 
 
 def _compare_fields(s, config) -> None:
