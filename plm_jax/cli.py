@@ -541,6 +541,16 @@ def _kept(workdir: str | None) -> str:
   return "nothing of the run was lost"
 
 
+def _join(launch) -> None:
+  """Joins the run's processes, before anything touches jax (a workdir's config is fitted to
+  the devices); a supervised process's native output goes to its log first."""
+  if launch.mode != "single":
+    supervisor.redirect_native_output()
+  distributed.initialize(launch)
+  if launch.mode != "single":
+    supervisor.note_place(jax.process_index(), jax.process_count())
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -563,19 +573,13 @@ def main(argv: list[str] | None = None) -> int:
   try:
     early = _first_pass(command, flag_argv)
     if command.distributed:
-      # Before anything touches jax (a workdir's config is fitted to the devices below).
       launch = distributed.detect(*(early[name].value for name in (
           "coordinator", "num-processes", "process-id", "heartbeat-timeout")))
-      if launch.mode != "single":
+      if launch.mode != "single" and not supervisor.supervised():
         # A lost peer aborts the others in C++: a parent process turns that into one line.
-        if not supervisor.supervised():
-          return supervisor.supervise(argv, command.name,
-                                      lambda: _kept(early["workdir"].value),
-                                      launch.num_processes)
-        supervisor.redirect_native_output()
-      distributed.initialize(launch)
-      if launch.mode != "single":
-        supervisor.note_place(jax.process_index(), jax.process_count())
+        return supervisor.supervise(argv, command.name, lambda: _kept(early["workdir"].value),
+                                    launch.num_processes)
+      _join(launch)
     # One process: SIGTERM before or after the steps ends in one line and 75 too (several:
     # JAX's preemption service owns SIGTERM; the step loop stops them all).
     stops = (OutsideTheLoop(lambda: _kept(early["workdir"].value))

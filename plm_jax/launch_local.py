@@ -103,25 +103,8 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
     t.start()
     pumps.append(t)
 
-  failures, failed_at = [], None
   try:
-    while any(p.poll() is None for p in procs):
-      for i, p in enumerate(procs):
-        code = p.poll()
-        if code not in (None, 0) and i not in [j for j, _ in failures]:
-          failures.append((i, code))
-        if code not in (None, 0) and failed_at is None:
-          failed_at = time.time()
-          print(f"[launch_local] process {i} exited with status {code}; waiting up to "
-                f"{grace:.0f}s for the others to stop", file=sys.stderr, flush=True)
-      if failed_at is not None and time.time() - failed_at > grace:
-        for i, p in enumerate(procs):
-          if p.poll() is None:
-            print(f"[launch_local] killing process {i}: still running {grace:.0f}s after a "
-                  "failure", file=sys.stderr, flush=True)
-            os.killpg(p.pid, signal.SIGKILL)
-        break
-      time.sleep(0.2)
+    failures = _watch(procs, grace)
     for p in procs:
       p.wait()
     for t in pumps:
@@ -141,6 +124,30 @@ def launch(command: list[str], num_processes: int, devices_per_process: int, *,
           "were starting (before any could save): nothing of the run was lost; run the same "
           "command again", file=sys.stderr, flush=True)
   return status
+
+
+def _watch(procs: list, grace: float) -> list[tuple[int, int]]:
+  """Waits for the processes; after the first failure the others get `grace` seconds to stop
+  by themselves, then are killed. Returns (process, status) of those that failed, in order."""
+  failures, failed_at = [], None
+  while any(p.poll() is None for p in procs):
+    for i, p in enumerate(procs):
+      code = p.poll()
+      if code not in (None, 0) and i not in [j for j, _ in failures]:
+        failures.append((i, code))
+      if code not in (None, 0) and failed_at is None:
+        failed_at = time.time()
+        print(f"[launch_local] process {i} exited with status {code}; waiting up to "
+              f"{grace:.0f}s for the others to stop", file=sys.stderr, flush=True)
+    if failed_at is not None and time.time() - failed_at > grace:
+      for i, p in enumerate(procs):
+        if p.poll() is None:
+          print(f"[launch_local] killing process {i}: still running {grace:.0f}s after a "
+                "failure", file=sys.stderr, flush=True)
+          os.killpg(p.pid, signal.SIGKILL)
+      break
+    time.sleep(0.2)
+  return failures
 
 
 def run_status(failures: list[int], forwarded=()) -> int:

@@ -261,22 +261,8 @@ def _downstream(c, workdir: str, results: dict, kind, task: str, columns: list,
   rows = [[f, *(_cell([r["numbers"].get(m) for r in runs[f]]) for m in shown),
            _per_point(costs[f]["flops"], runs[f], kind)] for f in able]
   lines = [f"### {task} ({kind.title}): {metric}, {split} split", ""]
-  floor = None
-  if task in ABOUT:
-    # what a model that learned nothing scores: a family's score means something above it
-    lines += [f"Built-in: {ABOUT[task]}. Baseline: {BASELINES[task]}.", ""]
-    # generation decodes the first report_examples prompts: the baseline on the same
-    scores = baseline(task, task_paths(tasks_dir(c, workdir))[task][split],
-                      limit=int(first["numbers"].get("decoded", 0)))
-    floor = scores.get(metric)
-    rows.append(["*baseline*", *(f"*{scores[m]:.3f}*" if m in scores else "" for m in shown),
-                 ""])
-  elif task == c[kind.group].own.name:
-    own = c[kind.group].own
-    lines += ["Your task, from " + ", ".join(f"{split} {own[f'{split}_path']}" for split in
-                                              ("train", "eval", "test") if own[f"{split}_path"])
-              + "".join(f"; {f} `{own[f]}`" for f in kind.own_fields if own[f]) + ".", ""]
-  lines += _table(["family", *shown, "pretraining FLOPs per point"], rows)
+  about, floor = _task_origin(c, workdir, kind, task, first, shown, rows)
+  lines += about + _table(["family", *shown, "pretraining FLOPs per point"], rows)
   left_out = [f for f in c.families if f not in able]
   if left_out and kind.cannot:
     lines += [f"Not run: {', '.join(left_out)} ({kind.cannot}).", ""]
@@ -296,6 +282,27 @@ def _downstream(c, workdir: str, results: dict, kind, task: str, columns: list,
       os.path.join(workdir, "plots", name), "pretraining FLOPs", f"{task} {metric}",
       f"{task}: {metric} against pretraining FLOPs")
   return lines
+
+
+def _task_origin(c, workdir: str, kind, task: str, first: dict, shown: list, rows: list):
+  """(lines saying where the task comes from, the baseline's score or None); a built-in task's
+  baseline row is added to `rows`."""
+  split = first["split"]
+  if task in ABOUT:
+    # what a model that learned nothing scores: a family's score means something above it
+    # (generation decodes the first report_examples prompts: the baseline on the same)
+    scores = baseline(task, task_paths(tasks_dir(c, workdir))[task][split],
+                      limit=int(first["numbers"].get("decoded", 0)))
+    rows.append(["*baseline*", *(f"*{scores[m]:.3f}*" if m in scores else "" for m in shown),
+                 ""])
+    return [f"Built-in: {ABOUT[task]}. Baseline: {BASELINES[task]}.", ""], \
+        scores.get(first["metric"])
+  own = c[kind.group].own
+  if task != own.name:
+    return [], None
+  return ["Your task, from " + ", ".join(f"{s} {own[f'{s}_path']}" for s in
+                                         ("train", "eval", "test") if own[f"{s}_path"])
+          + "".join(f"; {f} `{own[f]}`" for f in kind.own_fields if own[f]) + ".", ""], None
 
 
 def _per_point(flops: float, runs: list, kind) -> str:
@@ -334,6 +341,19 @@ def _extreme(m: Measure, means: dict, top: bool) -> tuple[str, float, str]:
   return family, *max(tests, key=lambda t: math.inf if math.isnan(t[0]) else t[0])
 
 
+def _measure_heading(m: Measure) -> str:
+  return (m.name + ("" if not m.ranked or m.higher_is_better else " (lower is better)")
+          + ("" if m.ranked else " (not ranked)")
+          + ("" if m.learned() else " (none above the baseline)"))
+
+
+def _verdict_line(family: str, best: list, worst: list, unsure: list) -> str:
+  return (f"- **{family}**: best at {', '.join(best) or 'no measure'}; worst at "
+          f"{', '.join(worst) or 'no measure'}"
+          + (f"; leads or trails at {', '.join(unsure)}, a difference not "
+             "established with these seeds" if unsure else "") + ".")
+
+
 def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[str]:
   """A table of every measure (mean ± spread; the best in bold where it is established), the
   p-values of the best and worst family against the others, and, per family, the measures it
@@ -361,19 +381,11 @@ def strengths_and_weaknesses(columns: list[Measure], fams: list[str]) -> list[st
     return lines + ["No measure to show.", ""]
   rows = [[f, *(("**" + _cell(m.values[f]) + "**" if f in top else _cell(m.values[f]))
                 if f in m.values else "—" for m, top in zip(columns, marked))] for f in fams]
-  lines += _table(["family", *(m.name + ("" if not m.ranked else "" if m.higher_is_better
-                                         else " (lower is better)")
-                               + ("" if m.ranked else " (not ranked)")
-                               + ("" if m.learned() else " (none above the baseline)")
-                               for m in columns)], rows)
+  lines += _table(["family", *map(_measure_heading, columns)], rows)
   if tests:
     lines += _table(["measure", "best mean", "p (best vs each other, the largest)",
                      "worst mean", "p (worst vs each other, the largest)", "test"], tests)
-  for f in fams:
-    lines.append(f"- **{f}**: best at {', '.join(best[f]) or 'no measure'}; worst at "
-                 f"{', '.join(worst[f]) or 'no measure'}"
-                 + (f"; leads or trails at {', '.join(unsure[f])}, a difference not "
-                    "established with these seeds" if unsure[f] else "") + ".")
+  lines += [_verdict_line(f, best[f], worst[f], unsure[f]) for f in fams]
   lines += ["", f"A family is called best (in bold) or worst at a measure only where the test "
             f"gives p < {ALPHA} against every other family that has it (the largest of those "
             "p-values is shown): Welch's t-test across the seeds, or, with one seed, a paired "

@@ -118,6 +118,54 @@ def bench_topology(config, topology_name: str) -> dict:
   return result
 
 
+def _first_phase(config):
+  """Phase 1's config: one step shape is timed (phase 2's is that of the one-phase config
+  printed)."""
+  if not phases.enabled(config):
+    return config
+  second = phases.phase_config(config, 2)
+  console(f"bench times phase 1's step; phase 2's ({second.data.max_seq_length} tokens): "
+          f"--config.data.phase2_seq_length=0 --config.data.max_seq_length="
+          f"{second.data.max_seq_length} --config.objective.max_predictions="
+          f"{loader.predictions_per_sequence(second)} --config.optim.grad_accum_steps="
+          f"{second.optim.grad_accum_steps}")
+  return phases.phase_config(config, 1)
+
+
+def _batch_and_state(config, trainer):
+  synthetic = loader.synthetic_batch(config, config.data.vocab_size)
+  return (loader.to_global(loader.local_rows(synthetic), trainer.batch_shardings),
+          trainer.init_state(config.train.seed))
+
+
+def _timed_steps(config, trainer, train_step) -> tuple[float, float]:
+  """(seconds per step, the last loss) over bench.steps steps after bench.warmup_steps."""
+  batch, state = _batch_and_state(config, trainer)
+  for _ in range(config.bench.warmup_steps):
+    state, metrics = train_step(state, batch)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(config.bench.steps):
+    state, metrics = train_step(state, batch)
+  loss = float(metrics["loss"])          # waits for the last step
+  return (time.perf_counter() - t0) / max(config.bench.steps, 1), loss
+
+
+def _profiled(config, trainer, train_step, profile: str) -> list[dict]:
+  """A trace of 3 steps in `profile`, and the slowest ops per step (printed)."""
+  batch, state = _batch_and_state(config, trainer)
+  with jax.profiler.trace(profile):
+    for _ in range(3):
+      state, metrics = train_step(state, batch)
+    jax.block_until_ready(metrics)
+  console(f"profile of 3 steps in {profile} (TensorBoard's profile plugin or Perfetto); "
+          "the slowest ops, per step:")
+  ops = slowest_ops(profile, steps=3)
+  for op in ops:
+    console(f"  {op['ms_per_step']:9.3f} ms  {op['share']:6.1%}  {op['name']}")
+  return ops
+
+
 def bench(config, compile_only: bool = False, profile: str = "", topology_name: str = ""
           ) -> dict:
   if topology_name:
@@ -127,15 +175,7 @@ def bench(config, compile_only: bool = False, profile: str = "", topology_name: 
                         "the step on this machine's devices")
     return bench_topology(config, topology_name)
   checks.validate(config, jax.device_count())
-  if phases.enabled(config):
-    # one step shape is timed: phase 1's; phase 2's is that of the one-phase config below
-    second = phases.phase_config(config, 2)
-    console(f"bench times phase 1's step; phase 2's ({second.data.max_seq_length} tokens): "
-            f"--config.data.phase2_seq_length=0 --config.data.max_seq_length="
-            f"{second.data.max_seq_length} --config.objective.max_predictions="
-            f"{loader.predictions_per_sequence(second)} --config.optim.grad_accum_steps="
-            f"{second.optim.grad_accum_steps}")
-    config = phases.phase_config(config, 1)
+  config = _first_phase(config)
   mesh = parallel.mesh_for(config)
   vocab = padded_vocab(config, config.data.vocab_size)
   trainer = Trainer.create(config, mesh, vocab)
@@ -168,48 +208,37 @@ def bench(config, compile_only: bool = False, profile: str = "", topology_name: 
     console(json.dumps(result))
     return result
 
-  synthetic = loader.synthetic_batch(config, config.data.vocab_size)
-  batch = loader.to_global(loader.local_rows(synthetic), trainer.batch_shardings)
-  state = trainer.init_state(config.train.seed)
-  for _ in range(config.bench.warmup_steps):
-    state, metrics = train_step(state, batch)
-  jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for _ in range(config.bench.steps):
-    state, metrics = train_step(state, batch)
-  loss = float(metrics["loss"])          # waits for the last step
-  step_s = (time.perf_counter() - t0) / max(config.bench.steps, 1)
+  step_s, loss = _timed_steps(config, trainer, train_step)
   if profile:                             # after the timing, which tracing would slow
-    with jax.profiler.trace(profile):
-      for _ in range(3):
-        state, metrics = train_step(state, batch)
-      jax.block_until_ready(metrics)
-    console(f"profile of 3 steps in {profile} (TensorBoard's profile plugin or Perfetto); "
-            "the slowest ops, per step:")
-    result_ops = slowest_ops(profile, steps=3)
-    for op in result_ops:
-      console(f"  {op['ms_per_step']:9.3f} ms  {op['share']:6.1%}  {op['name']}")
+    result["slowest_ops"] = _profiled(config, trainer, train_step, profile)
+  result.update(_timing_figures(config, step_s, reference, computed, kind), loss=loss)
+  _say_timing(result, memory)
+  console(json.dumps(result))
+  return result
 
+
+def _timing_figures(config, step_s: float, reference: float, computed: float, kind: str
+                    ) -> dict:
+  """Step time, throughput, MFU in both conventions and peak memory of a timed step."""
+  b, t = config.train.batch_size, config.data.max_seq_length
   tokens_per_s = b * t * loader.segments_per_row(config) / step_s
   peak = peak_flops(kind)
   mfu = lambda per_token: (None if peak is None  # noqa: E731
                            else round(tokens_per_s * per_token / (peak * jax.device_count()), 4))
   mem = peak_memory_bytes()
-  result.update({
-      "step_ms": round(step_s * 1e3, 2), "tokens_per_s": round(tokens_per_s),
-      "seq_per_s": round(b / step_s, 1), "mfu": mfu(reference), "mfu_computed": mfu(computed),
-      "peak_mem_gib": None if mem is None else round(mem / GIB, 2), "loss": loss})
-  if profile:
-    result["slowest_ops"] = result_ops
-  mfu_text = ("n/a (unknown peak)" if peak is None else
+  return {"step_ms": round(step_s * 1e3, 2), "tokens_per_s": round(tokens_per_s),
+          "seq_per_s": round(b / step_s, 1), "mfu": mfu(reference), "mfu_computed": mfu(computed),
+          "peak_mem_gib": None if mem is None else round(mem / GIB, 2)}
+
+
+def _say_timing(result: dict, memory: str) -> None:
+  mfu_text = ("n/a (unknown peak)" if result["mfu"] is None else
               f"{result['mfu_computed']:.1%} as computed ({result['mfu']:.1%} in the references' "
               "convention)")
+  mem = result["peak_mem_gib"]
   console(f"{result['step_ms']} ms/step, {result['tokens_per_s']:,} tokens/s, "
           f"{result['seq_per_s']:,} seq/s, MFU {mfu_text}, compile {result['compile_s']} s, "
-          f"{memory}, peak memory "
-          f"{'n/a' if mem is None else str(result['peak_mem_gib']) + ' GiB'}")
-  console(json.dumps(result))
-  return result
+          f"{memory}, peak memory {'n/a' if mem is None else str(mem) + ' GiB'}")
 
 
 def bench_decode(config, batch_sizes: list[int], prompt_lengths: list[int],

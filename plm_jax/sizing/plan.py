@@ -252,6 +252,27 @@ def _compiled_proposals(config, found, check) -> list:
   return kept
 
 
+def _two_phase_plan(config, *args) -> Plan:
+  """Each phase is a step of its own shape and both must fit: the plan is phase 1's, with
+  phase 2's figures beside it."""
+  first = make_plan(phases.phase_config(config, 1), *args)
+  try:
+    second = make_plan(phases.phase_config(config, 2), *args)
+  except ConfigError as e:
+    # its proposals are for phase 2's step: its own micro-batches
+    why = str(e).replace("--config.optim.grad_accum_steps=",
+                         "--config.optim.phase2_grad_accum_steps=")
+    raise ConfigError(f"phase 2 ({config.data.phase2_seq_length} tokens, "
+                      f"data.phase2_seq_length): {why}") from None
+  first.phase2 = {"seq_len": config.data.phase2_seq_length,
+                  "from_step": phases.switch_step(config), "micro_batch": second.micro_batch,
+                  "activation_bytes": second.activation_bytes,
+                  "total_bytes": second.total_bytes,
+                  "flops_per_step": second.flops_per_step,
+                  "step_time_s": second.step_time_s}
+  return first
+
+
 def make_plan(config, topology_name: str | None = None, num_devices: int | None = None,
               mfu: float = 0.4, hbm_gib: float = 0.0, peak_tflops: float = 0.0,
               check=None) -> Plan:
@@ -259,26 +280,7 @@ def make_plan(config, topology_name: str | None = None, num_devices: int | None 
   changes that fit; `check(config) -> compiled figures or None` (plan --compile) compiles each
   proposed change and keeps those the compiler fits too."""
   if phases.enabled(config):
-    # each phase is a step of its own shape: both must fit; the plan is phase 1's, with
-    # phase 2's figures beside it
-    first = make_plan(phases.phase_config(config, 1), topology_name, num_devices, mfu, hbm_gib,
-                      peak_tflops, check)
-    try:
-      second = make_plan(phases.phase_config(config, 2), topology_name, num_devices, mfu,
-                         hbm_gib, peak_tflops, check)
-    except ConfigError as e:
-      # its proposals are for phase 2's step: its own micro-batches
-      why = str(e).replace("--config.optim.grad_accum_steps=",
-                           "--config.optim.phase2_grad_accum_steps=")
-      raise ConfigError(f"phase 2 ({config.data.phase2_seq_length} tokens, "
-                        f"data.phase2_seq_length): {why}") from None
-    first.phase2 = {"seq_len": config.data.phase2_seq_length,
-                    "from_step": phases.switch_step(config), "micro_batch": second.micro_batch,
-                    "activation_bytes": second.activation_bytes,
-                    "total_bytes": second.total_bytes,
-                    "flops_per_step": second.flops_per_step,
-                    "step_time_s": second.step_time_s}
-    return first
+    return _two_phase_plan(config, topology_name, num_devices, mfu, hbm_gib, peak_tflops, check)
   t = _topology(topology_name, num_devices, hbm_gib, peak_tflops)
   if not 0 < mfu <= 1:
     raise ConfigError(f"--mfu {mfu} must be in (0, 1]")
