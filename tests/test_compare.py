@@ -110,7 +110,7 @@ def test_the_users_corpus_and_tasks_reach_the_runs(tmp_path):
   assert c.classify.tasks == ("word_order", "reviews") and c.qa.tasks[-1] == "mine_qa"
   pre = compare.pretrain_config(c, "bert", 0)
   assert (pre.data.source, pre.data.path) == ("text", str(u / "corpus" / "*.txt"))
-  assert "`text` files" in stages.corpus_name(c, "") and "(1 files)" in stages.corpus_name(c, "")
+  assert "`text` files" in stages.corpus_name(c, "") and "(1 file)" in stages.corpus_name(c, "")
   kinds = {k.group: k for k in stages.DOWNSTREAM}
   cls = stages.downstream_config(c, kinds["classify"], "reviews", 1, {})
   assert (cls.finetune.task, cls.finetune.train_path, cls.finetune.test_path) == (

@@ -361,7 +361,8 @@ def corpus_name(c, path: str) -> str:
   if c.corpus == "tfds":
     return f"`tfds` {c.corpus_tfds_name}[{c.corpus_tfds_split}]"
   if c.corpus in ("text", "jsonl"):
-    return (f"`{c.corpus}` files {c.corpus_path} ({len(glob.glob(c.corpus_path))} files"
+    n = len(glob.glob(c.corpus_path))
+    return (f"`{c.corpus}` files {c.corpus_path} ({n} file{'' if n == 1 else 's'}"
             + (f", field {c.corpus_text_field}" if c.corpus == "jsonl" else "") + ")")
   return f"`{c.corpus}`"
 
