@@ -400,14 +400,14 @@ class Run:
     if m["spike"]:
       what += (f": a spike over {self.config.train.spike_factor:g} x the running loss level "
                f"{m['loss_level']:.4g}, train.spike_factor")
+    trouble = "a loss spike" if m["spike"] else "a non-finite loss or gradient"
     if self.config.train.nonfinite == "skip":
-      why = (f"{max_nonfinite_run(self.config) + 1} steps in a row (up to step {bad}) had a "
-             f"non-finite loss or gradient ({what}; train.max_consecutive_skips="
+      why = (f"{max_nonfinite_run(self.config) + 1} steps in a row (up to step {bad}) had "
+             f"{trouble} ({what}; train.max_consecutive_skips="
              f"{self.config.train.max_consecutive_skips})")
     else:
-      why = f"step {bad} had a non-finite loss or gradient ({what}; train.nonfinite=stop)"
+      why = f"step {bad} had {trouble} ({what}; train.nonfinite=stop)"
     if m["spike"]:
-      why = why.replace("had a non-finite loss or gradient", "had a loss spike")
       saved = (f"checkpoint of step {good}, the last before the update that spiked, kept in "
                f"{checkpoint.checkpoint_dir(self.path)} (later ones set aside as "
                f"{SET_ASIDE}<step>)" if good else "no checkpoint from before the spike")
